@@ -1,0 +1,106 @@
+"""Loads gan_ext._C and decides, per call, whether a fused kernel or the
+pure-PyTorch twin (gan_ext.reference) runs.
+
+The choice is one module-level flag so that the per-call cost is a couple of
+attribute reads: the ops are also called on tiny tensors, where Python overhead
+is what a benchmark sees.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("fused", "reference")
+
+_C = None
+load_error: str | None = None
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.gan_ext.*)
+except Exception as e:  # ImportError, or an undefined symbol from an ABI mismatch
+    _C = None
+    load_error = f"{type(e).__name__}: {e}"
+
+
+def _compiled_devices() -> frozenset:
+    """Device types with a registered kernel for gan_ext::norm_act."""
+    if _C is None:
+        return frozenset()
+    devs = set()
+    for key, dev in (("CPU", "cpu"), ("CUDA", "cuda")):
+        if torch._C._dispatch_has_kernel_for_dispatch_key("gan_ext::norm_act", key):
+            devs.add(dev)
+    return frozenset(devs)
+
+
+compiled_devices = _compiled_devices()
+extension_loaded = _C is not None
+
+_warned = False
+
+
+def _warn_fallback():
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "gan_ext: the C++/CUDA extension could not be loaded "
+            f"({load_error}); every op falls back to the pure-PyTorch reference "
+            "implementation (slower). Rebuild with `pip install --no-build-isolation .`",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _initial_backend() -> str:
+    requested = os.environ.get("GAN_EXT_BACKEND", "fused").strip().lower() or "fused"
+    if requested not in BACKENDS:
+        warnings.warn(f"GAN_EXT_BACKEND={requested!r} is not one of {BACKENDS}; using 'fused'",
+                      RuntimeWarning)
+        requested = "fused"
+    if requested == "fused" and _C is None:
+        _warn_fallback()
+        return "reference"
+    return requested
+
+
+# The live switch. Read by gan_ext.ops on every call.
+backend = _initial_backend()
+
+
+def set_backend(name: str) -> None:
+    """Force every gan_ext op onto the fused kernels or the PyTorch reference."""
+    global backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "fused" and _C is None:
+        _warn_fallback()
+        name = "reference"
+    backend = name
+
+
+def get_backend() -> str:
+    return backend
+
+
+def use_fused(t: torch.Tensor) -> bool:
+    """True when the fused kernel should run for a tensor on t's device."""
+    return backend == "fused" and t.device.type in compiled_devices
+
+
+class use_backend:
+    """Context manager: ``with gan_ext.use_backend("reference"): ...``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.prev = backend
+        set_backend(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        global backend
+        backend = self.prev
+        return False

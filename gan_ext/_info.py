@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+
+
+def info() -> dict:
+    """What was built and what runs: used by ``gan-ext info``."""
+    import gan_ext
+
+    return {
+        "gan_ext": gan_ext.__version__,
+        "extension_loaded": _backend.extension_loaded,
+        "load_error": _backend.load_error,
+        "compiled_backends": sorted(_backend.compiled_devices),
+        "active_backend": _backend.backend,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "threads": torch.get_num_threads(),
+    }
