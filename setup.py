@@ -33,8 +33,8 @@ def _simd_flags():
             flags = f.read()
     except OSError:
         return []
-    if " avx2" in flags and " fma" in flags:
-        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    if all(f" {f}" in flags for f in ("avx2", "fma", "f16c")):
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
     return []
 
 
@@ -42,7 +42,7 @@ def _extension():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
-    cxx = ["-O3", "-std=c++17", "-DPy_LIMITED_API=0x03090000", *openmp]
+    cxx = ["-O3", "-std=c++17", *openmp]
     cxx += _simd_flags()
     link = [*openmp]
     use_cuda = _want_cuda()

@@ -1,0 +1,616 @@
+// CPU kernels of gan_ext::norm_act and gan_ext::norm_act_backward.
+//
+// Every normalization here reduces over "groups": a channel c for batch norm,
+// a (sample n, channel c) pair for instance norm. Both layouts are handled by
+// first producing per-(n, c) partial results and then combining them:
+//   * NCHW: each (n, c) plane is a contiguous run of H*W values; one task per
+//     plane (several planes per task when planes are small).
+//   * channels_last: each pixel is a contiguous row of C values; rows of one
+//     sample are cut into blocks of ~kBlockElems values, each block yields a
+//     C-vector of partials, and the blocks of a sample are merged in a fixed
+//     order, so results do not depend on how threads were scheduled.
+// Batch norm then merges the N partials of each channel.
+//
+// Variance: every block/plane is reduced two-pass while it sits in L1
+// (mean first, then the sum of squared deviations), and blocks are combined
+// with Chan et al.'s pairwise update. That is one pass over memory and keeps
+// the variance accurate for data with a large mean, unlike E[x^2] - E[x]^2.
+//
+// All accumulation is in at::opmath_type<scalar_t> (float for half/bfloat16).
+// The elementwise passes fold everything into per-(n, c) coefficients:
+//   forward:  y  = act(x * scale + shift)
+//   backward: dx = k * dz + a * u + b, with dz = dy masked by the activation
+// where u is the input (saved input) or the activation-inverted output
+// (saved output, In-Place Activated BatchNorm).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "norm_act.h"
+
+namespace gan_ext {
+namespace {
+
+using at::vec::Vectorized;
+
+// ~16 KiB of float per block: a block's second pass re-reads it from L1.
+constexpr int64_t kBlockElems = 4096;
+// Minimum work per parallel task, in elements.
+constexpr int64_t kGrainElems = 32768;
+
+// ----------------------------------------------------------------- vector I/O
+// Loads `n` values of T as a vector of O (missing lanes are zero).
+template <typename T, typename O>
+inline Vectorized<O> vload(const T* p, int64_t n = Vectorized<O>::size()) {
+  constexpr int64_t V = Vectorized<O>::size();
+  if constexpr (std::is_same_v<T, O>) {
+    return n == V ? Vectorized<O>::loadu(p) : Vectorized<O>::loadu(p, n);
+  } else {
+    alignas(64) O buf[V];
+    for (int64_t i = 0; i < V; ++i) buf[i] = i < n ? static_cast<O>(p[i]) : O(0);
+    return Vectorized<O>::loadu(buf);
+  }
+}
+
+template <typename T, typename O>
+inline void vstore(T* p, const Vectorized<O>& v, int64_t n = Vectorized<O>::size()) {
+  constexpr int64_t V = Vectorized<O>::size();
+  if constexpr (std::is_same_v<T, O>) {
+    if (n == V) {
+      v.store(p);
+    } else {
+      v.store(p, n);
+    }
+  } else {
+    alignas(64) O buf[V];
+    v.store(buf);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(buf[i]);
+  }
+}
+
+template <typename O>
+inline O vsum(const Vectorized<O>& v) {
+  constexpr int64_t V = Vectorized<O>::size();
+  alignas(64) O buf[V];
+  v.store(buf);
+  O s = 0;
+  for (int64_t i = 0; i < V; ++i) s += buf[i];
+  return s;
+}
+
+// ------------------------------------------------------------- activations
+template <int ACT, typename O>
+inline Vectorized<O> activate(const Vectorized<O>& z, const Vectorized<O>& slope) {
+  const Vectorized<O> zero(O(0));
+  if constexpr (ACT == 1) {
+    return at::vec::maximum(z, zero);  // propagates NaN
+  } else if constexpr (ACT == 2) {
+    return Vectorized<O>::blendv(z * slope, z, z > zero);
+  } else {
+    return z;
+  }
+}
+
+// dy masked by the activation's derivative at pre-activation sign `v` (v > 0).
+template <int ACT, typename O>
+inline Vectorized<O> mask_grad(const Vectorized<O>& dy, const Vectorized<O>& v,
+                               const Vectorized<O>& slope) {
+  const Vectorized<O> zero(O(0));
+  if constexpr (ACT == 1) {
+    return Vectorized<O>::blendv(zero, dy, v > zero);
+  } else if constexpr (ACT == 2) {
+    return Vectorized<O>::blendv(dy * slope, dy, v > zero);
+  } else {
+    return dy;
+  }
+}
+
+// Runs f with the activation as a compile-time constant.
+template <typename F>
+inline void dispatch_activation(int64_t act, F&& f) {
+  switch (act) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+// ------------------------------------------------------------- shape helper
+struct Shape {
+  int64_t N, C, HW;
+  bool channels_last;
+  int64_t planes() const { return N * C; }
+  // Rows of a channels_last sample per block.
+  int64_t block_rows() const { return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(C, 1)); }
+  int64_t blocks_per_sample() const { return (HW + block_rows() - 1) / block_rows(); }
+  int64_t plane_grain() const { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1)); }
+};
+
+// --------------------------------------------------------- statistics pass
+// Chan et al.: merge (nb, mean_b, m2_b) into (n, mean, m2).
+template <typename O>
+inline void chan_merge(O& n, O& mean, O& m2, O nb, O mean_b, O m2_b) {
+  if (nb == 0) return;
+  const O tot = n + nb;
+  const O delta = mean_b - mean;
+  mean += delta * (nb / tot);
+  m2 += m2_b + delta * delta * (n * nb / tot);
+  n = tot;
+}
+
+// Two-pass mean/M2 of a contiguous run of length len (len <= a few blocks).
+template <typename T, typename O>
+inline void run_mean_m2(const T* x, int64_t len, O& mean, O& m2) {
+  constexpr int64_t V = Vectorized<O>::size();
+  Vectorized<O> acc0(O(0)), acc1(O(0));
+  int64_t i = 0;
+  for (; i + 2 * V <= len; i += 2 * V) {
+    acc0 += vload<T, O>(x + i);
+    acc1 += vload<T, O>(x + i + V);
+  }
+  for (; i + V <= len; i += V) acc0 += vload<T, O>(x + i);
+  O s = vsum(acc0 + acc1);
+  for (; i < len; ++i) s += static_cast<O>(x[i]);
+  mean = s / static_cast<O>(len);
+  const Vectorized<O> mv(mean);
+  acc0 = Vectorized<O>(O(0));
+  acc1 = Vectorized<O>(O(0));
+  i = 0;
+  for (; i + 2 * V <= len; i += 2 * V) {
+    const auto d0 = vload<T, O>(x + i) - mv;
+    const auto d1 = vload<T, O>(x + i + V) - mv;
+    acc0 = at::vec::fmadd(d0, d0, acc0);
+    acc1 = at::vec::fmadd(d1, d1, acc1);
+  }
+  for (; i + V <= len; i += V) {
+    const auto d = vload<T, O>(x + i) - mv;
+    acc0 = at::vec::fmadd(d, d, acc0);
+  }
+  O q = vsum(acc0 + acc1);
+  for (; i < len; ++i) {
+    const O d = static_cast<O>(x[i]) - mean;
+    q += d * d;
+  }
+  m2 = q;
+}
+
+// Per-(n, c) mean and M2 over H*W. Outputs have N*C entries.
+template <typename T, typename O>
+void plane_stats(const T* x, const Shape& s, O* mean, O* m2) {
+  if (!s.channels_last) {
+    at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const T* xp = x + p * s.HW;
+        O n = 0, mu = 0, q = 0;
+        for (int64_t b = 0; b < s.HW; b += kBlockElems) {
+          const int64_t len = std::min(kBlockElems, s.HW - b);
+          O mb, qb;
+          run_mean_m2<T, O>(xp + b, len, mb, qb);
+          chan_merge<O>(n, mu, q, static_cast<O>(len), mb, qb);
+        }
+        mean[p] = mu;
+        m2[p] = q;
+      }
+    });
+    return;
+  }
+  // channels_last: per-block C-vectors of (mean, m2), then merge per sample.
+  constexpr int64_t V = Vectorized<O>::size();
+  const int64_t C = s.C, R = s.block_rows(), B = s.blocks_per_sample();
+  std::vector<O> bmean(s.N * B * C), bm2(s.N * B * C);
+  at::parallel_for(0, s.N * B, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / B, r0 = (t % B) * R, r1 = std::min(s.HW, r0 + R);
+      const T* xs = x + (n * s.HW) * C;
+      O* mu = bmean.data() + t * C;
+      O* q = bm2.data() + t * C;
+      const O inv_rows = O(1) / static_cast<O>(r1 - r0);
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t w = std::min(V, C - c);
+        Vectorized<O> acc(O(0));
+        for (int64_t r = r0; r < r1; ++r) acc += vload<T, O>(xs + r * C + c, w);
+        const Vectorized<O> m = acc * Vectorized<O>(inv_rows);
+        Vectorized<O> acc2(O(0));
+        for (int64_t r = r0; r < r1; ++r) {
+          const auto d = vload<T, O>(xs + r * C + c, w) - m;
+          acc2 = at::vec::fmadd(d, d, acc2);
+        }
+        m.store(mu + c, w);
+        acc2.store(q + c, w);
+      }
+    }
+  });
+  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
+        O cnt = 0, mu = 0, q = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t rows = std::min(R, s.HW - b * R);
+          const int64_t idx = (n * B + b) * C + c;
+          chan_merge<O>(cnt, mu, q, static_cast<O>(rows), bmean[idx], bm2[idx]);
+        }
+        mean[n * C + c] = mu;
+        m2[n * C + c] = q;
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------- elementwise passes
+// Calls body(p, xp_offset, len) per NCHW plane, or body(n, row_offset, C) per
+// channels_last row, in parallel, with per-(n, c) coefficients indexed by the
+// callee. Keeps the two layout loops in one place for forward and backward.
+template <typename F>
+void for_each_run(const Shape& s, F&& body) {
+  if (!s.channels_last) {
+    at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) body(p, /*coef_base=*/p, p * s.HW, s.HW, /*per_lane=*/false);
+    });
+  } else {
+    const int64_t rows = s.N * s.HW;
+    const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(s.C, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) body(r, (r / s.HW) * s.C, r * s.C, s.C, /*per_lane=*/true);
+    });
+  }
+}
+
+// Coefficient vector for lane offset i: broadcast for NCHW planes, loaded per
+// channel for channels_last rows.
+template <typename O>
+inline Vectorized<O> coef(const O* base, int64_t i, int64_t w, bool per_lane) {
+  return per_lane ? Vectorized<O>::loadu(base + i, w) : Vectorized<O>(base[0]);
+}
+
+template <typename T, typename O, int ACT>
+void affine_act(const T* x, T* y, const Shape& s, const O* scale, const O* shift, O slope_) {
+  constexpr int64_t V = Vectorized<O>::size();
+  const Vectorized<O> slope(slope_);
+  for_each_run(s, [&](int64_t, int64_t cb, int64_t off, int64_t len, bool per_lane) {
+    const T* xp = x + off;
+    T* yp = y + off;
+    for (int64_t i = 0; i < len; i += V) {
+      const int64_t w = std::min(V, len - i);
+      const auto z = at::vec::fmadd(vload<T, O>(xp + i, w), coef(scale + cb, i, w, per_lane),
+                                    coef(shift + cb, i, w, per_lane));
+      vstore<T, O>(yp + i, activate<ACT>(z, slope), w);
+    }
+  });
+}
+
+// --------------------------------------------------------- backward helpers
+// Per-(n, c) coefficients of the backward elementwise pass.
+template <typename O>
+struct BackwardCoefs {
+  std::vector<O> k, a, b;        // dx = k*dz + a*u + b
+  std::vector<O> mscale, mshift;  // pre-activation sign: x*mscale + mshift (saved input)
+  std::vector<O> center;          // reduction centre: mean (saved input) or beta (saved output)
+};
+
+// u = the value whose centred product with dz is reduced: x itself, or the
+// output with the leaky_relu inverted. v = the value whose sign gives the mask.
+template <int ACT, bool SAVED_OUT, typename O>
+inline void u_and_v(const Vectorized<O>& s, const Vectorized<O>& ms, const Vectorized<O>& mb,
+                    const Vectorized<O>& inv_slope, Vectorized<O>& u, Vectorized<O>& v) {
+  if constexpr (SAVED_OUT) {
+    const Vectorized<O> zero(O(0));
+    u = Vectorized<O>::blendv(s * inv_slope, s, s >= zero);
+    v = s;
+  } else {
+    u = s;
+    v = at::vec::fmadd(s, ms, mb);
+  }
+}
+
+// Per-(n, c) sums of dz and dz * (u - center).
+template <typename T, typename O, int ACT, bool SAVED_OUT>
+void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoefs<O>& cf, O slope_,
+                     O* sum_dz, O* sum_dzu) {
+  constexpr int64_t V = Vectorized<O>::size();
+  const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
+  // Partial sums over `rows` x `width` values at `off`, with per-channel
+  // coefficients at `cb` (NCHW: one plane segment, rows = 1, broadcast coefs;
+  // channels_last: a block of rows of C, one lane per channel).
+  auto accumulate = [&](int64_t cb, int64_t off, int64_t i, int64_t w, bool per_lane,
+                        Vectorized<O>& a0, Vectorized<O>& a1) {
+    Vectorized<O> u, v;
+    u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), coef(cf.mscale.data() + cb, i, w, per_lane),
+                            coef(cf.mshift.data() + cb, i, w, per_lane), inv_slope, u, v);
+    const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
+    a0 += dz;
+    a1 = at::vec::fmadd(dz, u - coef(cf.center.data() + cb, i, w, per_lane), a1);
+  };
+  if (!s.channels_last) {
+    at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        O d = 0, du = 0;
+        // Blocks keep the float partial sums short for very large planes.
+        for (int64_t b0 = 0; b0 < s.HW; b0 += kBlockElems) {
+          const int64_t len = std::min(kBlockElems, s.HW - b0);
+          Vectorized<O> a0(O(0)), a1(O(0));
+          for (int64_t i = 0; i < len; i += V)
+            accumulate(p, p * s.HW + b0, i, std::min(V, len - i), false, a0, a1);
+          d += vsum(a0);
+          du += vsum(a1);
+        }
+        sum_dz[p] = d;
+        sum_dzu[p] = du;
+      }
+    });
+    return;
+  }
+  const int64_t C = s.C, R = s.block_rows(), B = s.blocks_per_sample();
+  std::vector<O> bd(s.N * B * C), bdu(s.N * B * C);
+  at::parallel_for(0, s.N * B, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / B, r0 = (t % B) * R, r1 = std::min(s.HW, r0 + R);
+      for (int64_t i = 0; i < C; i += V) {
+        const int64_t w = std::min(V, C - i);
+        Vectorized<O> a0(O(0)), a1(O(0));
+        for (int64_t r = r0; r < r1; ++r) accumulate(n * C, (n * s.HW + r) * C, i, w, true, a0, a1);
+        a0.store(bd.data() + t * C + i, w);
+        a1.store(bdu.data() + t * C + i, w);
+      }
+    }
+  });
+  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
+        O d = 0, du = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          d += bd[(n * B + b) * C + c];
+          du += bdu[(n * B + b) * C + c];
+        }
+        sum_dz[n * C + c] = d;
+        sum_dzu[n * C + c] = du;
+      }
+    }
+  });
+}
+
+template <typename T, typename O, int ACT, bool SAVED_OUT>
+void backward_elementwise(const T* dy, const T* sv, T* dx, const Shape& s, const BackwardCoefs<O>& cf,
+                          O slope_) {
+  constexpr int64_t V = Vectorized<O>::size();
+  const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
+  for_each_run(s, [&](int64_t, int64_t cb, int64_t off, int64_t len, bool per_lane) {
+    for (int64_t i = 0; i < len; i += V) {
+      const int64_t w = std::min(V, len - i);
+      Vectorized<O> u, v;
+      u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), coef(cf.mscale.data() + cb, i, w, per_lane),
+                              coef(cf.mshift.data() + cb, i, w, per_lane), inv_slope, u, v);
+      const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
+      const auto g = at::vec::fmadd(coef(cf.k.data() + cb, i, w, per_lane), dz,
+                                    at::vec::fmadd(coef(cf.a.data() + cb, i, w, per_lane), u,
+                                                   coef(cf.b.data() + cb, i, w, per_lane)));
+      vstore<T, O>(dx + off + i, g, w);
+    }
+  });
+}
+
+// ------------------------------------------------------------ param access
+template <typename O>
+std::vector<O> param_or(const c10::optional<at::Tensor>& p, int64_t C, O fill) {
+  std::vector<O> out(C, fill);
+  if (p.has_value() && p->defined()) {
+    const at::Tensor t = p->to(c10::CppTypeToScalarType<O>::value).contiguous();
+    std::copy(t.data_ptr<O>(), t.data_ptr<O>() + C, out.begin());
+  }
+  return out;
+}
+
+template <typename O>
+void apply_min_abs(std::vector<O>& gamma, bool has_weight, int64_t act, double slope) {
+  if (!has_weight || !output_is_invertible(act, slope)) return;
+  for (auto& g : gamma) {
+    const O m = std::max(std::abs(g), static_cast<O>(kMinAbsWeight));
+    g = g < 0 ? -m : m;
+  }
+}
+
+inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// ---------------------------------------------------------------- forward op
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
+    const at::Tensor& input_, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
+    int64_t activation, double negative_slope) {
+  auto [N, C, HW] = check_norm_act_args(input_, weight, bias, running_mean, running_var,
+                                        use_input_stats, instance, eps, activation);
+  const at::MemoryFormat fmt = kernel_memory_format(input_);
+  const at::Tensor input = input_.contiguous(fmt);
+  at::Tensor out = at::empty(input.sizes(), input.options().memory_format(fmt));
+  const bool per_sample = instance && use_input_stats;
+  const int64_t G = per_sample ? N * C : C;
+  const auto sopts = input.options().dtype(stats_dtype(input));
+  at::Tensor mean_t = at::empty({G}, sopts), invstd_t = at::empty({G}, sopts), var_t = at::empty({G}, sopts);
+  const Shape s{N, C, HW, fmt == at::MemoryFormat::ChannelsLast};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "norm_act_cpu", [&] {
+    using O = at::opmath_type<scalar_t>;
+    O* mean = mean_t.data_ptr<O>();
+    O* invstd = invstd_t.data_ptr<O>();
+    O* var = var_t.data_ptr<O>();
+    if (!use_input_stats) {
+      const auto rm = param_or<O>(running_mean, C, O(0));
+      const auto rv = param_or<O>(running_var, C, O(1));
+      for (int64_t c = 0; c < C; ++c) {
+        mean[c] = rm[c];
+        var[c] = rv[c];
+      }
+    } else if (input.numel() == 0) {
+      std::fill(mean, mean + G, O(0));
+      std::fill(var, var + G, O(0));
+    } else {
+      std::vector<O> pm(N * C), pq(N * C);
+      plane_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, pm.data(), pq.data());
+      if (per_sample) {
+        for (int64_t g = 0; g < G; ++g) {
+          mean[g] = pm[g];
+          var[g] = pq[g] / static_cast<O>(HW);
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          O cnt = 0, mu = 0, q = 0;
+          for (int64_t n = 0; n < N; ++n)
+            chan_merge<O>(cnt, mu, q, static_cast<O>(HW), pm[n * C + c], pq[n * C + c]);
+          mean[c] = mu;
+          var[c] = q / static_cast<O>(N * HW);
+        }
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) invstd[g] = O(1) / std::sqrt(var[g] + static_cast<O>(eps));
+    if (input.numel() == 0) return;
+
+    auto gamma = param_or<O>(weight, C, O(1));
+    apply_min_abs(gamma, defined(weight), activation, negative_slope);
+    const auto beta = param_or<O>(bias, C, O(0));
+    std::vector<O> scale(N * C), shift(N * C);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t g = per_sample ? n * C + c : c;
+        scale[n * C + c] = gamma[c] * invstd[g];
+        shift[n * C + c] = beta[c] - mean[g] * gamma[c] * invstd[g];
+      }
+    }
+    dispatch_activation(activation, [&](auto act) {
+      affine_act<scalar_t, O, decltype(act)::value>(input.const_data_ptr<scalar_t>(),
+                                                    out.mutable_data_ptr<scalar_t>(), s, scale.data(),
+                                                    shift.data(), static_cast<O>(negative_slope));
+    });
+  });
+  return {out, mean_t, invstd_t, var_t};
+}
+
+// --------------------------------------------------------------- backward op
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& saved_, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean_, const at::Tensor& invstd_,
+    bool use_input_stats, bool instance, int64_t activation, double negative_slope,
+    bool saved_is_output) {
+  check_norm_act_backward_args(grad_out_, saved_, weight, bias, mean_, invstd_, activation,
+                               saved_is_output, negative_slope);
+  const int64_t N = saved_.size(0), C = saved_.size(1), HW = saved_.size(2) * saved_.size(3);
+  const bool per_sample = instance && use_input_stats;
+  const int64_t G = per_sample ? N * C : C;
+  TORCH_CHECK_VALUE(mean_.size(0) == G, "mean and invstd must have ", G,
+                    " entries for this input and mode, got ", mean_.size(0));
+  const at::MemoryFormat fmt = kernel_memory_format(saved_);
+  const at::Tensor saved = saved_.contiguous(fmt);
+  const at::Tensor grad_out = grad_out_.contiguous(fmt);
+  at::Tensor grad_input = at::empty(saved.sizes(), saved.options().memory_format(fmt));
+  const auto pdtype = defined(weight) ? weight->scalar_type() : saved.scalar_type();
+  const Shape s{N, C, HW, fmt == at::MemoryFormat::ChannelsLast};
+  at::Tensor grad_weight, grad_bias;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, saved.scalar_type(), "norm_act_backward_cpu", [&] {
+    using O = at::opmath_type<scalar_t>;
+    const at::Tensor mean_o = mean_.to(c10::CppTypeToScalarType<O>::value).contiguous();
+    const at::Tensor invstd_o = invstd_.to(c10::CppTypeToScalarType<O>::value).contiguous();
+    const O* mean = mean_o.const_data_ptr<O>();
+    const O* invstd = invstd_o.const_data_ptr<O>();
+    auto gamma = param_or<O>(weight, C, O(1));
+    apply_min_abs(gamma, defined(weight), activation, negative_slope);
+    const auto beta = param_or<O>(bias, C, O(0));
+
+    BackwardCoefs<O> cf;
+    for (auto* v : {&cf.k, &cf.a, &cf.b, &cf.mscale, &cf.mshift, &cf.center}) v->assign(N * C, O(0));
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = n * C + c, g = per_sample ? i : c;
+        cf.mscale[i] = gamma[c] * invstd[g];
+        cf.mshift[i] = beta[c] - mean[g] * gamma[c] * invstd[g];
+        cf.center[i] = saved_is_output ? beta[c] : mean[g];
+        cf.k[i] = gamma[c] * invstd[g];
+      }
+    }
+    std::vector<O> sdz(N * C, O(0)), sdzu(N * C, O(0));
+    const O slope = static_cast<O>(negative_slope);
+    const scalar_t* dy = grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* sv = saved.const_data_ptr<scalar_t>();
+    if (saved.numel() > 0) {
+      dispatch_activation(activation, [&](auto act) {
+        constexpr int A = decltype(act)::value;
+        if (saved_is_output) {
+          if constexpr (A == 2) backward_reduce<scalar_t, O, A, true>(dy, sv, s, cf, slope, sdz.data(), sdzu.data());
+        } else {
+          backward_reduce<scalar_t, O, A, false>(dy, sv, s, cf, slope, sdz.data(), sdzu.data());
+        }
+      });
+    }
+    // sum(dz * xhat) per (n, c): xhat = (x - mean) * invstd or (z - beta) / gamma.
+    std::vector<O> sdzx(N * C);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = n * C + c, g = per_sample ? i : c;
+        sdzx[i] = saved_is_output ? sdzu[i] / gamma[c] : sdzu[i] * invstd[g];
+      }
+    }
+    std::vector<O> gw(C, O(0)), gb(C, O(0));
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
+        gw[c] += sdzx[n * C + c];
+        gb[c] += sdz[n * C + c];
+      }
+    }
+    if (use_input_stats) {
+      const O M = static_cast<O>(instance ? HW : N * HW);
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = n * C + c, g = per_sample ? i : c;
+          const O group_dz = per_sample ? sdz[i] : gb[c];
+          const O group_dzx = per_sample ? sdzx[i] : gw[c];
+          const O k = cf.k[i];
+          if (saved_is_output) {
+            cf.a[i] = -k * group_dzx / (M * gamma[c]);
+            cf.b[i] = -k * group_dz / M - cf.a[i] * beta[c];
+          } else {
+            cf.a[i] = -k * invstd[g] * group_dzx / M;
+            cf.b[i] = -k * group_dz / M - cf.a[i] * mean[g];
+          }
+        }
+      }
+    }
+    if (saved.numel() > 0) {
+      dispatch_activation(activation, [&](auto act) {
+        constexpr int A = decltype(act)::value;
+        scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>();
+        if (saved_is_output) {
+          if constexpr (A == 2) backward_elementwise<scalar_t, O, A, true>(dy, sv, dx, s, cf, slope);
+        } else {
+          backward_elementwise<scalar_t, O, A, false>(dy, sv, dx, s, cf, slope);
+        }
+      });
+    }
+    const auto popts = saved.options().dtype(c10::CppTypeToScalarType<O>::value);
+    grad_weight = at::empty({C}, popts);
+    grad_bias = at::empty({C}, popts);
+    std::copy(gw.begin(), gw.end(), grad_weight.mutable_data_ptr<O>());
+    std::copy(gb.begin(), gb.end(), grad_bias.mutable_data_ptr<O>());
+  });
+  if (grad_weight.scalar_type() != pdtype) {
+    grad_weight = grad_weight.to(pdtype);
+    grad_bias = grad_bias.to(pdtype);
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  m.impl("norm_act", &norm_act_cpu);
+  m.impl("norm_act_backward", &norm_act_backward_cpu);
+}
+
+}  // namespace gan_ext
