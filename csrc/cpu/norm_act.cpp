@@ -148,39 +148,99 @@ inline void chan_merge(O& n, O& mean, O& m2, O nb, O mean_b, O m2_b) {
   n = tot;
 }
 
-// Two-pass mean/M2 of a contiguous run of length len (len <= a few blocks).
+// Merges `rows` (mean, M2) C-vectors, row r holding count[r] values per
+// channel, into out_mean/out_m2 (C each), in row order. Vectorized over C: the
+// counts are the same for every channel of a row.
+template <typename O>
+void chan_merge_rows(const O* means, const O* m2s, const int64_t* counts, int64_t rows, int64_t C,
+                     O* out_mean, O* out_m2) {
+  constexpr int64_t V = Vectorized<O>::size();
+  for (int64_t c = 0; c < C; c += V) {
+    const int64_t w = std::min(V, C - c);
+    Vectorized<O> mu(O(0)), q(O(0));
+    O n = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const O nb = static_cast<O>(counts[r]);
+      if (nb == 0) continue;
+      const O tot = n + nb;
+      const auto delta = Vectorized<O>::loadu(means + r * C + c, w) - mu;
+      mu = at::vec::fmadd(delta, Vectorized<O>(nb / tot), mu);
+      q = q + Vectorized<O>::loadu(m2s + r * C + c, w) + delta * delta * Vectorized<O>(n * nb / tot);
+      n = tot;
+    }
+    mu.store(out_mean + c, w);
+    q.store(out_m2 + c, w);
+  }
+}
+
+// Two-pass mean/M2 of `runs` contiguous runs of `len` values, `stride` apart
+// (a block small enough that the second pass reads it from L1).
 template <typename T, typename O>
-inline void run_mean_m2(const T* x, int64_t len, O& mean, O& m2) {
+inline void block_mean_m2(const T* x, int64_t runs, int64_t len, int64_t stride, O& mean, O& m2) {
   constexpr int64_t V = Vectorized<O>::size();
   Vectorized<O> acc0(O(0)), acc1(O(0));
-  int64_t i = 0;
-  for (; i + 2 * V <= len; i += 2 * V) {
-    acc0 += vload<T, O>(x + i);
-    acc1 += vload<T, O>(x + i + V);
+  O s = 0;
+  for (int64_t r = 0; r < runs; ++r) {
+    const T* xr = x + r * stride;
+    int64_t i = 0;
+    for (; i + 2 * V <= len; i += 2 * V) {
+      acc0 += vload<T, O>(xr + i);
+      acc1 += vload<T, O>(xr + i + V);
+    }
+    for (; i + V <= len; i += V) acc0 += vload<T, O>(xr + i);
+    for (; i < len; ++i) s += static_cast<O>(xr[i]);
   }
-  for (; i + V <= len; i += V) acc0 += vload<T, O>(x + i);
-  O s = vsum(acc0 + acc1);
-  for (; i < len; ++i) s += static_cast<O>(x[i]);
-  mean = s / static_cast<O>(len);
+  s += vsum(acc0 + acc1);
+  mean = s / static_cast<O>(runs * len);
   const Vectorized<O> mv(mean);
   acc0 = Vectorized<O>(O(0));
   acc1 = Vectorized<O>(O(0));
-  i = 0;
-  for (; i + 2 * V <= len; i += 2 * V) {
-    const auto d0 = vload<T, O>(x + i) - mv;
-    const auto d1 = vload<T, O>(x + i + V) - mv;
-    acc0 = at::vec::fmadd(d0, d0, acc0);
-    acc1 = at::vec::fmadd(d1, d1, acc1);
+  O q = 0;
+  for (int64_t r = 0; r < runs; ++r) {
+    const T* xr = x + r * stride;
+    int64_t i = 0;
+    for (; i + 2 * V <= len; i += 2 * V) {
+      const auto d0 = vload<T, O>(xr + i) - mv;
+      const auto d1 = vload<T, O>(xr + i + V) - mv;
+      acc0 = at::vec::fmadd(d0, d0, acc0);
+      acc1 = at::vec::fmadd(d1, d1, acc1);
+    }
+    for (; i + V <= len; i += V) {
+      const auto d = vload<T, O>(xr + i) - mv;
+      acc0 = at::vec::fmadd(d, d, acc0);
+    }
+    for (; i < len; ++i) {
+      const O d = static_cast<O>(xr[i]) - mean;
+      q += d * d;
+    }
   }
-  for (; i + V <= len; i += V) {
-    const auto d = vload<T, O>(x + i) - mv;
-    acc0 = at::vec::fmadd(d, d, acc0);
+  m2 = q + vsum(acc0 + acc1);
+}
+
+// Mean/M2 over `runs` planes of HW values, `stride` apart, cut into blocks of
+// about kBlockElems values (whole planes when planes are small).
+template <typename T, typename O>
+inline void planes_mean_m2(const T* x, int64_t runs, int64_t HW, int64_t stride, O& mean, O& m2) {
+  O n = 0, mu = 0, q = 0;
+  if (HW >= kBlockElems) {
+    for (int64_t r = 0; r < runs; ++r) {
+      for (int64_t b = 0; b < HW; b += kBlockElems) {
+        const int64_t len = std::min(kBlockElems, HW - b);
+        O mb, qb;
+        block_mean_m2<T, O>(x + r * stride + b, 1, len, 0, mb, qb);
+        chan_merge<O>(n, mu, q, static_cast<O>(len), mb, qb);
+      }
+    }
+  } else {
+    const int64_t per_block = kBlockElems / HW;
+    for (int64_t r = 0; r < runs; r += per_block) {
+      const int64_t k = std::min(per_block, runs - r);
+      O mb, qb;
+      block_mean_m2<T, O>(x + r * stride, k, HW, stride, mb, qb);
+      chan_merge<O>(n, mu, q, static_cast<O>(k * HW), mb, qb);
+    }
   }
-  O q = vsum(acc0 + acc1);
-  for (; i < len; ++i) {
-    const O d = static_cast<O>(x[i]) - mean;
-    q += d * d;
-  }
+  mean = mu;
   m2 = q;
 }
 
@@ -189,18 +249,7 @@ template <typename T, typename O>
 void plane_stats(const T* x, const Shape& s, O* mean, O* m2) {
   if (!s.channels_last) {
     at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const T* xp = x + p * s.HW;
-        O n = 0, mu = 0, q = 0;
-        for (int64_t b = 0; b < s.HW; b += kBlockElems) {
-          const int64_t len = std::min(kBlockElems, s.HW - b);
-          O mb, qb;
-          run_mean_m2<T, O>(xp + b, len, mb, qb);
-          chan_merge<O>(n, mu, q, static_cast<O>(len), mb, qb);
-        }
-        mean[p] = mu;
-        m2[p] = q;
-      }
+      for (int64_t p = p0; p < p1; ++p) planes_mean_m2<T, O>(x + p * s.HW, 1, s.HW, 0, mean[p], m2[p]);
     });
     return;
   }
@@ -230,19 +279,12 @@ void plane_stats(const T* x, const Shape& s, O* mean, O* m2) {
       }
     }
   });
+  std::vector<int64_t> counts(B);
+  for (int64_t b = 0; b < B; ++b) counts[b] = std::min(R, s.HW - b * R);
   at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        O cnt = 0, mu = 0, q = 0;
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t rows = std::min(R, s.HW - b * R);
-          const int64_t idx = (n * B + b) * C + c;
-          chan_merge<O>(cnt, mu, q, static_cast<O>(rows), bmean[idx], bm2[idx]);
-        }
-        mean[n * C + c] = mu;
-        m2[n * C + c] = q;
-      }
-    }
+    for (int64_t n = n0; n < n1; ++n)
+      chan_merge_rows<O>(bmean.data() + n * B * C, bm2.data() + n * B * C, counts.data(), B, C,
+                         mean + n * C, m2 + n * C);
   });
 }
 
@@ -452,6 +494,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     } else if (input.numel() == 0) {
       std::fill(mean, mean + G, O(0));
       std::fill(var, var + G, O(0));
+    } else if (!per_sample && !s.channels_last) {
+      // Batch norm, NCHW: one task per channel walks its N planes.
+      const scalar_t* x = input.const_data_ptr<scalar_t>();
+      at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          O q;
+          planes_mean_m2<scalar_t, O>(x + c * HW, N, HW, C * HW, mean[c], q);
+          var[c] = q / static_cast<O>(N * HW);
+        }
+      });
     } else {
       std::vector<O> pm(N * C), pq(N * C);
       plane_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, pm.data(), pq.data());
@@ -461,13 +513,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
           var[g] = pq[g] / static_cast<O>(HW);
         }
       } else {
-        for (int64_t c = 0; c < C; ++c) {
-          O cnt = 0, mu = 0, q = 0;
-          for (int64_t n = 0; n < N; ++n)
-            chan_merge<O>(cnt, mu, q, static_cast<O>(HW), pm[n * C + c], pq[n * C + c]);
-          mean[c] = mu;
-          var[c] = q / static_cast<O>(N * HW);
-        }
+        const std::vector<int64_t> counts(N, HW);
+        chan_merge_rows<O>(pm.data(), pq.data(), counts.data(), N, C, mean, var);
+        for (int64_t c = 0; c < C; ++c) var[c] /= static_cast<O>(N * HW);
       }
     }
     for (int64_t g = 0; g < G; ++g) invstd[g] = O(1) / std::sqrt(var[g] + static_cast<O>(eps));
