@@ -42,7 +42,7 @@ def _extension():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
-    cxx = ["-O3", "-std=c++17", *openmp]
+    cxx = ["-O3", "-std=c++20", *openmp]
     cxx += _simd_flags()
     link = [*openmp]
     use_cuda = _want_cuda()

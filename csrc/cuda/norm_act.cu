@@ -1,0 +1,1370 @@
+// CUDA kernels of gan_ext::norm_act and gan_ext::norm_act_backward.
+//
+// Semantics: gan_ext/reference.py (norm_act, norm_act_backward). Passes:
+//   forward : statistics (Welford per thread, Chan merges across threads and
+//             blocks) -> [tiny merge kernel when a group was split over
+//             several blocks] -> fused normalize + affine + activation.
+//   backward: reduction of (sum dz, sum dz*xhat) per group -> tiny per-channel
+//             kernel (grad_weight, grad_bias and per-group totals) ->
+//             elementwise grad_input. With running statistics grad_input does
+//             not depend on the sums, so the reduction pass writes it and the
+//             elementwise pass is skipped.
+// No activation-sized temporaries: only per-(group, split) partials.
+//
+// Two layouts, each with its own kernels:
+//   NCHW ("plane" kernels): a group (a channel, or an (n, c) plane for instance
+//     statistics) is `segs` runs of H*W contiguous elements. A team of threads
+//     (a warp up to a whole block) walks one contiguous slice of the group's
+//     flattened runs with a division-free cursor; one group is split over
+//     several teams when the groups alone cannot fill the GPU.
+//   NHWC ("row" kernels): rows of C contiguous channels. A block is a tile of
+//     tx vector-columns x ty rows; threads keep per-channel state in registers
+//     and the ty rows of the tile are merged in shared memory.
+// Reductions are deterministic: fixed partitions and fixed merge order, no
+// atomics.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
+
+#include "norm_act.h"
+
+namespace gan_ext {
+namespace {
+
+using index_t = int64_t;
+
+constexpr int kThreads = 256;               // block size of every kernel
+constexpr int kWarpSize = 32;
+constexpr int kWarps = kThreads / kWarpSize;
+constexpr int kUnroll = 4;                   // loads in flight per thread per iteration
+// Row kernels keep VEC channels of state per thread; with 8-wide vectors
+// (half/bfloat16) a smaller unroll keeps them at >= 2 blocks per SM.
+template <int VEC>
+constexpr int kRowUnroll = VEC >= 8 ? 2 : kUnroll;
+constexpr int kVectorBytes = 16;             // one 128-bit load/store
+
+template <typename T>
+using acc_type = at::opmath_type<T>;  // float for half/bfloat16/float, double for double
+
+__device__ __forceinline__ index_t imin(index_t a, index_t b) { return a < b ? a : b; }
+
+// ----------------------------------------------------------------- vectors
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T val[VEC];
+};
+
+template <int VEC, typename T>
+__device__ __forceinline__ Pack<T, VEC> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, VEC>*>(p);
+}
+
+template <int VEC, typename T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& v) {
+  *reinterpret_cast<Pack<T, VEC>*>(p) = v;
+}
+
+// ------------------------------------------------------- Welford / Chan
+template <typename acc_t>
+struct Welford {
+  acc_t mean, m2, n;  // n as acc_t: exact far beyond any per-thread count
+};
+
+// Chan et al.'s parallel merge. Branch-free; an empty side (n == 0) leaves
+// the other side unchanged.
+template <typename acc_t>
+__device__ __forceinline__ Welford<acc_t> welford_merge(const Welford<acc_t>& a,
+                                                        const Welford<acc_t>& b) {
+  const acc_t n = a.n + b.n;
+  const acc_t wb = n > acc_t(0) ? b.n / n : acc_t(0);
+  const acc_t delta = b.mean - a.mean;
+  return {a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb, n};
+}
+
+template <typename acc_t>
+__device__ __forceinline__ Welford<acc_t> warp_merge(Welford<acc_t> w) {
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) {
+    const Welford<acc_t> o{__shfl_down_sync(0xffffffffu, w.mean, off),
+                           __shfl_down_sync(0xffffffffu, w.m2, off),
+                           __shfl_down_sync(0xffffffffu, w.n, off)};
+    w = welford_merge(w, o);
+  }
+  return w;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ void warp_sum2(acc_t& a, acc_t& b) {
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) {
+    a += __shfl_down_sync(0xffffffffu, a, off);
+    b += __shfl_down_sync(0xffffffffu, b, off);
+  }
+}
+
+// Merges the states of each team of `team` consecutive threads (a power of two,
+// kWarpSize..kThreads); the result is valid in the team's first thread. Every
+// thread of the block must call it (it may synchronize the block).
+template <typename acc_t>
+__device__ Welford<acc_t> team_merge(Welford<acc_t> w, int team) {
+  w = warp_merge(w);
+  if (team == kWarpSize) return w;  // `team` is a kernel argument: uniform over the block
+  __shared__ acc_t sh[3][kWarps];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (lane == 0) {
+    sh[0][warp] = w.mean;
+    sh[1][warp] = w.m2;
+    sh[2][warp] = w.n;
+  }
+  __syncthreads();
+  const int warps_per_team = team / kWarpSize;
+  if (warp % warps_per_team == 0) {
+    Welford<acc_t> o{acc_t(0), acc_t(0), acc_t(0)};
+    if (lane < warps_per_team) o = {sh[0][warp + lane], sh[1][warp + lane], sh[2][warp + lane]};
+    w = warp_merge(o);
+  }
+  return w;
+}
+
+// Same for two plain sums.
+template <typename acc_t>
+__device__ void team_sum2(acc_t& a, acc_t& b, int team) {
+  warp_sum2(a, b);
+  if (team == kWarpSize) return;
+  __shared__ acc_t sh[2][kWarps];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (lane == 0) {
+    sh[0][warp] = a;
+    sh[1][warp] = b;
+  }
+  __syncthreads();
+  const int warps_per_team = team / kWarpSize;
+  if (warp % warps_per_team == 0) {
+    a = lane < warps_per_team ? sh[0][warp + lane] : acc_t(0);
+    b = lane < warps_per_team ? sh[1][warp + lane] : acc_t(0);
+    warp_sum2(a, b);
+  }
+}
+
+// Mean and M2 of the first `valid` packs, two-pass in registers (exact enough:
+// at most kUnroll * VEC values), ready for one Chan merge per iteration instead
+// of one Welford division per element.
+template <typename acc_t, typename scalar_t, int VEC>
+__device__ __forceinline__ Welford<acc_t> pack_moments(const Pack<scalar_t, VEC> (&v)[kUnroll],
+                                                       int valid) {
+  acc_t sum = acc_t(0);
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    if (k < valid) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) sum += static_cast<acc_t>(v[k].val[i]);
+    }
+  }
+  const acc_t n = static_cast<acc_t>(valid * VEC);
+  const acc_t mean = sum / n;
+  acc_t m2 = acc_t(0);
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    if (k < valid) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const acc_t d = static_cast<acc_t>(v[k].val[i]) - mean;
+        m2 += d * d;
+      }
+    }
+  }
+  return {mean, m2, n};
+}
+
+// Where a statistics pass puts its result: the final (mean, var, invstd) when a
+// group was reduced by a single unit, otherwise one partial per (group, split)
+// for stats_finalize_kernel.
+template <typename acc_t>
+struct StatsOut {
+  acc_t* mean;
+  acc_t* var;
+  acc_t* invstd;
+  acc_t* partial;         // [3][groups * splits]: mean, m2, n
+  index_t partial_stride;  // groups * splits
+  acc_t count;            // elements per group
+  acc_t eps;
+
+  __device__ void write_final(index_t g, const Welford<acc_t>& w) const {
+    const acc_t v = w.m2 / count;  // biased variance
+    mean[g] = w.mean;
+    var[g] = v;
+    invstd[g] = acc_t(1) / sqrt(v + eps);  // correctly rounded, unlike rsqrt()
+  }
+
+  __device__ void write(index_t g, index_t split, index_t splits, const Welford<acc_t>& w) const {
+    if (splits == 1) {
+      write_final(g, w);
+    } else {
+      const index_t i = g * splits + split;
+      partial[i] = w.mean;
+      partial[partial_stride + i] = w.m2;
+      partial[2 * partial_stride + i] = w.n;
+    }
+  }
+};
+
+// One warp per group merges its `splits` partials in a fixed order.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    stats_finalize_kernel(const StatsOut<acc_t> out, index_t groups, index_t splits) {
+  const index_t g = static_cast<index_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (g >= groups) return;  // warp-uniform, so the shuffles below see full warps
+  const acc_t* p = out.partial;
+  const index_t stride = out.partial_stride;
+  Welford<acc_t> w{acc_t(0), acc_t(0), acc_t(0)};
+  for (index_t s = lane; s < splits; s += kWarpSize) {
+    const index_t i = g * splits + s;
+    w = welford_merge(w, Welford<acc_t>{p[i], p[stride + i], p[2 * stride + i]});
+  }
+  w = warp_merge(w);
+  if (lane == 0) out.write_final(g, w);
+}
+
+// -------------------------------------------------- per-element math
+// The affine parameters as the op really uses them. weight/bias may be float32
+// with half/bfloat16 input, each independently; nullptr means gamma=1 / beta=0.
+template <typename scalar_t>
+struct Affine {
+  using acc_t = acc_type<scalar_t>;
+  const void* weight;
+  const void* bias;
+  bool weight_is_float;
+  bool bias_is_float;
+  bool clamp_weight;     // invertible leaky_relu: gamma = sign(w) * max(|w|, min_abs_weight)
+  acc_t min_abs_weight;  // kMinAbsWeight rounded to the weight's dtype, as reference.py computes it
+
+  __device__ __forceinline__ static acc_t load(const void* p, bool is_float, index_t c) {
+    return is_float ? static_cast<acc_t>(static_cast<const float*>(p)[c])
+                    : static_cast<acc_t>(static_cast<const scalar_t*>(p)[c]);
+  }
+
+  __device__ acc_t gamma(index_t c) const {
+    if (weight == nullptr) return acc_t(1);
+    const acc_t w = load(weight, weight_is_float, c);
+    if (!clamp_weight) return w;
+    acc_t mag = w < acc_t(0) ? -w : w;
+    mag = mag < min_abs_weight ? min_abs_weight : mag;  // NaN stays NaN, like clamp_min
+    return w < acc_t(0) ? -mag : mag;                    // -0 and +0 both become +min
+  }
+
+  __device__ acc_t beta(index_t c) const {
+    return bias == nullptr ? acc_t(0) : load(bias, bias_is_float, c);
+  }
+};
+
+// activation: 0 identity, 1 relu, 2 leaky_relu. The kind is uniform over the
+// grid, so the branches cost a few predicated instructions in a memory-bound loop.
+template <typename acc_t>
+struct Act {
+  int kind;
+  acc_t slope;
+
+  __device__ __forceinline__ acc_t forward(acc_t z) const {
+    if (kind == 1) return z < acc_t(0) ? acc_t(0) : z;  // NaN propagates, like torch.relu
+    if (kind == 2) return z > acc_t(0) ? z : z * slope;
+    return z;
+  }
+
+  __device__ __forceinline__ acc_t backward(acc_t z, acc_t dy) const {
+    if (kind == 1) return z > acc_t(0) ? dy : acc_t(0);
+    if (kind == 2) return z > acc_t(0) ? dy : dy * slope;
+    return dy;
+  }
+};
+
+// Per-group constants of the backward and the (dz, xhat) of one element.
+// xhat = (u - shift) * mul, where u is the saved input x (shift = mean,
+// mul = invstd) or, when saved_is_output, the un-activated z recovered from the
+// saved output (shift = beta, mul = 1 / gamma). Five values per channel keep
+// the channels-last kernels, which hold VEC channels per thread, in registers.
+template <typename acc_t>
+struct BackwardMath {
+  acc_t shift, mul, gamma, beta;
+  acc_t scale;           // gamma * invstd: d(out of the affine) / dx at fixed statistics
+  acc_t inv_slope;       // 1 / negative_slope, for inverting leaky_relu
+  bool saved_is_output;  // saved is y (In-Place ABN) rather than x
+  Act<acc_t> act;
+
+  __device__ __forceinline__ void operator()(acc_t dy, acc_t s, acc_t& dz, acc_t& xhat) const {
+    acc_t z;
+    if (saved_is_output) {
+      z = s >= acc_t(0) ? s : s * inv_slope;
+      xhat = (z - shift) * mul;
+    } else {
+      xhat = (s - shift) * mul;
+      z = xhat * gamma + beta;
+    }
+    dz = act.backward(z, dy);
+  }
+};
+
+template <typename scalar_t>
+struct BackwardArgs {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t* mean;    // per group
+  const acc_t* invstd;  // per group
+  Affine<scalar_t> affine;
+  Act<acc_t> act;
+  acc_t inv_slope;
+  bool saved_is_output;
+
+  __device__ BackwardMath<acc_t> math(index_t group, index_t channel) const {
+    BackwardMath<acc_t> m;
+    const acc_t rs = invstd[group];
+    m.gamma = affine.gamma(channel);
+    m.beta = affine.beta(channel);
+    m.scale = m.gamma * rs;
+    if (saved_is_output) {
+      m.shift = m.beta;
+      m.mul = acc_t(1) / m.gamma;  // gamma is clamped away from 0 in this mode
+    } else {
+      m.shift = mean[group];
+      m.mul = rs;
+    }
+    m.inv_slope = inv_slope;
+    m.saved_is_output = saved_is_output;
+    m.act = act;
+    return m;
+  }
+};
+
+// ================================================================ NCHW
+// Group g has `segs` runs of hwv vectors; run k starts at vector
+// (k * C + g) * hwv. Channel statistics: groups = C, segs = N. Instance
+// statistics: groups = N * C planes, segs = 1 (run 0 of plane g starts at g * hwv).
+// The channel of group g is g % C in both cases.
+struct PlaneGeometry {
+  index_t groups, segs, hwv, C;
+  index_t splits;  // units per group
+  index_t chunk;   // vectors per unit (the last unit of a group may get fewer)
+  int team;        // threads per unit: power of two in [kWarpSize, kThreads]
+  index_t step_seg, step_off;  // `team` vectors as whole runs + remainder
+};
+
+struct PlaneUnit {
+  index_t group, split, begin, end;  // vectors [begin, end) of the group's flattened runs
+  int rank;                          // thread rank in the team
+  bool active;                       // false for the padding teams of the last block
+};
+
+__device__ __forceinline__ PlaneUnit plane_unit(const PlaneGeometry& geo) {
+  PlaneUnit u;
+  const index_t unit =
+      static_cast<index_t>(blockIdx.x) * (kThreads / geo.team) + threadIdx.x / geo.team;
+  u.rank = threadIdx.x % geo.team;
+  u.active = unit < geo.groups * geo.splits;
+  u.group = unit / geo.splits;
+  u.split = unit - u.group * geo.splits;
+  u.begin = u.split * geo.chunk;
+  u.end = u.active ? imin(u.begin + geo.chunk, geo.segs * geo.hwv) : u.begin;
+  return u;
+}
+
+// Walks flat vector indices j, j + team, ... of one group, keeping (run, offset)
+// up to date with adds instead of a 64-bit division per vector.
+struct PlaneCursor {
+  index_t j, seg, off;
+
+  __device__ __forceinline__ PlaneCursor(const PlaneGeometry& geo, index_t j0) : j(j0) {
+    seg = j0 / geo.hwv;
+    off = j0 - seg * geo.hwv;
+  }
+  // Element offset of the current vector.
+  __device__ __forceinline__ index_t element(const PlaneGeometry& geo, index_t group, int vec) const {
+    return ((seg * geo.C + group) * geo.hwv + off) * vec;
+  }
+  __device__ __forceinline__ void advance(const PlaneGeometry& geo) {
+    j += geo.team;
+    seg += geo.step_seg;
+    off += geo.step_off;
+    if (off >= geo.hwv) {
+      off -= geo.hwv;
+      ++seg;
+    }
+  }
+};
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    plane_stats_kernel(const scalar_t* __restrict__ x, const PlaneGeometry geo,
+                       const StatsOut<acc_type<scalar_t>> out) {
+  using acc_t = acc_type<scalar_t>;
+  const PlaneUnit u = plane_unit(geo);
+  Welford<acc_t> w{acc_t(0), acc_t(0), acc_t(0)};
+  PlaneCursor cur(geo, u.begin + u.rank);
+  while (cur.j < u.end) {
+    // Issue all kUnroll loads before using any of them.
+    Pack<scalar_t, VEC> v[kUnroll];
+    int valid = 0;
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      if (cur.j < u.end) {
+        v[k] = load_pack<VEC>(x + cur.element(geo, u.group, VEC));
+        ++valid;  // j only grows, so the valid packs are a prefix
+      }
+      cur.advance(geo);
+    }
+    w = welford_merge(w, pack_moments<acc_t>(v, valid));
+  }
+  w = team_merge(w, geo.team);
+  if (u.active && u.rank == 0) out.write(u.group, u.split, geo.splits, w);
+}
+
+// out = act((x - mean) * invstd * gamma + beta)
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    plane_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                         const PlaneGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
+                         const acc_type<scalar_t>* __restrict__ invstd,
+                         const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
+  using acc_t = acc_type<scalar_t>;
+  const PlaneUnit u = plane_unit(geo);
+  if (!u.active) return;  // no block-wide synchronization in this kernel
+  const index_t c = u.group % geo.C;
+  const acc_t mu = mean[u.group];
+  const acc_t scale = invstd[u.group] * affine.gamma(c);
+  const acc_t shift = affine.beta(c);
+  PlaneCursor cur(geo, u.begin + u.rank);
+  while (cur.j < u.end) {
+    Pack<scalar_t, VEC> v[kUnroll];
+    index_t at[kUnroll];
+    int valid = 0;
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      if (cur.j < u.end) {
+        at[k] = cur.element(geo, u.group, VEC);
+        v[k] = load_pack<VEC>(x + at[k]);
+        ++valid;
+      }
+      cur.advance(geo);
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      if (k < valid) {
+        Pack<scalar_t, VEC> o;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const acc_t z = (static_cast<acc_t>(v[k].val[i]) - mu) * scale + shift;
+          o.val[i] = static_cast<scalar_t>(act.forward(z));
+        }
+        store_pack<VEC>(y + at[k], o);
+      }
+    }
+  }
+}
+
+// Partial (sum dz, sum dz*xhat) per unit into partial[0|1][group * splits + split].
+// With running statistics (grad_in != nullptr) also writes
+// grad_input = dz * gamma * invstd, which needs no sums.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    plane_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+                                 scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
+                                 const BackwardArgs<scalar_t> args,
+                                 acc_type<scalar_t>* __restrict__ partial) {
+  using acc_t = acc_type<scalar_t>;
+  const PlaneUnit u = plane_unit(geo);
+  BackwardMath<acc_t> m{};
+  if (u.active) m = args.math(u.group, u.group % geo.C);
+  acc_t sum_dz = acc_t(0), sum_dzx = acc_t(0);
+  PlaneCursor cur(geo, u.begin + u.rank);
+  while (cur.j < u.end) {
+    Pack<scalar_t, VEC> g[kUnroll], s[kUnroll];
+    index_t at[kUnroll];
+    int valid = 0;
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      if (cur.j < u.end) {
+        at[k] = cur.element(geo, u.group, VEC);
+        g[k] = load_pack<VEC>(dy + at[k]);
+        s[k] = load_pack<VEC>(saved + at[k]);
+        ++valid;
+      }
+      cur.advance(geo);
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      if (k < valid) {
+        acc_t dz[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          acc_t xhat;
+          m(static_cast<acc_t>(g[k].val[i]), static_cast<acc_t>(s[k].val[i]), dz[i], xhat);
+          sum_dz += dz[i];
+          sum_dzx += dz[i] * xhat;
+        }
+        if (grad_in != nullptr) {  // uniform branch
+          Pack<scalar_t, VEC> o;
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) o.val[i] = static_cast<scalar_t>(dz[i] * m.scale);
+          store_pack<VEC>(grad_in + at[k], o);
+        }
+      }
+    }
+  }
+  team_sum2(sum_dz, sum_dzx, geo.team);
+  if (u.active && u.rank == 0) {
+    const index_t i = u.group * geo.splits + u.split;
+    partial[i] = sum_dz;
+    partial[geo.groups * geo.splits + i] = sum_dzx;
+  }
+}
+
+// grad_input = gamma * invstd * (dz - sum_dz / M - xhat * sum_dz_xhat / M)
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    plane_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+                          scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
+                          const BackwardArgs<scalar_t> args,
+                          const acc_type<scalar_t>* __restrict__ totals,  // [2][groups]
+                          acc_type<scalar_t> count) {
+  using acc_t = acc_type<scalar_t>;
+  const PlaneUnit u = plane_unit(geo);
+  if (!u.active) return;
+  const BackwardMath<acc_t> m = args.math(u.group, u.group % geo.C);
+  const acc_t mean_dz = totals[u.group] / count;
+  const acc_t mean_dzx = totals[geo.groups + u.group] / count;
+  PlaneCursor cur(geo, u.begin + u.rank);
+  while (cur.j < u.end) {
+    Pack<scalar_t, VEC> g[kUnroll], s[kUnroll];
+    index_t at[kUnroll];
+    int valid = 0;
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      if (cur.j < u.end) {
+        at[k] = cur.element(geo, u.group, VEC);
+        g[k] = load_pack<VEC>(dy + at[k]);
+        s[k] = load_pack<VEC>(saved + at[k]);
+        ++valid;
+      }
+      cur.advance(geo);
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      if (k < valid) {
+        Pack<scalar_t, VEC> o;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          acc_t dz, xhat;
+          m(static_cast<acc_t>(g[k].val[i]), static_cast<acc_t>(s[k].val[i]), dz, xhat);
+          o.val[i] = static_cast<scalar_t>(m.scale * (dz - mean_dz - xhat * mean_dzx));
+        }
+        store_pack<VEC>(grad_in + at[k], o);
+      }
+    }
+  }
+}
+
+// ================================================================ NHWC
+// Batch b (a sample n for instance statistics, else the whole tensor) is `rows`
+// rows of C contiguous channels; row r of batch b starts at element
+// (b * rows + r) * C. Group (b, c) has index b * C + c, which is the required
+// n * C + c order of instance statistics and plain c otherwise.
+// Grid: blockIdx.x = (batch * splits + split) * col_blocks + col_block, the
+// column block fastest so neighbouring blocks read neighbouring bytes.
+struct RowGeometry {
+  index_t batches, rows, C, cv;  // cv = C / VEC
+  index_t splits, chunk;         // row ranges per (batch, column block), rows per range
+  index_t col_blocks;
+  int tx, ty;                    // block tile: tx vector columns x ty rows, tx * ty == kThreads
+};
+
+struct RowUnit {
+  index_t batch, split, col;  // col: this thread's vector column
+  index_t begin, end;         // the block's rows
+  int tx_i, ty_i;
+  bool active;                // col < cv
+};
+
+__device__ __forceinline__ RowUnit row_unit(const RowGeometry& geo) {
+  RowUnit u;
+  index_t b = blockIdx.x;
+  const index_t cb = b % geo.col_blocks;
+  b /= geo.col_blocks;
+  u.split = b % geo.splits;
+  u.batch = b / geo.splits;
+  u.tx_i = threadIdx.x % geo.tx;
+  u.ty_i = threadIdx.x / geo.tx;
+  u.col = cb * geo.tx + u.tx_i;
+  u.active = u.col < geo.cv;
+  u.begin = u.split * geo.chunk;
+  u.end = imin(u.begin + geo.chunk, geo.rows);
+  return u;
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    row_stats_kernel(const scalar_t* __restrict__ x, const RowGeometry geo,
+                     const StatsOut<acc_type<scalar_t>> out) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int UNROLL = kRowUnroll<VEC>;
+  // [VEC][kThreads]: thread-minor so the tree below is free of bank conflicts.
+  __shared__ acc_t sh_mean[VEC * kThreads];
+  __shared__ acc_t sh_m2[VEC * kThreads];
+  __shared__ acc_t sh_n[kThreads];
+  const RowUnit u = row_unit(geo);
+  acc_t mean[VEC], m2[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) mean[i] = m2[i] = acc_t(0);
+  acc_t n = acc_t(0);  // rows seen: the same for the VEC channels of a thread
+  if (u.active) {
+    const scalar_t* base = x + u.batch * geo.rows * geo.C + u.col * VEC;
+    for (index_t r = u.begin + u.ty_i; r < u.end; r += static_cast<index_t>(geo.ty) * UNROLL) {
+      Pack<scalar_t, VEC> v[UNROLL];
+      int valid = 0;
+#pragma unroll
+      for (int k = 0; k < UNROLL; ++k) {
+        const index_t rr = r + static_cast<index_t>(k) * geo.ty;
+        if (rr < u.end) {
+          v[k] = load_pack<VEC>(base + rr * geo.C);
+          ++valid;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < UNROLL; ++k) {
+        if (k < valid) {
+          // Welford: one division per row, shared by the VEC channels.
+          n += acc_t(1);
+          const acc_t inv_n = acc_t(1) / n;
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            const acc_t xv = static_cast<acc_t>(v[k].val[i]);
+            const acc_t d = xv - mean[i];
+            mean[i] += d * inv_n;
+            m2[i] += d * (xv - mean[i]);
+          }
+        }
+      }
+    }
+  }
+  // Tree over the ty rows of the tile (ty is a power of two).
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    sh_mean[i * kThreads + threadIdx.x] = mean[i];
+    sh_m2[i * kThreads + threadIdx.x] = m2[i];
+  }
+  sh_n[threadIdx.x] = n;
+  __syncthreads();
+  for (int off = geo.ty / 2; off > 0; off >>= 1) {
+    if (u.ty_i < off) {
+      const int o = threadIdx.x + off * geo.tx;
+      const acc_t on = sh_n[o];
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const Welford<acc_t> r = welford_merge(
+            Welford<acc_t>{mean[i], m2[i], n},
+            Welford<acc_t>{sh_mean[i * kThreads + o], sh_m2[i * kThreads + o], on});
+        mean[i] = r.mean;
+        m2[i] = r.m2;
+        sh_mean[i * kThreads + threadIdx.x] = r.mean;
+        sh_m2[i * kThreads + threadIdx.x] = r.m2;
+      }
+      n += on;
+      sh_n[threadIdx.x] = n;
+    }
+    __syncthreads();
+  }
+  if (u.ty_i == 0 && u.active) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      out.write(u.batch * geo.C + u.col * VEC + i, u.split, geo.splits,
+                Welford<acc_t>{mean[i], m2[i], n});
+    }
+  }
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    row_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                       const RowGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
+                       const acc_type<scalar_t>* __restrict__ invstd,
+                       const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int UNROLL = kRowUnroll<VEC>;
+  const RowUnit u = row_unit(geo);
+  if (!u.active) return;
+  acc_t mu[VEC], scale[VEC], shift[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    const index_t c = u.col * VEC + i;
+    const index_t g = u.batch * geo.C + c;
+    mu[i] = mean[g];
+    scale[i] = invstd[g] * affine.gamma(c);
+    shift[i] = affine.beta(c);
+  }
+  const index_t base = u.batch * geo.rows * geo.C + u.col * VEC;
+  for (index_t r = u.begin + u.ty_i; r < u.end; r += static_cast<index_t>(geo.ty) * UNROLL) {
+    Pack<scalar_t, VEC> v[UNROLL];
+    int valid = 0;
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      const index_t rr = r + static_cast<index_t>(k) * geo.ty;
+      if (rr < u.end) {
+        v[k] = load_pack<VEC>(x + base + rr * geo.C);
+        ++valid;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      if (k < valid) {
+        Pack<scalar_t, VEC> o;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const acc_t z = (static_cast<acc_t>(v[k].val[i]) - mu[i]) * scale[i] + shift[i];
+          o.val[i] = static_cast<scalar_t>(act.forward(z));
+        }
+        store_pack<VEC>(y + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    row_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+                               scalar_t* __restrict__ grad_in, const RowGeometry geo,
+                               const BackwardArgs<scalar_t> args,
+                               acc_type<scalar_t>* __restrict__ partial) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int UNROLL = kRowUnroll<VEC>;
+  __shared__ acc_t sh_dz[VEC * kThreads];
+  __shared__ acc_t sh_dzx[VEC * kThreads];
+  const RowUnit u = row_unit(geo);
+  acc_t sum_dz[VEC], sum_dzx[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) sum_dz[i] = sum_dzx[i] = acc_t(0);
+  if (u.active) {
+    BackwardMath<acc_t> m[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const index_t c = u.col * VEC + i;
+      m[i] = args.math(u.batch * geo.C + c, c);
+    }
+    const index_t base = u.batch * geo.rows * geo.C + u.col * VEC;
+    for (index_t r = u.begin + u.ty_i; r < u.end; r += static_cast<index_t>(geo.ty) * UNROLL) {
+      Pack<scalar_t, VEC> g[UNROLL], s[UNROLL];
+      int valid = 0;
+#pragma unroll
+      for (int k = 0; k < UNROLL; ++k) {
+        const index_t rr = r + static_cast<index_t>(k) * geo.ty;
+        if (rr < u.end) {
+          g[k] = load_pack<VEC>(dy + base + rr * geo.C);
+          s[k] = load_pack<VEC>(saved + base + rr * geo.C);
+          ++valid;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < UNROLL; ++k) {
+        if (k < valid) {
+          acc_t dz[VEC];
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            acc_t xhat;
+            m[i](static_cast<acc_t>(g[k].val[i]), static_cast<acc_t>(s[k].val[i]), dz[i], xhat);
+            sum_dz[i] += dz[i];
+            sum_dzx[i] += dz[i] * xhat;
+          }
+          if (grad_in != nullptr) {  // uniform branch
+            Pack<scalar_t, VEC> o;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) o.val[i] = static_cast<scalar_t>(dz[i] * m[i].scale);
+            store_pack<VEC>(grad_in + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    sh_dz[i * kThreads + threadIdx.x] = sum_dz[i];
+    sh_dzx[i * kThreads + threadIdx.x] = sum_dzx[i];
+  }
+  __syncthreads();
+  for (int off = geo.ty / 2; off > 0; off >>= 1) {
+    if (u.ty_i < off) {
+      const int o = threadIdx.x + off * geo.tx;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        sum_dz[i] += sh_dz[i * kThreads + o];
+        sum_dzx[i] += sh_dzx[i * kThreads + o];
+        sh_dz[i * kThreads + threadIdx.x] = sum_dz[i];
+        sh_dzx[i * kThreads + threadIdx.x] = sum_dzx[i];
+      }
+    }
+    __syncthreads();
+  }
+  if (u.ty_i == 0 && u.active) {
+    const index_t units = geo.batches * geo.C * geo.splits;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const index_t p = (u.batch * geo.C + u.col * VEC + i) * geo.splits + u.split;
+      partial[p] = sum_dz[i];
+      partial[units + p] = sum_dzx[i];
+    }
+  }
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    row_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+                        scalar_t* __restrict__ grad_in, const RowGeometry geo,
+                        const BackwardArgs<scalar_t> args,
+                        const acc_type<scalar_t>* __restrict__ totals,  // [2][batches * C]
+                        acc_type<scalar_t> count) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int UNROLL = kRowUnroll<VEC>;
+  const RowUnit u = row_unit(geo);
+  if (!u.active) return;
+  BackwardMath<acc_t> m[VEC];
+  acc_t mean_dz[VEC], mean_dzx[VEC];
+  const index_t groups = geo.batches * geo.C;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    const index_t c = u.col * VEC + i;
+    const index_t g = u.batch * geo.C + c;
+    m[i] = args.math(g, c);
+    mean_dz[i] = totals[g] / count;
+    mean_dzx[i] = totals[groups + g] / count;
+  }
+  const index_t base = u.batch * geo.rows * geo.C + u.col * VEC;
+  for (index_t r = u.begin + u.ty_i; r < u.end; r += static_cast<index_t>(geo.ty) * UNROLL) {
+    Pack<scalar_t, VEC> g[UNROLL], s[UNROLL];
+    int valid = 0;
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      const index_t rr = r + static_cast<index_t>(k) * geo.ty;
+      if (rr < u.end) {
+        g[k] = load_pack<VEC>(dy + base + rr * geo.C);
+        s[k] = load_pack<VEC>(saved + base + rr * geo.C);
+        ++valid;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      if (k < valid) {
+        Pack<scalar_t, VEC> o;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          acc_t dz, xhat;
+          m[i](static_cast<acc_t>(g[k].val[i]), static_cast<acc_t>(s[k].val[i]), dz, xhat);
+          o.val[i] = static_cast<scalar_t>(m[i].scale * (dz - mean_dz[i] - xhat * mean_dzx[i]));
+        }
+        store_pack<VEC>(grad_in + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
+      }
+    }
+  }
+}
+
+// ===================================================== backward finalize
+// One warp per channel c: for each batch b, sums the splits of group
+// (b * C + c) (the per-group totals the elementwise pass needs), and sums those
+// over b into grad_bias[c] / grad_weight[c]. Fixed order: deterministic.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_finalize_kernel(const acc_type<scalar_t>* __restrict__ partial, index_t C,
+                             index_t batches, index_t splits,
+                             acc_type<scalar_t>* __restrict__ totals,  // [2][batches * C] or nullptr
+                             void* grad_weight, void* grad_bias, bool grads_are_float) {
+  using acc_t = acc_type<scalar_t>;
+  const index_t c = static_cast<index_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (c >= C) return;  // warp-uniform
+  const index_t units = batches * C * splits;
+  acc_t channel_dz = acc_t(0), channel_dzx = acc_t(0);
+  for (index_t b = 0; b < batches; ++b) {
+    const index_t g = b * C + c;
+    acc_t dz = acc_t(0), dzx = acc_t(0);
+    for (index_t s = lane; s < splits; s += kWarpSize) {
+      dz += partial[g * splits + s];
+      dzx += partial[units + g * splits + s];
+    }
+    warp_sum2(dz, dzx);
+    if (lane == 0) {
+      if (totals != nullptr) {
+        totals[g] = dz;
+        totals[batches * C + g] = dzx;
+      }
+      channel_dz += dz;
+      channel_dzx += dzx;
+    }
+  }
+  if (lane == 0) {
+    if (grads_are_float) {
+      static_cast<float*>(grad_weight)[c] = static_cast<float>(channel_dzx);
+      static_cast<float*>(grad_bias)[c] = static_cast<float>(channel_dz);
+    } else {
+      static_cast<scalar_t*>(grad_weight)[c] = static_cast<scalar_t>(channel_dzx);
+      static_cast<scalar_t*>(grad_bias)[c] = static_cast<scalar_t>(channel_dz);
+    }
+  }
+}
+
+// ============================================================ host side
+index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+index_t next_pow2(index_t v) {
+  index_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+// Blocks of `kernel` that fit on one SM, times the SM count: the grid size
+// that fills the device in one wave. Cached per (device, kernel); only a
+// performance hint, never needed for correctness.
+template <typename Kernel>
+index_t wave_blocks(Kernel kernel, int device) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, index_t> cache;
+  const auto key = std::make_pair(device, reinterpret_cast<const void*>(kernel));
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  int sms = 0, per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  const index_t blocks = static_cast<index_t>(std::max(sms, 1)) * std::max(per_sm, 1);
+  std::lock_guard<std::mutex> lock(mutex);
+  cache[key] = blocks;
+  return blocks;
+}
+
+unsigned int grid_size(index_t blocks) {
+  TORCH_CHECK(blocks > 0 && blocks <= std::numeric_limits<int32_t>::max(),
+              "gan_ext norm_act: tensor too large for one launch (", blocks, " blocks)");
+  return static_cast<unsigned int>(blocks);
+}
+
+// groups x segs runs of hw elements, read as vectors of `vec`.
+PlaneGeometry plan_planes(index_t groups, index_t segs, index_t hw, index_t C, int vec,
+                          index_t wave) {
+  PlaneGeometry geo;
+  geo.groups = groups;
+  geo.segs = segs;
+  geo.hwv = hw / vec;
+  geo.C = C;
+  const index_t per_group = segs * geo.hwv;
+  // A warp for tiny groups (a whole block would idle), up to a block for big
+  // ones, with about kUnroll vectors per thread.
+  const index_t want = next_pow2(ceil_div(per_group, kUnroll));
+  geo.team = static_cast<int>(std::min<index_t>(kThreads, std::max<index_t>(kWarpSize, want)));
+  const index_t teams_per_block = kThreads / geo.team;
+  // Split groups only while the GPU is not full, and never below a full
+  // unrolled iteration per thread.
+  index_t splits = ceil_div(wave * teams_per_block, groups);
+  const index_t per_iteration = static_cast<index_t>(geo.team) * kUnroll;
+  splits = std::min(splits, std::max<index_t>(1, per_group / per_iteration));
+  splits = std::max<index_t>(splits, 1);
+  geo.chunk = ceil_div(per_group, splits);
+  geo.splits = ceil_div(per_group, geo.chunk);  // no empty units
+  geo.step_seg = geo.team / geo.hwv;
+  geo.step_off = geo.team % geo.hwv;
+  return geo;
+}
+
+index_t plane_blocks(const PlaneGeometry& geo) {
+  return ceil_div(geo.groups * geo.splits, kThreads / geo.team);
+}
+
+// batches x rows rows of C channels, read as vectors of `vec` channels.
+RowGeometry plan_rows(index_t batches, index_t rows, index_t C, int vec, int unroll, index_t wave) {
+  RowGeometry geo;
+  geo.batches = batches;
+  geo.rows = rows;
+  geo.C = C;
+  geo.cv = C / vec;
+  geo.tx = static_cast<int>(std::min<index_t>(kWarpSize, next_pow2(geo.cv)));
+  geo.ty = kThreads / geo.tx;
+  geo.col_blocks = ceil_div(geo.cv, geo.tx);
+  const index_t base_blocks = batches * geo.col_blocks;
+  index_t splits = ceil_div(wave, base_blocks);
+  // At least two unrolled iterations per thread: each block writes C partials
+  // per split, which must stay small next to the rows it reads.
+  const index_t min_rows = static_cast<index_t>(geo.ty) * unroll * 2;
+  splits = std::min(splits, std::max<index_t>(1, rows / min_rows));
+  splits = std::max<index_t>(splits, 1);
+  geo.chunk = ceil_div(rows, splits);
+  geo.splits = ceil_div(rows, geo.chunk);
+  return geo;
+}
+
+index_t row_blocks(const RowGeometry& geo) { return geo.batches * geo.splits * geo.col_blocks; }
+
+bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
+
+// Runs f(std::integral_constant<int, VEC>) with 128-bit vectors when `vectorize`,
+// else with scalars.
+template <typename scalar_t, typename F>
+void with_vec(bool vectorize, F&& f) {
+  constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+  if (vectorize) {
+    f(std::integral_constant<int, kVec>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// kMinAbsWeight rounded to the weight's dtype, as effective_weight() computes it.
+double min_abs_weight_in(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf:
+      return static_cast<float>(c10::Half(static_cast<float>(kMinAbsWeight)));
+    case at::kBFloat16:
+      return static_cast<float>(c10::BFloat16(static_cast<float>(kMinAbsWeight)));
+    case at::kFloat:
+      return static_cast<float>(kMinAbsWeight);
+    default:
+      return kMinAbsWeight;
+  }
+}
+
+const at::Tensor* present(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? &*t : nullptr;
+}
+
+// The layout view of one (N, C, H, W) tensor in kernel_memory_format.
+struct Layout {
+  index_t N, C, HW;
+  bool channels_last;  // use the row (NHWC) kernels
+  bool per_sample;  // one group per (n, c) (instance statistics), else per channel
+
+  index_t groups() const { return per_sample ? N * C : C; }
+  index_t count() const { return per_sample ? HW : N * HW; }  // elements per group
+  // Vector loads need the vectorized extent to divide evenly and aligned bases.
+  bool vectorizable(int vec) const { return (channels_last ? C : HW) % vec == 0; }
+};
+
+template <typename scalar_t>
+Affine<scalar_t> make_affine(const at::Tensor* weight, const at::Tensor* bias, bool clamp) {
+  Affine<scalar_t> a;
+  a.weight = weight ? weight->const_data_ptr() : nullptr;
+  a.bias = bias ? bias->const_data_ptr() : nullptr;
+  a.weight_is_float = weight && weight->scalar_type() == at::kFloat;
+  a.bias_is_float = bias && bias->scalar_type() == at::kFloat;
+  a.clamp_weight = clamp;
+  a.min_abs_weight = static_cast<acc_type<scalar_t>>(
+      min_abs_weight_in(weight ? weight->scalar_type() : at::kDouble));
+  return a;
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
+                  const at::Tensor* weight, const at::Tensor* bias, bool use_input_stats,
+                  const at::Tensor& mean, const at::Tensor& var, const at::Tensor& invstd,
+                  double eps, int64_t activation, double negative_slope) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+  const int device = x.get_device();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool vectorize = lay.vectorizable(kVec) && aligned(x.const_data_ptr()) &&
+                         aligned(out.const_data_ptr());
+  const Affine<scalar_t> affine =
+      make_affine<scalar_t>(weight, bias, output_is_invertible(activation, negative_slope));
+  const Act<acc_t> act{static_cast<int>(activation), static_cast<acc_t>(negative_slope)};
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = out.mutable_data_ptr<scalar_t>();
+  // With running statistics every group is a channel, also for instance norm.
+  const bool per_sample = lay.per_sample;
+
+  with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
+    constexpr int VEC = decltype(vec_tag)::value;
+    // ---- statistics pass
+    if (use_input_stats) {
+      StatsOut<acc_t> so;
+      so.mean = mean.mutable_data_ptr<acc_t>();
+      so.var = var.mutable_data_ptr<acc_t>();
+      so.invstd = invstd.mutable_data_ptr<acc_t>();
+      so.partial = nullptr;
+      so.partial_stride = 0;
+      so.count = static_cast<acc_t>(lay.count());
+      so.eps = static_cast<acc_t>(eps);
+      const index_t groups = lay.groups();
+      at::Tensor partial;
+      index_t splits = 1;
+      if (!lay.channels_last) {
+        auto kernel = plane_stats_kernel<scalar_t, VEC>;
+        const PlaneGeometry geo = per_sample
+            ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave_blocks(kernel, device))
+            : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave_blocks(kernel, device));
+        splits = geo.splits;
+        if (splits > 1) {
+          partial = at::empty({3 * groups * splits}, mean.options());
+          so.partial = partial.mutable_data_ptr<acc_t>();
+          so.partial_stride = groups * splits;
+        }
+        kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        auto kernel = row_stats_kernel<scalar_t, VEC>;
+        const RowGeometry geo = per_sample
+            ? plan_rows(lay.N, lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave_blocks(kernel, device))
+            : plan_rows(1, lay.N * lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave_blocks(kernel, device));
+        splits = geo.splits;
+        if (splits > 1) {
+          partial = at::empty({3 * groups * splits}, mean.options());
+          so.partial = partial.mutable_data_ptr<acc_t>();
+          so.partial_stride = groups * splits;
+        }
+        kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (splits > 1) {
+        stats_finalize_kernel<acc_t><<<grid_size(ceil_div(groups, kWarps)), kThreads, 0, stream>>>(
+            so, groups, splits);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    // ---- normalize + affine + activation
+    const acc_t* mp = mean.const_data_ptr<acc_t>();
+    const acc_t* ip = invstd.const_data_ptr<acc_t>();
+    if (!lay.channels_last) {
+      auto kernel = plane_forward_kernel<scalar_t, VEC>;
+      const index_t wave = wave_blocks(kernel, device);
+      const PlaneGeometry geo = per_sample ? plan_planes(lay.N * lay.C, 1, lay.HW, lay.C, VEC, wave)
+                                           : plan_planes(lay.C, lay.N, lay.HW, lay.C, VEC, wave);
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      auto kernel = row_forward_kernel<scalar_t, VEC>;
+      const index_t wave = wave_blocks(kernel, device);
+      const RowGeometry geo = per_sample
+          ? plan_rows(lay.N, lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave)
+          : plan_rows(1, lay.N * lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave);
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tensor& grad_in,
+                   const Layout& lay, const at::Tensor* weight, const at::Tensor* bias,
+                   const at::Tensor& mean, const at::Tensor& invstd, bool use_input_stats,
+                   int64_t activation, double negative_slope, bool saved_is_output,
+                   const at::Tensor& grad_weight, const at::Tensor& grad_bias) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+  const int device = saved.get_device();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool vectorize = lay.vectorizable(kVec) && aligned(dy.const_data_ptr()) &&
+                         aligned(saved.const_data_ptr()) && aligned(grad_in.const_data_ptr());
+
+  BackwardArgs<scalar_t> args;
+  args.mean = mean.const_data_ptr<acc_t>();
+  args.invstd = invstd.const_data_ptr<acc_t>();
+  args.affine = make_affine<scalar_t>(weight, bias, output_is_invertible(activation, negative_slope));
+  args.act = Act<acc_t>{static_cast<int>(activation), static_cast<acc_t>(negative_slope)};
+  // Only used when saved_is_output, which requires negative_slope > 0.
+  args.inv_slope = saved_is_output ? static_cast<acc_t>(1.0 / negative_slope) : acc_t(0);
+  args.saved_is_output = saved_is_output;
+
+  const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+  const scalar_t* sp = saved.const_data_ptr<scalar_t>();
+  scalar_t* gip = grad_in.mutable_data_ptr<scalar_t>();
+  const index_t groups = lay.groups();
+  const index_t batches = lay.per_sample ? lay.N : 1;
+  const acc_t count = static_cast<acc_t>(lay.count());
+  // With running statistics grad_input needs no sums: the reduction writes it.
+  scalar_t* reduce_writes = use_input_stats ? nullptr : gip;
+
+  with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
+    constexpr int VEC = decltype(vec_tag)::value;
+    // ---- reduction pass
+    at::Tensor partial;
+    index_t splits = 1;
+    if (!lay.channels_last) {
+      auto kernel = plane_backward_reduce_kernel<scalar_t, VEC>;
+      const index_t wave = wave_blocks(kernel, device);
+      const PlaneGeometry geo = lay.per_sample ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave)
+                                               : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave);
+      splits = geo.splits;
+      partial = at::empty({2 * groups * splits}, mean.options());
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
+          dyp, sp, reduce_writes, geo, args, partial.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      auto kernel = row_backward_reduce_kernel<scalar_t, VEC>;
+      const index_t wave = wave_blocks(kernel, device);
+      const RowGeometry geo = plan_rows(batches, lay.per_sample ? lay.HW : lay.N * lay.HW, lay.C,
+                                        VEC, kRowUnroll<VEC>, wave);
+      splits = geo.splits;
+      partial = at::empty({2 * groups * splits}, mean.options());
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(
+          dyp, sp, reduce_writes, geo, args, partial.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    // ---- grad_weight, grad_bias and per-group totals
+    at::Tensor totals;
+    if (use_input_stats) totals = at::empty({2 * groups}, mean.options());
+    backward_finalize_kernel<scalar_t><<<grid_size(ceil_div(lay.C, kWarps)), kThreads, 0, stream>>>(
+        partial.const_data_ptr<acc_t>(), lay.C, batches, splits,
+        use_input_stats ? totals.mutable_data_ptr<acc_t>() : nullptr, grad_weight.mutable_data_ptr(),
+        grad_bias.mutable_data_ptr(), grad_weight.scalar_type() == at::kFloat);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!use_input_stats) return;
+    // ---- grad_input
+    const acc_t* tp = totals.const_data_ptr<acc_t>();
+    if (!lay.channels_last) {
+      auto kernel = plane_backward_kernel<scalar_t, VEC>;
+      const index_t wave = wave_blocks(kernel, device);
+      const PlaneGeometry geo = lay.per_sample ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave)
+                                               : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave);
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, gip, geo, args, tp, count);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      auto kernel = row_backward_kernel<scalar_t, VEC>;
+      const index_t wave = wave_blocks(kernel, device);
+      const RowGeometry geo = plan_rows(batches, lay.per_sample ? lay.HW : lay.N * lay.HW, lay.C,
+                                        VEC, kRowUnroll<VEC>, wave);
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, gip, geo, args, tp, count);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                     const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " must be on the same CUDA device as ",
+                    ref_name, " (", ref.device(), "), got ", t.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
+    int64_t activation, double negative_slope) {
+  TORCH_CHECK_VALUE(input.is_cuda(), "input must be a CUDA tensor, got one on ", input.device());
+  const auto [N, C, HW] = check_norm_act_args(input, weight, bias, running_mean, running_var,
+                                              use_input_stats, instance, eps, activation);
+  // check_norm_act_args already requires every given parameter on input's device.
+  c10::cuda::CUDAGuard guard(input.device());
+
+  const at::MemoryFormat fmt = kernel_memory_format(input);
+  const at::Tensor x = input.contiguous(fmt);
+  at::Tensor out = at::empty(x.sizes(), x.options(), fmt);
+  const at::ScalarType sd = stats_dtype(input);
+  const at::TensorOptions stats_options = x.options().dtype(sd);
+
+  at::Tensor mean, var, invstd;
+  if (use_input_stats) {
+    const index_t groups = instance ? N * C : C;
+    mean = at::empty({groups}, stats_options);
+    var = at::empty({groups}, stats_options);
+    invstd = at::empty({groups}, stats_options);
+  } else {
+    // Copies (never aliases of the running buffers: outputs of a custom op must
+    // not alias its inputs), in the statistics dtype.
+    mean = running_mean->to(sd, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    var = running_var->to(sd, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    invstd = var.add(eps).rsqrt();
+  }
+  if (x.numel() == 0) {
+    if (use_input_stats) {  // statistics of nothing, as torch.var_mean gives them
+      mean.fill_(std::numeric_limits<double>::quiet_NaN());
+      var.fill_(std::numeric_limits<double>::quiet_NaN());
+      invstd.fill_(std::numeric_limits<double>::quiet_NaN());
+    }
+    return {out, mean, invstd, var};
+  }
+
+  const at::Tensor* w = present(weight);
+  const at::Tensor* b = present(bias);
+  const at::Tensor wc = w ? w->contiguous() : at::Tensor();
+  const at::Tensor bc = b ? b->contiguous() : at::Tensor();
+  // With H*W == 1 both layouts are the same bytes; the row kernels read them
+  // coalesced, where the plane kernels would gather with stride C.
+  const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;
+  const Layout lay{N, C, HW, rows, instance && use_input_stats};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gan_ext::norm_act", [&] {
+    forward_impl<scalar_t>(x, out, lay, w ? &wc : nullptr, b ? &bc : nullptr, use_input_stats, mean,
+                           var, invstd, eps, activation, negative_slope);
+  });
+  return {out, mean, invstd, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& saved, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
+    bool use_input_stats, bool instance, int64_t activation, double negative_slope,
+    bool saved_is_output) {
+  TORCH_CHECK_VALUE(saved.is_cuda(), "saved must be a CUDA tensor, got one on ", saved.device());
+  check_norm_act_backward_args(grad_out, saved, weight, bias, mean, invstd, activation,
+                               saved_is_output, negative_slope);
+  check_on_device(grad_out, "grad_out", saved, "saved");
+  check_on_device(mean, "mean", saved, "saved");
+  check_on_device(invstd, "invstd", saved, "saved");
+  TORCH_CHECK_TYPE(at::isFloatingType(mean.scalar_type()) && at::isFloatingType(invstd.scalar_type()),
+                   "mean and invstd must be floating point tensors, got ", dtype_name(mean), " and ",
+                   dtype_name(invstd));
+  const index_t N = saved.size(0), C = saved.size(1), HW = saved.size(2) * saved.size(3);
+  const bool per_sample = instance && use_input_stats;
+  const index_t groups = per_sample ? N * C : C;
+  TORCH_CHECK_VALUE(mean.size(0) == groups, "mean and invstd must have ", groups, " elements (",
+                    per_sample ? "N*C: instance statistics" : "C: one per channel", "), got ",
+                    mean.size(0));
+  c10::cuda::CUDAGuard guard(saved.device());
+
+  const at::MemoryFormat fmt = kernel_memory_format(saved);
+  const at::Tensor s = saved.contiguous(fmt);
+  const at::Tensor dy = grad_out.contiguous(fmt);  // grad_out may arrive in another layout
+  at::Tensor grad_in = at::empty(s.sizes(), s.options(), fmt);
+  const at::Tensor* w = present(weight);
+  const at::Tensor* b = present(bias);
+  const at::TensorOptions param_options =
+      s.options().dtype(w ? w->scalar_type() : saved.scalar_type());
+  if (s.numel() == 0) {
+    return {grad_in, at::zeros({C}, param_options), at::zeros({C}, param_options)};
+  }
+  at::Tensor grad_weight = at::empty({C}, param_options);
+  at::Tensor grad_bias = at::empty({C}, param_options);
+
+  const at::ScalarType sd = stats_dtype(saved);
+  const at::Tensor mean_c = mean.to(sd).contiguous();
+  const at::Tensor invstd_c = invstd.to(sd).contiguous();
+  const at::Tensor wc = w ? w->contiguous() : at::Tensor();
+  const at::Tensor bc = b ? b->contiguous() : at::Tensor();
+  const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;  // see norm_act_cuda
+  const Layout lay{N, C, HW, rows, per_sample};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, s.scalar_type(), "gan_ext::norm_act_backward", [&] {
+        backward_impl<scalar_t>(dy, s, grad_in, lay, w ? &wc : nullptr, b ? &bc : nullptr, mean_c,
+                                invstd_c, use_input_stats, activation, negative_slope,
+                                saved_is_output, grad_weight, grad_bias);
+      });
+  return {grad_in, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gan_ext, CUDA, m) {
+  m.impl("norm_act", &norm_act_cuda);
+  m.impl("norm_act_backward", &norm_act_backward_cuda);
+}
+
+}  // namespace gan_ext
