@@ -77,8 +77,12 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
     const at::Tensor& grad_out = grads[0];
     variable_list result(10);
     if (!grad_out.defined()) return result;
-    const bool need_in = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
-               need_b = ctx->needs_input_grad(2);
+    // needs_input_grad counts only the tensors that were passed: an absent
+    // weight shifts bias down to edge 1.
+    const bool has_w = saved[1].defined(), has_b = saved[2].defined();
+    const bool need_in = ctx->needs_input_grad(0);
+    const bool need_w = has_w && ctx->needs_input_grad(1);
+    const bool need_b = has_b && ctx->needs_input_grad(has_w ? 2 : 1);
     if (!(need_in || need_w || need_b)) return result;
     auto [gi, gw, gb] = call_norm_act_backward(
         grad_out, saved[0], opt(saved[1]), opt(saved[2]), saved[3], saved[4],
@@ -86,8 +90,8 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
         ctx->saved_data["activation"].toInt(), ctx->saved_data["negative_slope"].toDouble(),
         ctx->saved_data["saved_is_output"].toBool());
     if (need_in) result[0] = gi;
-    if (need_w && saved[1].defined()) result[1] = gw;
-    if (need_b && saved[2].defined()) result[2] = gb;
+    if (need_w) result[1] = gw;
+    if (need_b) result[2] = gb;
     return result;
   }
 };

@@ -7,6 +7,7 @@ is what a benchmark sees.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
@@ -17,8 +18,13 @@ BACKENDS = ("fused", "reference")
 _C = None
 load_error: str | None = None
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.gan_ext.*)
-except Exception as e:  # ImportError, or an undefined symbol from an ABI mismatch
+    # import_module, not `from . import _C`: for a missing file the latter
+    # reports a misleading "partially initialized module" circular import.
+    _C = importlib.import_module(f"{__package__}._C")  # registers torch.ops.gan_ext.*
+except ModuleNotFoundError:
+    _C = None
+    load_error = "gan_ext._C is not built"
+except Exception as e:  # an undefined symbol from an ABI mismatch, a wrong torch, ...
     _C = None
     load_error = f"{type(e).__name__}: {e}"
 

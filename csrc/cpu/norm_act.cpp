@@ -178,20 +178,24 @@ void chan_merge_rows(const O* means, const O* m2s, const int64_t* counts, int64_
 template <typename T, typename O>
 inline void block_mean_m2(const T* x, int64_t runs, int64_t len, int64_t stride, O& mean, O& m2) {
   constexpr int64_t V = Vectorized<O>::size();
+  // The first pass sums around the block's first value, so that a large mean
+  // does not eat the digits of the (much smaller) deviations.
+  const O shift = static_cast<O>(x[0]);
+  const Vectorized<O> sv(shift);
   Vectorized<O> acc0(O(0)), acc1(O(0));
   O s = 0;
   for (int64_t r = 0; r < runs; ++r) {
     const T* xr = x + r * stride;
     int64_t i = 0;
     for (; i + 2 * V <= len; i += 2 * V) {
-      acc0 += vload<T, O>(xr + i);
-      acc1 += vload<T, O>(xr + i + V);
+      acc0 += vload<T, O>(xr + i) - sv;
+      acc1 += vload<T, O>(xr + i + V) - sv;
     }
-    for (; i + V <= len; i += V) acc0 += vload<T, O>(xr + i);
-    for (; i < len; ++i) s += static_cast<O>(xr[i]);
+    for (; i + V <= len; i += V) acc0 += vload<T, O>(xr + i) - sv;
+    for (; i < len; ++i) s += static_cast<O>(xr[i]) - shift;
   }
   s += vsum(acc0 + acc1);
-  mean = s / static_cast<O>(runs * len);
+  mean = shift + s / static_cast<O>(runs * len);
   const Vectorized<O> mv(mean);
   acc0 = Vectorized<O>(O(0));
   acc1 = Vectorized<O>(O(0));
@@ -266,9 +270,12 @@ void plane_stats(const T* x, const Shape& s, O* mean, O* m2) {
       const O inv_rows = O(1) / static_cast<O>(r1 - r0);
       for (int64_t c = 0; c < C; c += V) {
         const int64_t w = std::min(V, C - c);
+        // Sum around the block's first row: a channel's rows are summed in one
+        // lane, and around a large mean that sum would lose the low digits.
+        const Vectorized<O> shift = vload<T, O>(xs + r0 * C + c, w);
         Vectorized<O> acc(O(0));
-        for (int64_t r = r0; r < r1; ++r) acc += vload<T, O>(xs + r * C + c, w);
-        const Vectorized<O> m = acc * Vectorized<O>(inv_rows);
+        for (int64_t r = r0; r < r1; ++r) acc += vload<T, O>(xs + r * C + c, w) - shift;
+        const Vectorized<O> m = at::vec::fmadd(acc, Vectorized<O>(inv_rows), shift);
         Vectorized<O> acc2(O(0));
         for (int64_t r = r0; r < r1; ++r) {
           const auto d = vload<T, O>(xs + r * C + c, w) - m;

@@ -1,0 +1,83 @@
+"""pytest-benchmark fixtures (kornia style): device and dtype come from command
+line options and parametrize every benchmark that asks for them.
+
+    pytest benchmarks                                   # cuda if available, else cpu; float32
+    pytest benchmarks --bench-device all --bench-dtype float32,bfloat16
+    pytest benchmarks --bench-rounds 50 -k "bn_lrelu and not compile"
+
+The options are prefixed (--bench-*) so that they can never clash with options
+of tests/conftest.py when both folders are collected together.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("gan_ext benchmarks")
+    group.addoption("--bench-device", default="auto",
+                    help="comma list of cpu, cuda; 'all' for both; 'auto' (default): cuda when "
+                         "available, else cpu")
+    group.addoption("--bench-dtype", default="float32",
+                    help=f"comma list of {', '.join(DTYPES)}, or 'all' (default: float32)")
+    group.addoption("--bench-rounds", type=int, default=30,
+                    help="timed rounds per benchmark, at least 20 (default: 30)")
+    group.addoption("--bench-warmup", type=int, default=3,
+                    help="warm-up rounds per benchmark, at least 3 (default: 3)")
+
+
+def _split(value: str, allowed, name: str):
+    if value == "all":
+        return list(allowed)
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise pytest.UsageError(f"--bench-{name}: expected a comma list of {', '.join(allowed)} "
+                                f"or 'all', got {value!r}")
+    return items
+
+
+def _devices(config):
+    value = config.getoption("--bench-device")
+    if value == "auto":
+        return ["cuda" if torch.cuda.is_available() else "cpu"]
+    return _split(value, ("cpu", "cuda"), "device")
+
+
+def pytest_configure(config):
+    if config.getoption("--bench-rounds") < 20 or config.getoption("--bench-warmup") < 3:
+        raise pytest.UsageError("--bench-rounds must be >= 20 and --bench-warmup >= 3 "
+                                "(fewer makes the medians noise)")
+
+
+def pytest_generate_tests(metafunc):
+    config = metafunc.config
+    if "device" in metafunc.fixturenames:
+        params = []
+        for d in _devices(config):
+            marks = [] if d != "cuda" or torch.cuda.is_available() else [
+                pytest.mark.skip(reason="CUDA is not available")]
+            params.append(pytest.param(d, id=d, marks=marks))
+        metafunc.parametrize("device", params)
+    if "dtype" in metafunc.fixturenames:
+        names = _split(config.getoption("--bench-dtype"), tuple(DTYPES), "dtype")
+        metafunc.parametrize("dtype", [pytest.param(DTYPES[n], id=n) for n in names])
+
+
+@pytest.fixture
+def rounds(request) -> int:
+    return request.config.getoption("--bench-rounds")
+
+
+@pytest.fixture
+def warmup_rounds(request) -> int:
+    return request.config.getoption("--bench-warmup")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    # The case builders seed their own generators; this covers anything else.
+    torch.manual_seed(0)
