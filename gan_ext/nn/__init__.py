@@ -1,0 +1,7 @@
+"""Layers users put in their models: fused norm + activation, conv blocks, and
+:func:`fuse` to convert an existing model."""
+from .layers import BatchNormAct2d, Conv2dNormAct, ConvTranspose2dNormAct, InstanceNormAct2d
+from .fuse import fuse
+
+__all__ = ["BatchNormAct2d", "InstanceNormAct2d", "Conv2dNormAct", "ConvTranspose2dNormAct",
+           "fuse"]
