@@ -361,7 +361,7 @@ inline void u_and_v(const Vectorized<O>& s, const Vectorized<O>& ms, const Vecto
   }
 }
 
-// Per-(n, c) sums of dz and dz * (u - center).
+// channels_last: per-(n, c) sums of dz and dz * (u - center).
 template <typename T, typename O, int ACT, bool SAVED_OUT>
 void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoefs<O>& cf, O slope_,
                      O* sum_dz, O* sum_dzu) {
@@ -379,25 +379,8 @@ void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoe
     a0 += dz;
     a1 = at::vec::fmadd(dz, u - coef(cf.center.data() + cb, i, w, per_lane), a1);
   };
-  if (!s.channels_last) {
-    at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        O d = 0, du = 0;
-        // Blocks keep the float partial sums short for very large planes.
-        for (int64_t b0 = 0; b0 < s.HW; b0 += kBlockElems) {
-          const int64_t len = std::min(kBlockElems, s.HW - b0);
-          Vectorized<O> a0(O(0)), a1(O(0));
-          for (int64_t i = 0; i < len; i += V)
-            accumulate(p, p * s.HW + b0, i, std::min(V, len - i), false, a0, a1);
-          d += vsum(a0);
-          du += vsum(a1);
-        }
-        sum_dz[p] = d;
-        sum_dzu[p] = du;
-      }
-    });
-    return;
-  }
+  // NCHW input takes backward_nchw_groups instead.
+  TORCH_INTERNAL_ASSERT(s.channels_last);
   const int64_t C = s.C, R = s.block_rows(), B = s.blocks_per_sample();
   std::vector<O> bd(s.N * B * C), bdu(s.N * B * C);
   at::parallel_for(0, s.N * B, 1, [&](int64_t t0, int64_t t1) {
@@ -443,6 +426,120 @@ void backward_elementwise(const T* dy, const T* sv, T* dx, const Shape& s, const
                                     at::vec::fmadd(coef(cf.a.data() + cb, i, w, per_lane), u,
                                                    coef(cf.b.data() + cb, i, w, per_lane)));
       vstore<T, O>(dx + off + i, g, w);
+    }
+  });
+}
+
+// ----------------------------------------------- NCHW, one group at a time
+// With NCHW input a group's values (a channel's N planes, or one plane for
+// instance norm) are few enough to stay in L2, so each task reduces a group
+// and immediately runs the elementwise pass over it: the second read of the
+// group then hits the cache instead of memory. Batch norm: group g = channel,
+// N runs of HW values, C*HW apart. Instance norm: group g = plane n*C + c.
+struct Groups {
+  int64_t N, C, HW;
+  bool per_sample;
+  int64_t count() const { return per_sample ? N * C : C; }
+  int64_t runs() const { return per_sample ? 1 : N; }
+  int64_t stride() const { return C * HW; }
+  int64_t first(int64_t g) const { return g * HW; }  // offset of run 0 (both cases)
+  int64_t channel(int64_t g) const { return per_sample ? g % C : g; }
+  int64_t grain() const {
+    return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(runs() * HW, 1));
+  }
+};
+
+template <typename T, typename O, int ACT>
+inline void affine_act_run(const T* x, T* y, int64_t len, O scale_, O shift_, const Vectorized<O>& slope) {
+  constexpr int64_t V = Vectorized<O>::size();
+  const Vectorized<O> scale(scale_), shift(shift_);
+  for (int64_t i = 0; i < len; i += V) {
+    const int64_t w = std::min(V, len - i);
+    vstore<T, O>(y + i, activate<ACT>(at::vec::fmadd(vload<T, O>(x + i, w), scale, shift), slope), w);
+  }
+}
+
+// Forward with input statistics: stats, then normalize, per group.
+template <typename T, typename O, int ACT>
+void forward_nchw_groups(const T* x, T* y, const Groups& gs, const O* gamma, const O* beta, O eps,
+                         O slope_, O* mean, O* var, O* invstd) {
+  const Vectorized<O> slope(slope_);
+  at::parallel_for(0, gs.count(), gs.grain(), [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c = gs.channel(g), R = gs.runs(), L = gs.HW;
+      O mu, m2;
+      planes_mean_m2<T, O>(x + gs.first(g), R, L, gs.stride(), mu, m2);
+      const O v = m2 / static_cast<O>(R * L);
+      const O rs = O(1) / std::sqrt(v + eps);
+      mean[g] = mu;
+      var[g] = v;
+      invstd[g] = rs;
+      const O scale = gamma[c] * rs, shift = beta[c] - mu * scale;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t off = gs.first(g) + r * gs.stride();
+        affine_act_run<T, O, ACT>(x + off, y + off, L, scale, shift, slope);
+      }
+    }
+  });
+}
+
+// Backward: per group, sums of dz and dz*(u - centre), then dx. Writes the
+// group's sum(dz) and sum(dz * xhat) for grad_bias / grad_weight.
+template <typename T, typename O, int ACT, bool SAVED_OUT>
+void backward_nchw_groups(const T* dy, const T* sv, T* dx, const Groups& gs, bool use_input_stats,
+                          const O* gamma, const O* beta, const O* mean, const O* invstd, O slope_,
+                          O* group_dz, O* group_dzx) {
+  constexpr int64_t V = Vectorized<O>::size();
+  const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
+  at::parallel_for(0, gs.count(), gs.grain(), [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c = gs.channel(g), R = gs.runs(), L = gs.HW;
+      const O k = gamma[c] * invstd[g];
+      const Vectorized<O> ms(k), mb(beta[c] - mean[g] * k);
+      const Vectorized<O> ctr(SAVED_OUT ? beta[c] : mean[g]);
+      O sdz = 0, sdzu = 0;
+      Vectorized<O> a0(O(0)), a1(O(0));
+      int64_t pending = 0;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t off = gs.first(g) + r * gs.stride();
+        for (int64_t i = 0; i < L; i += V) {
+          const int64_t w = std::min(V, L - i);
+          Vectorized<O> u, v;
+          u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), ms, mb, inv_slope, u, v);
+          const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
+          a0 += dz;
+          a1 = at::vec::fmadd(dz, u - ctr, a1);
+        }
+        // Flush the vector partials now and then: short float sums.
+        pending += L;
+        if (pending >= kBlockElems || r + 1 == R) {
+          sdz += vsum(a0);
+          sdzu += vsum(a1);
+          a0 = Vectorized<O>(O(0));
+          a1 = Vectorized<O>(O(0));
+          pending = 0;
+        }
+      }
+      const O sdzx = SAVED_OUT ? sdzu / gamma[c] : sdzu * invstd[g];
+      group_dz[g] = sdz;
+      group_dzx[g] = sdzx;
+      O a = 0, b = 0;
+      if (use_input_stats) {
+        const O M = static_cast<O>(R * L);
+        a = SAVED_OUT ? -k * sdzx / (M * gamma[c]) : -k * invstd[g] * sdzx / M;
+        b = -k * sdz / M - a * (SAVED_OUT ? beta[c] : mean[g]);
+      }
+      const Vectorized<O> kv(k), av(a), bv(b);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t off = gs.first(g) + r * gs.stride();
+        for (int64_t i = 0; i < L; i += V) {
+          const int64_t w = std::min(V, L - i);
+          Vectorized<O> u, v;
+          u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), ms, mb, inv_slope, u, v);
+          const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
+          vstore<T, O>(dx + off + i, at::vec::fmadd(kv, dz, at::vec::fmadd(av, u, bv)), w);
+        }
+      }
     }
   });
 }
@@ -501,16 +598,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     } else if (input.numel() == 0) {
       std::fill(mean, mean + G, O(0));
       std::fill(var, var + G, O(0));
-    } else if (!per_sample && !s.channels_last) {
-      // Batch norm, NCHW: one task per channel walks its N planes.
-      const scalar_t* x = input.const_data_ptr<scalar_t>();
-      at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          O q;
-          planes_mean_m2<scalar_t, O>(x + c * HW, N, HW, C * HW, mean[c], q);
-          var[c] = q / static_cast<O>(N * HW);
-        }
+    } else if (!s.channels_last) {
+      auto gamma = param_or<O>(weight, C, O(1));
+      apply_min_abs(gamma, defined(weight), activation, negative_slope);
+      const auto beta = param_or<O>(bias, C, O(0));
+      dispatch_activation(activation, [&](auto act) {
+        forward_nchw_groups<scalar_t, O, decltype(act)::value>(
+            input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+            Groups{N, C, HW, per_sample}, gamma.data(), beta.data(), static_cast<O>(eps),
+            static_cast<O>(negative_slope), mean, var, invstd);
       });
+      return;
     } else {
       std::vector<O> pm(N * C), pq(N * C);
       plane_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, pm.data(), pq.data());
@@ -578,7 +676,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     auto gamma = param_or<O>(weight, C, O(1));
     apply_min_abs(gamma, defined(weight), activation, negative_slope);
     const auto beta = param_or<O>(bias, C, O(0));
+    const O slope = static_cast<O>(negative_slope);
+    const scalar_t* dy = grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* sv = saved.const_data_ptr<scalar_t>();
+    const auto popts = saved.options().dtype(c10::CppTypeToScalarType<O>::value);
+    grad_weight = at::zeros({C}, popts);
+    grad_bias = at::zeros({C}, popts);
+    O* gw = grad_weight.mutable_data_ptr<O>();
+    O* gb = grad_bias.mutable_data_ptr<O>();
 
+    if (!s.channels_last) {
+      const Groups gs{N, C, HW, per_sample};
+      std::vector<O> gdz(gs.count()), gdzx(gs.count());
+      scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>();
+      dispatch_activation(activation, [&](auto act) {
+        constexpr int A = decltype(act)::value;
+        if (saved_is_output) {
+          if constexpr (A == 2)
+            backward_nchw_groups<scalar_t, O, A, true>(dy, sv, dx, gs, use_input_stats, gamma.data(),
+                                                       beta.data(), mean, invstd, slope, gdz.data(),
+                                                       gdzx.data());
+        } else {
+          backward_nchw_groups<scalar_t, O, A, false>(dy, sv, dx, gs, use_input_stats, gamma.data(),
+                                                      beta.data(), mean, invstd, slope, gdz.data(),
+                                                      gdzx.data());
+        }
+      });
+      for (int64_t g = 0; g < gs.count(); ++g) {
+        gw[gs.channel(g)] += gdzx[g];
+        gb[gs.channel(g)] += gdz[g];
+      }
+      return;
+    }
+
+    // channels_last: a reduction pass over blocks of rows, then one
+    // elementwise pass, with per-(n, c) coefficients.
     BackwardCoefs<O> cf;
     for (auto* v : {&cf.k, &cf.a, &cf.b, &cf.mscale, &cf.mshift, &cf.center}) v->assign(N * C, O(0));
     for (int64_t n = 0; n < N; ++n) {
@@ -591,9 +723,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
       }
     }
     std::vector<O> sdz(N * C, O(0)), sdzu(N * C, O(0));
-    const O slope = static_cast<O>(negative_slope);
-    const scalar_t* dy = grad_out.const_data_ptr<scalar_t>();
-    const scalar_t* sv = saved.const_data_ptr<scalar_t>();
     if (saved.numel() > 0) {
       dispatch_activation(activation, [&](auto act) {
         constexpr int A = decltype(act)::value;
@@ -612,7 +741,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
         sdzx[i] = saved_is_output ? sdzu[i] / gamma[c] : sdzu[i] * invstd[g];
       }
     }
-    std::vector<O> gw(C, O(0)), gb(C, O(0));
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t c = 0; c < C; ++c) {
         gw[c] += sdzx[n * C + c];
@@ -648,11 +776,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
         }
       });
     }
-    const auto popts = saved.options().dtype(c10::CppTypeToScalarType<O>::value);
-    grad_weight = at::empty({C}, popts);
-    grad_bias = at::empty({C}, popts);
-    std::copy(gw.begin(), gw.end(), grad_weight.mutable_data_ptr<O>());
-    std::copy(gb.begin(), gb.end(), grad_bias.mutable_data_ptr<O>());
   });
   if (grad_weight.scalar_type() != pdtype) {
     grad_weight = grad_weight.to(pdtype);
