@@ -34,39 +34,6 @@ def _check_input(input: Tensor, name: str = "input") -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
 
 
-def _check_reference_args(input, weight, bias, running_mean, running_var, use_input_stats,
-                          instance, eps) -> None:
-    """The checks of check_norm_act_args (csrc/norm_act.h) for the reference path,
-    so both backends reject the same input with the same message; without them
-    the fallback silently normalizes a single value per channel to zero, where
-    the kernel (and torch) raise."""
-    if input.dim() != 4:
-        raise ValueError(f"input must be a 4-D (N, C, H, W) tensor, got a {input.dim()}-D tensor "
-                         f"of shape {tuple(input.shape)}")
-    if not input.is_floating_point():
-        raise TypeError("input must be a floating point tensor (float32, float64, bfloat16 or "
-                        f"float16), got {input.dtype}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
-    N, C, H, W = input.shape
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        if t is None:
-            continue
-        if t.dim() != 1 or t.shape[0] != C:
-            raise ValueError(f"{name} must be a 1-D tensor of size {C} (the channel count of "
-                             f"input), got shape {tuple(t.shape)}")
-        if t.device != input.device:
-            raise ValueError(f"{name} must be on {input.device}, got {t.device}")
-        mixed = t.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)
-        if t.dtype != input.dtype and not mixed:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has dtype {input.dtype}; they "
-                            f"must match (float32 {name} is also accepted for float16/bfloat16 input)")
-    if use_input_stats and input.numel() > 0 and (H * W if instance else N * H * W) <= 1:
-        raise ValueError("Expected more than 1 value per channel when using input statistics "
-                         f"(training), got input of shape {tuple(input.shape)}")
-
-
 def _update_running(running: Optional[Tensor], batch: Tensor, momentum: float, instance: bool,
                     N: int) -> None:
     if running is None:
@@ -83,8 +50,6 @@ def _norm_act(input, running_mean, running_var, weight, bias, use_input_stats, m
         out, mean, _invstd, var = _lib.norm_act(input, weight, bias, running_mean, running_var,
                                                 use_input_stats, instance, eps, act, negative_slope)
     else:
-        _check_reference_args(input, weight, bias, running_mean, running_var, use_input_stats,
-                              instance, eps)
         out, mean, _invstd, var = ref.norm_act(input, weight, bias, running_mean, running_var,
                                                use_input_stats, instance, eps, act, negative_slope)
     if use_input_stats and running_mean is not None and input.numel() > 0:

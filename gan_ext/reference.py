@@ -60,11 +60,49 @@ def _per_channel(t: Tensor, x: Tensor, instance: bool, per_sample: bool) -> Tens
     return t.reshape(1, C, 1, 1)
 
 
+def check_norm_act_args(input, weight, bias, running_mean, running_var, use_input_stats,
+                        instance, eps, activation) -> None:
+    """The twin of check_norm_act_args in csrc/norm_act.h: both backends reject
+    the same input with the same message (without it the fallback would, say,
+    normalize a single value per channel to zero where the kernel raises)."""
+    if input.dim() != 4:
+        raise ValueError(f"input must be a 4-D (N, C, H, W) tensor, got a {input.dim()}-D tensor "
+                         f"of shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise TypeError("input must be a floating point tensor (float32, float64, bfloat16 or "
+                        f"float16), got {input.dtype}")
+    if activation not in (IDENTITY, RELU, LEAKY_RELU):
+        raise ValueError(f"activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got {activation}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    N, C, H, W = input.shape
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is None:
+            continue
+        if t.dim() != 1 or t.shape[0] != C:
+            raise ValueError(f"{name} must be a 1-D tensor of size {C} (the channel count of "
+                             f"input), got shape {tuple(t.shape)}")
+        if t.device != input.device:
+            raise ValueError(f"{name} must be on {input.device}, got {t.device}")
+        mixed = t.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)
+        if t.dtype != input.dtype and not mixed:
+            raise TypeError(f"{name} has dtype {t.dtype} but input has dtype {input.dtype}; they "
+                            f"must match (float32 {name} is also accepted for float16/bfloat16 input)")
+    if use_input_stats and input.numel() > 0 and (H * W if instance else N * H * W) <= 1:
+        raise ValueError("Expected more than 1 value per channel when using input statistics "
+                         f"(training), got input of shape {tuple(input.shape)}")
+
+
 def norm_act(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
              running_mean: Optional[Tensor], running_var: Optional[Tensor],
              use_input_stats: bool, instance: bool, eps: float, activation: int,
              negative_slope: float):
     """Twin of ``torch.ops.gan_ext.norm_act``; returns (out, mean, invstd, var)."""
+    check_norm_act_args(input, weight, bias, running_mean, running_var, use_input_stats, instance,
+                        eps, activation)
+    if use_input_stats is False and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var are required when use_input_stats is false")
     sd = stats_dtype(input.dtype)
     if use_input_stats:
         mean, var = _stats(input, instance)
