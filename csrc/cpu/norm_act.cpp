@@ -78,6 +78,14 @@ inline void vstore(T* p, const Vectorized<O>& v, int64_t n = Vectorized<O>::size
   }
 }
 
+// Software prefetch of a run of len values (one request per 64-byte line).
+template <typename T>
+inline void prefetch_run(const T* p, int64_t len) {
+  const char* b = reinterpret_cast<const char*>(p);
+  const int64_t bytes = len * static_cast<int64_t>(sizeof(T));
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 0, 3);
+}
+
 template <typename O>
 inline O vsum(const Vectorized<O>& v) {
   constexpr int64_t V = Vectorized<O>::size();
@@ -186,6 +194,7 @@ inline void block_mean_m2(const T* x, int64_t runs, int64_t len, int64_t stride,
   O s = 0;
   for (int64_t r = 0; r < runs; ++r) {
     const T* xr = x + r * stride;
+    if (r + 1 < runs) prefetch_run(xr + stride, len);  // strided runs: see backward_nchw_groups
     int64_t i = 0;
     for (; i + 2 * V <= len; i += 2 * V) {
       acc0 += vload<T, O>(xr + i) - sv;
@@ -502,6 +511,12 @@ void backward_nchw_groups(const T* dy, const T* sv, T* dx, const Groups& gs, boo
       int64_t pending = 0;
       for (int64_t r = 0; r < R; ++r) {
         const int64_t off = gs.first(g) + r * gs.stride();
+        if (r + 1 < R) {
+          // The runs of a channel are C*HW apart: too short and too far apart
+          // for the hardware prefetcher, so ask for the next one now.
+          prefetch_run(sv + off + gs.stride(), L);
+          prefetch_run(dy + off + gs.stride(), L);
+        }
         for (int64_t i = 0; i < L; i += V) {
           const int64_t w = std::min(V, L - i);
           Vectorized<O> u, v;
