@@ -86,6 +86,14 @@ inline void prefetch_run(const T* p, int64_t len) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 0, 3);
 }
 
+// The same for a run about to be written.
+template <typename T>
+inline void prefetch_run_for_write(T* p, int64_t len) {
+  const char* b = reinterpret_cast<const char*>(p);
+  const int64_t bytes = len * static_cast<int64_t>(sizeof(T));
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 1, 3);
+}
+
 template <typename O>
 inline O vsum(const Vectorized<O>& v) {
   constexpr int64_t V = Vectorized<O>::size();
@@ -486,6 +494,7 @@ void forward_nchw_groups(const T* x, T* y, const Groups& gs, const O* gamma, con
       const O scale = gamma[c] * rs, shift = beta[c] - mu * scale;
       for (int64_t r = 0; r < R; ++r) {
         const int64_t off = gs.first(g) + r * gs.stride();
+        if (r + 1 < R) prefetch_run_for_write(y + off + gs.stride(), L);
         affine_act_run<T, O, ACT>(x + off, y + off, L, scale, shift, slope);
       }
     }
@@ -547,6 +556,7 @@ void backward_nchw_groups(const T* dy, const T* sv, T* dx, const Groups& gs, boo
       const Vectorized<O> kv(k), av(a), bv(b);
       for (int64_t r = 0; r < R; ++r) {
         const int64_t off = gs.first(g) + r * gs.stride();
+        if (r + 1 < R) prefetch_run_for_write(dx + off + gs.stride(), L);
         for (int64_t i = 0; i < L; i += V) {
           const int64_t w = std::min(V, L - i);
           Vectorized<O> u, v;
