@@ -35,30 +35,35 @@ def _check_input(input: Tensor, name: str = "input") -> None:
 
 
 def _update_running(running: Optional[Tensor], batch: Tensor, momentum: float, instance: bool,
-                    N: int) -> None:
+                    N: int, scale: float = 1.0) -> None:
+    """running = (1 - momentum) * running + momentum * scale * batch, in place."""
     if running is None:
         return
     if instance:
         # nn.InstanceNorm2d averages the per-instance statistics over the batch.
         batch = batch.reshape(N, -1).mean(0)
-    running.lerp_(batch.to(running.dtype), momentum)
+    # Two in-place ops and no temporaries: this runs on every training step and
+    # is most of the Python cost on small tensors. add_ casts into the buffer's
+    # dtype (float32 statistics into a bfloat16 buffer).
+    running.mul_(1.0 - momentum).add_(batch, alpha=momentum * scale)
 
 
 def _norm_act(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
               instance, act, negative_slope):
     if _backend.use_fused(input):
+        # mean/var are non-differentiable outputs of the op: no detach needed.
         out, mean, _invstd, var = _lib.norm_act(input, weight, bias, running_mean, running_var,
                                                 use_input_stats, instance, eps, act, negative_slope)
     else:
         out, mean, _invstd, var = ref.norm_act(input, weight, bias, running_mean, running_var,
                                                use_input_stats, instance, eps, act, negative_slope)
+        mean, var = mean.detach(), var.detach()
     if use_input_stats and running_mean is not None and input.numel() > 0:
         N = input.shape[0]
         n = input.shape[2] * input.shape[3] * (1 if instance else N)
-        with torch.no_grad():
-            _update_running(running_mean, mean.detach(), momentum, instance, N)
-            # Running variance is unbiased, as in torch.nn.BatchNorm2d.
-            _update_running(running_var, var.detach() * (n / max(n - 1, 1)), momentum, instance, N)
+        _update_running(running_mean, mean, momentum, instance, N)
+        # Running variance is unbiased, as in torch.nn.BatchNorm2d.
+        _update_running(running_var, var, momentum, instance, N, n / max(n - 1, 1))
     return out
 
 
