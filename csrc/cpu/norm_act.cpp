@@ -45,6 +45,8 @@ using at::vec::Vectorized;
 
 // ~16 KiB of float per block: a block's second pass re-reads it from L1.
 constexpr int64_t kBlockElems = 4096;
+// Values per channels_last block of rows (see Shape::block_rows).
+constexpr int64_t kRowBlockElems = 32768;
 // Minimum work per parallel task, in elements.
 constexpr int64_t kGrainElems = 32768;
 
@@ -146,8 +148,11 @@ struct Shape {
   int64_t N, C, HW;
   bool channels_last;
   int64_t planes() const { return N * C; }
-  // Rows of a channels_last sample per block.
-  int64_t block_rows() const { return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(C, 1)); }
+  // Rows of a channels_last sample per block. Larger than kBlockElems: a
+  // block's partials are a C-vector, and small blocks made the per-call
+  // partial buffers big enough (hundreds of KiB) to be mmapped, and page
+  // faulted, on every call. A block of 32768 values is still re-read from L2.
+  int64_t block_rows() const { return std::max<int64_t>(1, kRowBlockElems / std::max<int64_t>(C, 1)); }
   int64_t blocks_per_sample() const { return (HW + block_rows() - 1) / block_rows(); }
   int64_t plane_grain() const { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1)); }
 };
