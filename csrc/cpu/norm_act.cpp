@@ -270,15 +270,11 @@ inline void planes_mean_m2(const T* x, int64_t runs, int64_t HW, int64_t stride,
   m2 = q;
 }
 
-// Per-(n, c) mean and M2 over H*W. Outputs have N*C entries.
+// channels_last: per-(n, c) mean and M2 over H*W. Outputs have N*C entries.
 template <typename T, typename O>
 void plane_stats(const T* x, const Shape& s, O* mean, O* m2) {
-  if (!s.channels_last) {
-    at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) planes_mean_m2<T, O>(x + p * s.HW, 1, s.HW, 0, mean[p], m2[p]);
-    });
-    return;
-  }
+  // NCHW input takes forward_nchw_groups instead.
+  TORCH_INTERNAL_ASSERT(s.channels_last);
   // channels_last: per-block C-vectors of (mean, m2), then merge per sample.
   constexpr int64_t V = Vectorized<O>::size();
   const int64_t C = s.C, R = s.block_rows(), B = s.blocks_per_sample();
