@@ -581,16 +581,22 @@ std::vector<O> param_or(const c10::optional<at::Tensor>& p, int64_t C, O fill) {
   return out;
 }
 
-template <typename O>
-void apply_min_abs(std::vector<O>& gamma, bool has_weight, int64_t act, double slope) {
-  if (!has_weight || !output_is_invertible(act, slope)) return;
-  for (auto& g : gamma) {
-    const O m = std::max(std::abs(g), static_cast<O>(kMinAbsWeight));
-    g = g < 0 ? -m : m;
-  }
-}
-
 inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The affine weight the op multiplies by: 1 when absent, and clamped away from
+// zero (sign kept) when the output will be inverted (see kMinAbsWeight).
+template <typename O>
+std::vector<O> effective_gamma(const c10::optional<at::Tensor>& weight, int64_t C, int64_t act,
+                               double slope) {
+  auto gamma = param_or<O>(weight, C, O(1));
+  if (defined(weight) && output_is_invertible(act, slope)) {
+    for (auto& g : gamma) {
+      const O m = std::max(std::abs(g), static_cast<O>(kMinAbsWeight));
+      g = g < 0 ? -m : m;
+    }
+  }
+  return gamma;
+}
 
 // ---------------------------------------------------------------- forward op
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
@@ -614,6 +620,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     O* mean = mean_t.data_ptr<O>();
     O* invstd = invstd_t.data_ptr<O>();
     O* var = var_t.data_ptr<O>();
+    const auto gamma = effective_gamma<O>(weight, C, activation, negative_slope);
+    const auto beta = param_or<O>(bias, C, O(0));
     if (!use_input_stats) {
       const auto rm = param_or<O>(running_mean, C, O(0));
       const auto rv = param_or<O>(running_var, C, O(1));
@@ -625,9 +633,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
       std::fill(mean, mean + G, O(0));
       std::fill(var, var + G, O(0));
     } else if (!s.channels_last) {
-      auto gamma = param_or<O>(weight, C, O(1));
-      apply_min_abs(gamma, defined(weight), activation, negative_slope);
-      const auto beta = param_or<O>(bias, C, O(0));
       dispatch_activation(activation, [&](auto act) {
         forward_nchw_groups<scalar_t, O, decltype(act)::value>(
             input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
@@ -652,9 +657,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     for (int64_t g = 0; g < G; ++g) invstd[g] = O(1) / std::sqrt(var[g] + static_cast<O>(eps));
     if (input.numel() == 0) return;
 
-    auto gamma = param_or<O>(weight, C, O(1));
-    apply_min_abs(gamma, defined(weight), activation, negative_slope);
-    const auto beta = param_or<O>(bias, C, O(0));
     std::vector<O> scale(N * C), shift(N * C);
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t c = 0; c < C; ++c) {
@@ -699,8 +701,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     const at::Tensor invstd_o = invstd_.to(c10::CppTypeToScalarType<O>::value).contiguous();
     const O* mean = mean_o.const_data_ptr<O>();
     const O* invstd = invstd_o.const_data_ptr<O>();
-    auto gamma = param_or<O>(weight, C, O(1));
-    apply_min_abs(gamma, defined(weight), activation, negative_slope);
+    const auto gamma = effective_gamma<O>(weight, C, activation, negative_slope);
     const auto beta = param_or<O>(bias, C, O(0));
     const O slope = static_cast<O>(negative_slope);
     const scalar_t* dy = grad_out.const_data_ptr<scalar_t>();
