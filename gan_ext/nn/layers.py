@@ -60,7 +60,30 @@ def _norm_kwargs(bias: bool) -> dict:
     return {} if bias else {"bias": False}
 
 
-class BatchNormAct2d(nn.BatchNorm2d):
+class _NormActMixin:
+    """What BatchNormAct2d and InstanceNormAct2d add to the torch norm they
+    subclass: a validated activation, and an input type check. Listed before the
+    torch class, so super().__init__ below is the torch norm's."""
+
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, activation,
+                 negative_slope, device, dtype, bias) -> None:
+        activation = _check_activation(activation)
+        negative_slope = _check_negative_slope(negative_slope)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device,
+                         dtype=dtype, **_norm_kwargs(bias))
+        self.activation = activation
+        self.negative_slope = negative_slope
+
+    def _check_is_tensor(self, input) -> None:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor, "
+                            f"got {type(input).__name__}")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {_activation_repr(self.activation, self.negative_slope)}"
+
+
+class BatchNormAct2d(_NormActMixin, nn.BatchNorm2d):
     r"""``nn.BatchNorm2d`` followed by an activation, as one fused op.
 
     Behaves exactly like ``nn.Sequential(nn.BatchNorm2d(...), act)`` in training
@@ -83,17 +106,11 @@ class BatchNormAct2d(nn.BatchNorm2d):
                  affine: bool = True, track_running_stats: bool = True,
                  activation: Optional[str] = "relu", negative_slope: float = 0.01,
                  device=None, dtype=None, *, bias: bool = True) -> None:
-        activation = _check_activation(activation)
-        negative_slope = _check_negative_slope(negative_slope)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device,
-                         dtype=dtype, **_norm_kwargs(bias))
-        self.activation = activation
-        self.negative_slope = negative_slope
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, activation,
+                         negative_slope, device, dtype, bias)
 
     def _check_input_dim(self, input: Tensor) -> None:
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor, "
-                            f"got {type(input).__name__}")
+        self._check_is_tensor(input)
         if input.dim() != 4:
             raise ValueError(f"{type(self).__name__}: expected 4D input (got {input.dim()}D input)")
         if input.size(1) != self.num_features:
@@ -125,11 +142,8 @@ class BatchNormAct2d(nn.BatchNorm2d):
             self.weight, self.bias, bn_training, factor, self.eps,
             self.activation, self.negative_slope)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {_activation_repr(self.activation, self.negative_slope)}"
 
-
-class InstanceNormAct2d(nn.InstanceNorm2d):
+class InstanceNormAct2d(_NormActMixin, nn.InstanceNorm2d):
     r"""``nn.InstanceNorm2d`` followed by an activation, as one fused op.
 
     Same state_dict and semantics as ``nn.InstanceNorm2d`` (input statistics in
@@ -142,17 +156,11 @@ class InstanceNormAct2d(nn.InstanceNorm2d):
                  affine: bool = False, track_running_stats: bool = False,
                  activation: Optional[str] = "relu", negative_slope: float = 0.01,
                  device=None, dtype=None, *, bias: bool = True) -> None:
-        activation = _check_activation(activation)
-        negative_slope = _check_negative_slope(negative_slope)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device,
-                         dtype=dtype, **_norm_kwargs(bias))
-        self.activation = activation
-        self.negative_slope = negative_slope
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, activation,
+                         negative_slope, device, dtype, bias)
 
     def _check_input_dim(self, input: Tensor) -> None:
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor, "
-                            f"got {type(input).__name__}")
+        self._check_is_tensor(input)
         if input.dim() not in (3, 4):
             raise ValueError(
                 f"{type(self).__name__}: expected 3D or 4D input (got {input.dim()}D input)")
@@ -184,9 +192,6 @@ class InstanceNormAct2d(nn.InstanceNorm2d):
             self.training or not self.track_running_stats,
             self.momentum if self.momentum is not None else 0.0, self.eps,
             self.activation, self.negative_slope)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {_activation_repr(self.activation, self.negative_slope)}"
 
 
 # ------------------------------------------------------------------ conv blocks
