@@ -7,6 +7,8 @@
 // is still its own op (gan_ext::norm_act_backward), so torch.compile/AOTAutograd
 // trace both as opaque ops through the fake kernels in gan_ext/_ops.py.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/mul.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -105,8 +107,297 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_autograd(
   return {r[0], r[1], r[2], r[3]};
 }
 
+
+// ----------------------------------------------------------------- losses
+// The loss ops compute their gradients in the forward pass (the *_with_grad
+// ops); backward only scales them by grad_output. Without grad mode, or when no
+// input needs a gradient, the plain loss op runs and nothing is saved.
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// The saved gradients are constants to autograd: a second derivative through
+// them would be silently zero, so refuse create_graph=True instead.
+void check_not_double_backward(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), "gan_ext.", op,
+              " does not support double backward (backward with create_graph=True); use "
+              "gan_ext.use_backend('reference') for that computation");
+}
+
+inline bool wants_grad(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
+
+using LossWithGrad3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+class DLossFunction : public torch::autograd::Function<DLossFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& real, const at::Tensor& fake,
+                            int64_t mode, double real_label, double fake_label, int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<LossWithGrad3(const at::Tensor&, const at::Tensor&, int64_t, double,
+                                           double, int64_t)>("gan_ext::d_loss_with_grad");
+    auto [loss, gr, gf] = op.call(real, fake, mode, real_label, fake_label, reduction);
+    ctx->save_for_backward({gr, gf});
+    return loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("d_loss");
+    const auto saved = ctx->get_saved_variables();
+    variable_list out(6);
+    if (!grads[0].defined()) return out;
+    if (ctx->needs_input_grad(0)) out[0] = at::mul(saved[0], grads[0]);
+    if (ctx->needs_input_grad(1)) out[1] = at::mul(saved[1], grads[0]);
+    return out;
+  }
+};
+
+at::Tensor d_loss_autograd(const at::Tensor& real, const at::Tensor& fake, int64_t mode,
+                           double real_label, double fake_label, int64_t reduction) {
+  if (!wants_grad(real) && !wants_grad(fake)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double, double,
+                                        int64_t)>("gan_ext::d_loss");
+    return op.call(real, fake, mode, real_label, fake_label, reduction);
+  }
+  return DLossFunction::apply(real, fake, mode, real_label, fake_label, reduction);
+}
+
+class GLossFunction : public torch::autograd::Function<GLossFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& fake, int64_t mode,
+                            double real_label, double fake_label, int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, double,
+                                                                double, int64_t)>(
+        "gan_ext::g_loss_with_grad");
+    auto [loss, gf] = op.call(fake, mode, real_label, fake_label, reduction);
+    ctx->save_for_backward({gf});
+    return loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("g_loss");
+    variable_list out(5);
+    if (grads[0].defined()) out[0] = at::mul(ctx->get_saved_variables()[0], grads[0]);
+    return out;
+  }
+};
+
+at::Tensor g_loss_autograd(const at::Tensor& fake, int64_t mode, double real_label,
+                           double fake_label, int64_t reduction) {
+  if (!wants_grad(fake)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<at::Tensor(const at::Tensor&, int64_t, double, double, int64_t)>(
+        "gan_ext::g_loss");
+    return op.call(fake, mode, real_label, fake_label, reduction);
+  }
+  return GLossFunction::apply(fake, mode, real_label, fake_label, reduction);
+}
+
+class BCEFunction : public torch::autograd::Function<BCEFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& target,
+                            int64_t reduction, bool grad_target) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<LossWithGrad3(const at::Tensor&, const at::Tensor&, int64_t, bool)>(
+        "gan_ext::bce_with_logits_with_grad");
+    auto [loss, gi, gt] = op.call(input, target, reduction, grad_target);
+    ctx->save_for_backward({gi, gt});
+    return loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("bce_with_logits");
+    const auto saved = ctx->get_saved_variables();
+    variable_list out(4);
+    if (!grads[0].defined()) return out;
+    if (ctx->needs_input_grad(0)) out[0] = at::mul(saved[0], grads[0]);
+    if (ctx->needs_input_grad(1)) out[1] = at::mul(saved[1], grads[0]);
+    return out;
+  }
+};
+
+at::Tensor bce_with_logits_autograd(const at::Tensor& input, const at::Tensor& target,
+                                    int64_t reduction) {
+  if (!wants_grad(input) && !wants_grad(target)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>(
+        "gan_ext::bce_with_logits");
+    return op.call(input, target, reduction);
+  }
+  return BCEFunction::apply(input, target, reduction, wants_grad(target));
+}
+
+// L1: nothing extra is saved; backward recomputes sign(input - target) from the
+// inputs, which autograd keeps anyway (version counters guard in-place edits).
+using L1BackwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                        const at::Tensor&, double, int64_t, bool, bool);
+
+std::tuple<at::Tensor, at::Tensor> call_l1_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                    const at::Tensor& target, double weight,
+                                                    int64_t reduction, bool gi, bool gt) {
+  static auto op = find_op<L1BackwardOp>("gan_ext::l1_loss_backward");
+  return op.call(grad, input, target, weight, reduction, gi, gt);
+}
+
+class L1Function : public torch::autograd::Function<L1Function> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& target,
+                            int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>(
+        "gan_ext::l1_loss");
+    ctx->save_for_backward({input, target});
+    ctx->saved_data["reduction"] = reduction;
+    return op.call(input, target, reduction);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("l1_loss");
+    const auto saved = ctx->get_saved_variables();
+    variable_list out(3);
+    const bool gi = ctx->needs_input_grad(0), gt = ctx->needs_input_grad(1);
+    if (!grads[0].defined() || !(gi || gt)) return out;
+    auto [a, b] = call_l1_backward(grads[0], saved[0], saved[1], 1.0,
+                                   ctx->saved_data["reduction"].toInt(), gi, gt);
+    if (gi) out[0] = a;
+    if (gt) out[1] = b;
+    return out;
+  }
+};
+
+at::Tensor l1_loss_autograd(const at::Tensor& input, const at::Tensor& target, int64_t reduction) {
+  if (!wants_grad(input) && !wants_grad(target)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>(
+        "gan_ext::l1_loss");
+    return op.call(input, target, reduction);
+  }
+  return L1Function::apply(input, target, reduction);
+}
+
+using CycleOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           double, double, int64_t);
+
+class CycleL1Function : public torch::autograd::Function<CycleL1Function> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& i1, const at::Tensor& t1,
+                            const at::Tensor& i2, const at::Tensor& t2, double w1, double w2,
+                            int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<CycleOp>("gan_ext::cycle_l1_loss");
+    ctx->save_for_backward({i1, t1, i2, t2});
+    ctx->saved_data["w1"] = w1;
+    ctx->saved_data["w2"] = w2;
+    ctx->saved_data["reduction"] = reduction;
+    return op.call(i1, t1, i2, t2, w1, w2, reduction);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("cycle_l1_loss");
+    const auto s = ctx->get_saved_variables();
+    variable_list out(7);
+    if (!grads[0].defined()) return out;
+    const int64_t red = ctx->saved_data["reduction"].toInt();
+    for (int p = 0; p < 2; ++p) {
+      const bool gi = ctx->needs_input_grad(2 * p), gt = ctx->needs_input_grad(2 * p + 1);
+      if (!(gi || gt)) continue;
+      auto [a, b] = call_l1_backward(grads[0], s[2 * p], s[2 * p + 1],
+                                     ctx->saved_data[p == 0 ? "w1" : "w2"].toDouble(), red, gi, gt);
+      if (gi) out[2 * p] = a;
+      if (gt) out[2 * p + 1] = b;
+    }
+    return out;
+  }
+};
+
+at::Tensor cycle_l1_loss_autograd(const at::Tensor& i1, const at::Tensor& t1, const at::Tensor& i2,
+                                  const at::Tensor& t2, double w1, double w2, int64_t reduction) {
+  if (!wants_grad(i1) && !wants_grad(t1) && !wants_grad(i2) && !wants_grad(t2)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<CycleOp>("gan_ext::cycle_l1_loss");
+    return op.call(i1, t1, i2, t2, w1, w2, reduction);
+  }
+  return CycleL1Function::apply(i1, t1, i2, t2, w1, w2, reduction);
+}
+
+// ------------------------------------------------------- reparameterization
+// Saved: z (an output), mu and logvar (inputs): no eps. d z / d logvar is
+// 0.5 * (z - mu); logvar is read only for the KL term.
+using ReparamBackwardOp = std::tuple<at::Tensor, at::Tensor>(const OptTensor&, const OptTensor&,
+                                                             const at::Tensor&, const at::Tensor&,
+                                                             const at::Tensor&, int64_t);
+
+variable_list reparameterize_backward_common(AutogradContext* ctx, const at::Tensor& gz,
+                                             const at::Tensor& gkl, size_t n_inputs) {
+  check_not_double_backward("reparameterize");
+  const auto s = ctx->get_saved_variables();
+  variable_list out(n_inputs);
+  if (!gz.defined() && !gkl.defined()) return out;
+  static auto op = find_op<ReparamBackwardOp>("gan_ext::reparameterize_backward");
+  auto [gmu, glv] = op.call(opt(gz), opt(gkl), s[0], s[1], s[2],
+                            ctx->saved_data["reduction"].toInt());
+  if (ctx->needs_input_grad(0)) out[0] = gmu;
+  if (ctx->needs_input_grad(1)) out[1] = glv;
+  return out;
+}
+
+class ReparamFunction : public torch::autograd::Function<ReparamFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                            const c10::optional<at::Generator>& gen) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                        const c10::optional<at::Generator>&)>(
+        "gan_ext::reparameterize");
+    at::Tensor z = op.call(mu, logvar, gen);
+    ctx->save_for_backward({z, mu, logvar});
+    ctx->saved_data["reduction"] = int64_t(1);
+    return z;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return reparameterize_backward_common(ctx, grads[0], at::Tensor(), 3);
+  }
+};
+
+at::Tensor reparameterize_autograd(const at::Tensor& mu, const at::Tensor& logvar,
+                                   const c10::optional<at::Generator>& gen) {
+  return ReparamFunction::apply(mu, logvar, gen);
+}
+
+class ReparamKLFunction : public torch::autograd::Function<ReparamKLFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                               int64_t reduction, const c10::optional<at::Generator>& gen) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, int64_t, const c10::optional<at::Generator>&)>(
+        "gan_ext::reparameterize_kl");
+    auto [z, kl] = op.call(mu, logvar, reduction, gen);
+    ctx->save_for_backward({z, mu, logvar});
+    ctx->saved_data["reduction"] = reduction;
+    return {z, kl};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return reparameterize_backward_common(ctx, grads[0], grads[1], 4);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> reparameterize_kl_autograd(
+    const at::Tensor& mu, const at::Tensor& logvar, int64_t reduction,
+    const c10::optional<at::Generator>& gen) {
+  auto r = ReparamKLFunction::apply(mu, logvar, reduction, gen);
+  return {r[0], r[1]};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gan_ext, Autograd, m) { m.impl("norm_act", &norm_act_autograd); }
+TORCH_LIBRARY_IMPL(gan_ext, Autograd, m) {
+  m.impl("norm_act", &norm_act_autograd);
+  m.impl("d_loss", &d_loss_autograd);
+  m.impl("g_loss", &g_loss_autograd);
+  m.impl("bce_with_logits", &bce_with_logits_autograd);
+  m.impl("l1_loss", &l1_loss_autograd);
+  m.impl("cycle_l1_loss", &cycle_l1_loss_autograd);
+  m.impl("reparameterize", &reparameterize_autograd);
+  m.impl("reparameterize_kl", &reparameterize_kl_autograd);
+}
 
 }  // namespace gan_ext

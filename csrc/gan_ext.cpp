@@ -4,6 +4,7 @@
 // functions are bound, so the module init is a plain stub (no pybind11) and the
 // extension can be built against the limited API.
 #include <Python.h>
+#include <ATen/core/enum_tag.h>
 #include <torch/library.h>
 
 extern "C" {
@@ -39,4 +40,67 @@ TORCH_LIBRARY(gan_ext, m) {
       "norm_act_backward(Tensor grad_out, Tensor saved, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor invstd, bool use_input_stats, bool instance, int activation, "
       "float negative_slope, bool saved_is_output) -> (Tensor, Tensor, Tensor)");
+
+  // ---------------------------------------------------------------- losses
+  // Codes: reduction 1 mean, 2 sum (0 'none' only where stated); GAN mode
+  // 0 vanilla (BCE with logits), 1 lsgan, 2 hinge, 3 minimax (g_loss only).
+  // Every loss returns a 0-dim tensor of the logits' dtype (sums in opmath
+  // within blocks, float64 across blocks). mean over an empty tensor is an
+  // error; sum over one is 0.
+  // The *_with_grad forms also return the loss's gradients (already divided
+  // for mean), computed in the same pass: they are what autograd calls, and
+  // backward only multiplies them by grad_output. The plain forms compute the
+  // loss alone (inference, no_grad).
+  //
+  // d_loss = reduce(term(real_logits, real_label)) + reduce(term(fake_logits, fake_label)),
+  //   vanilla: BCE-with-logits terms; lsgan: (x - label)^2; hinge: relu(1 - real), relu(1 + fake).
+  m.def(
+      "d_loss(Tensor real_logits, Tensor fake_logits, int mode, float real_label, "
+      "float fake_label, int reduction) -> Tensor");
+  m.def(
+      "d_loss_with_grad(Tensor real_logits, Tensor fake_logits, int mode, float real_label, "
+      "float fake_label, int reduction) -> (Tensor, Tensor, Tensor)");
+  // g_loss = reduce(term(fake_logits)): vanilla BCE(x, real_label) (non-saturating),
+  //   minimax -BCE(x, fake_label) = log(1 - D(G(z))), lsgan (x - real_label)^2, hinge -x.
+  m.def(
+      "g_loss(Tensor fake_logits, int mode, float real_label, float fake_label, int reduction) "
+      "-> Tensor");
+  m.def(
+      "g_loss_with_grad(Tensor fake_logits, int mode, float real_label, float fake_label, "
+      "int reduction) -> (Tensor, Tensor)");
+  // BCE between logits and targets (VAE reconstruction): softplus(x) - x*y.
+  // The gradient for target (-x) is returned only when grad_target, else an
+  // empty tensor.
+  m.def("bce_with_logits(Tensor input, Tensor target, int reduction) -> Tensor");
+  m.def(
+      "bce_with_logits_with_grad(Tensor input, Tensor target, int reduction, bool grad_target) "
+      "-> (Tensor, Tensor, Tensor)");
+  // reduce(|input - target|), and weight1 * l1(input1, target1) + weight2 * l1(input2, target2)
+  // in one call (CycleGAN's two cycle terms). The backward recomputes sign(input - target)
+  // from the inputs (nothing extra is saved); it returns weight * grad * d/d(input, target)
+  // for the requested ones, an empty tensor for the others.
+  m.def("l1_loss(Tensor input, Tensor target, int reduction) -> Tensor");
+  m.def(
+      "cycle_l1_loss(Tensor input1, Tensor target1, Tensor input2, Tensor target2, float weight1, "
+      "float weight2, int reduction) -> Tensor");
+  m.def(
+      "l1_loss_backward(Tensor grad, Tensor input, Tensor target, float weight, int reduction, "
+      "bool grad_input, bool grad_target) -> (Tensor, Tensor)");
+
+  // -------------------------------------------------------- reparameterization
+  // z = mu + exp(0.5 * logvar) * eps, eps ~ N(0, 1) drawn in-kernel from the
+  // generator's state (csrc/philox.h). reparameterize_kl also returns
+  // kl = -0.5 * sum(1 + logvar - mu^2 - exp(logvar)) over every dim but the
+  // first (the batch), reduced over the batch: 0 none -> (B,), 1 mean, 2 sum -> ().
+  m.def("reparameterize(Tensor mu, Tensor logvar, *, Generator? generator=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
+  m.def(
+      "reparameterize_kl(Tensor mu, Tensor logvar, int reduction, *, Generator? generator=None) "
+      "-> (Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // Backward of both: eps is not stored; d z / d logvar = 0.5 * (z - mu).
+  // grad_kl is absent for reparameterize. Returns (grad_mu, grad_logvar).
+  m.def(
+      "reparameterize_backward(Tensor? grad_z, Tensor? grad_kl, Tensor z, Tensor mu, "
+      "Tensor logvar, int reduction) -> (Tensor, Tensor)");
 }

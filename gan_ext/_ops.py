@@ -42,3 +42,102 @@ def _norm_act_backward_fake(grad_out, saved, weight, bias, mean, invstd, use_inp
 # Autograd of norm_act is registered in C++ (csrc/autograd.cpp): the Python
 # register_autograd wrapper cost more per call than eager BatchNorm2d+ReLU on
 # small tensors. norm_act_backward stays a separate op with its own fake kernel.
+
+
+# ---------------------------------------------------------------------- losses
+def _dense_like(t):
+    # Mirrors as_dense() in csrc/losses.h: dense tensors keep their strides.
+    if torch._prims_common.is_non_overlapping_and_dense(t):
+        return torch.empty_like(t)
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _dense_pair_like(a, b):
+    # Mirrors as_dense_pair() in csrc/losses.h.
+    if (torch._prims_common.is_non_overlapping_and_dense(a)
+            and torch._prims_common.is_non_overlapping_and_dense(b) and a.stride() == b.stride()):
+        return torch.empty_like(a), torch.empty_like(b)
+    return (torch.empty(a.shape, dtype=a.dtype, device=a.device),
+            torch.empty(b.shape, dtype=b.dtype, device=b.device))
+
+
+def _scalar(t):
+    return t.new_empty(())
+
+
+@torch.library.register_fake("gan_ext::d_loss")
+def _d_loss_fake(real, fake, mode, real_label, fake_label, reduction):
+    ref.check_d_loss_args(real, fake, mode, real_label, fake_label, reduction)
+    return _scalar(real)
+
+
+@torch.library.register_fake("gan_ext::d_loss_with_grad")
+def _d_loss_with_grad_fake(real, fake, mode, real_label, fake_label, reduction):
+    ref.check_d_loss_args(real, fake, mode, real_label, fake_label, reduction)
+    return _scalar(real), _dense_like(real), _dense_like(fake)
+
+
+@torch.library.register_fake("gan_ext::g_loss")
+def _g_loss_fake(fake, mode, real_label, fake_label, reduction):
+    ref.check_g_loss_args(fake, mode, real_label, fake_label, reduction)
+    return _scalar(fake)
+
+
+@torch.library.register_fake("gan_ext::g_loss_with_grad")
+def _g_loss_with_grad_fake(fake, mode, real_label, fake_label, reduction):
+    ref.check_g_loss_args(fake, mode, real_label, fake_label, reduction)
+    return _scalar(fake), _dense_like(fake)
+
+
+@torch.library.register_fake("gan_ext::bce_with_logits")
+def _bce_fake(input, target, reduction):
+    ref.check_pair_args(input, "input", target, "target", reduction)
+    return _scalar(input)
+
+
+@torch.library.register_fake("gan_ext::bce_with_logits_with_grad")
+def _bce_with_grad_fake(input, target, reduction, grad_target):
+    ref.check_pair_args(input, "input", target, "target", reduction)
+    gi, gt = _dense_pair_like(input, target)
+    return _scalar(input), gi, (gt if grad_target else input.new_empty((0,)))
+
+
+@torch.library.register_fake("gan_ext::l1_loss")
+def _l1_fake(input, target, reduction):
+    ref.check_pair_args(input, "input", target, "target", reduction)
+    return _scalar(input)
+
+
+@torch.library.register_fake("gan_ext::cycle_l1_loss")
+def _cycle_l1_fake(input1, target1, input2, target2, weight1, weight2, reduction):
+    ref.check_pair_args(input1, "input1", target1, "target1", reduction)
+    ref.check_pair_args(input2, "input2", target2, "target2", reduction)
+    return _scalar(input1)
+
+
+@torch.library.register_fake("gan_ext::l1_loss_backward")
+def _l1_backward_fake(grad, input, target, weight, reduction, grad_input, grad_target):
+    gi, gt = _dense_pair_like(input, target)
+    empty = input.new_empty((0,))
+    return (gi if grad_input else empty), (gt if grad_target else empty)
+
+
+# ---------------------------------------------------------- reparameterization
+@torch.library.register_fake("gan_ext::reparameterize")
+def _reparameterize_fake(mu, logvar, *, generator=None):
+    ref.check_reparameterize_args(mu, logvar, False, ref.MEAN)
+    return torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+
+
+@torch.library.register_fake("gan_ext::reparameterize_kl")
+def _reparameterize_kl_fake(mu, logvar, reduction, *, generator=None):
+    ref.check_reparameterize_args(mu, logvar, True, reduction)
+    z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    kl = mu.new_empty((mu.shape[0],) if reduction == ref.NONE else ())
+    return z, kl
+
+
+@torch.library.register_fake("gan_ext::reparameterize_backward")
+def _reparameterize_backward_fake(grad_z, grad_kl, z, mu, logvar, reduction):
+    return (torch.empty(mu.shape, dtype=mu.dtype, device=mu.device),
+            torch.empty(mu.shape, dtype=mu.dtype, device=mu.device))

@@ -17,7 +17,9 @@ if _backend.extension_loaded:
 
 _lib = torch.ops.gan_ext
 
-__all__ = ["batch_norm_act", "instance_norm_act", "activation_code"]
+__all__ = ["batch_norm_act", "instance_norm_act", "activation_code", "d_loss", "g_loss",
+           "bce_with_logits", "l1_loss", "cycle_l1_loss", "reparameterize", "reparameterize_kl",
+           "kl_divergence"]
 
 
 def activation_code(activation: str) -> int:
@@ -96,3 +98,145 @@ def instance_norm_act(input: Tensor, running_mean: Optional[Tensor] = None,
                          "use_input_stats=False")
     return _norm_act(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
                      True, activation_code(activation), negative_slope)
+
+
+# ---------------------------------------------------------------------- losses
+_D_MODES = ("vanilla", "lsgan", "hinge")
+_G_MODES = ("vanilla", "lsgan", "hinge", "minimax")
+
+
+def _code(value, table: dict, allowed, what: str) -> int:
+    if value in allowed:
+        return table[value]
+    raise ValueError(f"{what} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+
+
+def reduction_code(reduction: str, allow_none: bool = False) -> int:
+    allowed = ("none", "mean", "sum") if allow_none else ("mean", "sum")
+    return _code(reduction, ref.REDUCTIONS, allowed, "reduction")
+
+
+def _check_tensor(t, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_hinge_labels(mode: str, real_label: float, fake_label: float) -> None:
+    if mode == "hinge" and (real_label != 1.0 or fake_label != 0.0):
+        raise ValueError("real_label and fake_label have no meaning for the hinge loss; leave them "
+                         f"at 1.0 and 0.0 (got {real_label} and {fake_label})")
+
+
+def d_loss(real_logits: Tensor, fake_logits: Tensor, mode: str = "vanilla", real_label: float = 1.0,
+           fake_label: float = 0.0, reduction: str = "mean") -> Tensor:
+    """Discriminator loss on the logits of real and fake samples, with both
+    gradients computed in the same pass as the loss.
+
+    * ``vanilla``: BCE with logits against ``real_label`` / ``fake_label``
+      (``real_label=0.9`` is one-sided label smoothing);
+    * ``lsgan``: ``mean((real - real_label)^2) + mean((fake - fake_label)^2)``;
+    * ``hinge``: ``mean(relu(1 - real)) + mean(relu(1 + fake))``.
+
+    The two terms are reduced separately, so the batch sizes (and shapes) of
+    ``real_logits`` and ``fake_logits`` may differ.
+    """
+    _check_tensor(real_logits, "real_logits")
+    _check_tensor(fake_logits, "fake_logits")
+    m = _code(mode, ref.GAN_MODES, _D_MODES, "mode")
+    _check_hinge_labels(mode, real_label, fake_label)
+    r = reduction_code(reduction)
+    if _backend.use_fused(real_logits):
+        return _lib.d_loss(real_logits, fake_logits, m, float(real_label), float(fake_label), r)
+    return ref.d_loss(real_logits, fake_logits, m, float(real_label), float(fake_label), r)
+
+
+def g_loss(fake_logits: Tensor, mode: str = "vanilla", real_label: float = 1.0,
+           fake_label: float = 0.0, reduction: str = "mean", minimax: bool = False) -> Tensor:
+    """Generator loss on the discriminator's logits for fake samples.
+
+    ``vanilla`` is the non-saturating ``-log D(G(z))`` (BCE against
+    ``real_label``); with ``minimax=True`` it is the paper's
+    ``log(1 - D(G(z)))`` (minus the BCE against ``fake_label``). ``lsgan``:
+    ``mean((fake - real_label)^2)``; ``hinge``: ``-mean(fake)``.
+    """
+    _check_tensor(fake_logits, "fake_logits")
+    m = _code(mode, ref.GAN_MODES, _G_MODES, "mode")
+    if minimax:
+        if mode != "vanilla":
+            raise ValueError(f"minimax=True is the BCE ('vanilla') generator loss; got mode={mode!r}")
+        m = ref.MINIMAX
+    _check_hinge_labels(mode, real_label, fake_label)
+    r = reduction_code(reduction)
+    if _backend.use_fused(fake_logits):
+        return _lib.g_loss(fake_logits, m, float(real_label), float(fake_label), r)
+    return ref.g_loss(fake_logits, m, float(real_label), float(fake_label), r)
+
+
+def bce_with_logits(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """``F.binary_cross_entropy_with_logits(input, target)`` with its gradient
+    computed in the forward pass: the VAE reconstruction term on decoder logits
+    (``reduction="sum"`` is the classic VAE objective). Shapes and dtypes of
+    input and target must match."""
+    _check_tensor(input, "input")
+    _check_tensor(target, "target")
+    r = reduction_code(reduction)
+    if _backend.use_fused(input):
+        return _lib.bce_with_logits(input, target, r)
+    return ref.bce_with_logits(input, target, r)
+
+
+def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """``mean|input - target|`` (or the sum) with gradients for both inputs;
+    backward recomputes the sign from the inputs, so nothing extra is saved."""
+    _check_tensor(input, "input")
+    _check_tensor(target, "target")
+    r = reduction_code(reduction)
+    if _backend.use_fused(input):
+        return _lib.l1_loss(input, target, r)
+    return ref.l1_loss(input, target, r)
+
+
+def cycle_l1_loss(input1: Tensor, target1: Tensor, input2: Tensor, target2: Tensor,
+                  weight1: float = 1.0, weight2: float = 1.0, reduction: str = "mean") -> Tensor:
+    """``weight1 * l1_loss(input1, target1) + weight2 * l1_loss(input2, target2)``
+    in one call: CycleGAN's two cycle (or identity) terms, one pass per pair."""
+    for t, n in ((input1, "input1"), (target1, "target1"), (input2, "input2"), (target2, "target2")):
+        _check_tensor(t, n)
+    r = reduction_code(reduction)
+    if _backend.use_fused(input1):
+        return _lib.cycle_l1_loss(input1, target1, input2, target2, float(weight1), float(weight2), r)
+    return ref.cycle_l1_loss(input1, target1, input2, target2, float(weight1), float(weight2), r)
+
+
+# ---------------------------------------------------------- reparameterization
+def reparameterize(mu: Tensor, logvar: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``z = mu + exp(0.5 * logvar) * eps`` with ``eps ~ N(0, 1)`` drawn inside
+    the kernel from PyTorch's generator (the default one, or ``generator``):
+    ``torch.manual_seed`` reproduces z. Backward keeps no eps."""
+    _check_tensor(mu, "mu")
+    _check_tensor(logvar, "logvar")
+    if _backend.use_fused(mu):
+        return _lib.reparameterize(mu, logvar, generator=generator)
+    return ref.reparameterize(mu, logvar, generator=generator)
+
+
+def reparameterize_kl(mu: Tensor, logvar: Tensor, reduction: str = "mean",
+                      generator: Optional[torch.Generator] = None):
+    """``(z, kl)``: the reparameterized sample and
+    ``kl = -0.5 * sum(1 + logvar - mu^2 - exp(logvar))`` over the latent dims,
+    then the mean (default) or sum over the batch, or per sample (``'none'``)."""
+    _check_tensor(mu, "mu")
+    _check_tensor(logvar, "logvar")
+    r = reduction_code(reduction, allow_none=True)
+    if _backend.use_fused(mu):
+        return _lib.reparameterize_kl(mu, logvar, r, generator=generator)
+    return ref.reparameterize_kl(mu, logvar, r, generator=generator)
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor:
+    """The KL term alone, in plain PyTorch (for evaluation without sampling)."""
+    _check_tensor(mu, "mu")
+    _check_tensor(logvar, "logvar")
+    r = reduction_code(reduction, allow_none=True)
+    ref.check_reparameterize_args(mu, logvar, True, r)
+    return ref.kl_divergence(mu, logvar, r)

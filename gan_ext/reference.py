@@ -8,6 +8,7 @@ are differentiable with ordinary autograd.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -165,3 +166,285 @@ def norm_act_backward(grad_out: Tensor, saved: Tensor, weight: Optional[Tensor],
         grad_input = dz * gamma * rs
     gdt = weight.dtype if weight is not None else saved.dtype
     return grad_input.to(saved.dtype), grad_weight.to(gdt), grad_bias.to(gdt)
+
+
+# ====================================================================== losses
+# Codes shared with csrc/losses.h.
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+NONE, MEAN, SUM = 0, 1, 2
+GAN_MODES = {"vanilla": 0, "lsgan": 1, "hinge": 2, "minimax": 3}
+VANILLA, LSGAN, HINGE, MINIMAX = 0, 1, 2, 3
+_FLOAT_DTYPES = "float32, float64, bfloat16 or float16"
+
+
+def _check_float(t: Tensor, name: str) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor ({_FLOAT_DTYPES}), got {t.dtype}")
+
+
+def _check_loss_reduction(reduction: int) -> None:
+    if reduction not in (MEAN, SUM):
+        raise ValueError(f"reduction must be 1 ('mean') or 2 ('sum'), got {reduction}")
+
+
+def _check_not_empty_for_mean(t: Tensor, name: str, reduction: int) -> None:
+    if t.numel() == 0 and reduction == MEAN:
+        raise ValueError(f"{name} is empty: reduction='mean' of no elements is undefined (use "
+                         "reduction='sum', which gives 0 for an empty tensor)")
+
+
+def _check_same(a: Tensor, an: str, b: Tensor, bn: str, shape: bool = True) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{an} is on {a.device} but {bn} is on {b.device}; they must be on the "
+                         "same device")
+    if shape and a.shape != b.shape:
+        raise ValueError(f"{an} has shape {list(a.shape)} but {bn} has shape {list(b.shape)}; they "
+                         "must match (no broadcasting)")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{an} has dtype {a.dtype} but {bn} has dtype {b.dtype}; they must match")
+
+
+def _check_label(v: float, name: str, mode: int) -> None:
+    if mode in (VANILLA, MINIMAX):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1] for the BCE ('vanilla') loss, got {v}")
+    elif not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+
+
+def check_d_loss_args(real, fake, mode, real_label, fake_label, reduction) -> None:
+    """Twin of check_d_loss_args in csrc/losses.h."""
+    if mode not in (VANILLA, LSGAN, HINGE):
+        raise ValueError(f"mode must be 0 ('vanilla'), 1 ('lsgan') or 2 ('hinge') for d_loss, got {mode}")
+    _check_loss_reduction(reduction)
+    _check_float(real, "real_logits")
+    _check_float(fake, "fake_logits")
+    if real.dtype != fake.dtype:
+        raise TypeError(f"real_logits has dtype {real.dtype} but fake_logits has dtype {fake.dtype}; "
+                        "they must match")
+    if real.device != fake.device:
+        raise ValueError(f"real_logits is on {real.device} but fake_logits is on {fake.device}; they "
+                         "must be on the same device")
+    _check_label(real_label, "real_label", mode)
+    _check_label(fake_label, "fake_label", mode)
+    _check_not_empty_for_mean(real, "real_logits", reduction)
+    _check_not_empty_for_mean(fake, "fake_logits", reduction)
+
+
+def check_g_loss_args(fake, mode, real_label, fake_label, reduction) -> None:
+    """Twin of check_g_loss_args in csrc/losses.h."""
+    if mode not in (VANILLA, LSGAN, HINGE, MINIMAX):
+        raise ValueError("mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 3 ('minimax') for "
+                         f"g_loss, got {mode}")
+    _check_loss_reduction(reduction)
+    _check_float(fake, "fake_logits")
+    _check_label(real_label, "real_label", mode)
+    _check_label(fake_label, "fake_label", mode)
+    _check_not_empty_for_mean(fake, "fake_logits", reduction)
+
+
+def check_pair_args(a, an, b, bn, reduction) -> None:
+    """Twin of check_pair_args in csrc/losses.h."""
+    _check_loss_reduction(reduction)
+    _check_float(a, an)
+    _check_float(b, bn)
+    _check_same(a, an, b, bn)
+    _check_not_empty_for_mean(a, an, reduction)
+
+
+def _reduce(t: Tensor, reduction: int) -> Tensor:
+    # float64 accumulation, like the kernels' cross-block sums.
+    s = t.double().sum()
+    return s / t.numel() if reduction == MEAN else s
+
+
+def _bce(x: Tensor, y) -> Tensor:
+    """softplus(x) - x*y, stable for any finite x."""
+    return torch.clamp_min(x, 0) - x * y + torch.log1p(torch.exp(-x.abs()))
+
+
+def _term(x: Tensor, kind: str, label: float) -> Tensor:
+    xs = x.to(stats_dtype(x.dtype))
+    if kind == "bce":
+        return _bce(xs, label)
+    if kind == "neg_bce":
+        return -_bce(xs, label)
+    if kind == "square":
+        return (xs - label) ** 2
+    if kind == "hinge_real":
+        return torch.relu(1 - xs)
+    if kind == "hinge_fake":
+        return torch.relu(1 + xs)
+    assert kind == "neg"
+    return -xs
+
+
+def d_loss(real_logits: Tensor, fake_logits: Tensor, mode: int, real_label: float,
+           fake_label: float, reduction: int) -> Tensor:
+    """Twin of ``torch.ops.gan_ext.d_loss``."""
+    check_d_loss_args(real_logits, fake_logits, mode, real_label, fake_label, reduction)
+    kinds = {VANILLA: ("bce", "bce"), LSGAN: ("square", "square"), HINGE: ("hinge_real", "hinge_fake")}
+    kr, kf = kinds[mode]
+    loss = (_reduce(_term(real_logits, kr, real_label), reduction)
+            + _reduce(_term(fake_logits, kf, fake_label), reduction))
+    return loss.to(real_logits.dtype)
+
+
+def g_loss(fake_logits: Tensor, mode: int, real_label: float, fake_label: float,
+           reduction: int) -> Tensor:
+    """Twin of ``torch.ops.gan_ext.g_loss``."""
+    check_g_loss_args(fake_logits, mode, real_label, fake_label, reduction)
+    kind, label = {VANILLA: ("bce", real_label), MINIMAX: ("neg_bce", fake_label),
+                   LSGAN: ("square", real_label), HINGE: ("neg", 0.0)}[mode]
+    return _reduce(_term(fake_logits, kind, label), reduction).to(fake_logits.dtype)
+
+
+def bce_with_logits(input: Tensor, target: Tensor, reduction: int) -> Tensor:
+    """Twin of ``torch.ops.gan_ext.bce_with_logits``."""
+    check_pair_args(input, "input", target, "target", reduction)
+    sd = stats_dtype(input.dtype)
+    return _reduce(_bce(input.to(sd), target.to(sd)), reduction).to(input.dtype)
+
+
+def l1_loss(input: Tensor, target: Tensor, reduction: int) -> Tensor:
+    """Twin of ``torch.ops.gan_ext.l1_loss``."""
+    check_pair_args(input, "input", target, "target", reduction)
+    sd = stats_dtype(input.dtype)
+    return _reduce((input.to(sd) - target.to(sd)).abs(), reduction).to(input.dtype)
+
+
+def cycle_l1_loss(input1: Tensor, target1: Tensor, input2: Tensor, target2: Tensor,
+                  weight1: float, weight2: float, reduction: int) -> Tensor:
+    """Twin of ``torch.ops.gan_ext.cycle_l1_loss``."""
+    check_pair_args(input1, "input1", target1, "target1", reduction)
+    check_pair_args(input2, "input2", target2, "target2", reduction)
+    _check_same(input1, "input1", input2, "input2", shape=False)
+    sd1, sd2 = stats_dtype(input1.dtype), stats_dtype(input2.dtype)
+    l1 = _reduce((input1.to(sd1) - target1.to(sd1)).abs(), reduction)
+    l2 = _reduce((input2.to(sd2) - target2.to(sd2)).abs(), reduction)
+    return (weight1 * l1 + weight2 * l2).to(input1.dtype)
+
+
+# ===================================================== reparameterization + KL
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_MASK32 = 0xFFFFFFFF
+
+
+def philox4x32_10(counter: Tensor, key: tuple) -> Tensor:
+    """Philox-4x32-10 on int64 tensors holding uint32 words: counter (n, 4) ->
+    (n, 4). The same function as philox4x32_10 in csrc/philox.h."""
+    c0, c1, c2, c3 = (counter[:, i].clone() for i in range(4))
+    k0, k1 = key[0] & _MASK32, key[1] & _MASK32
+    for r in range(10):
+        if r > 0:
+            k0, k1 = (k0 + _PHILOX_W0) & _MASK32, (k1 + _PHILOX_W1) & _MASK32
+        # 32x32 -> 64-bit products, split in 16-bit halves so nothing overflows int64.
+        hi0, lo0 = _mulhilo(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return torch.stack([c0, c1, c2, c3], dim=1)
+
+
+def _mulhilo(m: int, c: Tensor):
+    m_lo, m_hi = m & 0xFFFF, m >> 16
+    c_lo, c_hi = c & 0xFFFF, c >> 16
+    ll, lh, hl, hh = c_lo * m_lo, c_lo * m_hi, c_hi * m_lo, c_hi * m_hi
+    mid = (ll >> 16) + (lh & 0xFFFF) + (hl & 0xFFFF)
+    lo = ((mid & 0xFFFF) << 16) | (ll & 0xFFFF)
+    hi = hh + (lh >> 16) + (hl >> 16) + (mid >> 16)
+    return hi & _MASK32, lo & _MASK32
+
+
+def generator_seed_offset(device: torch.device, generator: Optional[torch.Generator] = None):
+    """(seed, offset) for one call, drawn as the kernels draw them (csrc/philox.h),
+    advancing the generator the same way."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        gen = generator if generator is not None else torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()]
+        seed, offset = gen.initial_seed(), gen.get_offset()
+        gen.set_offset(offset + 4)
+        return seed, offset
+    if device.type != "cpu":
+        raise ValueError(f"reparameterize: no noise generator for device type {device.type!r}")
+    # Tensor.random_() on int64 draws random64() with the top bit cleared: the
+    # CPU kernel uses exactly that as its seed.
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+    return seed, 0
+
+
+def normal_noise(numel: int, dtype: torch.dtype, device, seed: int, offset: int) -> Tensor:
+    """The first `numel` normals of the (seed, offset) stream, in the op's
+    compute precision (float64 for float64, else float32)."""
+    double = dtype == torch.float64
+    per = 2 if double else 4
+    nblocks = -(-numel // per)
+    q = torch.arange(nblocks, dtype=torch.int64, device=device)
+    counter = torch.stack([q & _MASK32, q >> 32, torch.full_like(q, offset & _MASK32),
+                           torch.full_like(q, (offset >> 32) & _MASK32)], dim=1)
+    x = philox4x32_10(counter, (seed & _MASK32, (seed >> 32) & _MASK32))
+    if double:
+        def u53(hi, lo):
+            v = (hi << 21) ^ (lo >> 11)
+            return (v.double() + 0.5) * 2.0 ** -53
+        pairs = [(u53(x[:, 0], x[:, 1]), u53(x[:, 2], x[:, 3]))]
+        two_pi = 6.283185307179586
+    else:
+        def u24(w):
+            return ((w >> 8).float() + 0.5) * 2.0 ** -24
+        pairs = [(u24(x[:, 0]), u24(x[:, 1])), (u24(x[:, 2]), u24(x[:, 3]))]
+        two_pi = torch.tensor(6.283185307179586, dtype=torch.float32)
+    cols = []
+    for u1, u2 in pairs:
+        r = torch.sqrt(-2.0 * torch.log(u1))
+        t = two_pi * u2
+        cols += [r * torch.cos(t), r * torch.sin(t)]
+    return torch.stack(cols, dim=1).reshape(-1)[:numel]
+
+
+def check_reparameterize_args(mu: Tensor, logvar: Tensor, kl: bool, reduction: int) -> None:
+    """Twin of check_reparameterize_args in csrc/reparam.h."""
+    _check_float(mu, "mu")
+    _check_same(logvar, "logvar", mu, "mu")
+    if kl:
+        if mu.dim() < 2:
+            raise ValueError("mu must have a batch dimension and a latent dimension (B, D, ...) for "
+                             f"the KL term, got shape {list(mu.shape)}")
+        if reduction not in (NONE, MEAN, SUM):
+            raise ValueError(f"reduction must be 0 ('none'), 1 ('mean') or 2 ('sum'), got {reduction}")
+        if mu.shape[0] == 0 and reduction == MEAN:
+            raise ValueError("mu has batch size 0: the mean KL over no samples is undefined (use "
+                             "reduction='sum' or 'none')")
+
+
+def _reparameterize(mu: Tensor, logvar: Tensor, generator) -> Tensor:
+    sd = stats_dtype(mu.dtype)
+    seed, offset = generator_seed_offset(mu.device, generator)
+    eps = normal_noise(mu.numel(), mu.dtype, mu.device, seed, offset).reshape(mu.shape).to(sd)
+    return (mu.to(sd) + torch.exp(0.5 * logvar.to(sd)) * eps).to(mu.dtype)
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Twin of ``torch.ops.gan_ext.reparameterize``: the same noise as the
+    kernel for the same generator state."""
+    check_reparameterize_args(mu, logvar, False, MEAN)
+    return _reparameterize(mu, logvar, generator)
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor, reduction: int) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)), summed over all but the batch dim."""
+    sd = stats_dtype(mu.dtype)
+    m, lv = mu.to(sd), logvar.to(sd)
+    per_sample = (-0.5 * (1 + lv - m * m - torch.exp(lv))).reshape(mu.shape[0], -1).sum(1)
+    if reduction == NONE:
+        return per_sample.to(mu.dtype)
+    s = per_sample.double().sum()
+    return (s / mu.shape[0] if reduction == MEAN else s).to(mu.dtype)
+
+
+def reparameterize_kl(mu: Tensor, logvar: Tensor, reduction: int, *,
+                      generator: Optional[torch.Generator] = None):
+    """Twin of ``torch.ops.gan_ext.reparameterize_kl``: returns (z, kl)."""
+    check_reparameterize_args(mu, logvar, True, reduction)
+    return _reparameterize(mu, logvar, generator), kl_divergence(mu, logvar, reduction)

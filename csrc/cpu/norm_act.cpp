@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "norm_act.h"
+#include "vec_io.h"
 
 namespace gan_ext {
 namespace {
@@ -49,36 +50,6 @@ constexpr int64_t kBlockElems = 4096;
 constexpr int64_t kRowBlockElems = 32768;
 // Minimum work per parallel task, in elements.
 constexpr int64_t kGrainElems = 32768;
-
-// ----------------------------------------------------------------- vector I/O
-// Loads `n` values of T as a vector of O (missing lanes are zero).
-template <typename T, typename O>
-inline Vectorized<O> vload(const T* p, int64_t n = Vectorized<O>::size()) {
-  constexpr int64_t V = Vectorized<O>::size();
-  if constexpr (std::is_same_v<T, O>) {
-    return n == V ? Vectorized<O>::loadu(p) : Vectorized<O>::loadu(p, n);
-  } else {
-    alignas(64) O buf[V];
-    for (int64_t i = 0; i < V; ++i) buf[i] = i < n ? static_cast<O>(p[i]) : O(0);
-    return Vectorized<O>::loadu(buf);
-  }
-}
-
-template <typename T, typename O>
-inline void vstore(T* p, const Vectorized<O>& v, int64_t n = Vectorized<O>::size()) {
-  constexpr int64_t V = Vectorized<O>::size();
-  if constexpr (std::is_same_v<T, O>) {
-    if (n == V) {
-      v.store(p);
-    } else {
-      v.store(p, n);
-    }
-  } else {
-    alignas(64) O buf[V];
-    v.store(buf);
-    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(buf[i]);
-  }
-}
 
 // Software prefetch of a run of len values (one request per 64-byte line).
 template <typename T>
@@ -94,16 +65,6 @@ inline void prefetch_run_for_write(T* p, int64_t len) {
   const char* b = reinterpret_cast<const char*>(p);
   const int64_t bytes = len * static_cast<int64_t>(sizeof(T));
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 1, 3);
-}
-
-template <typename O>
-inline O vsum(const Vectorized<O>& v) {
-  constexpr int64_t V = Vectorized<O>::size();
-  alignas(64) O buf[V];
-  v.store(buf);
-  O s = 0;
-  for (int64_t i = 0; i < V; ++i) s += buf[i];
-  return s;
 }
 
 // ------------------------------------------------------------- activations

@@ -2,6 +2,7 @@
 :func:`fuse` to convert an existing model."""
 from .layers import BatchNormAct2d, Conv2dNormAct, ConvTranspose2dNormAct, InstanceNormAct2d
 from .fuse import fuse
+from .losses import GANLoss
 
 __all__ = ["BatchNormAct2d", "InstanceNormAct2d", "Conv2dNormAct", "ConvTranspose2dNormAct",
-           "fuse"]
+           "fuse", "GANLoss"]

@@ -1,0 +1,110 @@
+// The normal noise of gan_ext::reparameterize*, defined once for the CPU
+// kernel, the CUDA kernel and the pure-PyTorch twin (gan_ext/reference.py,
+// `normal_noise`), which all produce the same eps for the same (seed, offset).
+//
+// Counter-based: element i's noise is a pure function of (seed, offset, i), so
+// any thread can make any element's noise, in any order, and the result does
+// not depend on the number of threads or the launch shape.
+//
+//   Philox-4x32-10 (Salmon et al., SC'11), key = (seed lo, seed hi),
+//   counter = (q lo, q hi, offset lo, offset hi) for block q.
+//   float32/float16/bfloat16 (computed in float): block q gives elements
+//     4q..4q+3 as two Box-Muller pairs from words (x0, x1) and (x2, x3),
+//     u(x) = ((x >> 8) + 0.5) * 2^-24, which is exact in float and in (0, 1).
+//   float64: block q gives elements 2q, 2q+1 from one pair of 53-bit uniforms
+//     u = (((x0 << 21) ^ (x1 >> 11)) + 0.5) * 2^-53 and likewise from (x2, x3).
+//   Box-Muller: r = sqrt(-2 log u1), theta = 2 pi u2, z = (r cos theta, r sin theta).
+//
+// Where (seed, offset) come from:
+//   CPU:  seed = the default (or given) CPU generator's random64() with the top
+//         bit cleared (what Tensor.random_() draws for int64), offset = 0. Each
+//         call advances the generator, so consecutive calls get fresh noise and
+//         torch.manual_seed reproduces a run.
+//   CUDA: (seed, offset) = CUDAGeneratorImpl::philox_cuda_state(4), unpacked in
+//         the kernel (CUDA-graph safe); each call advances the offset by 4.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace gan_ext {
+namespace philox {
+
+constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+constexpr int kRounds = 10;
+// Normal values per Philox block.
+template <typename opmath_t>
+constexpr int64_t per_block() { return sizeof(opmath_t) == 8 ? 2 : 4; }
+
+struct Block {
+  uint32_t x[4];
+};
+
+C10_HOST_DEVICE inline void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  const uint64_t p = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  hi = static_cast<uint32_t>(p >> 32);
+  lo = static_cast<uint32_t>(p);
+}
+
+C10_HOST_DEVICE inline Block philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                           uint32_t k0, uint32_t k1) {
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) {
+    if (r > 0) {
+      k0 += kW0;
+      k1 += kW1;
+    }
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo(kM0, c0, hi0, lo0);
+    mulhilo(kM1, c2, hi1, lo1);
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+  }
+  return Block{{c0, c1, c2, c3}};
+}
+
+C10_HOST_DEVICE inline Block block_for(uint64_t q, uint64_t seed, uint64_t offset) {
+  return philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32),
+                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+C10_HOST_DEVICE inline float uniform24(uint32_t x) {
+  return (static_cast<float>(x >> 8) + 0.5f) * 5.9604644775390625e-08f;  // 2^-24
+}
+
+C10_HOST_DEVICE inline double uniform53(uint32_t hi, uint32_t lo) {
+  const uint64_t v = (static_cast<uint64_t>(hi) << 21) ^ static_cast<uint64_t>(lo >> 11);
+  return (static_cast<double>(v) + 0.5) * 1.1102230246251565e-16;  // 2^-53
+}
+
+constexpr float kTwoPiF = 6.283185307179586f;
+constexpr double kTwoPi = 6.283185307179586;
+
+// The normals of block q, in element order: 4 for float, 2 for double.
+C10_HOST_DEVICE inline void normals(const Block& b, float out[4]) {
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const float u1 = uniform24(b.x[2 * j]), u2 = uniform24(b.x[2 * j + 1]);
+    const float r = ::sqrtf(-2.0f * ::logf(u1));
+    const float t = kTwoPiF * u2;
+    out[2 * j] = r * ::cosf(t);
+    out[2 * j + 1] = r * ::sinf(t);
+  }
+}
+
+C10_HOST_DEVICE inline void normals(const Block& b, double out[2]) {
+  const double u1 = uniform53(b.x[0], b.x[1]), u2 = uniform53(b.x[2], b.x[3]);
+  const double r = ::sqrt(-2.0 * ::log(u1));
+  const double t = kTwoPi * u2;
+  out[0] = r * ::cos(t);
+  out[1] = r * ::sin(t);
+}
+
+}  // namespace philox
+}  // namespace gan_ext
