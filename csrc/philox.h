@@ -10,10 +10,11 @@
 //   counter = (q lo, q hi, offset lo, offset hi) for block q.
 //   float32/float16/bfloat16 (computed in float): block q gives elements
 //     4q..4q+3 as two Box-Muller pairs from words (x0, x1) and (x2, x3),
-//     u(x) = ((x >> 8) + 0.5) * 2^-24, which is exact in float and in (0, 1).
+//     u(x) = ((x >> 9) + 0.5) * 2^-23, which is exact in float and in (0, 1).
 //   float64: block q gives elements 2q, 2q+1 from one pair of 53-bit uniforms
 //     u = (((x0 << 21) ^ (x1 >> 11)) + 0.5) * 2^-53 and likewise from (x2, x3).
-//   Box-Muller: r = sqrt(-2 log u1), theta = 2 pi u2, z = (r cos theta, r sin theta).
+//   Box-Muller: r = sqrt(-2 log u1), z = (r cos 2 pi u2, r sin 2 pi u2); each
+//   backend evaluates these to within a few ulp (see normals() below).
 //
 // Where (seed, offset) come from:
 //   CPU:  seed = the default (or given) CPU generator's random64() with the top
@@ -74,8 +75,11 @@ C10_HOST_DEVICE inline Block block_for(uint64_t q, uint64_t seed, uint64_t offse
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
-C10_HOST_DEVICE inline float uniform24(uint32_t x) {
-  return (static_cast<float>(x >> 8) + 0.5f) * 5.9604644775390625e-08f;  // 2^-24
+// (k + 1/2) / 2^23 for the top 23 bits k: 24 significant bits, so exact in
+// float, and in (0, 1) (24 bits of k would round for u >= 1/2, which makes
+// log(u) near u = 1 wrong by ~50%).
+C10_HOST_DEVICE inline float uniform23(uint32_t x) {
+  return (static_cast<float>(x >> 9) + 0.5f) * 1.1920928955078125e-07f;  // 2^-23
 }
 
 C10_HOST_DEVICE inline double uniform53(uint32_t hi, uint32_t lo) {
@@ -87,23 +91,41 @@ constexpr float kTwoPiF = 6.283185307179586f;
 constexpr double kTwoPi = 6.283185307179586;
 
 // The normals of block q, in element order: 4 for float, 2 for double.
+// Float values are r cos(2 pi u2), r sin(2 pi u2) evaluated to within a few
+// ulp: the CPU kernel reduces u2 exactly in turns (fast_math.h), CUDA uses
+// sincospif, the reference twin evaluates in float64 and rounds.
 C10_HOST_DEVICE inline void normals(const Block& b, float out[4]) {
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
-    const float u1 = uniform24(b.x[2 * j]), u2 = uniform24(b.x[2 * j + 1]);
+    const float u1 = uniform23(b.x[2 * j]), u2 = uniform23(b.x[2 * j + 1]);
+#if defined(__CUDA_ARCH__)
     const float r = ::sqrtf(-2.0f * ::logf(u1));
-    const float t = kTwoPiF * u2;
-    out[2 * j] = r * ::cosf(t);
-    out[2 * j + 1] = r * ::sinf(t);
+    float sn, cs;
+    ::sincospif(2.0f * u2, &sn, &cs);
+    out[2 * j] = r * cs;
+    out[2 * j + 1] = r * sn;
+#else
+    const double r = ::sqrt(-2.0 * ::log(static_cast<double>(u1)));
+    const double t = kTwoPi * static_cast<double>(u2);
+    out[2 * j] = static_cast<float>(r * ::cos(t));
+    out[2 * j + 1] = static_cast<float>(r * ::sin(t));
+#endif
   }
 }
 
 C10_HOST_DEVICE inline void normals(const Block& b, double out[2]) {
   const double u1 = uniform53(b.x[0], b.x[1]), u2 = uniform53(b.x[2], b.x[3]);
   const double r = ::sqrt(-2.0 * ::log(u1));
+#if defined(__CUDA_ARCH__)
+  double sn, cs;
+  ::sincospi(2.0 * u2, &sn, &cs);
+  out[0] = r * cs;
+  out[1] = r * sn;
+#else
   const double t = kTwoPi * u2;
   out[0] = r * ::cos(t);
   out[1] = r * ::sin(t);
+#endif
 }
 
 }  // namespace philox

@@ -21,15 +21,20 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "fast_math.h"
 #include "losses.h"
 #include "vec_io.h"
 
 namespace gan_ext {
 namespace {
 
-constexpr int64_t kChunk = 16384;
+// Values per chunk; chunks are split between threads two or more at a time,
+// so a PatchGAN's 16x30x30 logits use both cores and a DCGAN's 64 run inline.
+constexpr int64_t kChunk = 4096;
+constexpr int64_t kMinChunksPerTask = 2;
 
 // ------------------------------------------------------------ vector terms
 // Vectorized twins of apply_term (losses.h), same formulas.
@@ -37,10 +42,22 @@ template <typename O>
 inline void vbce(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>& f, Vectorized<O>& df) {
   using V = Vectorized<O>;
   const V zero(O(0)), one(O(1));
-  const V e = (zero - x.abs()).exp();
+  V e, lp;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<O, float>) {
+    // exp(-|x|) and log1p of it on their known ranges (fast_math.h): the
+    // general SLEEF calls were ~90% of a BCE pass.
+    e = V(fastmath::exp_nonpos((zero - x.abs())));
+    lp = V(fastmath::log1p_unit(e));
+  } else
+#endif
+  {
+    e = (zero - x.abs()).exp();
+    lp = e.log1p();
+  }
   const V inv = one / (one + e);
   const V sig = V::blendv(e * inv, inv, x >= zero);
-  f = at::vec::maximum(x, zero) - x * y + e.log1p();
+  f = at::vec::maximum(x, zero) - x * y + lp;
   df = sig - y;
 }
 
@@ -79,7 +96,7 @@ double chunked_sum(int64_t n, const F& body) {
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   if (nchunks <= 1) return n > 0 ? body(0, n) : 0.0;
   std::vector<double> part(nchunks, 0.0);
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, nchunks, kMinChunksPerTask, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) part[c] = body(c * kChunk, std::min(n, (c + 1) * kChunk));
   });
   double s = 0.0;

@@ -2,10 +2,11 @@
 //
 // The noise is the counter-based stream of csrc/philox.h: element i's eps
 // depends only on (seed, offset, i), so tasks make their own noise in any
-// order. Philox runs on 8 blocks at a time in plain uint32/uint64 loops that
-// the compiler turns into vector multiplies; Box-Muller runs on
-// at::vec::Vectorized (SLEEF log/sin/cos). Nothing is written for eps: it is
-// made in a small stack buffer and consumed at once.
+// order. With AVX2, Philox runs on 8 blocks per vector and the float
+// Box-Muller uses the range-specialised log/sincos of fast_math.h (SLEEF's
+// general ones cost 3x more); other builds use scalar Philox and at::vec.
+// Nothing is written for eps: it is made in a small stack buffer and consumed
+// at once.
 //
 // Work is split into (row, chunk) tasks, a row being one sample's D latent
 // values (the whole tensor is one row for reparameterize): each task writes z
@@ -22,11 +23,17 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
+#include "fast_math.h"
 #include "philox.h"
 #include "reparam.h"
 #include "vec_io.h"
@@ -44,82 +51,130 @@ constexpr int kLanes = 8;
 // Blocks (or pairs) per noise buffer: a chunk that starts mid-block needs one more.
 constexpr int64_t kBuf = kNoiseChunk / 2 + 2 * kLanes;
 
-// Philox blocks q0 .. q0+count-1 into words[4][count] (count <= kLanes*k).
+#if defined(CPU_CAPABILITY_AVX2)
+// Eight 32x32 -> 64-bit products of AVX2 lanes: even lanes via mul_epu32, odd
+// lanes shifted down first; hi/lo words are blended back into lane order.
+inline void mulhilo8(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
+  const __m256i pe = _mm256_mul_epu32(c, m);
+  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(c, 32), m);
+  lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+}
+#endif
+
+// Philox blocks q0 .. q0+count-1 into w[word][block].
 inline void philox_blocks(uint64_t q0, int64_t count, uint64_t seed, uint64_t offset,
                           uint32_t (*w)[kBuf]) {
   const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
-  for (int64_t base = 0; base < count; base += kLanes) {
-    uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-    for (int l = 0; l < kLanes; ++l) {
-      const uint64_t q = q0 + static_cast<uint64_t>(base + l);
-      c0[l] = static_cast<uint32_t>(q);
-      c1[l] = static_cast<uint32_t>(q >> 32);
-      c2[l] = o0;
-      c3[l] = o1;
-    }
+  int64_t base = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  // The counter's high word only changes past 2^32 blocks; lanes whose low
+  // word wraps inside a group take the scalar path below.
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kM1));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; base + kLanes <= count; base += kLanes) {
+    const uint64_t q = q0 + static_cast<uint64_t>(base);
+    if (static_cast<uint32_t>(q) > 0xFFFFFFFFu - kLanes) break;
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q))), lane);
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q >> 32)));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(o0));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(o1));
     uint32_t k0 = key0, k1 = key1;
     for (int r = 0; r < philox::kRounds; ++r) {
       if (r > 0) {
         k0 += philox::kW0;
         k1 += philox::kW1;
       }
-      for (int l = 0; l < kLanes; ++l) {
-        const uint64_t p0 = static_cast<uint64_t>(philox::kM0) * c0[l];
-        const uint64_t p1 = static_cast<uint64_t>(philox::kM1) * c2[l];
-        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
-        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
-        c1[l] = static_cast<uint32_t>(p1);
-        c3[l] = static_cast<uint32_t>(p0);
-        c0[l] = n0;
-        c2[l] = n2;
-      }
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(m0, c0, hi0, lo0);
+      mulhilo8(m1, c2, hi1, lo1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c1 = lo1;
+      c3 = lo0;
     }
-    const int64_t m = std::min<int64_t>(kLanes, count - base);
-    for (int l = 0; l < m; ++l) {
-      w[0][base + l] = c0[l];
-      w[1][base + l] = c1[l];
-      w[2][base + l] = c2[l];
-      w[3][base + l] = c3[l];
-    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[0][base]), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[1][base]), c1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[2][base]), c2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[3][base]), c3);
+  }
+#endif
+  for (; base < count; ++base) {
+    const philox::Block b = philox::block_for(q0 + static_cast<uint64_t>(base), seed, offset);
+    for (int k = 0; k < 4; ++k) w[k][base] = b.x[k];
   }
 }
 
 // eps for elements [e0, e0 + n) of the stream, n <= kNoiseChunk, into out[0, n).
 // float: 4 normals per block; double: 2. Same values as philox::normals.
 inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* out) {
+  alignas(64) uint32_t w[4][kBuf];
+  const int64_t q0 = e0 / 4, q1 = (e0 + n + 3) / 4, nb = q1 - q0;  // nb <= kNoiseChunk/4 + 1
+  const int64_t skip = e0 - 4 * q0;
+  philox_blocks(static_cast<uint64_t>(q0), nb, seed, offset, w);
+#if defined(CPU_CAPABILITY_AVX2)
+  // Eight blocks per step: pair A = words (0, 1), pair B = words (2, 3); the
+  // 4x8 results are transposed into element order 4q + (cA, sA, cB, sB).
+  // Padding blocks (zeroed words) give valid uniforms and are never copied out.
+  alignas(64) float full[4 * kBuf];
+  const int64_t nb8 = (nb + kLanes - 1) / kLanes * kLanes;
+  for (int k = 0; k < 4; ++k)
+    for (int64_t b = nb; b < nb8; ++b) w[k][b] = 0;
+  const __m256 half = _mm256_set1_ps(0.5f), scale = _mm256_set1_ps(1.1920928955078125e-07f);
+  const __m256 m2 = _mm256_set1_ps(-2.0f);
+  auto uniforms = [&](const uint32_t* p) {  // philox::uniform23 on 8 words
+    const __m256i v = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), 9);
+    return _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(v), half), scale);
+  };
+  for (int64_t b = 0; b < nb8; b += kLanes) {
+    __m256 c[2], sn[2];
+    for (int j = 0; j < 2; ++j) {
+      const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(m2, fastmath::log_unit(uniforms(&w[2 * j][b]))));
+      fastmath::sincos_turns(uniforms(&w[2 * j + 1][b]), c[j], sn[j]);
+      c[j] = _mm256_mul_ps(r, c[j]);
+      sn[j] = _mm256_mul_ps(r, sn[j]);
+    }
+    const __m256 x0 = _mm256_unpacklo_ps(c[0], sn[0]), x1 = _mm256_unpackhi_ps(c[0], sn[0]);
+    const __m256 y0 = _mm256_unpacklo_ps(c[1], sn[1]), y1 = _mm256_unpackhi_ps(c[1], sn[1]);
+    const __m256 z0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(x0), _mm256_castps_pd(y0)));
+    const __m256 z1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(x0), _mm256_castps_pd(y0)));
+    const __m256 z2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(x1), _mm256_castps_pd(y1)));
+    const __m256 z3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(x1), _mm256_castps_pd(y1)));
+    float* o = full + 4 * b;
+    _mm256_store_ps(o, _mm256_permute2f128_ps(z0, z1, 0x20));
+    _mm256_store_ps(o + 8, _mm256_permute2f128_ps(z2, z3, 0x20));
+    _mm256_store_ps(o + 16, _mm256_permute2f128_ps(z0, z1, 0x31));
+    _mm256_store_ps(o + 24, _mm256_permute2f128_ps(z2, z3, 0x31));
+  }
+  std::memcpy(out, full + skip, static_cast<size_t>(n) * sizeof(float));
+#else
   using V = Vectorized<float>;
   constexpr int64_t W = V::size();
-  alignas(64) uint32_t w[4][kBuf];
   alignas(64) float u1[kBuf], u2[kBuf], zc[kBuf], zs[kBuf];
-  const int64_t q0 = e0 / 4, q1 = (e0 + n + 3) / 4, nb = q1 - q0;  // nb <= kNoiseChunk/4 + 1
-  philox_blocks(static_cast<uint64_t>(q0), nb, seed, offset, w);
-  // Pair k = 2*(q - q0) + j uses words (2j, 2j+1) of block q.
-  const int64_t np = 2 * nb;
+  // Pair k = 2*(q - q0) + j uses words (2j, 2j+1) of block q. Pairs are
+  // padded to whole vectors (u = 0.5).
+  const int64_t np = 2 * nb, npad = (np + W - 1) / W * W;
   for (int64_t b = 0; b < nb; ++b) {
-    u1[2 * b] = philox::uniform24(w[0][b]);
-    u2[2 * b] = philox::uniform24(w[1][b]);
-    u1[2 * b + 1] = philox::uniform24(w[2][b]);
-    u2[2 * b + 1] = philox::uniform24(w[3][b]);
+    u1[2 * b] = philox::uniform23(w[0][b]);
+    u2[2 * b] = philox::uniform23(w[1][b]);
+    u1[2 * b + 1] = philox::uniform23(w[2][b]);
+    u2[2 * b + 1] = philox::uniform23(w[3][b]);
   }
+  for (int64_t k = np; k < npad; ++k) u1[k] = u2[k] = 0.5f;
   const V m2(-2.0f), tp(philox::kTwoPiF);
-  int64_t k = 0;
-  for (; k + W <= np; k += W) {
+  for (int64_t k = 0; k < npad; k += W) {
     const V r = (m2 * V::loadu(u1 + k).log()).sqrt();
     const V t = tp * V::loadu(u2 + k);
     (r * t.cos()).store(zc + k);
     (r * t.sin()).store(zs + k);
   }
-  for (; k < np; ++k) {
-    const float r = std::sqrt(-2.0f * std::log(u1[k])), t = philox::kTwoPiF * u2[k];
-    zc[k] = r * std::cos(t);
-    zs[k] = r * std::sin(t);
-  }
-  const int64_t skip = e0 - 4 * q0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t j = i + skip;  // index within the generated run
     out[i] = (j & 1) ? zs[j >> 1] : zc[j >> 1];
   }
+#endif
 }
 
 inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, double* out) {
@@ -129,22 +184,18 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, double*
   alignas(64) double u1[kBuf], u2[kBuf], zc[kBuf], zs[kBuf];
   const int64_t q0 = e0 / 2, q1 = (e0 + n + 1) / 2, nb = q1 - q0;  // nb <= kNoiseChunk/2 + 1
   philox_blocks(static_cast<uint64_t>(q0), nb, seed, offset, w);
+  const int64_t npad = (nb + W - 1) / W * W;
   for (int64_t b = 0; b < nb; ++b) {
     u1[b] = philox::uniform53(w[0][b], w[1][b]);
     u2[b] = philox::uniform53(w[2][b], w[3][b]);
   }
+  for (int64_t k = nb; k < npad; ++k) u1[k] = u2[k] = 0.5;
   const V m2(-2.0), tp(philox::kTwoPi);
-  int64_t k = 0;
-  for (; k + W <= nb; k += W) {
+  for (int64_t k = 0; k < npad; k += W) {
     const V r = (m2 * V::loadu(u1 + k).log()).sqrt();
     const V t = tp * V::loadu(u2 + k);
     (r * t.cos()).store(zc + k);
     (r * t.sin()).store(zs + k);
-  }
-  for (; k < nb; ++k) {
-    const double r = std::sqrt(-2.0 * std::log(u1[k])), t = philox::kTwoPi * u2[k];
-    zc[k] = r * std::cos(t);
-    zs[k] = r * std::sin(t);
   }
   const int64_t skip = e0 - 2 * q0;
   for (int64_t i = 0; i < n; ++i) {
@@ -153,16 +204,39 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, double*
   }
 }
 
-// z for elements [e0, e1); returns sum(1 + lv - mu^2 - exp(lv)) over them when KL.
+// Where the KL partial sums of a range go: element i adds to slot
+// (i / D) * cpr + (i % D) / kTaskChunk, i.e. one slot per row, or per
+// kTaskChunk piece of a long row.
+struct KLSlots {
+  int64_t D, cpr;
+  double* part;
+  int64_t slot(int64_t i) const { return (i / D) * cpr + (i % D) / kTaskChunk; }
+};
+
+// Sum of v[0, n) in opmath lanes, returned in double.
+template <typename O>
+inline double segment_sum(const O* v, int64_t n) {
+  using V = Vectorized<O>;
+  constexpr int64_t W = V::size();
+  V acc(O(0));
+  int64_t i = 0;
+  for (; i + W <= n; i += W) acc = acc + V::loadu(v + i);
+  double s = vsum(acc);
+  for (; i < n; ++i) s += v[i];
+  return s;
+}
+
+// z for elements [e0, e1) (which never cross a kTaskChunk boundary of a row
+// in the middle of a kNoiseChunk piece); with KL, the terms
+// 1 + lv - mu^2 - exp(lv) are added to their slots.
 template <typename T, bool KL>
-double reparam_range(const T* mu, const T* lv, T* z, int64_t e0, int64_t e1, uint64_t seed,
-                     uint64_t offset) {
+void reparam_range(const T* mu, const T* lv, T* z, int64_t e0, int64_t e1, uint64_t seed,
+                   uint64_t offset, const KLSlots& slots) {
   using O = at::opmath_type<T>;
   using V = Vectorized<O>;
   constexpr int64_t W = V::size();
   alignas(64) O eps[kNoiseChunk];
-  V acc(O(0));
-  double s = 0.0;
+  alignas(64) O term[KL ? kNoiseChunk : 1];
   const V half(O(0.5)), one(O(1));
   for (int64_t c = e0; c < e1; c += kNoiseChunk) {
     const int64_t n = std::min(kNoiseChunk, e1 - c);
@@ -174,7 +248,7 @@ double reparam_range(const T* mu, const T* lv, T* z, int64_t e0, int64_t e1, uin
         // exp(0.5*lv) as sqrt(exp(lv)): one exp serves z and the KL term.
         const V el = l.exp();
         vstore<T, O>(z + c + i, m + el.sqrt() * V::loadu(eps + i));
-        acc = acc + (one + l - m * m - el);
+        (one + l - m * m - el).store(term + i);
       } else {
         vstore<T, O>(z + c + i, m + (half * l).exp() * V::loadu(eps + i));
       }
@@ -184,29 +258,45 @@ double reparam_range(const T* mu, const T* lv, T* z, int64_t e0, int64_t e1, uin
       if constexpr (KL) {
         const O el = std::exp(l);
         z[c + i] = static_cast<T>(m + std::sqrt(el) * eps[i]);
-        s += static_cast<double>(O(1) + l - m * m - el);
+        term[i] = O(1) + l - m * m - el;
       } else {
         z[c + i] = static_cast<T>(m + std::exp(O(0.5) * l) * eps[i]);
       }
     }
+    if constexpr (KL) {
+      // Split the piece at row ends; each segment goes to its slot.
+      for (int64_t j = 0; j < n;) {
+        const int64_t row_end = ((c + j) / slots.D + 1) * slots.D - c;
+        const int64_t end = std::min(n, row_end);
+        slots.part[slots.slot(c + j)] += segment_sum(term + j, end - j);
+        j = end;
+      }
+    }
   }
-  return KL ? s + vsum(acc) : 0.0;
 }
 
-// Runs body(row, begin, end, task) over (row, chunk) tasks of B rows of D values.
+// Runs body(begin, end) over tasks of whole rows (D < kTaskChunk: several
+// rows per task) or of kTaskChunk pieces of one row, B rows of D values.
 template <typename F>
-void for_row_chunks(int64_t B, int64_t D, const F& body) {
-  const int64_t cpr = std::max<int64_t>(1, (D + kTaskChunk - 1) / kTaskChunk);
-  const int64_t tasks = B * cpr;
-  const int64_t per_task = std::max<int64_t>(1, std::min(D, kTaskChunk));
-  const int64_t grain = std::max<int64_t>(1, kGrain / per_task);
-  at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r = t / cpr, c = t % cpr;
-      const int64_t b = r * D + c * kTaskChunk, e = r * D + std::min(D, (c + 1) * kTaskChunk);
-      body(r, b, e, t);
-    }
-  });
+void for_tasks(int64_t B, int64_t D, const F& body) {
+  if (B == 0 || D == 0) return;
+  if (D < kTaskChunk) {
+    const int64_t rows = kTaskChunk / D;
+    const int64_t tasks = (B + rows - 1) / rows;
+    const int64_t grain = std::max<int64_t>(1, kGrain / (rows * D));
+    at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) body(t * rows * D, std::min(B, (t + 1) * rows) * D);
+    });
+  } else {
+    const int64_t cpr = (D + kTaskChunk - 1) / kTaskChunk;
+    const int64_t grain = std::max<int64_t>(1, kGrain / kTaskChunk);
+    at::parallel_for(0, B * cpr, grain, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r = t / cpr, c = t % cpr;
+        body(r * D + c * kTaskChunk, r * D + std::min(D, (c + 1) * kTaskChunk));
+      }
+    });
+  }
 }
 
 std::pair<uint64_t, uint64_t> cpu_seed_offset(const c10::optional<at::Generator>& generator) {
@@ -229,16 +319,17 @@ std::tuple<at::Tensor, at::Tensor> reparam_impl(const at::Tensor& mu_in, const a
   auto [B, D] = kl ? kl_rows(mu) : std::pair<int64_t, int64_t>{1, n};
   const int64_t cpr = std::max<int64_t>(1, (D + kTaskChunk - 1) / kTaskChunk);
   std::vector<double> part(kl ? B * cpr : 0, 0.0);
+  const KLSlots slots{std::max<int64_t>(D, 1), cpr, part.data()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "gan_ext_reparam", [&] {
     const scalar_t* mp = mu.const_data_ptr<scalar_t>();
     const scalar_t* lp = lv.const_data_ptr<scalar_t>();
     scalar_t* zp = z.mutable_data_ptr<scalar_t>();
     if (n == 0) return;
-    for_row_chunks(B, D, [&](int64_t, int64_t b, int64_t e, int64_t t) {
+    for_tasks(B, D, [&](int64_t b, int64_t e) {
       if (kl) {
-        part[t] = reparam_range<scalar_t, true>(mp, lp, zp, b, e, seed, offset);
+        reparam_range<scalar_t, true>(mp, lp, zp, b, e, seed, offset, slots);
       } else {
-        reparam_range<scalar_t, false>(mp, lp, zp, b, e, seed, offset);
+        reparam_range<scalar_t, false>(mp, lp, zp, b, e, seed, offset, slots);
       }
     });
   });
@@ -363,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cpu(
     const scalar_t* lp = lv.const_data_ptr<scalar_t>();
     scalar_t* gmp = gmu.mutable_data_ptr<scalar_t>();
     scalar_t* glp = glv.mutable_data_ptr<scalar_t>();
-    for_row_chunks(B, D, [&](int64_t r, int64_t b, int64_t e, int64_t) {
+    auto backward_rows = [&](int64_t r, int64_t b, int64_t e) {
       if (has_gz && has_gk) {
         reparam_backward_range<scalar_t, true, true>(gzp, zp, mp, lp, gmp, glp, b, e, k[r]);
       } else if (has_gz) {
@@ -372,6 +463,14 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cpu(
         reparam_backward_range<scalar_t, false, true>(gzp, zp, mp, lp, gmp, glp, b, e, k[r]);
       } else {
         reparam_backward_range<scalar_t, false, false>(gzp, zp, mp, lp, gmp, glp, b, e, 0.0);
+      }
+    };
+    for_tasks(B, D, [&](int64_t b, int64_t e) {
+      // A task is whole rows or a piece of one: the KL gradient varies per row.
+      for (int64_t r0 = b; r0 < e;) {
+        const int64_t r = r0 / D, re = std::min(e, (r + 1) * D);
+        backward_rows(r, r0, re);
+        r0 = re;
       }
     });
   });
