@@ -81,3 +81,30 @@ def warmup_rounds(request) -> int:
 def _seed():
     # The case builders seed their own generators; this covers anything else.
     torch.manual_seed(0)
+
+
+def bench_case(benchmark, case, impl, device, dtype, rounds, warmup_rounds) -> None:
+    """Times one (gan_ext.bench case, impl) with pytest-benchmark: the group
+    holds fused, eager and compile side by side; training passes record the
+    bytes kept for backward in extra_info["saved_bytes"]."""
+    from gan_ext import bench
+
+    dtype_name = str(dtype).replace("torch.", "")
+    benchmark.group = f"{case.group} {device} {dtype_name}"
+    try:
+        prepared = bench.prepare(case, impl, device=device, dtype=dtype)
+    except bench.CompileUnavailable as e:
+        pytest.skip(str(e))
+    benchmark.extra_info.update(case=case.group, impl=impl, device=device, dtype=dtype_name,
+                                fused_path=bench.fused_path(device))
+    if case.mode == "fwd+bwd" and impl != "compile":
+        benchmark.extra_info["saved_bytes"] = bench.saved_bytes(case, impl, device=device, dtype=dtype)
+
+    step, sync = prepared.step, prepared.sync
+
+    def timed():
+        step()
+        sync()  # inside the timed region: CUDA work must be finished, not just queued
+
+    # setup syncs before every round (untimed) so a round never pays for the last one.
+    benchmark.pedantic(timed, setup=sync, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)

@@ -16,31 +16,15 @@ import pytest
 
 from gan_ext import bench
 
-CASES = bench.cases()
+from conftest import bench_case
+
+CASES = bench.cases(kind="norm")
 
 
 @pytest.mark.parametrize("impl", bench.IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_norm_act(benchmark, case, impl, device, dtype, rounds, warmup_rounds):
-    dtype_name = str(dtype).replace("torch.", "")
-    benchmark.group = f"{case.group} {device} {dtype_name}"
-    try:
-        prepared = bench.prepare(case, impl, device=device, dtype=dtype)
-    except bench.CompileUnavailable as e:
-        pytest.skip(str(e))
-    benchmark.extra_info.update(case=case.group, impl=impl, device=device, dtype=dtype_name,
-                                fused_path=bench.fused_path(device))
-    if case.mode == "fwd+bwd" and impl != "compile":
-        benchmark.extra_info["saved_bytes"] = bench.saved_bytes(case, impl, device=device, dtype=dtype)
-
-    step, sync = prepared.step, prepared.sync
-
-    def timed():
-        step()
-        sync()  # inside the timed region: CUDA work must be finished, not just queued
-
-    # setup syncs before every round (untimed) so a round never pays for the last one.
-    benchmark.pedantic(timed, setup=sync, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    bench_case(benchmark, case, impl, device, dtype, rounds, warmup_rounds)
 
 
 @pytest.mark.parametrize("shape", bench.DISCRIMINATOR_SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -7,6 +7,7 @@
 // is still its own op (gan_ext::norm_act_backward), so torch.compile/AOTAutograd
 // trace both as opaque ops through the fake kernels in gan_ext/_ops.py.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/Dispatch.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/mul.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -128,6 +129,20 @@ void check_not_double_backward(const char* op) {
 
 inline bool wants_grad(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
 
+// saved * grad_output. loss.backward() seeds grad_output = 1: on CPU that is
+// checked without a dispatch and the saved gradient is handed on as is (the
+// engine releases ctx before passing it on, so nothing else holds it; with
+// retain_graph, AccumulateGrad copies it instead of taking it).
+at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& go) {
+  if (go.is_cpu() && go.numel() == 1 && go.scalar_type() == saved.scalar_type()) {
+    bool one = false;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "gan_ext_is_one",
+                                    [&] { one = static_cast<double>(*go.const_data_ptr<scalar_t>()) == 1.0; });
+    if (one) return saved;
+  }
+  return at::mul(saved, go);
+}
+
 using LossWithGrad3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 class DLossFunction : public torch::autograd::Function<DLossFunction> {
@@ -146,8 +161,8 @@ class DLossFunction : public torch::autograd::Function<DLossFunction> {
     const auto saved = ctx->get_saved_variables();
     variable_list out(6);
     if (!grads[0].defined()) return out;
-    if (ctx->needs_input_grad(0)) out[0] = at::mul(saved[0], grads[0]);
-    if (ctx->needs_input_grad(1)) out[1] = at::mul(saved[1], grads[0]);
+    if (ctx->needs_input_grad(0)) out[0] = scale_saved(saved[0], grads[0]);
+    if (ctx->needs_input_grad(1)) out[1] = scale_saved(saved[1], grads[0]);
     return out;
   }
 };
@@ -178,7 +193,7 @@ class GLossFunction : public torch::autograd::Function<GLossFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     check_not_double_backward("g_loss");
     variable_list out(5);
-    if (grads[0].defined()) out[0] = at::mul(ctx->get_saved_variables()[0], grads[0]);
+    if (grads[0].defined()) out[0] = scale_saved(ctx->get_saved_variables()[0], grads[0]);
     return out;
   }
 };
@@ -210,8 +225,8 @@ class BCEFunction : public torch::autograd::Function<BCEFunction> {
     const auto saved = ctx->get_saved_variables();
     variable_list out(4);
     if (!grads[0].defined()) return out;
-    if (ctx->needs_input_grad(0)) out[0] = at::mul(saved[0], grads[0]);
-    if (ctx->needs_input_grad(1)) out[1] = at::mul(saved[1], grads[0]);
+    if (ctx->needs_input_grad(0)) out[0] = scale_saved(saved[0], grads[0]);
+    if (ctx->needs_input_grad(1)) out[1] = scale_saved(saved[1], grads[0]);
     return out;
   }
 };

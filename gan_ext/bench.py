@@ -47,11 +47,28 @@ CONVT_SHAPES = ((64, 128, 16, 16),)
 
 LEAKY_SLOPE = 0.2
 
-BLOCKS = {
+NORM_BLOCKS = {
     "bn_relu": "BatchNorm2d + ReLU",
     "bn_lrelu": f"BatchNorm2d + LeakyReLU({LEAKY_SLOPE})",
     "convT_bn_relu": "ConvTranspose2d(C, C/2, 4, 2, 1) + BatchNorm2d + ReLU",
 }
+# The losses: fused op vs what a training script writes with torch.nn.functional.
+LOSS_BLOCKS = {
+    "d_bce": "D loss, BCE with logits: real vs 1, fake vs 0 (real and fake of the shape)",
+    "d_lsgan": "D loss, LSGAN: (real - 1)^2 + fake^2 (real and fake of the shape)",
+    "g_bce": "G loss, non-saturating BCE with logits",
+    "reparam_kl": "VAE reparameterization z = mu + exp(lv/2) eps with the KL term (mean over batch)",
+    "l1": "L1 loss, input requires grad, target does not (cycle / identity term)",
+    "cycle_l1": "10 * L1(rec_A, A) + 10 * L1(rec_B, B), both pairs of the shape",
+}
+BLOCKS = {**NORM_BLOCKS, **LOSS_BLOCKS}
+# Shapes the models use: DCGAN D logits (64, 1); PatchGAN (70x70) logits at
+# 256x256 input, batch 1 and 16; a VAE latent (128, 20) and a large one;
+# CycleGAN images at 256 (batch 1) and 128 (batch 16).
+LOSS_CASES = (("d_bce", (64, 1)), ("d_bce", (1, 1, 30, 30)), ("d_bce", (16, 1, 30, 30)),
+              ("d_lsgan", (1, 1, 30, 30)), ("d_lsgan", (16, 1, 30, 30)), ("g_bce", (64, 1)),
+              ("reparam_kl", (128, 20)), ("reparam_kl", (4096, 512)),
+              ("l1", (1, 3, 256, 256)), ("l1", (16, 3, 128, 128)), ("cycle_l1", (1, 3, 256, 256)))
 
 
 class CompileUnavailable(RuntimeError):
@@ -61,7 +78,7 @@ class CompileUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Case:
     block: str                      # a key of BLOCKS
-    shape: Tuple[int, int, int, int]  # input (N, C, H, W)
+    shape: Tuple[int, ...]          # input: (N, C, H, W) for the norm blocks
     layout: str                     # "nchw" | "channels_last"
     mode: str                       # "fwd" | "fwd+bwd" | "eval"
 
@@ -87,11 +104,19 @@ class Case:
     def training(self) -> bool:
         return self.mode != "eval"
 
+    @property
+    def is_loss(self) -> bool:
+        return self.block in LOSS_BLOCKS
 
-def cases(quick: bool = False) -> List[Case]:
-    """The benchmark cases; ``quick`` is a handful that runs in seconds."""
+
+def cases(quick: bool = False, kind: str = "all") -> List[Case]:
+    """The benchmark cases; ``quick`` is a handful that runs in seconds.
+    ``kind``: "all", "norm" (norm + activation blocks) or "loss"."""
+    if kind not in ("all", "norm", "loss"):
+        raise ValueError(f"kind must be 'all', 'norm' or 'loss', got {kind!r}")
+    norm, loss = [], []
     if quick:
-        return [
+        norm = [
             Case("bn_relu", (64, 128, 16, 16), "nchw", "fwd"),
             Case("bn_relu", (64, 128, 16, 16), "nchw", "fwd+bwd"),
             Case("bn_relu", (64, 128, 16, 16), "channels_last", "fwd+bwd"),
@@ -99,15 +124,18 @@ def cases(quick: bool = False) -> List[Case]:
             Case("convT_bn_relu", (64, 128, 16, 16), "nchw", "fwd+bwd"),
             Case("convT_bn_relu", (64, 128, 16, 16), "nchw", "eval"),
         ]
-    out = []
-    for block, shapes, modes in (("bn_relu", GENERATOR_SHAPES, ("fwd", "fwd+bwd")),
-                                 ("bn_lrelu", DISCRIMINATOR_SHAPES, ("fwd", "fwd+bwd")),
-                                 ("convT_bn_relu", CONVT_SHAPES, ("fwd+bwd", "eval"))):
-        for shape in shapes:
-            for layout in LAYOUTS:
-                for mode in modes:
-                    out.append(Case(block, shape, layout, mode))
-    return out
+        loss = [Case("d_bce", (64, 1), "nchw", "fwd+bwd"), Case("reparam_kl", (128, 20), "nchw", "fwd+bwd"),
+                Case("l1", (16, 3, 128, 128), "nchw", "fwd+bwd")]
+    else:
+        for block, shapes, modes in (("bn_relu", GENERATOR_SHAPES, ("fwd", "fwd+bwd")),
+                                     ("bn_lrelu", DISCRIMINATOR_SHAPES, ("fwd", "fwd+bwd")),
+                                     ("convT_bn_relu", CONVT_SHAPES, ("fwd+bwd", "eval"))):
+            for shape in shapes:
+                for layout in LAYOUTS:
+                    for mode in modes:
+                        norm.append(Case(block, shape, layout, mode))
+        loss = [Case(block, shape, "nchw", "fwd+bwd") for block, shape in LOSS_CASES]
+    return {"all": norm + loss, "norm": norm, "loss": loss}[kind]
 
 
 def select(all_cases: Iterable[Case], pattern: Optional[str]) -> List[Case]:
@@ -196,6 +224,102 @@ def _make_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int)
     return x.contiguous(memory_format=_memory_format(case.layout))
 
 
+
+# ---------------------------------------------------------------- loss cases
+def _loss_inputs(case: Case, device: torch.device, dtype: torch.dtype, seed: int) -> Dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed + 2)
+
+    def rand(shape, scale=1.0, grad=False):
+        t = (torch.randn(shape, generator=gen) * scale).to(device=device, dtype=dtype)
+        return t.requires_grad_(grad and case.mode == "fwd+bwd")
+
+    if case.block in ("d_bce", "d_lsgan"):
+        return {"real": rand(case.shape, 2.0, True), "fake": rand(case.shape, 2.0, True)}
+    if case.block == "g_bce":
+        return {"fake": rand(case.shape, 2.0, True)}
+    if case.block == "reparam_kl":
+        return {"mu": rand(case.shape, 1.0, True), "logvar": rand(case.shape, 0.5, True)}
+    if case.block == "l1":
+        return {"input": rand(case.shape, 1.0, True), "target": rand(case.shape)}
+    return {"input1": rand(case.shape, 1.0, True), "target1": rand(case.shape),
+            "input2": rand(case.shape, 1.0, True), "target2": rand(case.shape)}
+
+
+def _loss_fn(case: Case, impl: str) -> Callable[..., Tuple[torch.Tensor, ...]]:
+    """The loss as fused op ("fused") or as plain torch.nn.functional code; returns a tuple of outputs."""
+    import torch.nn.functional as F
+
+    from . import ops
+
+    b = case.block
+    if impl == "fused":
+        return {
+            "d_bce": lambda real, fake: (ops.d_loss(real, fake, "vanilla"),),
+            "d_lsgan": lambda real, fake: (ops.d_loss(real, fake, "lsgan"),),
+            "g_bce": lambda fake: (ops.g_loss(fake, "vanilla"),),
+            "reparam_kl": lambda mu, logvar: ops.reparameterize_kl(mu, logvar, "mean"),
+            "l1": lambda input, target: (ops.l1_loss(input, target),),
+            "cycle_l1": lambda input1, target1, input2, target2: (
+                ops.cycle_l1_loss(input1, target1, input2, target2, 10.0, 10.0),),
+        }[b]
+
+    def d_bce(real, fake):
+        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)),)
+
+    def d_lsgan(real, fake):
+        return (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)),)
+
+    def g_bce(fake):
+        return (F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake)),)
+
+    def reparam_kl(mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        z = mu + torch.randn_like(std) * std
+        kl = (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)).mean()
+        return z, kl
+
+    def l1(input, target):
+        return (F.l1_loss(input, target),)
+
+    def cycle_l1(input1, target1, input2, target2):
+        return (10.0 * F.l1_loss(input1, target1) + 10.0 * F.l1_loss(input2, target2),)
+
+    return {"d_bce": d_bce, "d_lsgan": d_lsgan, "g_bce": g_bce, "reparam_kl": reparam_kl, "l1": l1,
+            "cycle_l1": cycle_l1}[b]
+
+
+def _prepare_loss(case: Case, impl: str, device: torch.device, dtype: torch.dtype,
+                  seed: int) -> "Prepared":
+    inputs = _loss_inputs(case, device, dtype, seed)
+    fn = _loss_fn(case, "eager" if impl == "compile" else impl)
+    if impl == "compile":
+        import torch._dynamo as dynamo
+
+        dynamo.reset()
+        try:
+            fn = torch.compile(fn)
+        except Exception as e:  # noqa: BLE001
+            raise CompileUnavailable(f"torch.compile failed: {type(e).__name__}: {e}") from e
+    leaves = [t for t in inputs.values() if t.requires_grad]
+    # Gradient seeds as a training step sees them: 1 for a scalar loss; for the
+    # VAE sample z, a fixed random gradient (what the decoder would send back).
+    gen = torch.Generator().manual_seed(seed + 3)
+    probe = fn(**inputs)
+    seeds = [torch.ones_like(o) if o.dim() == 0 else
+             torch.randn(o.shape, generator=gen).to(device=device, dtype=dtype) for o in probe]
+    del probe
+    if case.mode == "fwd+bwd":
+        def step():
+            outs = fn(**inputs)
+            torch.autograd.grad(outs, leaves, seeds)
+    else:
+        def step():
+            with torch.no_grad():
+                fn(**inputs)
+    return Prepared(case, impl, nn.Module(), step, _sync_fn(device))
+
+
 def prepare(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.float32,
             seed: int = 0) -> Prepared:
     """Build the module, input and step function of one (case, impl).
@@ -207,6 +331,16 @@ def prepare(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.floa
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     device = torch.device(device)
+    if case.is_loss:
+        prepared = _prepare_loss(case, impl, device, dtype, seed)
+        if impl == "compile":
+            try:
+                prepared.step()
+                prepared.sync()
+            except Exception as e:  # noqa: BLE001
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise CompileUnavailable(f"torch.compile failed: {type(e).__name__}: {msg}") from e
+        return prepared
     module = _make_module(case, "eager" if impl == "compile" else impl, device, dtype, seed)
     x = _make_input(case, device, dtype, seed)
     runner: Callable = module
@@ -260,8 +394,6 @@ def saved_bytes(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.
                          "do not report their saved tensors to saved_tensors_hooks")
     device = torch.device(device)
     train_case = case if case.mode == "fwd+bwd" else Case(case.block, case.shape, case.layout, "fwd+bwd")
-    module = _make_module(train_case, impl, device, dtype, seed)
-    x = _make_input(train_case, device, dtype, seed).requires_grad_(True)
     storages: Dict[Tuple, int] = {}
 
     def pack(t: torch.Tensor):
@@ -269,6 +401,14 @@ def saved_bytes(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.
         storages[(t.device, s.data_ptr())] = s.nbytes()
         return t
 
+    if case.is_loss:
+        inputs = _loss_inputs(train_case, device, dtype, seed)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = _loss_fn(case, impl)(**inputs)
+        del out
+        return sum(storages.values())
+    module = _make_module(train_case, impl, device, dtype, seed)
+    x = _make_input(train_case, device, dtype, seed).requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = module(x)
     del out

@@ -140,14 +140,17 @@ COMMANDS: Dict[str, Command] = {
         run=_info_run,
     ),
     "bench": Command(
-        help="time the fused layers against eager PyTorch at DCGAN shapes",
-        description="Time fused gan_ext blocks against the same blocks in eager PyTorch "
-                    "(and torch.compile with --compile) at the DCGAN batch-64 shapes. "
+        help="time the fused layers and losses against eager PyTorch",
+        description="Time fused gan_ext blocks and losses against the same code in eager "
+                    "PyTorch (and torch.compile with --compile): norm+activation blocks at "
+                    "the DCGAN batch-64 shapes, GAN/L1 losses and the VAE reparameterization "
+                    "at the shapes of the models. "
                     "Repetitions are interleaved after warm-up; the median is reported. "
                     "Ratios > 1 mean the fused block is faster.",
         examples=(f"  {PROG} bench --quick\n"
                   f"  {PROG} bench --device cuda --dtype bfloat16\n"
                   f"  {PROG} bench --compile -k 'bn_relu fwd+bwd'\n"
+                  f"  {PROG} bench -k reparam_kl\n"
                   f"  {PROG} bench --list"),
         add_arguments=_bench_arguments,
         run=_bench_run,

@@ -3,7 +3,6 @@ cycle_l1_loss} with their *_with_grad forms and l1_loss_backward, the reference
 twins, the functional forms in gan_ext.ops and gan_ext.nn.GANLoss."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -316,7 +315,8 @@ def test_compile_l1_cycle_bce_with_backward():
 # (id, shape, layout). "strided": a non-contiguous view (every other column).
 SHAPES = [("64x1", (64, 1), "nchw"), ("1x1x30x30", (1, 1, 30, 30), "nchw"),
           ("16x1x30x30", (16, 1, 30, 30), "nchw"), ("7", (7,), "nchw"),
-          ("cl-4x3x8x8", (4, 3, 8, 8), "channels_last"), ("strided-4x3x8x9", (4, 3, 8, 9), "strided")]
+          ("cl-4x3x8x8", (4, 3, 8, 8), "channels_last"),
+          ("strided-4x3x8x9", (4, 3, 8, 9), "strided")]
 
 
 def _check_parity(ours, torch_lowp, exact, dtype, count, what):
@@ -526,9 +526,10 @@ def _bad_cases(device):
                     r"real_logits has dtype .* but fake_logits has dtype"),
         "l1-dtype": (lambda: ops.l1_loss(t(4), t(4, dtype=torch.float16)), TypeError,
                      r"input has dtype .* but target has dtype"),
-        "cycle-dtype-across-pairs": (lambda: ops.cycle_l1_loss(t(4), t(4), t(4, dtype=torch.float64),
-                                                               t(4, dtype=torch.float64)),
-                                     TypeError, r"input1 has dtype .* but input2 has dtype"),
+        "cycle-dtype-across-pairs": (
+            lambda: ops.cycle_l1_loss(t(4), t(4), t(4, dtype=torch.float64),
+                                      t(4, dtype=torch.float64)),
+            TypeError, r"input1 has dtype .* but input2 has dtype"),
         "reduction": (lambda: ops.l1_loss(t(4), t(4), "none"), ValueError,
                       r"reduction must be one of 'mean', 'sum', got 'none'"),
         "reduction-d": (lambda: ops.d_loss(t(4), t(4), reduction="avg"), ValueError,
