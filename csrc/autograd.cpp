@@ -8,6 +8,7 @@
 // trace both as opaque ops through the fake kernels in gan_ext/_ops.py.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/Dispatch.h>
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/mul.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -134,7 +135,10 @@ inline bool wants_grad(const at::Tensor& t) { return at::GradMode::is_enabled() 
 // engine releases ctx before passing it on, so nothing else holds it; with
 // retain_graph, AccumulateGrad copies it instead of taking it).
 at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& go) {
-  if (go.is_cpu() && go.numel() == 1 && go.scalar_type() == saved.scalar_type()) {
+  // Only for real CPU tensors: under torch.compile/AOTAutograd tracing go is a
+  // fake (or functional) tensor without data.
+  if (go.is_cpu() && go.numel() == 1 && go.scalar_type() == saved.scalar_type() &&
+      !at::isTensorSubclassLike(go)) {
     bool one = false;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "gan_ext_is_one",
                                     [&] { one = static_cast<double>(*go.const_data_ptr<scalar_t>()) == 1.0; });

@@ -45,17 +45,23 @@ def _norm_act_backward_fake(grad_out, saved, weight, bias, mean, invstd, use_inp
 
 
 # ---------------------------------------------------------------------- losses
+# Tensor.is_non_overlapping_and_dense() for fake tensors; renamed (and made
+# safe for symbolic shapes: unknown counts as False) in recent torch.
+_pc = torch._prims_common
+_is_dense = getattr(_pc, "is_non_overlapping_and_dense_or_false", None) or \
+    getattr(_pc, "is_non_overlapping_and_dense")
+
+
 def _dense_like(t):
     # Mirrors as_dense() in csrc/losses.h: dense tensors keep their strides.
-    if torch._prims_common.is_non_overlapping_and_dense(t):
+    if _is_dense(t):
         return torch.empty_like(t)
     return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
 def _dense_pair_like(a, b):
     # Mirrors as_dense_pair() in csrc/losses.h.
-    if (torch._prims_common.is_non_overlapping_and_dense(a)
-            and torch._prims_common.is_non_overlapping_and_dense(b) and a.stride() == b.stride()):
+    if _is_dense(a) and _is_dense(b) and a.stride() == b.stride():
         return torch.empty_like(a), torch.empty_like(b)
     return (torch.empty(a.shape, dtype=a.dtype, device=a.device),
             torch.empty(b.shape, dtype=b.dtype, device=b.device))

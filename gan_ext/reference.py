@@ -438,7 +438,7 @@ def kl_divergence(mu: Tensor, logvar: Tensor, reduction: int) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, 1)), summed over all but the batch dim."""
     sd = stats_dtype(mu.dtype)
     m, lv = mu.to(sd), logvar.to(sd)
-    per_sample = (-0.5 * (1 + lv - m * m - torch.exp(lv))).reshape(mu.shape[0], -1).sum(1)
+    per_sample = (-0.5 * (1 + lv - m * m - torch.exp(lv))).flatten(1).sum(1)
     if reduction == NONE:
         return per_sample.to(mu.dtype)
     s = per_sample.double().sum()

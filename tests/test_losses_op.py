@@ -3,7 +3,6 @@ cycle_l1_loss} with their *_with_grad forms and l1_loss_backward, the reference
 twins, the functional forms in gan_ext.ops and gan_ext.nn.GANLoss."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
