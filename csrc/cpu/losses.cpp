@@ -55,7 +55,15 @@ inline void vbce(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>& 
     e = (zero - x.abs()).exp();
     lp = e.log1p();
   }
-  const V inv = one / (one + e);
+  V inv;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<O, float>) {
+    inv = V(fastmath::reciprocal(one + e));
+  } else
+#endif
+  {
+    inv = one / (one + e);
+  }
   const V sig = V::blendv(e * inv, inv, x >= zero);
   f = at::vec::maximum(x, zero) - x * y + lp;
   df = sig - y;
@@ -89,59 +97,105 @@ inline void vterm(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>&
   }
 }
 
-// Runs body(chunk_begin, chunk_end) -> double over fixed chunks of [0, n) in
-// parallel and returns the sum of the results in chunk order.
-template <typename F>
-double chunked_sum(int64_t n, const F& body) {
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
-  if (nchunks <= 1) return n > 0 ? body(0, n) : 0.0;
-  std::vector<double> part(nchunks, 0.0);
-  at::parallel_for(0, nchunks, kMinChunksPerTask, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) part[c] = body(c * kChunk, std::min(n, (c + 1) * kChunk));
+// Runs body0 over fixed chunks of [0, n0) and body1 over those of [0, n1),
+// all chunks in one parallel region (a D loss is two small tensors: one
+// fork/join, not two), and returns each body's chunk results summed in order.
+template <typename F0, typename F1>
+std::pair<double, double> chunked_sum2(int64_t n0, const F0& body0, int64_t n1, const F1& body1) {
+  const int64_t k0 = (n0 + kChunk - 1) / kChunk, k1 = (n1 + kChunk - 1) / kChunk;
+  auto run = [&](int64_t c) {
+    return c < k0 ? body0(c * kChunk, std::min(n0, (c + 1) * kChunk))
+                  : body1((c - k0) * kChunk, std::min(n1, (c - k0 + 1) * kChunk));
+  };
+  if (k0 + k1 == 1) return k0 ? std::pair<double, double>{run(0), 0.0} : std::pair<double, double>{0.0, run(0)};
+  std::vector<double> part(k0 + k1, 0.0);
+  at::parallel_for(0, k0 + k1, kMinChunksPerTask, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) part[c] = run(c);
   });
-  double s = 0.0;
-  for (double p : part) s += p;
-  return s;
+  double s0 = 0.0, s1 = 0.0;
+  for (int64_t c = 0; c < k0; ++c) s0 += part[c];
+  for (int64_t c = k0; c < k0 + k1; ++c) s1 += part[c];
+  return {s0, s1};
 }
 
-// sum(term(x)) over x[0, n); with g, also g = term'(x) * scale.
+template <typename F>
+double chunked_sum(int64_t n, const F& body) {
+  return chunked_sum2(n, body, 0, body).first;
+}
+
+// sum(term(x)) over x[b, e); with g, also g = term'(x) * scale there.
 template <typename T, Term TERM>
-double term_sum(const T* x, T* g, int64_t n, double label, double scale) {
+double term_chunk(const T* x, T* g, int64_t b, int64_t e, double label, double scale) {
   using O = at::opmath_type<T>;
   using V = Vectorized<O>;
   constexpr int64_t W = V::size();
-  return chunked_sum(n, [&](int64_t b, int64_t e) {
-    const V y(static_cast<O>(label)), sc(static_cast<O>(scale));
-    V acc(O(0));
-    int64_t i = b;
-    for (; i + W <= e; i += W) {
-      V f, df;
-      vterm<TERM, O>(vload<T, O>(x + i), y, f, df);
-      acc = acc + f;
-      if (g) vstore<T, O>(g + i, df * sc);
-    }
-    double s = vsum(acc);
-    for (; i < e; ++i) {
-      O f, df;
-      apply_term<O>(TERM, static_cast<O>(x[i]), static_cast<O>(label), f, df);
-      s += f;
-      if (g) g[i] = static_cast<T>(df * static_cast<O>(scale));
-    }
-    return s;
-  });
+  const V y(static_cast<O>(label)), sc(static_cast<O>(scale));
+  V acc(O(0));
+  int64_t i = b;
+  for (; i + W <= e; i += W) {
+    V f, df;
+    vterm<TERM, O>(vload<T, O>(x + i), y, f, df);
+    acc = acc + f;
+    if (g) vstore<T, O>(g + i, df * sc);
+  }
+  double s = vsum(acc);
+  for (; i < e; ++i) {
+    O f, df;
+    apply_term<O>(TERM, static_cast<O>(x[i]), static_cast<O>(label), f, df);
+    s += f;
+    if (g) g[i] = static_cast<T>(df * static_cast<O>(scale));
+  }
+  return s;
 }
 
 template <typename T>
-double term_sum_dispatch(Term term, const T* x, T* g, int64_t n, double label, double scale) {
+using TermChunkFn = double (*)(const T*, T*, int64_t, int64_t, double, double);
+
+template <typename T>
+TermChunkFn<T> term_chunk_fn(Term term) {
   switch (term) {
-    case Term::BCE: return term_sum<T, Term::BCE>(x, g, n, label, scale);
-    case Term::NegBCE: return term_sum<T, Term::NegBCE>(x, g, n, label, scale);
-    case Term::Square: return term_sum<T, Term::Square>(x, g, n, label, scale);
-    case Term::HingeReal: return term_sum<T, Term::HingeReal>(x, g, n, label, scale);
-    case Term::HingeFake: return term_sum<T, Term::HingeFake>(x, g, n, label, scale);
-    case Term::Neg: return term_sum<T, Term::Neg>(x, g, n, label, scale);
+    case Term::BCE: return &term_chunk<T, Term::BCE>;
+    case Term::NegBCE: return &term_chunk<T, Term::NegBCE>;
+    case Term::Square: return &term_chunk<T, Term::Square>;
+    case Term::HingeReal: return &term_chunk<T, Term::HingeReal>;
+    case Term::HingeFake: return &term_chunk<T, Term::HingeFake>;
+    case Term::Neg: break;
   }
-  return 0.0;
+  return &term_chunk<T, Term::Neg>;
+}
+
+// One reduced term of a GAN loss: the tensor (made dense), its label and
+// reduction scale, and its gradient when asked for.
+struct TermJob {
+  at::Tensor x, g;
+  Term term;
+  double label, scale;
+  TermJob(const at::Tensor& x_in, Term t, double lab, int64_t reduction, bool grad)
+      : x(as_dense(x_in)), term(t), label(lab), scale(reduction_scale(x.numel(), reduction)) {
+    if (grad) g = at::empty_like(x);
+  }
+};
+
+// reduce(term(x)) of one or two jobs (same dtype) in one parallel region;
+// returns the reduced values.
+std::pair<double, double> run_terms(TermJob& a, TermJob* b) {
+  std::pair<double, double> s{0.0, 0.0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "gan_ext_loss_terms", [&] {
+    auto body = [](TermJob& j) {
+      const scalar_t* x = j.x.const_data_ptr<scalar_t>();
+      scalar_t* g = j.g.defined() ? j.g.mutable_data_ptr<scalar_t>() : nullptr;
+      const TermChunkFn<scalar_t> fn = term_chunk_fn<scalar_t>(j.term);
+      const double label = j.label, scale = j.scale;
+      return [=](int64_t lo, int64_t hi) { return fn(x, g, lo, hi, label, scale); };
+    };
+    auto f0 = body(a);
+    if (b) {
+      s = chunked_sum2(a.x.numel(), f0, b->x.numel(), body(*b));
+    } else {
+      s.first = chunked_sum(a.x.numel(), f0);
+    }
+  });
+  return {a.x.numel() > 0 ? s.first * a.scale : 0.0, b && b->x.numel() > 0 ? s.second * b->scale : 0.0};
 }
 
 at::Tensor scalar_out(const at::Tensor& like, double value) {
@@ -151,21 +205,6 @@ at::Tensor scalar_out(const at::Tensor& like, double value) {
   return out;
 }
 
-// reduce(term(x)); with grad, also returns the scaled derivative (else undefined).
-std::pair<double, at::Tensor> reduce_term(const at::Tensor& x_in, Term term, double label,
-                                          int64_t reduction, bool grad) {
-  const at::Tensor x = as_dense(x_in);
-  const int64_t n = x.numel();
-  const double scale = reduction_scale(n, reduction);
-  at::Tensor g = grad ? at::empty_like(x) : at::Tensor();
-  double s = 0.0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gan_ext_loss_term", [&] {
-    s = term_sum_dispatch<scalar_t>(term, x.const_data_ptr<scalar_t>(),
-                                    grad ? g.mutable_data_ptr<scalar_t>() : nullptr, n, label, scale);
-  });
-  return {n > 0 ? s * scale : 0.0, g};
-}
-
 // ------------------------------------------------------------------ d/g loss
 std::tuple<at::Tensor, at::Tensor, at::Tensor> d_loss_impl(const at::Tensor& real,
                                                            const at::Tensor& fake, int64_t mode,
@@ -173,9 +212,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> d_loss_impl(const at::Tensor& rea
                                                            int64_t reduction, bool grad) {
   check_d_loss_args(real, fake, mode, real_label, fake_label, reduction);
   const DTerms t = d_loss_terms(mode, real_label, fake_label);
-  auto [lr, gr] = reduce_term(real, t.real, t.real_label, reduction, grad);
-  auto [lf, gf] = reduce_term(fake, t.fake, t.fake_label, reduction, grad);
-  return {scalar_out(real, lr + lf), gr, gf};
+  TermJob jr(real, t.real, t.real_label, reduction, grad), jf(fake, t.fake, t.fake_label, reduction, grad);
+  const auto [lr, lf] = run_terms(jr, &jf);
+  return {scalar_out(real, lr + lf), jr.g, jf.g};
 }
 
 at::Tensor d_loss_cpu(const at::Tensor& real, const at::Tensor& fake, int64_t mode, double real_label,
@@ -194,8 +233,8 @@ std::tuple<at::Tensor, at::Tensor> g_loss_impl(const at::Tensor& fake, int64_t m
                                                int64_t reduction, bool grad) {
   check_g_loss_args(fake, mode, real_label, fake_label, reduction);
   const auto [term, label] = g_loss_term(mode, real_label, fake_label);
-  auto [l, g] = reduce_term(fake, term, label, reduction, grad);
-  return {scalar_out(fake, l), g};
+  TermJob j(fake, term, label, reduction, grad);
+  return {scalar_out(fake, run_terms(j, nullptr).first), j.g};
 }
 
 at::Tensor g_loss_cpu(const at::Tensor& fake, int64_t mode, double real_label, double fake_label,

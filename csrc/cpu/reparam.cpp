@@ -241,26 +241,17 @@ void reparam_range(const T* mu, const T* lv, T* z, int64_t e0, int64_t e1, uint6
   for (int64_t c = e0; c < e1; c += kNoiseChunk) {
     const int64_t n = std::min(kNoiseChunk, e1 - c);
     noise(c, n, seed, offset, eps);
-    int64_t i = 0;
-    for (; i + W <= n; i += W) {
-      const V m = vload<T, O>(mu + c + i), l = vload<T, O>(lv + c + i);
+    for (int64_t i = 0; i < n; i += W) {
+      const int64_t cnt = std::min<int64_t>(W, n - i);
+      const V m = vload<T, O>(mu + c + i, cnt), l = vload<T, O>(lv + c + i, cnt);
+      const V ep = cnt == W ? V::loadu(eps + i) : V::loadu(eps + i, cnt);
       if constexpr (KL) {
         // exp(0.5*lv) as sqrt(exp(lv)): one exp serves z and the KL term.
         const V el = l.exp();
-        vstore<T, O>(z + c + i, m + el.sqrt() * V::loadu(eps + i));
-        (one + l - m * m - el).store(term + i);
+        vstore<T, O>(z + c + i, m + el.sqrt() * ep, cnt);
+        (one + l - m * m - el).store(term + i, cnt);
       } else {
-        vstore<T, O>(z + c + i, m + (half * l).exp() * V::loadu(eps + i));
-      }
-    }
-    for (; i < n; ++i) {
-      const O m = static_cast<O>(mu[c + i]), l = static_cast<O>(lv[c + i]);
-      if constexpr (KL) {
-        const O el = std::exp(l);
-        z[c + i] = static_cast<T>(m + std::sqrt(el) * eps[i]);
-        term[i] = O(1) + l - m * m - el;
-      } else {
-        z[c + i] = static_cast<T>(m + std::exp(O(0.5) * l) * eps[i]);
+        vstore<T, O>(z + c + i, m + (half * l).exp() * ep, cnt);
       }
     }
     if constexpr (KL) {
@@ -380,36 +371,23 @@ void reparam_backward_range(const T* gz, const T* z, const T* mu, const T* lv, T
   using V = Vectorized<O>;
   constexpr int64_t W = V::size();
   const V half(O(0.5)), kv(static_cast<O>(k)), hk(static_cast<O>(0.5 * k)), one(O(1)), zero(O(0));
-  int64_t i = b;
-  for (; i + W <= e; i += W) {
-    const V m = vload<T, O>(mu + i);
+  // Rows can be short (a VAE latent of 20): the tail is a partial vector, not
+  // a scalar loop (a scalar exp per element costs more than the whole row).
+  for (int64_t i = b; i < e; i += W) {
+    const int64_t c = std::min<int64_t>(W, e - i);
+    const V m = vload<T, O>(mu + i, c);
     V gm = zero, gl = zero;
     if constexpr (GZ) {
-      const V g = vload<T, O>(gz + i);
+      const V g = vload<T, O>(gz + i, c);
       gm = g;
-      gl = half * g * (vload<T, O>(z + i) - m);
+      gl = half * g * (vload<T, O>(z + i, c) - m);
     }
     if constexpr (GK) {
       gm = gm + kv * m;
-      gl = gl + hk * (vload<T, O>(lv + i).exp() - one);
+      gl = gl + hk * (vload<T, O>(lv + i, c).exp() - one);
     }
-    vstore<T, O>(gmu + i, gm);
-    vstore<T, O>(glv + i, gl);
-  }
-  for (; i < e; ++i) {
-    const O m = static_cast<O>(mu[i]);
-    O gm = 0, gl = 0;
-    if constexpr (GZ) {
-      const O g = static_cast<O>(gz[i]);
-      gm = g;
-      gl = O(0.5) * g * (static_cast<O>(z[i]) - m);
-    }
-    if constexpr (GK) {
-      gm += static_cast<O>(k) * m;
-      gl += static_cast<O>(0.5 * k) * (std::exp(static_cast<O>(lv[i])) - O(1));
-    }
-    gmu[i] = static_cast<T>(gm);
-    glv[i] = static_cast<T>(gl);
+    vstore<T, O>(gmu + i, gm, c);
+    vstore<T, O>(glv + i, gl, c);
   }
 }
 
