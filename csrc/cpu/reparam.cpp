@@ -47,6 +47,7 @@ constexpr int64_t kTaskChunk = 16384;
 constexpr int64_t kNoiseChunk = 512;
 // Minimum values per parallel task.
 constexpr int64_t kGrain = 32768;
+constexpr int64_t kGrainNoise = 2048;
 constexpr int kLanes = 8;
 // Blocks (or pairs) per noise buffer: a chunk that starts mid-block needs one more.
 constexpr int64_t kBuf = kNoiseChunk / 2 + 2 * kLanes;
@@ -266,21 +267,23 @@ void reparam_range(const T* mu, const T* lv, T* z, int64_t e0, int64_t e1, uint6
   }
 }
 
-// Runs body(begin, end) over tasks of whole rows (D < kTaskChunk: several
-// rows per task) or of kTaskChunk pieces of one row, B rows of D values.
+// Runs body(begin, end) over tasks of whole rows (D < kTaskChunk: ~kRowTask
+// values of whole rows per task) or of kTaskChunk pieces of one row, B rows
+// of D values; a thread gets at least grain_elems values.
+constexpr int64_t kRowTask = 1024;
 template <typename F>
-void for_tasks(int64_t B, int64_t D, const F& body) {
+void for_tasks(int64_t B, int64_t D, int64_t grain_elems, const F& body) {
   if (B == 0 || D == 0) return;
   if (D < kTaskChunk) {
-    const int64_t rows = kTaskChunk / D;
+    const int64_t rows = std::max<int64_t>(1, kRowTask / D);
     const int64_t tasks = (B + rows - 1) / rows;
-    const int64_t grain = std::max<int64_t>(1, kGrain / (rows * D));
+    const int64_t grain = std::max<int64_t>(1, grain_elems / (rows * D));
     at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) body(t * rows * D, std::min(B, (t + 1) * rows) * D);
     });
   } else {
     const int64_t cpr = (D + kTaskChunk - 1) / kTaskChunk;
-    const int64_t grain = std::max<int64_t>(1, kGrain / kTaskChunk);
+    const int64_t grain = std::max<int64_t>(1, grain_elems / kTaskChunk);
     at::parallel_for(0, B * cpr, grain, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r = t / cpr, c = t % cpr;
@@ -316,7 +319,8 @@ std::tuple<at::Tensor, at::Tensor> reparam_impl(const at::Tensor& mu_in, const a
     const scalar_t* lp = lv.const_data_ptr<scalar_t>();
     scalar_t* zp = z.mutable_data_ptr<scalar_t>();
     if (n == 0) return;
-    for_tasks(B, D, [&](int64_t b, int64_t e) {
+    // Noise costs ~5 ns a value: two threads pay off from a few thousand.
+    for_tasks(B, D, kGrainNoise, [&](int64_t b, int64_t e) {
       if (kl) {
         reparam_range<scalar_t, true>(mp, lp, zp, b, e, seed, offset, slots);
       } else {
@@ -391,6 +395,44 @@ void reparam_backward_range(const T* gz, const T* z, const T* mu, const T* lv, T
   }
 }
 
+// Rows shorter than this take the buffered path below.
+constexpr int64_t kShortRow = 256;
+
+// reparam_backward_range with the KL term for many short rows: the row
+// gradients k are expanded into a per-element buffer (one fill per row), so
+// the arithmetic runs on whole vectors across row ends.
+template <typename T, bool GZ>
+void reparam_backward_short(const T* gz, const T* z, const T* mu, const T* lv, T* gmu, T* glv,
+                            int64_t b, int64_t e, int64_t D, const double* k) {
+  using O = at::opmath_type<T>;
+  using V = Vectorized<O>;
+  constexpr int64_t W = V::size();
+  alignas(64) O kb[kNoiseChunk];
+  const V half(O(0.5)), one(O(1));
+  for (int64_t c = b; c < e; c += kNoiseChunk) {
+    const int64_t n = std::min(kNoiseChunk, e - c);
+    for (int64_t j = 0; j < n;) {
+      const int64_t r = (c + j) / D, end = std::min(n, (r + 1) * D - c);
+      std::fill(kb + j, kb + end, static_cast<O>(k[r]));
+      j = end;
+    }
+    for (int64_t i = 0; i < n; i += W) {
+      const int64_t cnt = std::min<int64_t>(W, n - i);
+      const int64_t p = c + i;
+      const V m = vload<T, O>(mu + p, cnt);
+      const V kv = V::loadu(kb + i, cnt);
+      V gm = kv * m, gl = half * kv * (vload<T, O>(lv + p, cnt).exp() - one);
+      if constexpr (GZ) {
+        const V g = vload<T, O>(gz + p, cnt);
+        gm = gm + g;
+        gl = gl + half * g * (vload<T, O>(z + p, cnt) - m);
+      }
+      vstore<T, O>(gmu + p, gm, cnt);
+      vstore<T, O>(glv + p, gl, cnt);
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cpu(
     const c10::optional<at::Tensor>& grad_z_opt, const c10::optional<at::Tensor>& grad_kl_opt,
     const at::Tensor& z_in, const at::Tensor& mu_in, const at::Tensor& lv_in, int64_t reduction) {
@@ -417,11 +459,15 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cpu(
   }
   std::vector<double> k(B, 0.0);
   if (has_gk) {
-    const at::Tensor gk = grad_kl_opt->to(at::kDouble).contiguous();
-    const double* g = gk.const_data_ptr<double>();
-    for (int64_t r = 0; r < B; ++r) {
-      k[r] = per_row ? g[r] : (reduction == static_cast<int64_t>(Reduction::Mean) ? g[0] / B : g[0]);
-    }
+    const at::Tensor gk = grad_kl_opt->contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gk.scalar_type(), "gan_ext_grad_kl", [&] {
+      const scalar_t* g = gk.const_data_ptr<scalar_t>();
+      const double g0 = static_cast<double>(g[0]);
+      for (int64_t r = 0; r < B; ++r) {
+        k[r] = per_row ? static_cast<double>(g[r])
+                       : (reduction == static_cast<int64_t>(Reduction::Mean) ? g0 / B : g0);
+      }
+    });
   }
   at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
   if (n == 0) return {gmu, glv};
@@ -443,7 +489,16 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cpu(
         reparam_backward_range<scalar_t, false, false>(gzp, zp, mp, lp, gmp, glp, b, e, 0.0);
       }
     };
-    for_tasks(B, D, [&](int64_t b, int64_t e) {
+    for_tasks(B, D, kGrain, [&](int64_t b, int64_t e) {
+      if (has_gk && D < kShortRow) {
+        // Short rows: per-element KL gradients from a buffer, whole vectors.
+        if (has_gz) {
+          reparam_backward_short<scalar_t, true>(gzp, zp, mp, lp, gmp, glp, b, e, D, k.data());
+        } else {
+          reparam_backward_short<scalar_t, false>(gzp, zp, mp, lp, gmp, glp, b, e, D, k.data());
+        }
+        return;
+      }
       // A task is whole rows or a piece of one: the KL gradient varies per row.
       for (int64_t r0 = b; r0 < e;) {
         const int64_t r = r0 / D, re = std::min(e, (r + 1) * D);
