@@ -386,7 +386,8 @@ def prepare(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.floa
 def saved_bytes(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.float32,
                 seed: int = 0) -> int:
     """Bytes the forward of (case, impl) keeps alive for backward, counted once
-    per storage with ``torch.autograd.graph.saved_tensors_hooks``. Shows the
+    per storage with ``torch.autograd.graph.saved_tensors_hooks`` (for the
+    losses: beyond the storages of their inputs). Shows the
     In-Place ABN saving: fused BN+LeakyReLU keeps only its output, eager keeps
     the BatchNorm input and the activation output."""
     if impl == "compile":
@@ -402,10 +403,15 @@ def saved_bytes(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.
         return t
 
     if case.is_loss:
+        # For a loss, only what the forward allocates counts: its inputs (a
+        # network's output, the data batch) are alive in any training step,
+        # and a loss that keeps a reference to them costs nothing extra.
         inputs = _loss_inputs(train_case, device, dtype, seed)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = _loss_fn(case, impl)(**inputs)
         del out
+        for t in inputs.values():
+            storages.pop((t.device, t.untyped_storage().data_ptr()), None)
         return sum(storages.values())
     module = _make_module(train_case, impl, device, dtype, seed)
     x = _make_input(train_case, device, dtype, seed).requires_grad_(True)
