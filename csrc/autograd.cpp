@@ -406,6 +406,52 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_autograd(
   return {r[0], r[1]};
 }
 
+// ---------------------------------------------------- activation + dropout
+// Saved: the output (usually also saved by the next layer, so it costs
+// nothing extra) and the 2-value rng tensor; the mask is regenerated.
+using ActDropoutSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, double, double,
+                                                         const c10::optional<at::Generator>&);
+
+class ActDropoutFunction : public torch::autograd::Function<ActDropoutFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, int64_t activation,
+                               double negative_slope, double p,
+                               const c10::optional<at::Generator>& gen) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<ActDropoutSig>("gan_ext::act_dropout");
+    auto [out, rng] = op.call(input, activation, negative_slope, p, gen);
+    ctx->mark_non_differentiable({rng});
+    ctx->save_for_backward({out, rng});
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["negative_slope"] = negative_slope;
+    ctx->saved_data["p"] = p;
+    return {out, rng};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("act_dropout");
+    const auto s = ctx->get_saved_variables();
+    variable_list out(5);
+    if (!grads[0].defined()) return out;
+    static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        int64_t, double, double)>("gan_ext::act_dropout_backward");
+    out[0] = op.call(grads[0], s[0], s[1], ctx->saved_data["activation"].toInt(),
+                     ctx->saved_data["negative_slope"].toDouble(), ctx->saved_data["p"].toDouble());
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> act_dropout_autograd(const at::Tensor& input, int64_t activation,
+                                                        double negative_slope, double p,
+                                                        const c10::optional<at::Generator>& gen) {
+  if (!wants_grad(input)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<ActDropoutSig>("gan_ext::act_dropout");
+    return op.call(input, activation, negative_slope, p, gen);
+  }
+  auto r = ActDropoutFunction::apply(input, activation, negative_slope, p, gen);
+  return {r[0], r[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, Autograd, m) {
@@ -417,6 +463,7 @@ TORCH_LIBRARY_IMPL(gan_ext, Autograd, m) {
   m.impl("cycle_l1_loss", &cycle_l1_loss_autograd);
   m.impl("reparameterize", &reparameterize_autograd);
   m.impl("reparameterize_kl", &reparameterize_kl_autograd);
+  m.impl("act_dropout", &act_dropout_autograd);
 }
 
 }  // namespace gan_ext

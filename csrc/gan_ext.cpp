@@ -103,4 +103,19 @@ TORCH_LIBRARY(gan_ext, m) {
   m.def(
       "reparameterize_backward(Tensor? grad_z, Tensor? grad_kl, Tensor z, Tensor mu, "
       "Tensor logvar, int reduction) -> (Tensor, Tensor)");
+
+  // ------------------------------------------------ activation + dropout
+  // out = act(input) * keep / (1 - p), the keep mask drawn in-kernel from the
+  // generator (csrc/dropout.h); activation 0 identity, 1 relu, 2 leaky_relu
+  // (negative_slope >= 0). Returns (out, rng): rng is the int64 (seed, offset)
+  // pair the backward regenerates the mask from (zeros when p == 0, which
+  // draws nothing). out is contiguous.
+  m.def(
+      "act_dropout(Tensor input, int activation, float negative_slope, float p, *, "
+      "Generator? generator=None) -> (Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // grad_input = grad * act'(from out) * keep / (1 - p).
+  m.def(
+      "act_dropout_backward(Tensor grad, Tensor out, Tensor rng, int activation, "
+      "float negative_slope, float p) -> Tensor");
 }

@@ -60,6 +60,7 @@ LOSS_BLOCKS = {
     "reparam_kl": "VAE reparameterization z = mu + exp(lv/2) eps with the KL term (mean over batch)",
     "l1": "L1 loss, input requires grad, target does not (cycle / identity term)",
     "cycle_l1": "10 * L1(rec_A, A) + 10 * L1(rec_B, B), both pairs of the shape",
+    "lrelu_dropout": "LeakyReLU(0.2) + Dropout(0.3), the MLP discriminator block (after its Linear)",
 }
 BLOCKS = {**NORM_BLOCKS, **LOSS_BLOCKS}
 # Shapes the models use: DCGAN D logits (64, 1); PatchGAN (70x70) logits at
@@ -68,7 +69,8 @@ BLOCKS = {**NORM_BLOCKS, **LOSS_BLOCKS}
 LOSS_CASES = (("d_bce", (64, 1)), ("d_bce", (1, 1, 30, 30)), ("d_bce", (16, 1, 30, 30)),
               ("d_lsgan", (1, 1, 30, 30)), ("d_lsgan", (16, 1, 30, 30)), ("g_bce", (64, 1)),
               ("reparam_kl", (128, 20)), ("reparam_kl", (4096, 512)),
-              ("l1", (1, 3, 256, 256)), ("l1", (16, 3, 128, 128)), ("cycle_l1", (1, 3, 256, 256)))
+              ("l1", (1, 3, 256, 256)), ("l1", (16, 3, 128, 128)), ("cycle_l1", (1, 3, 256, 256)),
+              ("lrelu_dropout", (128, 1024)), ("lrelu_dropout", (128, 256)))
 
 
 class CompileUnavailable(RuntimeError):
@@ -241,6 +243,8 @@ def _loss_inputs(case: Case, device: torch.device, dtype: torch.dtype, seed: int
         return {"mu": rand(case.shape, 1.0, True), "logvar": rand(case.shape, 0.5, True)}
     if case.block == "l1":
         return {"input": rand(case.shape, 1.0, True), "target": rand(case.shape)}
+    if case.block == "lrelu_dropout":
+        return {"input": rand(case.shape, 1.0, True)}
     return {"input1": rand(case.shape, 1.0, True), "target1": rand(case.shape),
             "input2": rand(case.shape, 1.0, True), "target2": rand(case.shape)}
 
@@ -261,6 +265,7 @@ def _loss_fn(case: Case, impl: str) -> Callable[..., Tuple[torch.Tensor, ...]]:
             "l1": lambda input, target: (ops.l1_loss(input, target),),
             "cycle_l1": lambda input1, target1, input2, target2: (
                 ops.cycle_l1_loss(input1, target1, input2, target2, 10.0, 10.0),),
+            "lrelu_dropout": lambda input: (ops.act_dropout(input, "leaky_relu", LEAKY_SLOPE, 0.3),),
         }[b]
 
     def d_bce(real, fake):
@@ -285,8 +290,11 @@ def _loss_fn(case: Case, impl: str) -> Callable[..., Tuple[torch.Tensor, ...]]:
     def cycle_l1(input1, target1, input2, target2):
         return (10.0 * F.l1_loss(input1, target1) + 10.0 * F.l1_loss(input2, target2),)
 
+    def lrelu_dropout(input):
+        return (F.dropout(F.leaky_relu(input, LEAKY_SLOPE), 0.3, training=True),)
+
     return {"d_bce": d_bce, "d_lsgan": d_lsgan, "g_bce": g_bce, "reparam_kl": reparam_kl, "l1": l1,
-            "cycle_l1": cycle_l1}[b]
+            "cycle_l1": cycle_l1, "lrelu_dropout": lrelu_dropout}[b]
 
 
 def _prepare_loss(case: Case, impl: str, device: torch.device, dtype: torch.dtype,

@@ -19,7 +19,7 @@ _lib = torch.ops.gan_ext
 
 __all__ = ["batch_norm_act", "instance_norm_act", "activation_code", "d_loss", "g_loss",
            "bce_with_logits", "l1_loss", "cycle_l1_loss", "reparameterize", "reparameterize_kl",
-           "kl_divergence"]
+           "kl_divergence", "act_dropout"]
 
 
 def activation_code(activation: str) -> int:
@@ -240,3 +240,24 @@ def kl_divergence(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor
     r = reduction_code(reduction, allow_none=True)
     ref.check_reparameterize_args(mu, logvar, True, r)
     return ref.kl_divergence(mu, logvar, r)
+
+
+# ------------------------------------------------------ activation + dropout
+def act_dropout(input: Tensor, activation: str = "leaky_relu", negative_slope: float = 0.2,
+                p: float = 0.5, training: bool = True,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """``dropout(act(input), p)`` in one pass: the activation (``'relu'``,
+    ``'leaky_relu'`` with ``negative_slope >= 0``, or ``'identity'``) and
+    inverted dropout, the keep mask drawn in-kernel from PyTorch's generator
+    (``torch.manual_seed`` reproduces it). Backward stores no mask: it is
+    regenerated from the (seed, offset) pair, and the activation's derivative
+    is read from the output. With ``training=False`` or ``p == 0`` it is the
+    activation alone. The output is contiguous."""
+    _check_input(input)
+    act = activation_code(activation)
+    slope, p = float(negative_slope), float(p)
+    if not training:
+        p = 0.0
+    if _backend.use_fused(input):
+        return _lib.act_dropout(input, act, slope, p, generator=generator)[0]
+    return ref.act_dropout(input, act, slope, p, generator=generator)[0]

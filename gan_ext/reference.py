@@ -450,3 +450,54 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, reduction: int, *,
     """Twin of ``torch.ops.gan_ext.reparameterize_kl``: returns (z, kl)."""
     check_reparameterize_args(mu, logvar, True, reduction)
     return _reparameterize(mu, logvar, generator), kl_divergence(mu, logvar, reduction)
+
+
+# ------------------------------------------------------ activation + dropout
+def check_act_dropout_args(input: Tensor, activation: int, negative_slope: float, p: float) -> None:
+    """Twin of check_act_dropout_args in csrc/dropout.h."""
+    _check_float(input, "input")
+    if activation not in (IDENTITY, RELU, LEAKY_RELU):
+        raise ValueError(f"activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got {activation}")
+    if activation == LEAKY_RELU and not (math.isfinite(negative_slope) and negative_slope >= 0):
+        raise ValueError("negative_slope must be a finite number >= 0 for leaky_relu (the backward "
+                         f"reads the sign of the output), got {negative_slope}")
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+
+
+def dropout_threshold(p: float) -> int:
+    t = math.ceil(p * 8388608.0 - 0.5)
+    return min(max(t, 0), 8388608)
+
+
+def dropout_scale(p: float) -> float:
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+def dropout_keep(numel: int, p: float, device, seed: int, offset: int) -> Tensor:
+    """The keep mask (bool, numel) of csrc/dropout.h for a (seed, offset):
+    element 32 g + 8 k + lane is word k of Philox block 8 g + lane."""
+    groups = -(-numel // 32)
+    q = torch.arange(8 * groups, dtype=torch.int64, device=device)
+    counter = torch.stack([q & _MASK32, q >> 32, torch.full_like(q, offset & _MASK32),
+                           torch.full_like(q, (offset >> 32) & _MASK32)], dim=1)
+    x = philox4x32_10(counter, (seed & _MASK32, (seed >> 32) & _MASK32))  # (8 groups, 4)
+    words = x.reshape(groups, 8, 4).transpose(1, 2).reshape(-1)[:numel]
+    return (words >> 9) >= dropout_threshold(p)
+
+
+def act_dropout(input: Tensor, activation: int, negative_slope: float, p: float, *,
+                generator: Optional[torch.Generator] = None):
+    """Twin of ``torch.ops.gan_ext.act_dropout``: (out, rng), the same mask as
+    the kernel for the same generator state."""
+    check_act_dropout_args(input, activation, negative_slope, p)
+    sd = stats_dtype(input.dtype)
+    y = activate(input.to(sd), activation, negative_slope)
+    if p > 0:
+        seed, offset = generator_seed_offset(input.device, generator)
+        keep = dropout_keep(input.numel(), p, input.device, seed, offset).reshape(input.shape)
+        y = y * (keep.to(sd) * dropout_scale(p))
+        rng = torch.tensor([seed, offset], dtype=torch.int64, device=input.device)
+    else:
+        rng = torch.zeros(2, dtype=torch.int64, device=input.device)
+    return y.to(input.dtype).contiguous(), rng

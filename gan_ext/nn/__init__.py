@@ -1,8 +1,9 @@
 """Layers users put in their models: fused norm + activation, conv blocks, and
 :func:`fuse` to convert an existing model."""
-from .layers import BatchNormAct2d, Conv2dNormAct, ConvTranspose2dNormAct, InstanceNormAct2d
+from .layers import (ActDropout, BatchNormAct2d, Conv2dNormAct, ConvTranspose2dNormAct,
+                     InstanceNormAct2d)
 from .fuse import fuse
 from .losses import GANLoss
 
 __all__ = ["BatchNormAct2d", "InstanceNormAct2d", "Conv2dNormAct", "ConvTranspose2dNormAct",
-           "fuse", "GANLoss"]
+           "ActDropout", "fuse", "GANLoss"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import BatchNormAct2d, InstanceNormAct2d
+from .layers import ActDropout, BatchNormAct2d, InstanceNormAct2d
 
 __all__ = ["fuse"]
 
@@ -43,7 +43,17 @@ def _fused_norm(norm: nn.Module, act: nn.Module) -> nn.Module:
     return fused
 
 
+def _act_dropout(act: nn.Module, drop: nn.Dropout):
+    if type(act) is nn.ReLU:
+        return ActDropout("relu", 0.01, drop.p)
+    if act.negative_slope < 0:  # the fused backward needs slope >= 0
+        return None
+    return ActDropout("leaky_relu", act.negative_slope, drop.p)
+
+
 def _fuse_sequential(seq: nn.Sequential) -> None:
+    # norm -> activation first; then any activation still directly followed by
+    # nn.Dropout (an MLP block: Linear -> LeakyReLU -> Dropout).
     names = list(seq._modules)
     for norm_name, act_name in zip(names, names[1:]):
         norm, act = seq._modules[norm_name], seq._modules[act_name]
@@ -53,6 +63,18 @@ def _fuse_sequential(seq: nn.Sequential) -> None:
             continue
         setattr(seq, norm_name, _fused_norm(norm, act))
         setattr(seq, act_name, nn.Identity())
+    for act_name, drop_name in zip(names, names[1:]):
+        act, drop = seq._modules[act_name], seq._modules[drop_name]
+        if type(act) not in _ACTIVATIONS or type(drop) is not nn.Dropout:
+            continue
+        if _has_hooks(act) or _has_hooks(drop):
+            continue
+        fused = _act_dropout(act, drop)
+        if fused is None:
+            continue
+        fused.train(drop.training)
+        setattr(seq, act_name, fused)
+        setattr(seq, drop_name, nn.Identity())
 
 
 def fuse(model: nn.Module) -> nn.Module:
@@ -60,7 +82,11 @@ def fuse(model: nn.Module) -> nn.Module:
     followed by ``nn.ReLU`` / ``nn.LeakyReLU`` inside an ``nn.Sequential``
     (anywhere in ``model``) into :class:`~gan_ext.nn.BatchNormAct2d` /
     :class:`~gan_ext.nn.InstanceNormAct2d`; the activation becomes
-    ``nn.Identity()`` so indices and state_dict keys do not move.
+    ``nn.Identity()`` so indices and state_dict keys do not move. Then every
+    remaining ``nn.ReLU`` / ``nn.LeakyReLU`` (slope >= 0) directly followed by
+    ``nn.Dropout`` becomes :class:`~gan_ext.nn.ActDropout` and the dropout
+    ``nn.Identity()`` (the dropout masks then come from gan_ext's stream: same
+    distribution, different draws).
 
     ``model`` is modified **in place** and returned. The fused layers share the
     original Parameter and buffer objects, so an optimizer built before fusing

@@ -1,0 +1,77 @@
+// Philox-4x32-10 blocks on the CPU (csrc/philox.h): with AVX2, eight blocks
+// per vector; otherwise (or past a 2^32 wrap of the counter's low word) one
+// at a time. Used by the reparameterization noise and the dropout mask.
+#pragma once
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
+#include <cstdint>
+
+#include "philox.h"
+
+namespace gan_ext {
+namespace {
+
+constexpr int kLanes = 8;
+
+#if defined(CPU_CAPABILITY_AVX2)
+// Eight 32x32 -> 64-bit products of AVX2 lanes: even lanes via mul_epu32, odd
+// lanes shifted down first; hi/lo words are blended back into lane order.
+inline void mulhilo8(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
+  const __m256i pe = _mm256_mul_epu32(c, m);
+  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(c, 32), m);
+  lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+}
+#endif
+
+// Philox blocks q0 .. q0+count-1 into w[word][block].
+template <int64_t N>
+inline void philox_blocks(uint64_t q0, int64_t count, uint64_t seed, uint64_t offset,
+                          uint32_t (*w)[N]) {
+  const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
+  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  int64_t base = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  // The counter's high word only changes past 2^32 blocks; lanes whose low
+  // word wraps inside a group take the scalar path below.
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kM1));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; base + kLanes <= count; base += kLanes) {
+    const uint64_t q = q0 + static_cast<uint64_t>(base);
+    if (static_cast<uint32_t>(q) > 0xFFFFFFFFu - kLanes) break;
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q))), lane);
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q >> 32)));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(o0));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(o1));
+    uint32_t k0 = key0, k1 = key1;
+    for (int r = 0; r < philox::kRounds; ++r) {
+      if (r > 0) {
+        k0 += philox::kW0;
+        k1 += philox::kW1;
+      }
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(m0, c0, hi0, lo0);
+      mulhilo8(m1, c2, hi1, lo1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c1 = lo1;
+      c3 = lo0;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[0][base]), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[1][base]), c1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[2][base]), c2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&w[3][base]), c3);
+  }
+#endif
+  for (; base < count; ++base) {
+    const philox::Block b = philox::block_for(q0 + static_cast<uint64_t>(base), seed, offset);
+    for (int k = 0; k < 4; ++k) w[k][base] = b.x[k];
+  }
+}
+
+}  // namespace
+}  // namespace gan_ext

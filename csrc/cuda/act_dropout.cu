@@ -1,0 +1,175 @@
+// CUDA kernels of act_dropout and act_dropout_backward (csrc/dropout.h).
+//
+// One thread makes one Philox block q at a time (grid-stride) and handles its
+// four elements 32 (q / 8) + 8 k + q % 8, k = 0..3: a warp covers four whole
+// 32-element groups, so each word k is a coalesced 8-element run. The
+// generator's (seed, offset) is unpacked in-kernel (CUDA-graph safe), and the
+// forward writes it to the rng tensor for the backward, which reads it from
+// device memory: nothing crosses to the host.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/PhiloxCudaState.h>
+#include <ATen/cuda/PhiloxUtils.cuh>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <tuple>
+
+#include "dropout.h"
+#include "philox.h"
+
+namespace gan_ext {
+namespace {
+
+using index_t = int64_t;
+constexpr int kThreads = 256;
+constexpr index_t kMaxBlocks = 8192;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t activate(acc_t x, int act, acc_t slope) {
+  if (act == 1) return x > acc_t(0) ? x : acc_t(0);
+  if (act == 2) return x > acc_t(0) ? x : x * slope;
+  return x;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t act_grad(acc_t out, int act, acc_t slope) {
+  if (act == 1) return out > acc_t(0) ? acc_t(1) : acc_t(0);
+  if (act == 2) return out > acc_t(0) ? acc_t(1) : slope;
+  return acc_t(1);
+}
+
+// Calls f(i, mult) for every element i of this thread's Philox blocks
+// (grid-stride), mult = keep(i) ? s : 0 with draw, else 1.
+template <typename acc_t, typename F>
+__device__ __forceinline__ void for_each_element(index_t n, bool draw, uint32_t thr, acc_t s,
+                                                 uint64_t seed, uint64_t offset, const F& f) {
+  const index_t nq = (n + dropout::kGroup - 1) / dropout::kGroup * 8;
+  const index_t stride = static_cast<index_t>(gridDim.x) * kThreads;
+  for (index_t q = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x; q < nq; q += stride) {
+    philox::Block b{{0u, 0u, 0u, 0u}};
+    if (draw) b = philox::block_for(static_cast<uint64_t>(q), seed, offset);
+    const index_t base = (q / 8) * dropout::kGroup + q % 8;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const index_t i = base + 8 * k;
+      if (i < n) f(i, draw ? (dropout::keep(b.x[k], thr) ? s : acc_t(0)) : acc_t(1));
+    }
+  }
+}
+
+// Forward: out = act(x) * mult. Block 0's first thread publishes (seed, offset).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    act_dropout_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, index_t n, int act,
+                       float slope_f, bool draw, uint32_t thr, double s_d, at::PhiloxCudaState st,
+                       int64_t* __restrict__ rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t slope = static_cast<acc_t>(slope_f);
+  uint64_t seed = 0, offset = 0;
+  if (draw) {
+    const auto so = at::cuda::philox::unpack(st);
+    seed = std::get<0>(so);
+    offset = std::get<1>(so);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      rng[0] = static_cast<int64_t>(seed);
+      rng[1] = static_cast<int64_t>(offset);
+    }
+  }
+  for_each_element<acc_t>(n, draw, thr, static_cast<acc_t>(s_d), seed, offset, [&](index_t i, acc_t m) {
+    y[i] = static_cast<scalar_t>(activate(static_cast<acc_t>(x[i]), act, slope) * m);
+  });
+}
+
+// Backward: grad_in = grad * act'(out) * mult, (seed, offset) read from rng.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    act_dropout_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y,
+                                scalar_t* __restrict__ gi, index_t n, int act, float slope_f,
+                                bool draw, uint32_t thr, double s_d, const int64_t* __restrict__ rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t slope = static_cast<acc_t>(slope_f);
+  const uint64_t seed = draw ? static_cast<uint64_t>(rng[0]) : 0;
+  const uint64_t offset = draw ? static_cast<uint64_t>(rng[1]) : 0;
+  for_each_element<acc_t>(n, draw, thr, static_cast<acc_t>(s_d), seed, offset, [&](index_t i, acc_t m) {
+    gi[i] = static_cast<scalar_t>(static_cast<acc_t>(g[i]) * act_grad(static_cast<acc_t>(y[i]), act, slope) * m);
+  });
+}
+
+int grid_for(index_t n) {
+  const index_t nq = (n + dropout::kGroup - 1) / dropout::kGroup * 8;
+  return static_cast<int>(std::max<index_t>(1, std::min<index_t>(kMaxBlocks, (nq + kThreads - 1) / kThreads)));
+}
+
+std::tuple<at::Tensor, at::Tensor> act_dropout_cuda(const at::Tensor& input_in, int64_t activation,
+                                                    double negative_slope, double p,
+                                                    const std::optional<at::Generator>& generator) {
+  dropout::check_act_dropout_args(input_in, activation, negative_slope, p);
+  const c10::cuda::CUDAGuard guard(input_in.device());
+  const at::Tensor input = input_in.contiguous();
+  at::Tensor out = at::empty(input.sizes(), input.options());
+  at::Tensor rng = at::zeros({2}, input.options().dtype(at::kLong));
+  const bool draw = p > 0.0;
+  at::PhiloxCudaState st;
+  if (draw) {
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+        generator, at::cuda::detail::getDefaultCUDAGenerator(input.device().index()));
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    st = gen->philox_cuda_state(4);  // as reparam.cu and reference.generator_seed_offset
+  }
+  const index_t n = input.numel();
+  if (n == 0) return {out, rng};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gan_ext_act_dropout_cuda", [&] {
+    act_dropout_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+        input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n,
+        static_cast<int>(activation), static_cast<float>(negative_slope), draw,
+        dropout::threshold(p), dropout::scale(p), st, rng.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, rng};
+}
+
+at::Tensor act_dropout_backward_cuda(const at::Tensor& grad_in, const at::Tensor& out_in,
+                                     const at::Tensor& rng, int64_t activation, double negative_slope,
+                                     double p) {
+  dropout::check_act_dropout_args(out_in, activation, negative_slope, p);
+  dropout::check_act_dropout_backward_args(grad_in, out_in, rng);
+  const c10::cuda::CUDAGuard guard(out_in.device());
+  const at::Tensor out = out_in.contiguous();
+  const at::Tensor grad = grad_in.to(out.scalar_type()).contiguous();
+  const at::Tensor r = rng.contiguous();
+  at::Tensor gin = at::empty(out.sizes(), out.options());
+  const index_t n = out.numel();
+  if (n == 0) return gin;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "gan_ext_act_dropout_bwd_cuda", [&] {
+    act_dropout_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
+        gin.mutable_data_ptr<scalar_t>(), n, static_cast<int>(activation),
+        static_cast<float>(negative_slope), p > 0.0, dropout::threshold(p), dropout::scale(p),
+        r.const_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gin;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gan_ext, CUDA, m) {
+  m.impl("act_dropout", &act_dropout_cuda);
+  m.impl("act_dropout_backward", &act_dropout_backward_cuda);
+}
+
+}  // namespace gan_ext

@@ -1,0 +1,81 @@
+// gan_ext::act_dropout: activation + inverted dropout in one pass, with the
+// keep mask drawn in-kernel from the counter-based Philox stream of
+// csrc/philox.h. Shared by the CPU kernel, the CUDA kernel and (as a formula)
+// the pure-PyTorch twin (gan_ext/reference.py, `dropout_keep`).
+//
+// The mask is never stored: backward regenerates it from (seed, offset), which
+// the forward returns as a 2-element int64 tensor.
+//
+// Element i (row-major) of the stream:
+//   group g = i / 32, r = i % 32: Philox block q = 8 g + (r % 8), word k = r / 8,
+//   so one AVX2 vector of 8 blocks covers 32 consecutive elements, word k
+//   giving elements 8k..8k+7 of the group (no transpose on the CPU).
+//   keep(i) = (word >> 9) >= threshold(p), threshold = ceil(p * 2^23 - 1/2):
+//   the 23-bit uniform u = ((word >> 9) + 1/2) 2^-23 of philox.h is >= p.
+//   P(keep) = 1 - p to within 2^-23; p = 0 keeps all, p = 1 none.
+//   out = act(x) * (keep ? 1 / (1 - p) : 0)   (0 for p = 1).
+// p = 0 draws nothing from the generator (rng is returned as zeros).
+//
+// Backward reads the forward output: for kept elements sign(out) = sign(act(x)),
+// which is all relu and leaky_relu (negative_slope >= 0) need:
+//   relu: out > 0;  leaky_relu: out > 0 ? 1 : slope;  identity: 1.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "philox.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace gan_ext {
+namespace dropout {
+
+constexpr int64_t kGroup = 32;  // elements per group of 8 Philox blocks
+
+inline uint32_t threshold(double p) {
+  const double t = std::ceil(p * 8388608.0 - 0.5);
+  return t <= 0.0 ? 0u : (t >= 8388608.0 ? 8388608u : static_cast<uint32_t>(t));
+}
+
+inline double scale(double p) { return p >= 1.0 ? 0.0 : 1.0 / (1.0 - p); }
+
+// The stream position of element i.
+C10_HOST_DEVICE inline void position(uint64_t i, uint64_t& block, int& word) {
+  const uint64_t g = i / kGroup;
+  const int r = static_cast<int>(i % kGroup);
+  block = 8 * g + static_cast<uint64_t>(r % 8);
+  word = r / 8;
+}
+
+C10_HOST_DEVICE inline bool keep(uint32_t word, uint32_t thr) { return (word >> 9) >= thr; }
+
+inline void check_act_dropout_args(const at::Tensor& input, int64_t activation,
+                                   double negative_slope, double p) {
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "input must be a floating point tensor (float32, float64, bfloat16 or float16), "
+                   "got ", c10::toString(input.scalar_type()));
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
+                    "activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ", activation);
+  TORCH_CHECK_VALUE(activation != 2 || (std::isfinite(negative_slope) && negative_slope >= 0.0),
+                    "negative_slope must be a finite number >= 0 for leaky_relu (the backward "
+                    "reads the sign of the output), got ", negative_slope);
+  TORCH_CHECK_VALUE(std::isfinite(p) && p >= 0.0 && p <= 1.0,
+                    "dropout probability p must be in [0, 1], got ", p);
+}
+
+inline void check_act_dropout_backward_args(const at::Tensor& grad, const at::Tensor& out,
+                                            const at::Tensor& rng) {
+  TORCH_CHECK_VALUE(grad.sizes() == out.sizes(), "grad has shape ", grad.sizes(),
+                    " but the forward output has shape ", out.sizes());
+  TORCH_CHECK_VALUE(grad.device() == out.device() && rng.device() == out.device(),
+                    "grad, out and rng must be on one device");
+  TORCH_CHECK_VALUE(rng.scalar_type() == at::kLong && rng.numel() == 2,
+                    "rng must be the 2-element int64 tensor returned by act_dropout");
+}
+
+}  // namespace dropout
+}  // namespace gan_ext
