@@ -62,7 +62,20 @@ LOSS_BLOCKS = {
     "cycle_l1": "10 * L1(rec_A, A) + 10 * L1(rec_B, B), both pairs of the shape",
     "lrelu_dropout": "LeakyReLU(0.2) + Dropout(0.3), the MLP discriminator block (after its Linear)",
 }
-BLOCKS = {**NORM_BLOCKS, **LOSS_BLOCKS}
+# One full training step of a model (D update + G update for the GANs), at
+# the batch of the case's shape. "eager" is the plain-PyTorch build of the same
+# network (fused=False: nn.BatchNorm2d + nn.ReLU, nn.Dropout, randn_like ...)
+# with every gan_ext op on its PyTorch twin; same initial weights.
+MODEL_BLOCKS = {
+    "step_dcgan64": "DCGAN 64x64 (nz 100, ngf = ndf = 64, nc 3) training step",
+    "step_dcgan28": "DCGAN for MNIST 28x28 (nc 1) training step",
+    "step_mlp_gan": "MLP GAN on MNIST (G 100-256-512-1024-784, D 784-1024-512-256-1, dropout 0.3) step",
+    "step_mlp_vae": "MLP VAE of PyTorch's examples (784-400-20) step, BCE + KL",
+    "step_cyclegan128": "CycleGAN 128x128 (resnet_9blocks, 70x70 PatchGAN, LSGAN, pool 50) step",
+}
+MODEL_CASES = (("step_dcgan64", (64,)), ("step_dcgan28", (128,)), ("step_mlp_gan", (128,)),
+               ("step_mlp_vae", (128,)), ("step_cyclegan128", (1,)))
+BLOCKS = {**NORM_BLOCKS, **LOSS_BLOCKS, **MODEL_BLOCKS}
 # Shapes the models use: DCGAN D logits (64, 1); PatchGAN (70x70) logits at
 # 256x256 input, batch 1 and 16; a VAE latent (128, 20) and a large one;
 # CycleGAN images at 256 (batch 1) and 128 (batch 16).
@@ -110,12 +123,19 @@ class Case:
     def is_loss(self) -> bool:
         return self.block in LOSS_BLOCKS
 
+    @property
+    def is_model(self) -> bool:
+        return self.block in MODEL_BLOCKS
+
 
 def cases(quick: bool = False, kind: str = "all") -> List[Case]:
     """The benchmark cases; ``quick`` is a handful that runs in seconds.
-    ``kind``: "all", "norm" (norm + activation blocks) or "loss"."""
-    if kind not in ("all", "norm", "loss"):
-        raise ValueError(f"kind must be 'all', 'norm' or 'loss', got {kind!r}")
+    ``kind``: "all" (blocks and losses), "norm" (norm + activation blocks),
+    "loss" or "model" (whole training steps: slow, never part of "all")."""
+    if kind not in ("all", "norm", "loss", "model"):
+        raise ValueError(f"kind must be 'all', 'norm', 'loss' or 'model', got {kind!r}")
+    if kind == "model":
+        return [Case(block, shape, "nchw", "fwd+bwd") for block, shape in MODEL_CASES]
     norm, loss = [], []
     if quick:
         norm = [
@@ -339,6 +359,10 @@ def prepare(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.floa
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     device = torch.device(device)
+    if case.is_model:
+        from . import bench_models
+
+        return bench_models.prepare(case, impl, device, dtype, seed)
     if case.is_loss:
         prepared = _prepare_loss(case, impl, device, dtype, seed)
         if impl == "compile":
@@ -402,6 +426,10 @@ def saved_bytes(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.
         raise ValueError("saved_bytes measures the eager and fused blocks; compiled graphs "
                          "do not report their saved tensors to saved_tensors_hooks")
     device = torch.device(device)
+    if case.is_model:
+        from . import bench_models
+
+        return bench_models.saved_bytes(case, impl, device, dtype, seed)
     train_case = case if case.mode == "fwd+bwd" else Case(case.block, case.shape, case.layout, "fwd+bwd")
     storages: Dict[Tuple, int] = {}
 

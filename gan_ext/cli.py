@@ -94,6 +94,10 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="untimed repetitions before timing (default: 5, 3 with --quick)")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile of the eager block (compiles every case: slow)")
+    p.add_argument("--models", action="store_true",
+                   help="time whole training steps of the models (DCGAN, MLP GAN, VAE, "
+                        "CycleGAN) instead of single blocks: fused model vs the plain-PyTorch "
+                        "build (slow: use --reps 10)")
     p.add_argument("-k", "--filter", default=None, metavar="WORDS",
                    help="only cases whose name contains every word, e.g. 'bn_lrelu fwd+bwd'")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
@@ -104,7 +108,8 @@ def _bench_run(args: argparse.Namespace) -> int:
 
     from . import bench
 
-    selected = bench.select(bench.cases(quick=args.quick), args.filter)
+    kind = "model" if args.models else "all"
+    selected = bench.select(bench.cases(quick=args.quick, kind=kind), args.filter)
     if not selected:
         raise UsageError(f"no benchmark case matches --filter {args.filter!r} "
                          f"(see '{PROG} bench --list')")
@@ -151,6 +156,7 @@ COMMANDS: Dict[str, Command] = {
                   f"  {PROG} bench --device cuda --dtype bfloat16\n"
                   f"  {PROG} bench --compile -k 'bn_relu fwd+bwd'\n"
                   f"  {PROG} bench -k reparam_kl\n"
+                  f"  {PROG} bench --models --reps 10 -k dcgan64\n"
                   f"  {PROG} bench --list"),
         add_arguments=_bench_arguments,
         run=_bench_run,

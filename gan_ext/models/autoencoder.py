@@ -1,0 +1,160 @@
+"""Convolutional (denoising) autoencoder for 1x28x28 images (MNIST).
+
+Encoder: three stride-2 3x3 convs, each conv -> BatchNorm -> ReLU as one fused
+:class:`~gan_ext.nn.Conv2dNormAct` (28 -> 14 -> 7 -> 3), then an MLP down to the
+code. Decoder: the mirror image with :class:`~gan_ext.nn.ConvTranspose2dNormAct`
+(3 -> 7 -> 14 -> 28) and a final plain transposed conv giving logits; the image
+is ``sigmoid(logits)``. Trained with the MSE between the reconstruction and the
+clean input. With ``denoising=True`` the input (never the target) is corrupted
+in training by ``clamp(x + noise_factor * N(0, 1), 0, 1)`` (Vincent et al. 2008).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
+
+__all__ = ["AEConfig", "ConvAutoencoder"]
+
+IMAGE_SHAPE = (1, 28, 28)
+_FEATURES = (32, 3, 3)  # the last conv's output, flattened to 288
+
+
+def _check_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_real(value, name: str, low: float, high: float = math.inf,
+                low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    if math.isnan(value) or too_low or value > high:
+        bounds = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+    return value
+
+
+def check_images(x, shape: tuple, who: str) -> None:
+    """x must be a floating (B, *shape) tensor; the message says what was expected."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who}: x must be a floating point tensor (images in [0, 1]), "
+                        f"got dtype {x.dtype}")
+    if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{who}: expected x of shape (B, {', '.join(map(str, shape))}), "
+                         f"got {list(x.shape)}")
+
+
+@dataclass
+class AEConfig:
+    latent_dim: int = 4
+    denoising: bool = False
+    noise_factor: float = 0.3  # std of the Gaussian corruption (denoising only)
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_int(self.latent_dim, "latent_dim")
+        if not isinstance(self.denoising, bool):
+            raise TypeError(f"denoising must be a bool, got {self.denoising!r}")
+        _check_real(self.noise_factor, "noise_factor", 0.0, 1.0)
+        _check_real(self.lr, "lr", 0.0, low_open=True)
+        _check_real(self.weight_decay, "weight_decay", 0.0)
+
+
+class ConvAutoencoder(nn.Module):
+    """``forward(x)`` -> reconstruction in [0, 1], (B, 1, 28, 28)."""
+
+    def __init__(self, config: Optional[AEConfig] = None) -> None:
+        super().__init__()
+        if config is None:
+            config = AEConfig()
+        if not isinstance(config, AEConfig):
+            raise TypeError(f"config must be an AEConfig, got {type(config).__name__}")
+        config.validate()  # the dataclass may have been edited after construction
+        self.config = config
+        d = config.latent_dim
+        self.encoder = nn.Sequential(
+            Conv2dNormAct(1, 8, 3, stride=2, padding=1),    # (B, 8, 14, 14)
+            Conv2dNormAct(8, 16, 3, stride=2, padding=1),   # (B, 16, 7, 7)
+            Conv2dNormAct(16, 32, 3, stride=2, padding=0),  # (B, 32, 3, 3)
+            nn.Flatten(1),                                  # (B, 288)
+            nn.Linear(288, 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, d),                              # (B, latent_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(d, 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, 288),
+            nn.ReLU(inplace=True),
+            nn.Unflatten(1, _FEATURES),                                            # (B, 32, 3, 3)
+            ConvTranspose2dNormAct(32, 16, 3, stride=2, padding=0),                # (B, 16, 7, 7)
+            ConvTranspose2dNormAct(16, 8, 3, stride=2, padding=1, output_padding=1),  # (B, 8, 14, 14)
+            nn.ConvTranspose2d(8, 1, 3, stride=2, padding=1, output_padding=1),   # (B, 1, 28, 28)
+        )
+
+    # ------------------------------------------------------------------ model
+    def add_noise(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """``clamp(x + noise_factor * N(0, 1), 0, 1)``: the denoising corruption.
+        Draws from torch's generator (``torch.manual_seed`` reproduces it)."""
+        check_images(x, IMAGE_SHAPE, "add_noise")
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return (x + self.config.noise_factor * noise).clamp_(0.0, 1.0)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, 1, 28, 28) -> (B, latent_dim). No corruption here (see forward)."""
+        check_images(x, IMAGE_SHAPE, "ConvAutoencoder.encode")
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, latent_dim) -> logits (B, 1, 28, 28); the image is their sigmoid."""
+        if not isinstance(z, Tensor):
+            raise TypeError(f"ConvAutoencoder.decode: z must be a torch.Tensor, got {type(z).__name__}")
+        if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
+            raise ValueError(f"ConvAutoencoder.decode: expected z of shape (B, "
+                             f"{self.config.latent_dim}), got {list(z.shape)}")
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction of x in [0, 1]; in training with ``denoising=True`` the
+        encoder sees ``add_noise(x)`` instead of x."""
+        check_images(x, IMAGE_SHAPE, "ConvAutoencoder")
+        if self.training and self.config.denoising:
+            x = self.add_noise(x)
+        return torch.sigmoid(self.decode(self.encoder(x)))  # (B, 1, 28, 28)
+
+    # --------------------------------------------------------------- training
+    def loss(self, x: Tensor) -> Tensor:
+        """MSE (mean over pixels and batch) between the reconstruction and the
+        clean x, as the seeds train it; differentiable."""
+        return F.mse_loss(self(x), x)
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr,
+                                weight_decay=self.config.weight_decay)
+
+    def train_step(self, x: Tensor, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+        """One optimizer step on batch x; returns ``{"loss": detached MSE}``.
+        The caller chooses the mode (``model.train()``)."""
+        opt.zero_grad(set_to_none=True)
+        loss = self.loss(x)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}

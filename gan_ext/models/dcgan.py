@@ -1,0 +1,139 @@
+"""DCGAN (Radford et al. 2015, "Unsupervised Representation Learning with Deep
+Convolutional Generative Adversarial Networks") for 28x28, 32x32 and 64x64 images.
+
+At 64x64 the modules have exactly the state_dict of pytorch/examples
+``dcgan/main.py``, so its ``netG_epoch_N.pth`` / ``netD_epoch_N.pth`` load
+strictly. Every BatchNorm2d -> ReLU/LeakyReLU pair is one fused
+:class:`~gan_ext.nn.BatchNormAct2d` followed by an ``nn.Identity()`` in the
+activation's slot; ``fused=False`` builds the plain pair (what
+:func:`gan_ext.fuse` turns into the fused one).
+
+    gan = DCGAN(DCGANConfig(nc=1, image_size=28))
+    opt_g, opt_d = gan.make_optimizers()
+    stats = gan.train_step(real, opt_g, opt_d)    # real: (B, 1, 28, 28) in [-1, 1]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from torch import Tensor, nn
+
+from ..nn import BatchNormAct2d
+from ._common import init_normal_
+from .gan import GAN, TrainConfig, check_image, check_int, check_latent
+
+__all__ = ["DCGANConfig", "Generator", "Discriminator", "DCGAN", "IMAGE_SIZES"]
+
+# image_size -> (side of the first/last feature map, number of stride-2 stages)
+IMAGE_SIZES = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
+
+
+def check_image_size(image_size) -> Tuple[int, int]:
+    check_int("image_size", image_size)
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"image_size must be one of {sorted(IMAGE_SIZES)}, got {image_size}")
+    return IMAGE_SIZES[image_size]
+
+
+@dataclass
+class DCGANConfig(TrainConfig):
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    nc: int = 3            # 1 for MNIST
+    image_size: int = 64   # 28, 32 or 64
+
+
+def norm_act(channels: int, activation: str, fused: bool, negative_slope: float = 0.01
+             ) -> List[nn.Module]:
+    """BatchNorm2d -> activation as two Sequential entries."""
+    if fused:
+        return [BatchNormAct2d(channels, activation=activation, negative_slope=negative_slope),
+                nn.Identity()]
+    act = (nn.ReLU(inplace=True) if activation == "relu"
+           else nn.LeakyReLU(negative_slope, inplace=True))
+    return [nn.BatchNorm2d(channels), act]
+
+
+def generator_layers(in_channels: int, ngf: int, nc: int, image_size: int, fused: bool
+                     ) -> List[nn.Module]:
+    """(B, in_channels, 1, 1) -> (B, nc, S, S): a ConvTranspose to the first
+    feature map, stride-2 ConvTranspose stages halving the width, tanh."""
+    base, stages = check_image_size(image_size)
+    width = ngf * 2 ** (stages - 1)                    # 8 ngf at 64x64, as in the paper
+    layers = [nn.ConvTranspose2d(in_channels, width, base, 1, 0, bias=False),  # (B, w, b, b)
+              *norm_act(width, "relu", fused)]
+    for _ in range(stages - 1):
+        layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),  # (B, w/2, 2s, 2s)
+                   *norm_act(width // 2, "relu", fused)]
+        width //= 2
+    layers += [nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=False),             # (B, nc, S, S)
+               nn.Tanh()]
+    return layers
+
+
+def discriminator_layers(in_channels: int, ndf: int, image_size: int, fused: bool,
+                         head: bool = True) -> Tuple[List[nn.Module], int]:
+    """(B, in_channels, S, S) -> stride-2 convs doubling the width (no norm on
+    the first, as in the paper) -> (B, width, b, b) and, with ``head``, a conv
+    to the logit (B, 1, 1, 1). Returns the layers and the last width."""
+    base, stages = check_image_size(image_size)
+    layers = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False),                # (B, ndf, S/2, S/2)
+              nn.LeakyReLU(0.2, inplace=True)]
+    width = ndf
+    for _ in range(stages - 1):
+        layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),           # (B, 2w, s/2, s/2)
+                   *norm_act(width * 2, "leaky_relu", fused, 0.2)]
+        width *= 2
+    if head:
+        layers.append(nn.Conv2d(width, 1, base, 1, 0, bias=False))             # (B, 1, 1, 1)
+    return layers, width
+
+
+class Generator(nn.Module):
+    """z (B, nz) or (B, nz, 1, 1) -> image (B, nc, S, S) in [-1, 1]."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, image_size: int = 64,
+                 fused: bool = True) -> None:
+        super().__init__()
+        self.nz = check_int("nz", nz)
+        self.main = nn.Sequential(*generator_layers(self.nz, check_int("ngf", ngf),
+                                                    check_int("nc", nc), image_size, fused))
+        self.nc, self.image_size = nc, image_size
+        init_normal_(self)
+
+    def forward(self, z: Tensor) -> Tensor:
+        z = check_latent(z, self.nz)                # (B, nz)
+        return self.main(z[:, :, None, None])       # (B, nc, S, S)
+
+
+class Discriminator(nn.Module):
+    """image (B, nc, S, S) -> logit (B,).
+
+    The output is a logit, not a probability: pytorch/examples ends ``main``
+    in a Sigmoid (index 12, no parameters, so its checkpoints still load);
+    the fused losses take logits, which is also numerically safer.
+    """
+
+    def __init__(self, nc: int = 3, ndf: int = 64, image_size: int = 64,
+                 fused: bool = True) -> None:
+        super().__init__()
+        self.nc, self.image_size = check_int("nc", nc), image_size
+        layers, _ = discriminator_layers(self.nc, check_int("ndf", ndf), image_size, fused)
+        self.main = nn.Sequential(*layers)
+        init_normal_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_image(x, (self.nc, self.image_size, self.image_size))
+        return self.main(x).view(-1)                # (B,)
+
+
+class DCGAN(GAN):
+    """:class:`Generator` and :class:`Discriminator` with the GAN trainer interface."""
+
+    config_class = DCGANConfig
+
+    def build(self, c: DCGANConfig, fused: bool):
+        return (Generator(c.nz, c.ngf, c.nc, c.image_size, fused=fused),
+                Discriminator(c.nc, c.ndf, c.image_size, fused=fused))
