@@ -26,14 +26,13 @@
 #include <optional>
 #include <tuple>
 
+#include "device_common.cuh"
 #include "dropout.h"
 #include "philox.h"
 
 namespace gan_ext {
 namespace {
 
-using index_t = int64_t;
-constexpr int kThreads = 256;
 constexpr index_t kMaxBlocks = 8192;
 
 template <typename acc_t>

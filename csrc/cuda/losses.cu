@@ -43,94 +43,15 @@
 #include <type_traits>
 #include <utility>
 
+#include "device_common.cuh"
 #include "losses.h"
 
 namespace gan_ext {
 namespace {
 
-using index_t = int64_t;
-
-constexpr int kThreads = 256;  // block size of every kernel
-constexpr int kWarpSize = 32;
-constexpr int kWarps = kThreads / kWarpSize;
-constexpr int kVectorBytes = 16;     // one 128-bit load/store
 constexpr index_t kItems = 4;        // logical vectors per thread before the grid stops growing
 constexpr index_t kMaxBlocks = 2048;  // per segment of a reduction (fixed: no device query)
 constexpr index_t kMaxElementwiseBlocks = 8192;
-
-template <typename T>
-using acc_type = at::opmath_type<T>;  // float for half/bfloat16/float, double for double
-
-// Elements per logical vector: 4 float, 2 double, 8 half/bfloat16.
-template <typename T>
-constexpr int vec_size() {
-  return kVectorBytes / static_cast<int>(sizeof(T));
-}
-
-// ----------------------------------------------------------------- vectors
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T val[VEC];
-};
-
-// Aligned: one 16-byte access; otherwise VEC scalar accesses of the same
-// elements (identical values, so identical results).
-template <bool Aligned, int VEC, typename T>
-__device__ __forceinline__ Pack<T, VEC> load_pack(const T* p) {
-  if constexpr (Aligned) {
-    return *reinterpret_cast<const Pack<T, VEC>*>(p);
-  } else {
-    Pack<T, VEC> v;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) v.val[i] = p[i];
-    return v;
-  }
-}
-
-template <bool Aligned, int VEC, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& v) {
-  if constexpr (Aligned) {
-    *reinterpret_cast<Pack<T, VEC>*>(p) = v;
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) p[i] = v.val[i];
-  }
-}
-
-// double -> dtype the way Tensor.to() does it (through float for the 16-bit types).
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t from_double(double v) {
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    return v;
-  } else {
-    return static_cast<scalar_t>(static_cast<float>(v));
-  }
-}
-
-// ------------------------------------------------------------- reductions
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int off = kWarpSize / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// Sum over the kThreads threads of the block in a fixed tree; valid in thread
-// 0. Every thread must call it; it can be called again right away.
-template <typename T>
-__device__ T block_sum(T v) {
-  __shared__ T sh[kWarps];
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  v = warp_sum(v);
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kWarps ? sh[lane] : T(0);
-    v = warp_sum(v);
-  }
-  __syncthreads();  // sh may be reused by the next call
-  return v;
-}
 
 // ------------------------------------------------------------ loss terms
 enum class Kind : int {
@@ -252,33 +173,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------- l1 backward
-// A 0-dim tensor of any floating dtype, read on the device.
-enum class ScalarKind : int { Float = 0, Double = 1, Half = 2, BFloat16 = 3 };
-
-ScalarKind scalar_kind(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ScalarKind::Float;
-    case at::kDouble: return ScalarKind::Double;
-    case at::kHalf: return ScalarKind::Half;
-    case at::kBFloat16: return ScalarKind::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, name, " must be a float32, float64, bfloat16 or float16 tensor, got ",
-                       loss_dtype_name(t));
-  }
-  return ScalarKind::Float;  // unreachable
-}
-
-__device__ __forceinline__ double load_scalar(const void* p, ScalarKind kind) {
-  switch (kind) {
-    case ScalarKind::Float: return static_cast<double>(*static_cast<const float*>(p));
-    case ScalarKind::Double: return *static_cast<const double*>(p);
-    case ScalarKind::Half: return static_cast<double>(static_cast<float>(*static_cast<const c10::Half*>(p)));
-    case ScalarKind::BFloat16:
-      return static_cast<double>(static_cast<float>(*static_cast<const c10::BFloat16*>(p)));
-  }
-  return 0.0;
-}
-
 // sign(d) * c with sign(0) = 0; as the CPU kernel, a NaN difference gives 0.
 template <typename acc_t>
 __device__ __forceinline__ acc_t signed_coef(acc_t d, acc_t c) {
@@ -294,7 +188,7 @@ __global__ void __launch_bounds__(kThreads)
                        double scale) {
   using acc_t = acc_type<scalar_t>;
   constexpr int VEC = vec_size<scalar_t>();
-  const acc_t c = static_cast<acc_t>(weight * load_scalar(grad, grad_kind) * scale);
+  const acc_t c = static_cast<acc_t>(weight * load_scalar(grad, grad_kind, 0) * scale);
   const index_t nvec = n / VEC;
   const index_t tid = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   const index_t stride = static_cast<index_t>(gridDim.x) * kThreads;
@@ -321,11 +215,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ============================================================ host side
-index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
-
-bool aligned(const void* p) {
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
-}
 
 // Blocks reducing n elements: a function of (n, dtype) only, so the
 // summation order does not depend on the device.
@@ -409,10 +298,6 @@ Segment<scalar_t> pair_segment(const at::Tensor& x, const at::Tensor& y, at::Ten
   s.label = acc_t(0);  // unused
   s.gscale = static_cast<acc_t>(reduction_scale(x.numel(), reduction));
   return s;
-}
-
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
 }
 
 // ------------------------------------------------------------------ d_loss

@@ -45,43 +45,19 @@
 #include <tuple>
 #include <utility>
 
+#include "device_common.cuh"
 #include "norm_act.h"
 
 namespace gan_ext {
 namespace {
 
-using index_t = int64_t;
-
-constexpr int kThreads = 256;               // block size of every kernel
-constexpr int kWarpSize = 32;
-constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kUnroll = 4;                   // loads in flight per thread per iteration
 // Row kernels keep VEC channels of state per thread; with 8-wide vectors
 // (half/bfloat16) a smaller unroll keeps them at >= 2 blocks per SM.
 template <int VEC>
 constexpr int kRowUnroll = VEC >= 8 ? 2 : kUnroll;
-constexpr int kVectorBytes = 16;             // one 128-bit load/store
-
-template <typename T>
-using acc_type = at::opmath_type<T>;  // float for half/bfloat16/float, double for double
 
 __device__ __forceinline__ index_t imin(index_t a, index_t b) { return a < b ? a : b; }
-
-// ----------------------------------------------------------------- vectors
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T val[VEC];
-};
-
-template <int VEC, typename T>
-__device__ __forceinline__ Pack<T, VEC> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, VEC>*>(p);
-}
-
-template <int VEC, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& v) {
-  *reinterpret_cast<Pack<T, VEC>*>(p) = v;
-}
 
 // ------------------------------------------------------- Welford / Chan
 template <typename acc_t>
@@ -424,7 +400,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kUnroll; ++k) {
       if (cur.j < u.end) {
-        v[k] = load_pack<VEC>(x + cur.element(geo, u.group, VEC));
+        v[k] = load_pack<true, VEC>(x + cur.element(geo, u.group, VEC));
         ++valid;  // j only grows, so the valid packs are a prefix
       }
       cur.advance(geo);
@@ -458,7 +434,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < kUnroll; ++k) {
       if (cur.j < u.end) {
         at[k] = cur.element(geo, u.group, VEC);
-        v[k] = load_pack<VEC>(x + at[k]);
+        v[k] = load_pack<true, VEC>(x + at[k]);
         ++valid;
       }
       cur.advance(geo);
@@ -472,7 +448,7 @@ __global__ void __launch_bounds__(kThreads)
           const acc_t z = (static_cast<acc_t>(v[k].val[i]) - mu) * scale + shift;
           o.val[i] = static_cast<scalar_t>(act.forward(z));
         }
-        store_pack<VEC>(y + at[k], o);
+        store_pack<true, VEC>(y + at[k], o);
       }
     }
   }
@@ -501,8 +477,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < kUnroll; ++k) {
       if (cur.j < u.end) {
         at[k] = cur.element(geo, u.group, VEC);
-        g[k] = load_pack<VEC>(dy + at[k]);
-        s[k] = load_pack<VEC>(saved + at[k]);
+        g[k] = load_pack<true, VEC>(dy + at[k]);
+        s[k] = load_pack<true, VEC>(saved + at[k]);
         ++valid;
       }
       cur.advance(geo);
@@ -522,7 +498,7 @@ __global__ void __launch_bounds__(kThreads)
           Pack<scalar_t, VEC> o;
 #pragma unroll
           for (int i = 0; i < VEC; ++i) o.val[i] = static_cast<scalar_t>(dz[i] * m.scale);
-          store_pack<VEC>(grad_in + at[k], o);
+          store_pack<true, VEC>(grad_in + at[k], o);
         }
       }
     }
@@ -558,8 +534,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < kUnroll; ++k) {
       if (cur.j < u.end) {
         at[k] = cur.element(geo, u.group, VEC);
-        g[k] = load_pack<VEC>(dy + at[k]);
-        s[k] = load_pack<VEC>(saved + at[k]);
+        g[k] = load_pack<true, VEC>(dy + at[k]);
+        s[k] = load_pack<true, VEC>(saved + at[k]);
         ++valid;
       }
       cur.advance(geo);
@@ -574,7 +550,7 @@ __global__ void __launch_bounds__(kThreads)
           m(static_cast<acc_t>(g[k].val[i]), static_cast<acc_t>(s[k].val[i]), dz, xhat);
           o.val[i] = static_cast<scalar_t>(m.scale * (dz - mean_dz - xhat * mean_dzx));
         }
-        store_pack<VEC>(grad_in + at[k], o);
+        store_pack<true, VEC>(grad_in + at[k], o);
       }
     }
   }
@@ -641,7 +617,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int k = 0; k < UNROLL; ++k) {
         const index_t rr = r + static_cast<index_t>(k) * geo.ty;
         if (rr < u.end) {
-          v[k] = load_pack<VEC>(base + rr * geo.C);
+          v[k] = load_pack<true, VEC>(base + rr * geo.C);
           ++valid;
         }
       }
@@ -725,7 +701,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < UNROLL; ++k) {
       const index_t rr = r + static_cast<index_t>(k) * geo.ty;
       if (rr < u.end) {
-        v[k] = load_pack<VEC>(x + base + rr * geo.C);
+        v[k] = load_pack<true, VEC>(x + base + rr * geo.C);
         ++valid;
       }
     }
@@ -738,7 +714,7 @@ __global__ void __launch_bounds__(kThreads)
           const acc_t z = (static_cast<acc_t>(v[k].val[i]) - mu[i]) * scale[i] + shift[i];
           o.val[i] = static_cast<scalar_t>(act.forward(z));
         }
-        store_pack<VEC>(y + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
+        store_pack<true, VEC>(y + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
       }
     }
   }
@@ -773,8 +749,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int k = 0; k < UNROLL; ++k) {
         const index_t rr = r + static_cast<index_t>(k) * geo.ty;
         if (rr < u.end) {
-          g[k] = load_pack<VEC>(dy + base + rr * geo.C);
-          s[k] = load_pack<VEC>(saved + base + rr * geo.C);
+          g[k] = load_pack<true, VEC>(dy + base + rr * geo.C);
+          s[k] = load_pack<true, VEC>(saved + base + rr * geo.C);
           ++valid;
         }
       }
@@ -793,7 +769,7 @@ __global__ void __launch_bounds__(kThreads)
             Pack<scalar_t, VEC> o;
 #pragma unroll
             for (int i = 0; i < VEC; ++i) o.val[i] = static_cast<scalar_t>(dz[i] * m[i].scale);
-            store_pack<VEC>(grad_in + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
+            store_pack<true, VEC>(grad_in + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
           }
         }
       }
@@ -859,8 +835,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < UNROLL; ++k) {
       const index_t rr = r + static_cast<index_t>(k) * geo.ty;
       if (rr < u.end) {
-        g[k] = load_pack<VEC>(dy + base + rr * geo.C);
-        s[k] = load_pack<VEC>(saved + base + rr * geo.C);
+        g[k] = load_pack<true, VEC>(dy + base + rr * geo.C);
+        s[k] = load_pack<true, VEC>(saved + base + rr * geo.C);
         ++valid;
       }
     }
@@ -874,7 +850,7 @@ __global__ void __launch_bounds__(kThreads)
           m[i](static_cast<acc_t>(g[k].val[i]), static_cast<acc_t>(s[k].val[i]), dz, xhat);
           o.val[i] = static_cast<scalar_t>(m[i].scale * (dz - mean_dz[i] - xhat * mean_dzx[i]));
         }
-        store_pack<VEC>(grad_in + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
+        store_pack<true, VEC>(grad_in + base + (r + static_cast<index_t>(k) * geo.ty) * geo.C, o);
       }
     }
   }
@@ -925,7 +901,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ============================================================ host side
-index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
 index_t next_pow2(index_t v) {
   index_t p = 1;
@@ -1016,13 +991,11 @@ RowGeometry plan_rows(index_t batches, index_t rows, index_t C, int vec, int unr
 
 index_t row_blocks(const RowGeometry& geo) { return geo.batches * geo.splits * geo.col_blocks; }
 
-bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
-
 // Runs f(std::integral_constant<int, VEC>) with 128-bit vectors when `vectorize`,
 // else with scalars.
 template <typename scalar_t, typename F>
 void with_vec(bool vectorize, F&& f) {
-  constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+  constexpr int kVec = vec_size<scalar_t>();
   if (vectorize) {
     f(std::integral_constant<int, kVec>{});
   } else {
@@ -1079,7 +1052,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
                   const at::Tensor& mean, const at::Tensor& var, const at::Tensor& invstd,
                   double eps, int64_t activation, double negative_slope) {
   using acc_t = acc_type<scalar_t>;
-  constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+  constexpr int kVec = vec_size<scalar_t>();
   const int device = x.get_device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool vectorize = lay.vectorizable(kVec) && aligned(x.const_data_ptr()) &&
@@ -1169,7 +1142,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
                    int64_t activation, double negative_slope, bool saved_is_output,
                    const at::Tensor& grad_weight, const at::Tensor& grad_bias) {
   using acc_t = acc_type<scalar_t>;
-  constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+  constexpr int kVec = vec_size<scalar_t>();
   const int device = saved.get_device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool vectorize = lay.vectorizable(kVec) && aligned(dy.const_data_ptr()) &&

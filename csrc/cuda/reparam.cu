@@ -57,96 +57,20 @@
 #include <utility>
 
 #include "philox.h"
+#include "device_common.cuh"
 #include "reparam.h"
 
 namespace gan_ext {
 namespace {
 
-using index_t = int64_t;
-
-constexpr int kThreads = 256;  // block size of every kernel
-constexpr int kWarpSize = 32;
-constexpr int kWarps = kThreads / kWarpSize;
-constexpr int kVectorBytes = 16;
 constexpr index_t kItems = 4;                 // Philox blocks per thread per KL unit (at most about)
 constexpr index_t kMaxBlocks = 8192;          // grid cap of the elementwise kernels
 constexpr index_t kMaxRowBlocks = 1024;       // grid cap of kl_rows_kernel (fixed: no device query)
-
-template <typename T>
-using acc_type = at::opmath_type<T>;  // float for half/bfloat16/float, double for double
 
 // Normal values per Philox block in the compute precision of scalar_t.
 template <typename scalar_t>
 constexpr int per_block() {
   return static_cast<int>(philox::per_block<acc_type<scalar_t>>());
-}
-
-// Elements per 16-byte vector (backward kernel).
-template <typename T>
-constexpr int vec_size() {
-  return kVectorBytes / static_cast<int>(sizeof(T));
-}
-
-// ----------------------------------------------------------------- vectors
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T val[VEC];
-};
-
-template <bool Aligned, int VEC, typename T>
-__device__ __forceinline__ Pack<T, VEC> load_pack(const T* p) {
-  if constexpr (Aligned) {
-    return *reinterpret_cast<const Pack<T, VEC>*>(p);
-  } else {
-    Pack<T, VEC> v;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) v.val[i] = p[i];
-    return v;
-  }
-}
-
-template <bool Aligned, int VEC, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& v) {
-  if constexpr (Aligned) {
-    *reinterpret_cast<Pack<T, VEC>*>(p) = v;
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) p[i] = v.val[i];
-  }
-}
-
-// double -> dtype the way Tensor.to() does it (through float for the 16-bit types).
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t from_double(double v) {
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    return v;
-  } else {
-    return static_cast<scalar_t>(static_cast<float>(v));
-  }
-}
-
-// ------------------------------------------------------------- reductions
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int off = kWarpSize / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// Sum over the block in a fixed tree; valid in thread 0. Every thread must call it.
-template <typename T>
-__device__ T block_sum(T v) {
-  __shared__ T sh[kWarps];
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  v = warp_sum(v);
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kWarps ? sh[lane] : T(0);
-    v = warp_sum(v);
-  }
-  __syncthreads();
-  return v;
 }
 
 // Sum over each team of `team` consecutive threads (a power of two in
@@ -168,34 +92,6 @@ __device__ T team_sum(T v, int team) {
     v = warp_sum(v);
   }
   return v;
-}
-
-// A float32/float64/float16/bfloat16 tensor element read on the device.
-enum class ScalarKind : int { Float = 0, Double = 1, Half = 2, BFloat16 = 3 };
-
-ScalarKind scalar_kind(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ScalarKind::Float;
-    case at::kDouble: return ScalarKind::Double;
-    case at::kHalf: return ScalarKind::Half;
-    case at::kBFloat16: return ScalarKind::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, name, " must be a float32, float64, bfloat16 or float16 tensor, got ",
-                       loss_dtype_name(t));
-  }
-  return ScalarKind::Float;  // unreachable
-}
-
-__device__ __forceinline__ double load_scalar(const void* p, ScalarKind kind, index_t i) {
-  switch (kind) {
-    case ScalarKind::Float: return static_cast<double>(static_cast<const float*>(p)[i]);
-    case ScalarKind::Double: return static_cast<const double*>(p)[i];
-    case ScalarKind::Half:
-      return static_cast<double>(static_cast<float>(static_cast<const c10::Half*>(p)[i]));
-    case ScalarKind::BFloat16:
-      return static_cast<double>(static_cast<float>(static_cast<const c10::BFloat16*>(p)[i]));
-  }
-  return 0.0;
 }
 
 // ------------------------------------------------------- per-element math
@@ -439,7 +335,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ============================================================ host side
-index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
 index_t next_pow2(index_t v) {
   index_t p = 1;
@@ -447,18 +342,10 @@ index_t next_pow2(index_t v) {
   return p;
 }
 
-bool aligned_to(const void* p, size_t bytes) {
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
 unsigned int grid_size(index_t blocks) {
   TORCH_CHECK(blocks > 0 && blocks <= std::numeric_limits<int32_t>::max(),
               "gan_ext reparameterize: tensor too large for one launch (", blocks, " blocks)");
   return static_cast<unsigned int>(blocks);
-}
-
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
 }
 
 const at::Tensor* present(const c10::optional<at::Tensor>& t) {
@@ -504,7 +391,7 @@ void launch_reparam(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z,
   const index_t blocks = std::clamp<index_t>(ceil_div(ceil_div(n, P), kThreads), 1, kMaxBlocks);
   auto stream = at::cuda::getCurrentCUDAStream();
   constexpr size_t bytes = sizeof(scalar_t) * P;
-  if (aligned_to(mp, bytes) && aligned_to(lp, bytes) && aligned_to(zp, bytes)) {
+  if (aligned(mp, bytes) && aligned(lp, bytes) && aligned(zp, bytes)) {
     reparam_kernel<scalar_t, true><<<grid_size(blocks), kThreads, 0, stream>>>(mp, lp, zp, n, st);
   } else {
     reparam_kernel<scalar_t, false><<<grid_size(blocks), kThreads, 0, stream>>>(mp, lp, zp, n, st);
@@ -532,7 +419,7 @@ void launch_reparam_kl(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z
   scalar_t* kd = direct ? kl.mutable_data_ptr<scalar_t>() : nullptr;
   const index_t blocks = ceil_div(plan.units, kThreads / plan.team);
   constexpr size_t bytes = sizeof(scalar_t) * P;
-  if (aligned_to(mp, bytes) && aligned_to(lp, bytes) && aligned_to(zp, bytes)) {
+  if (aligned(mp, bytes) && aligned(lp, bytes) && aligned(zp, bytes)) {
     reparam_kl_kernel<scalar_t, true><<<grid_size(blocks), kThreads, 0, stream>>>(
         mp, lp, zp, plan, st, pp, kd);
   } else {
@@ -671,9 +558,9 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cuda(
     scalar_t* glp = grad_logvar.mutable_data_ptr<scalar_t>();
     const index_t blocks = std::clamp<index_t>(ceil_div(n / VEC, kThreads), 1, kMaxBlocks);
     auto stream = at::cuda::getCurrentCUDAStream();
-    const bool al = aligned_to(gzp, kVectorBytes) && aligned_to(zp, kVectorBytes) &&
-                    aligned_to(mp, kVectorBytes) && aligned_to(lp, kVectorBytes) &&
-                    aligned_to(gmp, kVectorBytes) && aligned_to(glp, kVectorBytes);
+    const bool al = aligned(gzp, kVectorBytes) && aligned(zp, kVectorBytes) &&
+                    aligned(mp, kVectorBytes) && aligned(lp, kVectorBytes) &&
+                    aligned(gmp, kVectorBytes) && aligned(glp, kVectorBytes);
     if (al) {
       reparam_backward_kernel<scalar_t, true><<<grid_size(blocks), kThreads, 0, stream>>>(
           gzp, zp, mp, lp, gkp, gk_kind, gk_mode, gk_divisor, n, D, gmp, glp);
