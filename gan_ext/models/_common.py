@@ -1,10 +1,12 @@
 """Pieces every model family shares: the papers' weight init and parameter counts."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
-__all__ = ["init_normal_", "num_parameters"]
+__all__ = ["init_normal_", "num_parameters", "check_int"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
@@ -31,3 +33,13 @@ def init_normal_(module: nn.Module, std: float = 0.02, linear: bool = True) -> n
 
 def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """The argument checks of every model family: an integer (not a bool)
+    ``>= minimum``, returned as ``int``; the error names the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

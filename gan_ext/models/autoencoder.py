@@ -19,19 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
+from ._common import check_int
 
 __all__ = ["AEConfig", "ConvAutoencoder"]
 
 IMAGE_SHAPE = (1, 28, 28)
 _FEATURES = (32, 3, 3)  # the last conv's output, flattened to 288
-
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_real(value, name: str, low: float, high: float = math.inf,
@@ -70,7 +63,7 @@ class AEConfig:
         self.validate()
 
     def validate(self) -> None:
-        _check_int(self.latent_dim, "latent_dim")
+        check_int("latent_dim", self.latent_dim)
         if not isinstance(self.denoising, bool):
             raise TypeError(f"denoising must be a bool, got {self.denoising!r}")
         _check_real(self.noise_factor, "noise_factor", 0.0, 1.0)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._common import init_normal_
+from ._common import check_int, init_normal_
 from .dcgan import check_image_size, discriminator_layers, generator_layers
-from .gan import GAN, TrainConfig, check_image, check_int, check_latent
+from .gan import GAN, TrainConfig, check_image, check_latent
 
 __all__ = ["CGANConfig", "ConditionalGenerator", "ConditionalDiscriminator", "ConditionalGAN",
            "D_CONDITIONING"]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import BatchNormAct2d, GANLoss, InstanceNormAct2d
-from ._common import init_normal_
+from ._common import check_int, init_normal_
 
 __all__ = ["ResnetBlock", "ResnetGenerator", "NLayerDiscriminator", "ImagePool", "LinearDecay",
            "CycleGANConfig", "CycleGAN", "load_official_state_dict"]
@@ -37,14 +37,6 @@ PADDING_TYPES = ("reflect", "replicate", "zero")
 
 
 # ------------------------------------------------------------------ checks
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
@@ -206,8 +198,8 @@ class ResnetGenerator(_OfficialCheckpoint):
                  fused: bool = True) -> None:
         super().__init__()
         for name, v in (("input_nc", input_nc), ("output_nc", output_nc), ("ngf", ngf)):
-            _check_int(name, v, 1)
-        _check_int("n_blocks", n_blocks, 0)
+            check_int(name, v, 1)
+        check_int("n_blocks", n_blocks, 0)
         _check_choice("norm", norm, NORMS)
         _check_choice("padding_type", padding_type, PADDING_TYPES)
         _check_bool("use_dropout", use_dropout)
@@ -245,9 +237,9 @@ class NLayerDiscriminator(_OfficialCheckpoint):
     def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3,
                  norm: str = "instance", fused: bool = True) -> None:
         super().__init__()
-        _check_int("input_nc", input_nc, 1)
-        _check_int("ndf", ndf, 1)
-        _check_int("n_layers", n_layers, 0)
+        check_int("input_nc", input_nc, 1)
+        check_int("ndf", ndf, 1)
+        check_int("n_layers", n_layers, 0)
         _check_choice("norm", norm, NORMS)
         _check_bool("fused", fused)
         self.input_nc = input_nc
@@ -286,7 +278,7 @@ class ImagePool:
     """
 
     def __init__(self, pool_size: int = 50, generator: Optional[torch.Generator] = None) -> None:
-        self.pool_size = _check_int("pool_size", pool_size, 0)
+        self.pool_size = check_int("pool_size", pool_size, 0)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, "
                             f"got {type(generator).__name__}")
@@ -382,9 +374,9 @@ def _check_schedule(cfg) -> None:
     _check_real("beta1", cfg.beta1)
     if not cfg.beta1 < 1:
         raise ValueError(f"beta1 must be in [0, 1), got {cfg.beta1}")
-    _check_int("n_epochs", cfg.n_epochs, 0)
-    _check_int("n_epochs_decay", cfg.n_epochs_decay, 0)
-    _check_int("epoch_count", cfg.epoch_count, 1)
+    check_int("n_epochs", cfg.n_epochs, 0)
+    check_int("n_epochs_decay", cfg.n_epochs_decay, 0)
+    check_int("epoch_count", cfg.epoch_count, 1)
 
 
 @dataclass

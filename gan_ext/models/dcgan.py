@@ -20,8 +20,8 @@ from typing import List, Tuple
 from torch import Tensor, nn
 
 from ..nn import BatchNormAct2d
-from ._common import init_normal_
-from .gan import GAN, TrainConfig, check_image, check_int, check_latent
+from ._common import check_int, init_normal_
+from .gan import GAN, TrainConfig, check_image, check_latent
 
 __all__ = ["DCGANConfig", "Generator", "Discriminator", "DCGAN", "IMAGE_SIZES"]
 

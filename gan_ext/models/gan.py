@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ActDropout, GANLoss
+from ._common import check_int
 
 __all__ = ["TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step"]
 
@@ -26,14 +27,6 @@ LOSS_MODES = ("vanilla", "lsgan", "hinge")
 
 
 # ------------------------------------------------------------------ checks
-def check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def check_ints(name: str, values, allow_empty: bool = False) -> Tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a tuple of ints, got {values!r}")

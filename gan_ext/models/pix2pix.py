@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import GANLoss
-from ._common import init_normal_
+from ._common import check_int, init_normal_
 from .cyclegan import (NORMS, NLayerDiscriminator, _check_bool, _check_choice, _check_images,
-                       _check_int, _check_real, _check_schedule, _OfficialCheckpoint,
+                       _check_real, _check_schedule, _OfficialCheckpoint,
                        make_linear_decay_schedulers, norm_act, plain_norm, set_requires_grad,
                        use_bias)
 
@@ -104,8 +104,8 @@ class UnetGenerator(_OfficialCheckpoint):
                  norm: str = "batch", use_dropout: bool = True, fused: bool = True) -> None:
         super().__init__()
         for name, v in (("input_nc", input_nc), ("output_nc", output_nc), ("ngf", ngf)):
-            _check_int(name, v, 1)
-        _check_int("num_downs", num_downs, 5)  # the 4 outer levels + the innermost one
+            check_int(name, v, 1)
+        check_int("num_downs", num_downs, 5)  # the 4 outer levels + the innermost one
         _check_choice("norm", norm, NORMS)
         _check_bool("use_dropout", use_dropout)
         _check_bool("fused", fused)

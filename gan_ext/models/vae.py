@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
-from .autoencoder import _check_int, _check_real, check_images
+from ._common import check_int
+from .autoencoder import _check_real, check_images
 
 __all__ = ["VAEConfig", "VAEOutput", "VAE", "ConvVAE", "build_vae"]
 
@@ -54,15 +55,15 @@ class VAEConfig:
         self.validate()
 
     def validate(self) -> None:
-        _check_int(self.latent_dim, "latent_dim")
-        _check_int(self.hidden, "hidden")
+        check_int("latent_dim", self.latent_dim)
+        check_int("hidden", self.hidden)
         _check_real(self.beta, "beta", 0.0)
         _check_real(self.lr, "lr", 0.0, low_open=True)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        _check_int(self.in_channels, "in_channels")
-        _check_int(self.image_size, "image_size")
-        _check_int(self.base_channels, "base_channels")
+        check_int("in_channels", self.in_channels)
+        check_int("image_size", self.image_size)
+        check_int("base_channels", self.base_channels)
         if self.kind == "conv" and self.image_size not in CONV_STAGES:
             raise ValueError(f"image_size must be one of {sorted(CONV_STAGES)} for kind='conv', "
                              f"got {self.image_size}")
@@ -181,7 +182,7 @@ class _VAEBase(nn.Module):
         """n images in [0, 1], (n, C, H, W), decoded from z ~ N(0, I). Runs the
         decoder in eval mode (batch norm with running statistics, none updated)
         and restores the mode."""
-        n = _check_int(n, "n")
+        n = check_int("n", n)
         p = next(self.parameters())
         z = torch.randn(n, self.config.latent_dim, generator=generator, dtype=p.dtype,
                         device=p.device)
