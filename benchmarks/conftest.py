@@ -13,6 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gan_ext.memory import retain_freed_memory
+
+retain_freed_memory()  # as `gan-ext bench`: both sides of every ratio run with it
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

@@ -19,6 +19,13 @@
 // Backward reads the forward output: for kept elements sign(out) = sign(act(x)),
 // which is all relu and leaky_relu (negative_slope >= 0) need:
 //   relu: out > 0;  leaky_relu: out > 0 ? 1 : slope;  identity: 1.
+//
+// Layout: out (and the gradient) take the input's memory layout, by
+// at::empty_like's rule: its own strides when it is dense, else contiguous in
+// its suggested memory format. The kernels run in memory order, so a
+// channels_last activation costs no copy. The mask is indexed by the
+// row-major element, so p > 0 on a non-contiguous layout is computed on a
+// contiguous copy and copied back (Layout below).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -29,6 +36,7 @@
 #include "philox.h"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
 namespace gan_ext {
@@ -76,6 +84,30 @@ inline void check_act_dropout_backward_args(const at::Tensor& grad, const at::Te
   TORCH_CHECK_VALUE(rng.scalar_type() == at::kLong && rng.numel() == 2,
                     "rng must be the 2-element int64 tensor returned by act_dropout");
 }
+
+// The tensors a kernel runs on, in memory order: `src` (the input, or the
+// forward output for backward) and a fresh result laid out as src. `logical`:
+// the layout is not row-major but the mask needs row-major order, so src is a
+// contiguous copy and finish() copies the result into the caller's layout.
+struct Layout {
+  at::Tensor dense;   // the argument, made dense if it was not
+  at::Tensor src;     // what the kernel reads
+  at::Tensor result;  // what the kernel writes (strides of src)
+  bool logical = false;
+
+  Layout(const at::Tensor& t, double p) {
+    dense = t.is_non_overlapping_and_dense() ? t : t.contiguous(t.suggest_memory_format());
+    logical = p > 0.0 && !dense.is_contiguous();
+    src = logical ? dense.contiguous() : dense;
+    result = at::empty_like(src);
+  }
+  // `t` with the strides and dtype of src (grad for backward).
+  at::Tensor like_src(const at::Tensor& t) const {
+    if (t.strides() == src.strides() && t.scalar_type() == src.scalar_type()) return t;
+    return at::empty_like(src).copy_(t);
+  }
+  at::Tensor finish() const { return logical ? at::empty_like(dense).copy_(result) : result; }
+};
 
 }  // namespace dropout
 }  // namespace gan_ext

@@ -8,6 +8,7 @@ from . import ops, reference  # noqa: E402
 from . import nn  # noqa: E402
 from .nn.fuse import fuse  # noqa: E402
 from ._info import info  # noqa: E402
+from .memory import retain_freed_memory  # noqa: E402
 
 __all__ = ["ops", "reference", "nn", "fuse", "info", "get_backend", "set_backend", "use_backend",
-           "__version__"]
+           "retain_freed_memory", "__version__"]

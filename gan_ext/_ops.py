@@ -153,10 +153,10 @@ def _reparameterize_backward_fake(grad_z, grad_kl, z, mu, logvar, reduction):
 @torch.library.register_fake("gan_ext::act_dropout")
 def _act_dropout_fake(input, activation, negative_slope, p, *, generator=None):
     ref.check_act_dropout_args(input, activation, negative_slope, p)
-    out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
-    return out, input.new_empty((2,), dtype=torch.int64)
+    # The input's memory layout (csrc/dropout.h, Layout).
+    return torch.empty_like(input), input.new_empty((2,), dtype=torch.int64)
 
 
 @torch.library.register_fake("gan_ext::act_dropout_backward")
 def _act_dropout_backward_fake(grad, out, rng, activation, negative_slope, p):
-    return torch.empty(out.shape, dtype=out.dtype, device=out.device)
+    return torch.empty_like(out)

@@ -11,7 +11,7 @@ same weights (same seed, same parameter order) and take the same data.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,19 +19,33 @@ from torch import nn
 from . import _backend
 from .bench import CompileUnavailable, Case, Prepared, _sync_fn
 
-__all__ = ["prepare", "saved_bytes", "d_step_saved_bytes"]
+__all__ = ["prepare", "saved_bytes", "d_step_saved_bytes", "VARIANTS", "variant_step"]
 
 
-def _build(case: Case, fused: bool, device: torch.device, dtype: torch.dtype, seed: int):
-    """(model, networks to compile by attribute name, step(model) -> None, D-step probe)."""
+def _build(case: Case, fused: bool, device: torch.device, dtype: torch.dtype, seed: int,
+           channels_last: Optional[bool] = None, fused_adam: Optional[bool] = None):
+    """(model, networks to compile by attribute name, step(model) -> None, data).
+
+    ``channels_last`` and ``fused_adam`` override the build's own choices
+    (None: the gan_ext build takes both, the plain build neither), for
+    :func:`variant_step`."""
     from .models import cyclegan, dcgan, gan, vae
+    from .models._common import make_adam
+
+    def adam_like(opt):
+        if fused_adam is None:
+            return opt
+        d = opt.defaults
+        return make_adam(opt.param_groups[0]["params"], lr=d["lr"], betas=d["betas"],
+                         weight_decay=d["weight_decay"], fused=fused_adam)
 
     B = case.shape[0]
     gen = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed)
     if case.block in ("step_dcgan64", "step_dcgan28"):
         size, nc = (64, 3) if case.block == "step_dcgan64" else (28, 1)
-        model = dcgan.DCGAN(dcgan.DCGANConfig(nc=nc, image_size=size), fused=fused)
+        model = dcgan.DCGAN(dcgan.DCGANConfig(nc=nc, image_size=size), fused=fused,
+                            channels_last=channels_last)
         data = torch.rand(B, nc, size, size, generator=gen) * 2 - 1
         nets = ("G", "D")
     elif case.block == "step_mlp_gan":
@@ -43,7 +57,8 @@ def _build(case: Case, fused: bool, device: torch.device, dtype: torch.dtype, se
         data = torch.rand(B, 1, 28, 28, generator=gen)
         nets = ()
     elif case.block == "step_cyclegan128":
-        model = cyclegan.CycleGAN(cyclegan.CycleGANConfig(), fused=fused)
+        model = cyclegan.CycleGAN(cyclegan.CycleGANConfig(), fused=fused,
+                                  channels_last=channels_last)
         data = torch.rand(2, B, 3, 128, 128, generator=gen) * 2 - 1
         nets = ("G_A", "G_B", "D_A", "D_B")
     else:
@@ -51,21 +66,47 @@ def _build(case: Case, fused: bool, device: torch.device, dtype: torch.dtype, se
     model = model.to(device=device, dtype=dtype).train()
     data = data.to(device=device, dtype=dtype)
     if case.block == "step_mlp_vae":
-        opt = model.configure_optimizer()
+        opt = adam_like(model.configure_optimizer())
 
         def step():
             model.train_step(data, opt)
     elif case.block == "step_cyclegan128":
-        opt_g, opt_d = model.make_optimizers()
+        opt_g, opt_d = map(adam_like, model.make_optimizers())
 
         def step():
             model.train_step(data[0], data[1], opt_g, opt_d)
     else:
-        opt_g, opt_d = model.make_optimizers()
+        opt_g, opt_d = map(adam_like, model.make_optimizers())
 
         def step():
             model.train_step(data, opt_g, opt_d)
     return model, nets, step, data
+
+
+# Where a model step's gain comes from: (kernels, channels_last, fused Adam).
+# "plain" is the eager baseline of the benchmarks, "gan_ext" the fused build.
+VARIANTS = {
+    "plain": (False, False, False),
+    "plain+adam": (False, False, True),
+    "plain+cl+adam": (False, True, True),
+    "kernels": (True, False, False),
+    "gan_ext": (True, True, True),
+}
+
+
+def variant_step(case: Case, variant: str, device: torch.device, dtype: torch.dtype,
+                 seed: int) -> Callable[[], None]:
+    """One training step of ``case`` in a build of :data:`VARIANTS`: fused
+    kernels (else the plain build on the reference backend), channels_last
+    weights, PyTorch's fused Adam."""
+    kernels, cl, adam = VARIANTS[variant]
+    _, _, inner, _ = _build(case, kernels, device, dtype, seed, channels_last=cl, fused_adam=adam)
+    impl = "fused" if kernels else "eager"
+
+    def step():
+        with _backend_ctx(impl):
+            inner()
+    return step
 
 
 def _backend_ctx(impl: str):

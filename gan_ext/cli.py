@@ -107,6 +107,9 @@ def _bench_run(args: argparse.Namespace) -> int:
     import torch
 
     from . import bench
+    from .memory import retain_freed_memory
+
+    retain_freed_memory()  # both sides of every ratio run in this process with it
 
     kind = "model" if args.models else "all"
     selected = bench.select(bench.cases(quick=args.quick, kind=kind), args.filter)

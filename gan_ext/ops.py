@@ -252,7 +252,8 @@ def act_dropout(input: Tensor, activation: str = "leaky_relu", negative_slope: f
     (``torch.manual_seed`` reproduces it). Backward stores no mask: it is
     regenerated from the (seed, offset) pair, and the activation's derivative
     is read from the output. With ``training=False`` or ``p == 0`` it is the
-    activation alone. The output is contiguous."""
+    activation alone. The output has the input's memory layout (its strides
+    when dense, e.g. channels_last; else contiguous in its suggested format)."""
     _check_input(input)
     act = activation_code(activation)
     slope, p = float(negative_slope), float(p)

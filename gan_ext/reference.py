@@ -500,4 +500,5 @@ def act_dropout(input: Tensor, activation: int, negative_slope: float, p: float,
         rng = torch.tensor([seed, offset], dtype=torch.int64, device=input.device)
     else:
         rng = torch.zeros(2, dtype=torch.int64, device=input.device)
-    return y.to(input.dtype).contiguous(), rng
+    # The input's memory layout (at::empty_like's rule), as the kernels give.
+    return torch.empty_like(input).copy_(y), rng

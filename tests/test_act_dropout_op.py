@@ -151,7 +151,8 @@ def test_parity_with_torch(backend, device, act, slope, shape_id, shape, layout,
     x = to_layout(torch.randn(shape, device=device).to(dtype), layout).requires_grad_()
     keep = keep_of_next_call(device, 42, x.numel(), p).reshape(shape)
     y = ops.act_dropout(x, act, slope, p)
-    assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.stride() == torch.empty_like(x).stride(), "not the input's memory layout"
     g = torch.randn(shape, device=device).to(dtype)
     (gx,) = torch.autograd.grad(y, x, g)
     xe = x.detach().clone().requires_grad_()
@@ -160,6 +161,26 @@ def test_parity_with_torch(backend, device, act, slope, shape_id, shape, layout,
     tol = TOL[dtype]
     torch.testing.assert_close(y, ye.detach(), rtol=tol, atol=tol)
     torch.testing.assert_close(gx, gxe, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4])
+@pytest.mark.parametrize("shape_id,shape,layout", SHAPES, ids=[s[0] for s in SHAPES])
+def test_layout_of_output_and_grad(backend, device, shape_id, shape, layout, p):
+    """out and grad input take the input's layout (channels_last stays
+    channels_last), also when the incoming gradient has another layout."""
+    x = to_layout(torch.randn(shape, device=device), layout).detach().requires_grad_()
+    torch.manual_seed(5)
+    y = ops.act_dropout(x, "leaky_relu", 0.2, p)
+    assert y.stride() == torch.empty_like(x).stride()
+    g = to_layout(torch.randn(shape, device=device), "nchw" if layout != "nchw" else "strided")
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert gx.stride() == torch.empty_like(y).stride()
+    torch.manual_seed(5)
+    xe = x.detach().contiguous().requires_grad_()
+    ye = ops.act_dropout(xe, "leaky_relu", 0.2, p)
+    (gxe,) = torch.autograd.grad(ye, xe, g.contiguous())
+    torch.testing.assert_close(y, ye, rtol=0, atol=0)
+    torch.testing.assert_close(gx, gxe, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

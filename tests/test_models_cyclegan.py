@@ -501,7 +501,12 @@ def official_pix2pix_step(m: Pix2Pix, real_A, real_B, opt_G, opt_D) -> dict:
 def test_pix2pix_train_step_equals_official_step():
     cfg = Pix2PixConfig(ngf=4, ndf=4, num_downs=6, n_layers_D=2)
     ours = Pix2Pix(cfg)
-    theirs = Pix2Pix(cfg, fused=False)
+    # Ours runs channels_last (the fused build's default); torch's dropout draws
+    # its mask in memory order, so the plain build must share the layout for
+    # the masks to match.
+    theirs = Pix2Pix(cfg, fused=False, channels_last=True)
+    assert ours.channels_last and ours.netG.model.model[0].weight.is_contiguous(
+        memory_format=torch.channels_last)
     theirs.load_state_dict(ours.state_dict())
     A, B = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     oG = SpyOptimizer(ours.netG.parameters(), [ours.netD], lr=0.01)

@@ -313,6 +313,61 @@ def test_wrappers(cls, config):
         [(n, type(m)) for n, m in gan.named_modules()]
 
 
+def _conv_weights(module):
+    return [m.weight for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def test_layout_and_optimizer_of_the_builds():
+    """The gan_ext build stores conv weights channels_last and uses PyTorch's
+    fused Adam; the plain build keeps NCHW and the default Adam; both can be
+    overridden; the layout changes no value."""
+    cfg = DCGANConfig(nz=NZ, ngf=NGF, ndf=NDF, nc=1, image_size=28)
+    torch.manual_seed(0)
+    fast = DCGAN(cfg)
+    plain = DCGAN(cfg, fused=False)
+    nchw = DCGAN(cfg, channels_last=False)
+    assert fast.channels_last and not plain.channels_last and not nchw.channels_last
+    assert DCGAN(cfg, fused=False, channels_last=True).channels_last
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(fast))
+    assert any(not w.is_contiguous() for w in _conv_weights(fast))
+    assert all(w.is_contiguous() for w in _conv_weights(plain) + _conv_weights(nchw))
+    assert [o.defaults["fused"] for o in fast.make_optimizers()] == [True, True]
+    assert [o.defaults["fused"] for o in plain.make_optimizers()] == [None, None]
+    with pytest.raises(TypeError, match="channels_last must be a bool"):
+        DCGAN(cfg, channels_last="yes")
+
+    nchw.load_state_dict(fast.state_dict())
+    assert all(w.is_contiguous() for w in _conv_weights(nchw))  # loading keeps the layout
+    z, x = torch.randn(B, NZ), torch.rand(B, 1, 28, 28) * 2 - 1
+    fake = fast.G(z)
+    assert fake.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fake, nchw.G(z), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.D(x), nchw.D(x), rtol=1e-5, atol=1e-5)
+
+    # One step each from the same state and seed: the same losses.
+    opts = [m.make_optimizers() for m in (fast, nchw)]
+    stats = []
+    for m, (og, od) in zip((fast, nchw), opts):
+        torch.manual_seed(1)
+        stats.append(m.train_step(x, og, od))
+    for k in stats[0]:
+        torch.testing.assert_close(stats[0][k], stats[1][k], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_adam_state_loads_into_the_default_adam():
+    cfg = DCGANConfig(nz=NZ, ngf=NGF, ndf=NDF, nc=1, image_size=28)
+    fast, plain = DCGAN(cfg), DCGAN(cfg, fused=False)
+    og, od = fast.make_optimizers()
+    fast.train_step(torch.rand(B, 1, 28, 28) * 2 - 1, og, od)
+    plain.load_state_dict(fast.state_dict())
+    pg, pd = plain.make_optimizers()
+    pg.load_state_dict(og.state_dict())
+    pd.load_state_dict(od.state_dict())
+    for a, b in zip(og.state.values(), pg.state.values()):
+        torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
+        assert float(a["step"]) == float(b["step"]) == 1.0
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_construction_arguments():
     cases = [

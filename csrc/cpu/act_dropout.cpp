@@ -12,7 +12,6 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -101,8 +100,9 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cpu(const at::Tensor& input_in, i
                                                    double negative_slope, double p,
                                                    const c10::optional<at::Generator>& generator) {
   dropout::check_act_dropout_args(input_in, activation, negative_slope, p);
-  const at::Tensor input = input_in.contiguous();
-  at::Tensor out = at::empty(input.sizes(), input.options());
+  const dropout::Layout lay(input_in, p);
+  const at::Tensor& input = lay.src;
+  at::Tensor out = lay.result;
   at::Tensor rng_t = at::zeros({2}, input.options().dtype(at::kLong));
   const bool draw = p > 0.0;
   Rng rng;
@@ -112,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cpu(const at::Tensor& input_in, i
     rng_t.mutable_data_ptr<int64_t>()[1] = static_cast<int64_t>(rng.offset);
   }
   const int64_t numel = input.numel();
-  if (numel == 0) return {out, rng_t};
+  if (numel == 0) return {lay.finish(), rng_t};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gan_ext_act_dropout", [&] {
     using O = at::opmath_type<scalar_t>;
     using V = Vectorized<O>;
@@ -128,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cpu(const at::Tensor& input_in, i
       }
     });
   });
-  return {out, rng_t};
+  return {lay.finish(), rng_t};
 }
 
 at::Tensor act_dropout_backward_cpu(const at::Tensor& grad_in, const at::Tensor& out_in,
@@ -136,14 +136,15 @@ at::Tensor act_dropout_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
                                     double negative_slope, double p) {
   dropout::check_act_dropout_args(out_in, activation, negative_slope, p);
   dropout::check_act_dropout_backward_args(grad_in, out_in, rng_t);
-  const at::Tensor out = out_in.contiguous();
-  const at::Tensor grad = grad_in.to(out.scalar_type()).contiguous();
-  at::Tensor gin = at::empty(out.sizes(), out.options());
+  const dropout::Layout lay(out_in, p);
+  const at::Tensor& out = lay.src;
+  const at::Tensor grad = lay.like_src(grad_in);
+  at::Tensor gin = lay.result;
   const at::Tensor r = rng_t.cpu();
   const Rng rng{static_cast<uint64_t>(r.const_data_ptr<int64_t>()[0]),
                 static_cast<uint64_t>(r.const_data_ptr<int64_t>()[1])};
   const int64_t numel = out.numel();
-  if (numel == 0) return gin;
+  if (numel == 0) return lay.finish();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "gan_ext_act_dropout_bwd", [&] {
     using O = at::opmath_type<scalar_t>;
     using V = Vectorized<O>;
@@ -161,7 +162,7 @@ at::Tensor act_dropout_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
       }
     });
   });
-  return gin;
+  return lay.finish();
 }
 
 }  // namespace

@@ -116,8 +116,9 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cuda(const at::Tensor& input_in, 
                                                     const std::optional<at::Generator>& generator) {
   dropout::check_act_dropout_args(input_in, activation, negative_slope, p);
   const c10::cuda::CUDAGuard guard(input_in.device());
-  const at::Tensor input = input_in.contiguous();
-  at::Tensor out = at::empty(input.sizes(), input.options());
+  const dropout::Layout lay(input_in, p);
+  const at::Tensor& input = lay.src;
+  at::Tensor out = lay.result;
   at::Tensor rng = at::zeros({2}, input.options().dtype(at::kLong));
   const bool draw = p > 0.0;
   at::PhiloxCudaState st;
@@ -128,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cuda(const at::Tensor& input_in, 
     st = gen->philox_cuda_state(4);  // as reparam.cu and reference.generator_seed_offset
   }
   const index_t n = input.numel();
-  if (n == 0) return {out, rng};
+  if (n == 0) return {lay.finish(), rng};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gan_ext_act_dropout_cuda", [&] {
     act_dropout_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
@@ -137,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cuda(const at::Tensor& input_in, 
         dropout::threshold(p), dropout::scale(p), st, rng.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out, rng};
+  return {lay.finish(), rng};
 }
 
 at::Tensor act_dropout_backward_cuda(const at::Tensor& grad_in, const at::Tensor& out_in,
@@ -146,12 +147,13 @@ at::Tensor act_dropout_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   dropout::check_act_dropout_args(out_in, activation, negative_slope, p);
   dropout::check_act_dropout_backward_args(grad_in, out_in, rng);
   const c10::cuda::CUDAGuard guard(out_in.device());
-  const at::Tensor out = out_in.contiguous();
-  const at::Tensor grad = grad_in.to(out.scalar_type()).contiguous();
+  const dropout::Layout lay(out_in, p);
+  const at::Tensor& out = lay.src;
+  const at::Tensor grad = lay.like_src(grad_in);
   const at::Tensor r = rng.contiguous();
-  at::Tensor gin = at::empty(out.sizes(), out.options());
+  at::Tensor gin = lay.result;
   const index_t n = out.numel();
-  if (n == 0) return gin;
+  if (n == 0) return lay.finish();
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "gan_ext_act_dropout_bwd_cuda", [&] {
     act_dropout_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
@@ -161,7 +163,7 @@ at::Tensor act_dropout_backward_cuda(const at::Tensor& grad_in, const at::Tensor
         r.const_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return gin;
+  return lay.finish();
 }
 
 }  // namespace

@@ -1,12 +1,15 @@
-"""Pieces every model family shares: the papers' weight init and parameter counts."""
+"""Pieces every model family shares: the papers' weight init, parameter
+counts, argument checks, and the two speed choices of the gan_ext builds:
+channels_last weights and PyTorch's fused Adam."""
 from __future__ import annotations
 
 import numbers
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["init_normal_", "num_parameters", "check_int"]
+__all__ = ["init_normal_", "num_parameters", "check_int", "apply_channels_last", "make_adam"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
@@ -43,3 +46,36 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def apply_channels_last(module: nn.Module, channels_last: Optional[bool], fused: bool) -> bool:
+    """The memory layout rule of the model wrappers: ``channels_last=None``
+    means "the gan_ext build (``fused=True``) stores its 4-D conv weights
+    channels_last, the plain build keeps PyTorch's default". A conv whose
+    weight is channels_last gives a channels_last output whatever its input,
+    so the whole network then runs in that layout: oneDNN's faster conv path
+    on CPU, and the fused norm layers read it natively. Values do not change,
+    only strides. Returns the choice made."""
+    use = bool(fused) if channels_last is None else channels_last
+    if not isinstance(use, bool):
+        raise TypeError(f"channels_last must be a bool or None, got {channels_last!r}")
+    if use:
+        module.to(memory_format=torch.channels_last)
+    return use
+
+
+def make_adam(params: Iterable[nn.Parameter], *, lr: float, betas: Tuple[float, float] = (0.9, 0.999),
+              weight_decay: float = 0.0, fused: bool = True) -> torch.optim.Adam:
+    """Adam. ``fused=True`` (the gan_ext builds) asks for PyTorch's fused
+    implementation (one kernel per parameter tensor for the whole update, on
+    CPU and CUDA); where this torch or these parameters do not support it, the
+    default implementation. Same update rule either way, and the state_dicts
+    load into one another."""
+    params = list(params)
+    kw = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if fused:
+        try:
+            return torch.optim.Adam(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.Adam(params, **kw)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
-from ._common import check_int
+from ._common import apply_channels_last, check_int, make_adam
 
 __all__ = ["AEConfig", "ConvAutoencoder"]
 
@@ -74,7 +74,7 @@ class AEConfig:
 class ConvAutoencoder(nn.Module):
     """``forward(x)`` -> reconstruction in [0, 1], (B, 1, 28, 28)."""
 
-    def __init__(self, config: Optional[AEConfig] = None) -> None:
+    def __init__(self, config: Optional[AEConfig] = None, channels_last: bool = True) -> None:
         super().__init__()
         if config is None:
             config = AEConfig()
@@ -102,6 +102,7 @@ class ConvAutoencoder(nn.Module):
             ConvTranspose2dNormAct(16, 8, 3, stride=2, padding=1, output_padding=1),  # (B, 8, 14, 14)
             nn.ConvTranspose2d(8, 1, 3, stride=2, padding=1, output_padding=1),   # (B, 1, 28, 28)
         )
+        self.channels_last = apply_channels_last(self, channels_last, True)
 
     # ------------------------------------------------------------------ model
     def add_noise(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -140,8 +141,8 @@ class ConvAutoencoder(nn.Module):
         return F.mse_loss(self(x), x)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr,
-                                weight_decay=self.config.weight_decay)
+        return make_adam(self.parameters(), lr=self.config.lr,
+                         weight_decay=self.config.weight_decay)
 
     def train_step(self, x: Tensor, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
         """One optimizer step on batch x; returns ``{"loss": detached MSE}``.

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import BatchNormAct2d, GANLoss, InstanceNormAct2d
-from ._common import check_int, init_normal_
+from ._common import apply_channels_last, check_int, init_normal_, make_adam
 
 __all__ = ["ResnetBlock", "ResnetGenerator", "NLayerDiscriminator", "ImagePool", "LinearDecay",
            "CycleGANConfig", "CycleGAN", "load_official_state_dict"]
@@ -408,9 +408,12 @@ class CycleGAN(nn.Module):
     one image pool of fakes per discriminator. The state_dict holds the four
     networks under ``G_A.``, ``G_B.``, ``D_A.``, ``D_B.`` (the official files
     ``latest_net_G_A.pth`` ... are the per-network state_dicts); save the pools
-    with ``fake_A_pool.state_dict()`` / ``fake_B_pool.state_dict()``."""
+    with ``fake_A_pool.state_dict()`` / ``fake_B_pool.state_dict()``.
+    ``channels_last=None``: channels_last weights for the fused build (see
+    ``models._common.apply_channels_last``)."""
 
-    def __init__(self, config: Optional[CycleGANConfig] = None, fused: bool = True) -> None:
+    def __init__(self, config: Optional[CycleGANConfig] = None, fused: bool = True,
+                 channels_last: Optional[bool] = None) -> None:
         super().__init__()
         cfg = CycleGANConfig() if config is None else config
         if not isinstance(cfg, CycleGANConfig):
@@ -430,6 +433,8 @@ class CycleGAN(nn.Module):
         self.fake_A_pool = ImagePool(cfg.pool_size)  # fakes of domain A, for D_B
         self.fake_B_pool = ImagePool(cfg.pool_size)  # fakes of domain B, for D_A
         self.gan_loss = GANLoss(cfg.gan_mode)
+        self.fused = fused
+        self.channels_last = apply_channels_last(self, channels_last, fused)
 
     def _check_loss_config(self) -> None:
         # Also run per step: the config is a plain dataclass a user may edit.
@@ -453,10 +458,10 @@ class CycleGAN(nn.Module):
         """(opt_G, opt_D): Adam over both generators and over both discriminators."""
         cfg = self.config
         betas = (cfg.beta1, 0.999)
-        opt_G = torch.optim.Adam(itertools.chain(self.G_A.parameters(), self.G_B.parameters()),
-                                 lr=cfg.lr, betas=betas)
-        opt_D = torch.optim.Adam(itertools.chain(self.D_A.parameters(), self.D_B.parameters()),
-                                 lr=cfg.lr, betas=betas)
+        opt_G = make_adam(itertools.chain(self.G_A.parameters(), self.G_B.parameters()),
+                          lr=cfg.lr, betas=betas, fused=self.fused)
+        opt_D = make_adam(itertools.chain(self.D_A.parameters(), self.D_B.parameters()),
+                          lr=cfg.lr, betas=betas, fused=self.fused)
         return opt_G, opt_D
 
     def make_schedulers(self, opt_G, opt_D):

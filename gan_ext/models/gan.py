@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ActDropout, GANLoss
-from ._common import check_int
+from ._common import apply_channels_last, check_int, make_adam
 
 __all__ = ["TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step"]
 
@@ -282,7 +282,8 @@ class GAN(nn.Module):
 
     config_class = GANConfig
 
-    def __init__(self, config: Optional[TrainConfig] = None, *, fused: bool = True) -> None:
+    def __init__(self, config: Optional[TrainConfig] = None, *, fused: bool = True,
+                 channels_last: Optional[bool] = None) -> None:
         super().__init__()
         config = self.config_class() if config is None else config
         if not isinstance(config, self.config_class):
@@ -291,6 +292,8 @@ class GAN(nn.Module):
         self.config = config
         self.G, self.D = self.build(config, fused)
         self.loss = config.make_loss()
+        self.fused = bool(fused)
+        self.channels_last = apply_channels_last(self, channels_last, fused)
 
     def build(self, c: GANConfig, fused: bool) -> Tuple[nn.Module, nn.Module]:
         return (MLPGenerator(c.nz, c.img_shape, c.g_hidden, c.negative_slope, fused=fused),
@@ -299,8 +302,8 @@ class GAN(nn.Module):
 
     def make_optimizers(self) -> Tuple[torch.optim.Adam, torch.optim.Adam]:
         c = self.config
-        return (torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=tuple(c.betas)),
-                torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=tuple(c.betas)))
+        return (make_adam(self.G.parameters(), lr=c.lr, betas=c.betas, fused=self.fused),
+                make_adam(self.D.parameters(), lr=c.lr, betas=c.betas, fused=self.fused))
 
     def train_step(self, real: Batches, opt_g: torch.optim.Optimizer,
                    opt_d: torch.optim.Optimizer, labels: Optional[Batches] = None

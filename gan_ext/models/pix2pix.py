@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import GANLoss
-from ._common import check_int, init_normal_
+from ._common import apply_channels_last, check_int, init_normal_, make_adam
 from .cyclegan import (NORMS, NLayerDiscriminator, _check_bool, _check_choice, _check_images,
                        _check_real, _check_schedule, _OfficialCheckpoint,
                        make_linear_decay_schedulers, norm_act, plain_norm, set_requires_grad,
@@ -159,7 +159,8 @@ class Pix2PixConfig:
 class Pix2Pix(nn.Module):
     """``netG``: A -> B; ``netD``: a conditional PatchGAN on cat(A, B), (B, in+out, H, W)."""
 
-    def __init__(self, config: Optional[Pix2PixConfig] = None, fused: bool = True) -> None:
+    def __init__(self, config: Optional[Pix2PixConfig] = None, fused: bool = True,
+                 channels_last: Optional[bool] = None) -> None:
         super().__init__()
         cfg = Pix2PixConfig() if config is None else config
         if not isinstance(cfg, Pix2PixConfig):
@@ -175,6 +176,8 @@ class Pix2Pix(nn.Module):
         init_normal_(self.netG, cfg.init_std)
         init_normal_(self.netD, cfg.init_std)
         self.gan_loss = GANLoss(cfg.gan_mode)
+        self.fused = fused
+        self.channels_last = apply_channels_last(self, channels_last, fused)
 
     def forward(self, real_A: Tensor) -> Tensor:
         return self.netG(real_A)  # (B, output_nc, H, W)
@@ -182,8 +185,8 @@ class Pix2Pix(nn.Module):
     def make_optimizers(self):
         cfg = self.config
         betas = (cfg.beta1, 0.999)
-        return (torch.optim.Adam(self.netG.parameters(), lr=cfg.lr, betas=betas),
-                torch.optim.Adam(self.netD.parameters(), lr=cfg.lr, betas=betas))
+        return (make_adam(self.netG.parameters(), lr=cfg.lr, betas=betas, fused=self.fused),
+                make_adam(self.netD.parameters(), lr=cfg.lr, betas=betas, fused=self.fused))
 
     def make_schedulers(self, opt_G, opt_D):
         return make_linear_decay_schedulers(self.config, opt_G, opt_D)

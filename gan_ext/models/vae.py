@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
-from ._common import check_int
+from ._common import apply_channels_last, check_int, make_adam
 from .autoencoder import _check_real, check_images
 
 __all__ = ["VAEConfig", "VAEOutput", "VAE", "ConvVAE", "build_vae"]
@@ -148,7 +148,8 @@ class _VAEBase(nn.Module):
         return recon + self.config.beta * kl, recon, kl
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+        """Adam; PyTorch's fused one for the gan_ext build (``fused=True``)."""
+        return make_adam(self.parameters(), lr=self.config.lr, fused=self.fused)
 
     def train_step(self, x: Tensor, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
         """One optimizer step on batch x. Returns detached scalars: ``loss``,
@@ -245,7 +246,8 @@ class ConvVAE(_VAEBase):
     and a plain transposed conv to C channels of logits, (B, C, H, W).
     """
 
-    def __init__(self, config: Optional[VAEConfig] = None, fused: bool = True) -> None:
+    def __init__(self, config: Optional[VAEConfig] = None, fused: bool = True,
+                 channels_last: Optional[bool] = None) -> None:
         super().__init__()
         self.fused = bool(fused)  # False: plain-PyTorch sample, KL and BCE (the convs stay)
         c = self._set_config(config, "conv")
@@ -269,6 +271,7 @@ class ConvVAE(_VAEBase):
             up.append(ConvTranspose2dNormAct(w_in, w_out, 4, stride=2, padding=1))
         up.append(nn.ConvTranspose2d(widths[0], c.in_channels, 4, stride=2, padding=1))
         self.decoder = nn.Sequential(*up)  # -> (B, C, H, W) logits
+        self.channels_last = apply_channels_last(self, channels_last, self.fused)
 
     def _target(self, x: Tensor) -> Tensor:
         check_images(x, self.config.image_shape, type(self).__name__)
