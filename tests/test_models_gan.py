@@ -354,6 +354,36 @@ def test_layout_and_optimizer_of_the_builds():
         torch.testing.assert_close(stats[0][k], stats[1][k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", ["dcgan", "cgan"])
+@pytest.mark.parametrize("size", SIZES)
+def test_first_generator_layer_as_gemm_equals_the_conv(cls, size):
+    """The fused G runs its first transposed conv (1x1 input) as a GEMM:
+    same output and same gradients as the module itself."""
+    torch.manual_seed(0)
+    if cls == "dcgan":
+        G = Generator(NZ, NGF, 1, size)
+        z = torch.randn(B, NZ, requires_grad=True)
+        h = z
+        run = lambda: G(z)                                                # noqa: E731
+    else:
+        G = ConditionalGenerator(NZ, NGF, 1, size, NCLS, EMB)
+        z, y = torch.randn(B, NZ, requires_grad=True), _labels()
+        run = lambda: G(z, y)                                             # noqa: E731
+        h = None
+    assert G.fused
+    G.train()
+    out = run()
+    assert out.shape == (B, 1, size, size)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [z, G.main[0].weight], g)
+    h = z if h is not None else torch.cat([z, G.embed(y)], 1)
+    want_out = G.main(h[:, :, None, None])
+    want = torch.autograd.grad(want_out, [z, G.main[0].weight], g)
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_fused_adam_state_loads_into_the_default_adam():
     cfg = DCGANConfig(nz=NZ, ngf=NGF, ndf=NDF, nc=1, image_size=28)
     fast, plain = DCGAN(cfg), DCGAN(cfg, fused=False)

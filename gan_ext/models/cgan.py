@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._common import check_int, init_normal_
-from .dcgan import check_image_size, discriminator_layers, generator_layers
+from .dcgan import check_image_size, discriminator_layers, generator_layers, run_generator
 from .gan import GAN, TrainConfig, check_image, check_latent
 
 __all__ = ["CGANConfig", "ConditionalGenerator", "ConditionalDiscriminator", "ConditionalGAN",
@@ -67,14 +67,14 @@ class ConditionalGenerator(nn.Module):
         self.embed = nn.Embedding(self.num_classes, check_int("embed_dim", embed_dim))
         self.main = nn.Sequential(*generator_layers(self.nz + embed_dim, check_int("ngf", ngf),
                                                     check_int("nc", nc), image_size, fused))
-        self.nc, self.image_size = nc, image_size
+        self.nc, self.image_size, self.fused = nc, image_size, fused
         init_normal_(self)  # convs and norms; the embedding keeps N(0, 1), the scale of z
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         z = check_latent(z, self.nz)                                 # (B, nz)
         y = check_labels(y, self.num_classes, z.size(0))             # (B,)
         h = torch.cat([z, self.embed(y).to(z.dtype)], dim=1)         # (B, nz + E)
-        return self.main(h[:, :, None, None])                        # (B, nc, S, S)
+        return run_generator(self.main, h, self.fused)               # (B, nc, S, S)
 
 
 class ConditionalDiscriminator(nn.Module):
