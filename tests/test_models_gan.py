@@ -384,6 +384,35 @@ def test_first_generator_layer_as_gemm_equals_the_conv(cls, size):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", ["dcgan", "cgan-projection", "cgan-channels"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_discriminator_head_as_gemm_equals_the_conv(cls, size, layout):
+    """The fused D computes its last conv (one output channel over the whole
+    feature map) as a dot product: same logits and gradients as the conv."""
+    torch.manual_seed(0)
+    x = torch.rand(B, 1, size, size) * 2 - 1
+    if cls == "dcgan":
+        D = Discriminator(1, NDF, size)
+        head = D.main[-1]
+        args = (x,)
+    else:
+        D = ConditionalDiscriminator(1, NDF, size, NCLS, EMB, cls.split("-")[1])
+        head = D.head
+        args = (x, _labels())
+    if layout == "channels_last":
+        D = D.to(memory_format=torch.channels_last)
+    assert D.fused
+    out = D(*args)
+    assert out.shape == (B,)
+    (gw,) = torch.autograd.grad(out.sum(), [head.weight])
+    D.fused = False  # the module's own conv
+    want = D(*args)
+    (gw_want,) = torch.autograd.grad(want.sum(), [head.weight])
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, gw_want, rtol=1e-4, atol=1e-5)
+
+
 def test_fused_adam_state_loads_into_the_default_adam():
     cfg = DCGANConfig(nz=NZ, ngf=NGF, ndf=NDF, nc=1, image_size=28)
     fast, plain = DCGAN(cfg), DCGAN(cfg, fused=False)

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ._common import check_int, init_normal_
-from .dcgan import check_image_size, discriminator_layers, generator_layers, run_generator
+from .dcgan import (check_image_size, discriminator_layers, generator_layers, run_generator,
+                    score_head)
 from .gan import GAN, TrainConfig, check_image, check_latent
 
 __all__ = ["CGANConfig", "ConditionalGenerator", "ConditionalDiscriminator", "ConditionalGAN",
@@ -104,6 +105,7 @@ class ConditionalDiscriminator(nn.Module):
         # terms, at the scale of the psi logit.
         self.embed = nn.Embedding(self.num_classes,
                                   embed_dim if conditioning == "channels" else width)
+        self.fused = fused
         init_normal_(self)
         if conditioning == "projection":
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
@@ -116,7 +118,7 @@ class ConditionalDiscriminator(nn.Module):
             S = self.image_size
             x = torch.cat([x, e[:, :, None, None].expand(-1, -1, S, S)], dim=1)  # (B, nc + E, S, S)
         h = self.main(x)                                                # (B, C, b, b)
-        logit = self.head(h).view(-1)                                   # (B,)
+        logit = score_head(self.head, h, self.fused)                   # (B,)
         if self.conditioning == "projection":
             logit = logit + (e * h.sum(dim=(2, 3))).sum(dim=1)          # + <embed(y), phi(x)>
         return logit
