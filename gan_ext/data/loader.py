@@ -1,0 +1,154 @@
+"""Batches from in-memory tensors, with exact resume.
+
+The order of epoch ``e`` is a permutation drawn from a generator seeded by
+(``seed``, ``e``) alone, so the loader's whole state is two integers: the
+epoch and the number of batches already handed out in it. A loader restored
+from ``state_dict()`` mid-epoch therefore yields exactly the batches the
+original would have yielded next, with no generator state to carry.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .errors import DataError
+from .transforms import _check_int
+
+__all__ = ["InMemoryLoader"]
+
+_FORMAT = "gan_ext.InMemoryLoader/1"
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    digest = hashlib.blake2b(f"gan_ext.loader:{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class InMemoryLoader:
+    """``InMemoryLoader(images, labels, batch_size=64)``: iterating yields
+    tuples ``(images[idx], labels[idx])`` of one batch (the same indices in
+    every tensor), one epoch per ``for`` loop; ``len()`` is the number of
+    batches per epoch. ``shuffle=False`` keeps the stored order;
+    ``drop_last`` drops the last, smaller batch. Leaving a ``for`` loop early
+    and iterating again continues where it stopped; :meth:`batches` runs
+    across epochs.
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore the position
+    (epoch, batch within it) for an exact resume."""
+
+    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = True,
+                 drop_last: bool = True, seed: int = 0) -> None:
+        if not tensors:
+            raise DataError("InMemoryLoader needs at least one tensor")
+        for i, t in enumerate(tensors):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"tensor {i} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() == 0:
+                raise DataError(f"tensor {i} is a scalar; the loader batches along dim 0")
+        sizes = [t.shape[0] for t in tensors]
+        if len(set(sizes)) != 1:
+            raise DataError(f"all tensors must have the same length (dim 0), got {sizes}")
+        self.batch_size = _check_int("batch_size", batch_size)
+        for name, flag in (("shuffle", shuffle), ("drop_last", drop_last)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        self.tensors: Tuple[Tensor, ...] = tuple(tensors)
+        self.num_samples = sizes[0]
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.seed = _check_int("seed", seed, 0)
+        if self.num_samples == 0:
+            raise DataError("the dataset is empty (0 samples)")
+        if drop_last and self.num_samples < self.batch_size:
+            raise DataError(f"batch_size {self.batch_size} is larger than the dataset "
+                            f"({self.num_samples} samples), so drop_last leaves no batch; "
+                            f"use a batch size <= {self.num_samples}")
+        self.epoch = 0      # the current epoch
+        self.position = 0   # batches of the current epoch already handed out
+        self._order: Optional[Tuple[int, Tensor]] = None  # (epoch, its permutation)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        """The sample order of ``epoch`` (int64 (N,)); the same for the same seed."""
+        if self._order is None or self._order[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+                perm = torch.randperm(self.num_samples, generator=g)
+            else:
+                perm = torch.arange(self.num_samples)
+            self._order = (epoch, perm)
+        return self._order[1]
+
+    def _batch(self, epoch: int, i: int) -> Tuple[Tensor, ...]:
+        idx = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        return tuple(t[idx.to(t.device)] for t in self.tensors)
+
+    def _next(self) -> Tuple[Tensor, ...]:
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        batch = self._batch(self.epoch, self.position)
+        # Counted before it is handed out: a checkpoint taken after using this
+        # batch resumes with the next one.
+        self.position += 1
+        return batch
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, ...]]:
+        """The rest of the current epoch (all of it when at its start)."""
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        while self.position < len(self):
+            yield self._next()
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def batches(self, steps: Optional[int] = None) -> Iterator[Tuple[int, Tuple[Tensor, ...]]]:
+        """``(epoch, batch)`` for ``steps`` batches (None: forever), crossing
+        epoch boundaries; ``epoch`` is the epoch the batch belongs to."""
+        if steps is not None:
+            steps = _check_int("steps", steps, 0)
+        done = 0
+        while steps is None or done < steps:
+            batch = self._next()
+            done += 1
+            yield self.epoch, batch
+
+    @property
+    def steps_done(self) -> int:
+        """Batches handed out since epoch 0 began."""
+        return self.epoch * len(self) + self.position
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"format": _FORMAT, "epoch": self.epoch, "position": self.position,
+                "seed": self.seed, "num_samples": self.num_samples,
+                "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores a position saved by :meth:`state_dict`. The data layout
+        (size, batch size, shuffle, drop_last) must match, else the position
+        would mean other batches: DataError naming the difference."""
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise DataError("not an InMemoryLoader state_dict (missing or wrong 'format')")
+        for key in ("num_samples", "batch_size", "shuffle", "drop_last"):
+            if state.get(key) != getattr(self, key):
+                raise DataError(f"loader state was saved with {key}={state.get(key)!r} but this "
+                                f"loader has {key}={getattr(self, key)!r}; resume with the same "
+                                f"data and batch size")
+        epoch, position = state.get("epoch"), state.get("position")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                   for v in (epoch, position)) or position > len(self):
+            raise DataError(f"loader state has an invalid position (epoch={epoch!r}, "
+                            f"position={position!r})")
+        self.seed = _check_int("seed", state["seed"], 0)
+        self.epoch, self.position = epoch, position
+        self._order = None
+
+    def __repr__(self) -> str:
+        return (f"InMemoryLoader({self.num_samples} samples x {len(self.tensors)} tensors, "
+                f"batch_size={self.batch_size}, {len(self)} batches/epoch, shuffle={self.shuffle}, "
+                f"epoch={self.epoch}, position={self.position})")

@@ -1,0 +1,68 @@
+"""Quality metrics that need no download.
+
+A small MNIST classifier shipped with the package (``mnist_classifier.pt``,
+see :mod:`gan_ext.metrics.classifier`) stands in for Inception-v3:
+
+    inception_score      exp(E KL(p(y|x) || p(y))) over splits: 1 (one image) .. 10
+    mnist_fid            Frechet distance of its 128-d features to the real test set
+    frechet_distance     the float64, scipy-free Frechet distance of two Gaussians
+    class_coverage       which digits the samples are: the mode-collapse report
+    classifier_accuracy  how recognisable conditional samples are
+
+and per model family: ``vae_test_nelbo``, ``ae_test_mse``,
+``translation_scores`` / ``digit_accuracy_of_mnist_like`` (CycleGAN on
+``gan_ext.data.mnist_pair``, with the shipped A/B style classifier) and
+``pix2pix_l1``. ``fid_with_backend`` calls torch-fidelity or clean-fid when
+installed, for Inception FIDs comparable with papers.
+
+Conventions: MNIST metrics take float tensors (N, 1, 28, 28) or (N, 28, 28)
+in [0, 1]; translation metrics take (N, 3, 32, 32) in [-1, 1]. Everything runs
+under ``torch.no_grad()`` in batches of 500 on the classifier's device.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Public name -> submodule. Loaded on first use (PEP 562): importing the
+# package stays cheap, and `python -m gan_ext.metrics.classifier` does not
+# find its own module already imported by the package (runpy warns then).
+_EXPORTS = {
+    "mnist_like_to_unit": "_checks",
+    "BACKENDS": "backends", "fid_with_backend": "backends",
+    "MNISTClassifier": "classifier", "DomainClassifier": "classifier",
+    "load_classifier": "classifier", "load_domain_classifier": "classifier",
+    "CoverageReport": "coverage", "class_coverage": "coverage",
+    "vae_test_nelbo": "families", "ae_test_mse": "families",
+    "digit_accuracy_of_mnist_like": "families", "translation_scores": "families",
+    "pix2pix_l1": "families",
+    "frechet_distance": "fid", "feature_stats": "fid", "reference_stats": "fid",
+    "mnist_fid": "fid",
+    "inception_score": "scores", "class_log_probs": "scores", "classifier_accuracy": "scores",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
+    from ._checks import mnist_like_to_unit
+    from .backends import BACKENDS, fid_with_backend
+    from .classifier import (DomainClassifier, MNISTClassifier, load_classifier,
+                             load_domain_classifier)
+    from .coverage import CoverageReport, class_coverage
+    from .families import (ae_test_mse, digit_accuracy_of_mnist_like, pix2pix_l1,
+                           translation_scores, vae_test_nelbo)
+    from .fid import feature_stats, frechet_distance, mnist_fid, reference_stats
+    from .scores import class_log_probs, classifier_accuracy, inception_score
