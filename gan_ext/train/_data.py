@@ -1,0 +1,55 @@
+"""The default datasets of the trainers, built from :mod:`gan_ext.data`."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["mnist", "mnist_unit", "mnist_signed", "limit", "mnist_edges_pair", "pad32"]
+
+
+def mnist(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
+    from ..data import load_mnist
+    return load_mnist(split, data_dir=data_dir)
+
+
+def mnist_unit(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
+    """(N, 1, 28, 28) in [0, 1] and the labels."""
+    from ..data import to_unit
+    x, y = mnist(split, data_dir)
+    return to_unit(x), y
+
+
+def mnist_signed(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
+    """(N, 1, 28, 28) in [-1, 1] and the labels."""
+    from ..data import to_signed
+    x, y = mnist(split, data_dir)
+    return to_signed(x), y
+
+
+def limit(n: Optional[int], *tensors: Tensor) -> Tuple[Tensor, ...]:
+    return tuple(t[:n] for t in tensors) if n is not None else tensors
+
+
+def pad32(x01: Tensor) -> Tensor:
+    """(N, 1, 28, 28) -> (N, 1, 32, 32), zero (black) border."""
+    return F.pad(x01, (2, 2, 2, 2))
+
+
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def mnist_edges_pair(split: str, data_dir: Optional[str], n: Optional[int] = None
+                     ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The default pix2pix task, an MNIST "edges2digits": A = the Sobel edge
+    map of a digit, B = the digit; both (N, 1, 32, 32) in [-1, 1], plus labels.
+    Deterministic (no randomness)."""
+    x01, y = limit(n, *mnist_unit(split, data_dir))
+    b = pad32(x01)                                                    # (N, 1, 32, 32)
+    k = torch.stack([_SOBEL, _SOBEL.t()])[:, None]                    # (2, 1, 3, 3)
+    g = F.conv2d(b, k, padding=1)                                     # (N, 2, 32, 32)
+    edges = g.pow(2).sum(1, keepdim=True).sqrt()
+    edges = (edges / 4.0).clamp(0, 1)                                 # max |grad| of a 0/1 step is 4
+    return edges * 2 - 1, b * 2 - 1, y

@@ -1,0 +1,150 @@
+"""The autoencoder families: ``ae`` and ``dae`` (MSE, the denoising one
+corrupts its input) and ``vae`` (the fused BCE + beta * KL)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..models import AEConfig, ConvAutoencoder, VAEConfig, build_vae
+from . import _data
+from .gan import interpolation_latents
+from .loop import Trainer
+
+__all__ = ["AETrainer", "DAETrainer", "VAETrainer"]
+
+
+class _UnitImages(Trainer):
+    """MNIST (or a folder turned grey 28x28) in [0, 1]."""
+
+    def _images(self, split: str) -> Tensor:
+        o = self.opts
+        if o.data is None:
+            return _data.mnist_unit(split, o.mnist_dir)[0]
+        from ..data import load_image_folder
+        return (load_image_folder(o.data, 28, channels=1) + 1) / 2
+
+    def train_data(self):
+        return _data.limit(self.opts.limit, self._images("train"))
+
+    def test_images(self, n: int) -> Tensor:
+        if self.opts.data is not None:
+            return self._images("train")[:n]
+        return self._images("test")[:n]
+
+    def step(self, batches: List[Tuple[Tensor, ...]]) -> Dict[str, Tensor]:
+        return self.model.train_step(batches[0][0], self.optimizers["model"])
+
+    def build_fixed(self) -> None:
+        self._fixed = None
+
+    @property
+    def fixed(self) -> Tensor:
+        if getattr(self, "_fixed", None) is None:
+            self._fixed = self.test_images(32).to(self.device)
+        return self._fixed
+
+
+class AETrainer(_UnitImages):
+    name = "ae"
+    default_batch_size = 128
+    default_epochs = 10
+    loss_groups = {"reconstruction MSE": ["loss"]}
+    progress_keys = ("loss",)
+    denoising = False
+
+    def build(self, model_config: Optional[dict] = None) -> None:
+        if model_config:
+            cfg = AEConfig(**model_config)
+        else:
+            cfg = AEConfig(denoising=self.denoising,
+                           **({"lr": self.opts.lr} if self.opts.lr is not None else {}))
+        self.model = ConvAutoencoder(cfg).to(self.device)
+        self.optimizers = {"model": self.model.configure_optimizer()}
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        if not self.model.config.denoising:
+            return x
+        g = torch.Generator().manual_seed(self.opts.seed + 3)
+        noise = torch.randn(x.shape, generator=g).to(x.device)
+        return (x + self.model.config.noise_factor * noise).clamp(0, 1)
+
+    def sample_grid(self):
+        """Rows of 8: input (noisy for dae), reconstruction."""
+        x = self._inputs(self.fixed)
+        rec = self.model(x)
+        rows = []
+        for i in range(0, len(x), 8):
+            rows += [x[i:i + 8], rec[i:i + 8]]
+        return torch.cat(rows).float().cpu() * 2 - 1, 8
+
+    def sample(self, n: int, interpolate: bool, generator: torch.Generator,
+               inputs: Optional[Tensor] = None):
+        x = (inputs if inputs is not None else self.test_images(max(n, 2))).to(self.device)
+        if interpolate:
+            rows, steps = max(1, n // 10), 10
+            z = self.model.encode(x[: 2 * rows])
+            t = torch.linspace(0, 1, steps, device=z.device)[None, :, None]
+            path = (1 - t) * z[:rows, None] + t * z[rows:2 * rows, None]
+            out = torch.sigmoid(self.model.decode(path.reshape(-1, z.shape[1])))
+            return out.float().cpu() * 2 - 1, steps
+        x = self._inputs(x[:n])
+        rec = self.model(x)
+        rows = []
+        for i in range(0, len(x), 8):
+            rows += [x[i:i + 8], rec[i:i + 8]]
+        return torch.cat(rows).float().cpu() * 2 - 1, 8
+
+    def evaluate(self, n: int) -> Dict[str, Any]:
+        from .. import metrics
+        x = self.test_images(n)
+        return {"n": len(x), "test_mse": float(metrics.ae_test_mse(self.model, x))}
+
+
+class DAETrainer(AETrainer):
+    name = "dae"
+    denoising = True
+
+
+class VAETrainer(_UnitImages):
+    name = "vae"
+    default_batch_size = 128
+    default_epochs = 10           # pytorch/examples vae
+    loss_groups = {"negative ELBO terms (nats per image)":
+                   ["recon_per_image", "kl_per_image", "loss_per_image"]}
+    progress_keys = ("loss_per_image", "kl_per_image")
+
+    def build(self, model_config: Optional[dict] = None) -> None:
+        if model_config:
+            cfg = VAEConfig(**model_config)
+        else:
+            cfg = VAEConfig(beta=float(self.opts.beta),
+                            **({"lr": self.opts.lr} if self.opts.lr is not None else {}))
+        self.model = build_vae(cfg).to(self.device)
+        self.optimizers = {"model": self.model.configure_optimizer()}
+
+    def _decode(self, z: Tensor) -> Tensor:
+        c = self.model.config
+        return torch.sigmoid(self.model.decode(z.to(self.device))).reshape(
+            len(z), *c.image_shape).float().cpu() * 2 - 1
+
+    def sample_grid(self):
+        g = torch.Generator().manual_seed(self.opts.seed + 1)
+        z = torch.randn(64, self.model.config.latent_dim, generator=g)
+        return self._decode(z), 8
+
+    def sample(self, n: int, interpolate: bool, generator: torch.Generator,
+               inputs: Optional[Tensor] = None):
+        d = self.model.config.latent_dim
+        if interpolate:
+            z, steps = interpolation_latents(n, d, generator, spherical=False)
+            return self._decode(z), steps
+        z = torch.randn(n, d, generator=generator)
+        return self._decode(z), max(1, math.isqrt(n - 1) + 1)
+
+    def evaluate(self, n: int) -> Dict[str, Any]:
+        from .. import metrics
+        x = self.test_images(n)
+        return {"n": len(x), "test_nelbo_nats": float(metrics.vae_test_nelbo(self.model, x))}

@@ -1,0 +1,92 @@
+"""Training checkpoints: written atomically, read safely, and the RNG states
+that make ``--resume`` continue exactly where a run stopped.
+
+A checkpoint is a plain dict saved with ``torch.save`` holding only tensors,
+numbers, strings, lists and dicts, so it loads with ``weights_only=True``: a
+foreign pickle cannot run code here. ``FORMAT`` tags it as ours.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from .._atomic import atomic_write
+
+__all__ = ["FORMAT", "CheckpointError", "atomic_save", "load_checkpoint", "rng_state",
+           "set_rng_state"]
+
+FORMAT = "gan_ext.train.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable gan_ext training checkpoint (user error)."""
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj)`` to a temporary file in the same directory, flushed
+    and fsynced, then ``os.replace`` onto ``path``: a crash at any point
+    leaves either the previous file or the new one, never a torn one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_torch_file(path: str, map_location="cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for a missing,
+    unreadable or non-torch file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        cand = os.path.join(path, "checkpoint.pt")
+        if not os.path.isfile(cand):
+            raise CheckpointError(f"{path!r} is a folder without a checkpoint.pt; "
+                                  "pass the checkpoint file")
+        path = cand
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors differ by version: all mean "not ours"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint (corrupt, "
+                              f"truncated or another format): {first[:160]}") from e
+
+
+def load_checkpoint(path: str, model: Optional[str] = None, map_location="cpu") -> Dict[str, Any]:
+    """Loads a checkpoint written by :func:`atomic_save` in a training run.
+    ``model``: the family name the caller expects (``--resume`` into another
+    MODEL is refused with a message naming both)."""
+    ckpt = read_torch_file(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{os.fspath(path)!r} is a PyTorch file but not a gan_ext training "
+                              "checkpoint (no gan_ext format tag); train with 'gan-ext train'")
+    if model is not None and ckpt.get("model_name") != model:
+        raise CheckpointError(f"{os.fspath(path)!r} is a {ckpt.get('model_name')!r} checkpoint, "
+                              f"not {model!r}: resume it with 'gan-ext train "
+                              f"{ckpt.get('model_name')} --resume' or choose another --out")
+    return ckpt
+
+
+# -------------------------------------------------------------------- RNG
+def rng_state(cuda: bool = False) -> Dict[str, Any]:
+    """Every global random state a training step may draw from. numpy's
+    key array is stored as a tensor so the checkpoint stays weights_only-safe."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if cuda and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,217 @@
+"""The GAN families: ``gan`` (MLP), ``dcgan`` and ``cgan`` (class-conditional):
+k D steps per G step, non-saturating or minimax G loss, one-sided label
+smoothing; the models' own ``train_step`` with the fused losses."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
+from . import _data
+from .loop import Trainer
+
+__all__ = ["GANTrainer", "DCGANTrainer", "CGANTrainer", "slerp", "interpolation_latents"]
+
+
+def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation (White 2016), the usual path through a Gaussian
+    latent space. z0, z1: (B, D); t: (T,) -> (B, T, D)."""
+    a, b = z0[:, None], z1[:, None]
+    cos = (torch.nn.functional.normalize(z0, dim=1) * torch.nn.functional.normalize(z1, dim=1)
+           ).sum(1).clamp(-1 + 1e-6, 1 - 1e-6)[:, None, None]
+    omega = torch.acos(cos)
+    t = t[None, :, None]
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def interpolation_latents(n: int, dim: int, generator: torch.Generator,
+                          spherical: bool = True, steps: int = 10) -> Tuple[Tensor, int]:
+    """max(1, n // steps) rows of ``steps`` latents from one N(0, I) draw to
+    another: (rows * steps, dim), and the row length. Spherical (slerp) for
+    the GANs' Gaussian z, linear for a VAE's posterior means."""
+    rows = max(1, n // steps)
+    z0 = torch.randn(rows, dim, generator=generator)
+    z1 = torch.randn(rows, dim, generator=generator)
+    t = torch.linspace(0, 1, steps)
+    path = slerp(z0, z1, t) if spherical else (1 - t)[None, :, None] * z0[:, None] + t[None, :, None] * z1[:, None]
+    return path.reshape(rows * steps, dim), steps
+
+
+class GANTrainer(Trainer):
+    name = "gan"
+    model_class = GAN
+    config_class = GANConfig
+    default_batch_size = 64
+    default_epochs = 30           # ~25 s per MNIST epoch on 2 CPU cores
+    loss_groups = {"losses": ["d_loss", "g_loss"],
+                   "D outputs (probabilities)": ["d_real", "d_fake", "d_gen"]}
+    progress_keys = ("d_loss", "g_loss")
+    grid_n = 64
+
+    # ---------------------------------------------------------- the model
+    def image_shape(self) -> Tuple[int, int, int]:
+        o = self.opts
+        if o.data is None:
+            return (1, 28, 28)
+        return (o.channels or 1, o.image_size or 28, o.image_size or 28)
+
+    def train_config_kwargs(self) -> Dict[str, Any]:
+        """The TrainConfig fields every GAN family takes from the options."""
+        o = self.opts
+        common = dict(k=o.k, minimax=o.g_loss == "minimax", real_label=1.0 - o.label_smoothing)
+        if o.lr is not None:
+            common["lr"] = o.lr
+        return common
+
+    def make_config(self):
+        c, s, _ = self.image_shape()
+        return self.config_class(img_shape=(c, s, s), **self.train_config_kwargs())
+
+    def build(self, model_config: Optional[dict] = None) -> None:
+        cfg = self.config_class(**model_config) if model_config else self.make_config()
+        self.model = self.model_class(cfg).to(self.device)
+        opt_g, opt_d = self.model.make_optimizers()
+        self.optimizers = {"G": opt_g, "D": opt_d}
+        g = torch.Generator().manual_seed(self.opts.seed + 1)   # never the global RNG
+        self.fixed_z = torch.randn(self.grid_n, cfg.nz, generator=g).to(self.device)
+
+    @property
+    def batches_per_step(self) -> int:
+        return self.model.config.k
+
+    @property
+    def conditional(self) -> bool:
+        return False
+
+    # --------------------------------------------------------------- data
+    def train_data(self):
+        o = self.opts
+        if o.data is None:
+            x, y = _data.mnist_signed("train", o.mnist_dir)
+        else:
+            from ..data import load_image_folder
+            c, s, _ = self.image_shape()
+            x = load_image_folder(o.data, s, channels=c)
+            y = torch.zeros(len(x), dtype=torch.int64)
+        x, y = _data.limit(o.limit, x, y)
+        return (x, y) if self.conditional else (x,)
+
+    # --------------------------------------------------------------- step
+    def step(self, batches: List[Tuple[Tensor, ...]]) -> Dict[str, Tensor]:
+        opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
+        reals = [b[0] for b in batches]
+        labels = [b[1] for b in batches] if self.conditional else None
+        return self.model.train_step(reals, opt_g, opt_d, labels=labels)
+
+    # ----------------------------------------------------------- sampling
+    def generate(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        out = []
+        for i in range(0, len(z), 500):
+            zi = z[i:i + 500].to(self.device)
+            if self.conditional:
+                out.append(self.model.G(zi, labels[i:i + 500].to(self.device)).float().cpu())
+            else:
+                out.append(self.model.G(zi).float().cpu())
+        return torch.cat(out)                                             # (N, C, H, W) in [-1, 1]
+
+    def sample_grid(self):
+        return self.generate(self.fixed_z), 8
+
+    def sample(self, n: int, interpolate: bool, generator: torch.Generator,
+               inputs: Optional[Tensor] = None):
+        nz = self.model.config.nz
+        if interpolate:
+            z, steps = interpolation_latents(n, nz, generator)
+            return self.generate(z), steps
+        z = torch.randn(n, nz, generator=generator)
+        return self.generate(z), max(1, math.isqrt(n - 1) + 1)
+
+    # ---------------------------------------------------------- evaluation
+    def evaluate(self, n: int) -> Dict[str, Any]:
+        from .. import metrics
+        if self.image_shape() != (1, 28, 28):
+            return {"note": "the MNIST metrics need 1x28x28 images; none for this data"}
+        g = torch.Generator().manual_seed(self.opts.seed + 2)
+        z = torch.randn(n, self.model.config.nz, generator=g)
+        labels = torch.arange(n) % 10 if self.conditional else None
+        images01 = (self.generate(z, labels) + 1) / 2                     # (N, 1, 28, 28)
+        return gan_metrics(images01, labels)
+
+
+def gan_metrics(images01: Tensor, labels: Optional[Tensor] = None) -> Dict[str, Any]:
+    from .. import metrics
+    is_mean, is_std = metrics.inception_score(images01)
+    cov = metrics.class_coverage(images01)
+    out = {"n": len(images01), "inception_score": float(is_mean),
+           "inception_score_std": float(is_std), "mnist_fid": float(metrics.mnist_fid(images01)),
+           "class_fractions": [round(float(f), 4) for f in cov.fractions],
+           "class_min_frac": float(cov.min_frac), "class_max_frac": float(cov.max_frac),
+           "coverage_warnings": list(cov.warnings)}
+    if labels is not None and hasattr(metrics, "classifier_accuracy"):
+        out["label_accuracy"] = float(metrics.classifier_accuracy(images01, labels))
+    return out
+
+
+class DCGANTrainer(GANTrainer):
+    name = "dcgan"
+    model_class = DCGAN
+    config_class = DCGANConfig
+    default_epochs = 5            # ~940 steps per epoch at batch 64
+
+    def image_shape(self):
+        o = self.opts
+        if o.data is None:
+            return (1, 28, 28)
+        s = o.image_size or 64
+        if s not in (28, 32, 64):
+            raise ValueError(f"--image-size must be 28, 32 or 64 for dcgan, got {s}")
+        return (o.channels or 3, s, s)
+
+    def make_config(self):
+        c, s, _ = self.image_shape()
+        return DCGANConfig(nc=c, image_size=s, **self.train_config_kwargs())
+
+
+class CGANTrainer(DCGANTrainer):
+    name = "cgan"
+    model_class = ConditionalGAN
+    config_class = CGANConfig
+    grid_n = 80                   # 10 classes x 8
+
+    @property
+    def conditional(self) -> bool:
+        return True
+
+    def image_shape(self):
+        if self.opts.data is not None:
+            raise ValueError("cgan trains on MNIST and its labels; --data is not supported for "
+                             "cgan (use dcgan for an image folder)")
+        return (1, 28, 28)
+
+    def make_config(self):
+        return CGANConfig(nc=1, image_size=28, num_classes=10, **self.train_config_kwargs())
+
+    def build(self, model_config: Optional[dict] = None) -> None:
+        super().build(model_config)
+        per = self.grid_n // 10
+        self.fixed_labels = torch.arange(10).repeat_interleave(per)     # class by row
+
+    def sample_grid(self):
+        return self.generate(self.fixed_z, self.fixed_labels), self.grid_n // 10
+
+    def sample(self, n: int, interpolate: bool, generator: torch.Generator,
+               inputs: Optional[Tensor] = None):
+        """A class-by-row grid: row c holds class c (with --interpolate: a
+        latent path per row, the class fixed)."""
+        nz, per = self.model.config.nz, max(1, n // 10)
+        if interpolate:
+            z0 = torch.randn(10, nz, generator=generator)
+            z1 = torch.randn(10, nz, generator=generator)
+            z = slerp(z0, z1, torch.linspace(0, 1, per)).reshape(10 * per, nz)
+        else:
+            z = torch.randn(10 * per, nz, generator=generator)
+        labels = torch.arange(10).repeat_interleave(per)
+        return self.generate(z, labels), per

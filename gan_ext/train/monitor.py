@@ -1,0 +1,144 @@
+"""What a run shows and leaves behind while it trains: ``metrics.jsonl``,
+TensorBoard events (when tensorboard is installed), the progress bar and
+``losses.png``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, Iterable, List, Optional, Sequence
+
+__all__ = ["MetricsLog", "Progress", "plot_losses", "append_jsonl"]
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=False) + "\n")
+
+
+class MetricsLog:
+    """One JSON object per line in ``metrics.jsonl``; the same scalars go to
+    TensorBoard when ``torch.utils.tensorboard`` imports (else silently not)."""
+
+    def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.writer = None
+        self.tb_dir = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+                self.tb_dir = os.path.join(run_dir, "tensorboard")
+                self.writer = SummaryWriter(self.tb_dir)
+            except Exception:
+                self.writer, self.tb_dir = None, None
+
+    def log(self, record: dict, step: int, prefix: str = "train") -> None:
+        append_jsonl(self.path, record)
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step",):
+                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _SimpleBar:
+    """The fallback when tqdm is missing: one line rewritten with ``\\r``."""
+
+    def __init__(self, total: int, initial: int, desc: str) -> None:
+        self.total, self.n, self.desc = total, initial, desc
+        self.start, self.start_n, self.post = time.perf_counter(), initial, ""
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        rate = (self.n - self.start_n) / max(time.perf_counter() - self.start, 1e-9)
+        sys.stderr.write(f"\r{self.desc} {self.n}/{self.total} [{rate:.2f} it/s] {self.post}")
+        sys.stderr.flush()
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.post = s
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+class Progress:
+    """tqdm when importable (it shows it/s), else a plain one-line bar."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "train",
+                 enabled: bool = True) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True,
+                            file=sys.stderr)
+        except Exception:
+            self.bar = _SimpleBar(total, initial, desc)
+
+    def update(self, losses: Optional[Dict[str, float]] = None) -> None:
+        if self.bar is None:
+            return
+        if losses:
+            self.bar.set_postfix_str(" ".join(f"{k}={v:.3f}" for k, v in losses.items()),
+                                     refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _smooth(values: Sequence[float], window: int) -> List[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_losses(history: List[Dict[str, float]], groups: Dict[str, Sequence[str]],
+                path: str, title: str = "") -> Optional[str]:
+    """``losses.png``: one panel per group (e.g. {"GAN": ["d_loss", "g_loss"]}),
+    the raw per-step values faint and a moving average on top. Returns the
+    path, or None when there is nothing to plot."""
+    if not history:
+        return None
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    groups = {g: [k for k in keys if any(k in h for h in history)] for g, keys in groups.items()}
+    groups = {g: keys for g, keys in groups.items() if keys}
+    if not groups:
+        return None
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 3.2 * len(groups)), squeeze=False)
+    window = max(1, len(history) // 50)
+    for ax, (name, keys) in zip(axes[:, 0], groups.items()):
+        for key in keys:
+            pts = [(s, h[key]) for s, h in zip(steps, history)
+                   if key in h and math.isfinite(h[key])]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            line, = ax.plot(xs, ys, alpha=0.25, linewidth=0.8)
+            ax.plot(xs, _smooth(list(ys), window), color=line.get_color(), label=key)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend(loc="upper right")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,219 @@
+"""The image-to-image families: ``cyclegan`` (unpaired; the offline MNIST
+pair by default) and ``pix2pix`` (aligned; MNIST edges -> digits by default).
+Both use the model's own official ``train_step`` and its linear-decay
+schedulers, stepped once per epoch."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..models import CycleGAN, CycleGANConfig, Pix2Pix, Pix2PixConfig
+from . import _data
+from .loop import Trainer
+
+__all__ = ["CycleGANTrainer", "Pix2PixTrainer", "translate"]
+
+
+def translate(net: torch.nn.Module, x: Tensor, device, batch: int = 64) -> Tensor:
+    out = [net(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
+    return torch.cat(out) if out else x.new_zeros((0,) + tuple(x.shape[1:]))
+
+
+def _rows(groups: List[Tensor], per_row: int) -> Tensor:
+    """Interleaves equally long image batches as rows of ``per_row``:
+    g0[0:8], g1[0:8], g0[8:16], ... (3-channel, for one grid)."""
+    groups = [g.expand(-1, 3, -1, -1) if g.shape[1] == 1 else g for g in groups]
+    rows = []
+    for i in range(0, len(groups[0]), per_row):
+        rows += [g[i:i + per_row] for g in groups]
+    return torch.cat(rows)
+
+
+class CycleGANTrainer(Trainer):
+    name = "cyclegan"
+    default_batch_size = 4
+    default_epochs = 10           # at the constant LR (--epochs)
+    default_decay_epochs = 10     # linear decay to 0 (--decay-epochs)
+    default_limit = 1000          # images per domain of the MNIST pair: 250 steps per epoch
+    loss_groups = {"generators (adversarial)": ["G_A", "G_B"],
+                   "discriminators": ["D_A", "D_B"],
+                   "cycle and identity (weighted)": ["cycle_A", "cycle_B", "idt_A", "idt_B"]}
+    progress_keys = ("G_A", "D_A", "cycle_A")
+
+    def image_size(self) -> int:
+        return self.opts.image_size or (32 if self.opts.data is None else 128)
+
+    def build(self, model_config: Optional[dict] = None) -> None:
+        o = self.opts
+        if model_config:
+            cfg = CycleGANConfig(**model_config)
+        else:
+            # Small enough for a CPU: ngf = ndf = 32 and 6 residual blocks (official: 64, 9).
+            cfg = CycleGANConfig(ngf=32, ndf=32, n_blocks=6,
+                                 n_epochs=o.epochs if o.epochs is not None else self.default_epochs,
+                                 n_epochs_decay=(o.decay_epochs if o.decay_epochs is not None
+                                                 else self.default_decay_epochs),
+                                 **({"lr": o.lr} if o.lr is not None else {}))
+        self.model = CycleGAN(cfg).to(self.device)
+        opt_G, opt_D = self.model.make_optimizers()
+        self.optimizers = {"G": opt_G, "D": opt_D}
+        sch_G, sch_D = self.model.make_schedulers(opt_G, opt_D)
+        self.schedulers = {"G": sch_G, "D": sch_D}
+        self._test = None
+
+    def _pair(self, split: str, n: Optional[int]):
+        o = self.opts
+        if o.data is None:
+            from ..data import mnist_pair
+            p = mnist_pair(split, n=n, data_dir=o.mnist_dir, seed=o.seed, image_size=32)
+            return p.A, p.B, p.labels_A, p.labels_B
+        from ..data import load_unpaired
+        A, B = load_unpaired(o.data, split, self.image_size())
+        A, B = A[:n], B[:n]
+        return A, B, None, None
+
+    def train_data(self):
+        n = self.opts.limit or (self.default_limit if self.opts.data is None else None)
+        A, B, _, _ = self._pair("train", n)
+        m = min(len(A), len(B))  # unpaired: equal counts, so one shuffled loader serves both
+        return A[:m], B[:m]
+
+    def test_pair(self, n: int):
+        if self._test is None or len(self._test[0]) < n:
+            try:
+                self._test = self._pair("test", n)
+            except ValueError:
+                if self.opts.data is None:
+                    raise
+                self._test = self._pair("train", n)  # a folder without testA/testB
+        A, B, la, lb = self._test
+        return A[:n], B[:n], (la[:n] if la is not None else None), (lb[:n] if lb is not None else None)
+
+    def step(self, batches):
+        a, b = batches[0]
+        return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
+
+    def extra_state(self) -> dict:
+        return {"fake_A_pool": self.model.fake_A_pool.state_dict(),
+                "fake_B_pool": self.model.fake_B_pool.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.model.fake_A_pool.load_state_dict(state["fake_A_pool"])
+        self.model.fake_B_pool.load_state_dict(state["fake_B_pool"])
+
+    def sample_grid(self):
+        """Rows of 8: real A, G_A(A), real B, G_B(B)."""
+        A, B, _, _ = self.test_pair(8)
+        m = self.model
+        return _rows([A, translate(m.G_A, A, self.device), B, translate(m.G_B, B, self.device)],
+                     8), 8
+
+    def sample(self, n: int, interpolate: bool, generator: torch.Generator,
+               inputs: Optional[Tensor] = None, direction: str = "AtoB"):
+        net = self.model.G_A if direction == "AtoB" else self.model.G_B
+        if inputs is None:
+            A, B, _, _ = self.test_pair(n)
+            inputs = A if direction == "AtoB" else B
+        per = min(8, max(1, len(inputs)))
+        return _rows([inputs, translate(net, inputs, self.device)], per), per
+
+    def evaluate(self, n: int) -> Dict[str, Any]:
+        from .. import metrics
+        if self.opts.data is not None:
+            return {"note": "digit accuracy and domain score are defined for the MNIST pair only"}
+        A, B, la, lb = self.test_pair(n)
+        fake_B = translate(self.model.G_A, A, self.device)                # A -> B style
+        fake_A = translate(self.model.G_B, B, self.device)                # B -> MNIST-like
+        out = {"n": len(A)}
+        scores = metrics.translation_scores(fake_B, la)
+        out.update({f"A_to_B_{k}": (float(v) if isinstance(v, (int, float)) else v)
+                    for k, v in dict(scores).items()})
+        out["B_to_A_digit_accuracy"] = float(metrics.digit_accuracy_of_mnist_like(fake_A, lb))
+        return out
+
+
+class Pix2PixTrainer(Trainer):
+    name = "pix2pix"
+    default_batch_size = 16
+    default_epochs = 5
+    default_decay_epochs = 5
+    default_limit = 10000         # MNIST edges -> digits: 625 steps per epoch
+    loss_groups = {"adversarial": ["D", "G_GAN"], "L1 (x lambda_L1)": ["G_L1"]}
+    progress_keys = ("D", "G_GAN", "G_L1")
+
+    def image_size(self) -> int:
+        return 32 if self.opts.data is None else (self.opts.image_size or 256)
+
+    def build(self, model_config: Optional[dict] = None) -> None:
+        o = self.opts
+        if model_config:
+            cfg = Pix2PixConfig(**model_config)
+        else:
+            s = self.image_size()
+            num_downs = int(round(math.log2(s)))
+            if 2 ** num_downs != s or num_downs < 5:
+                raise ValueError(f"--image-size must be a power of two >= 32 for pix2pix "
+                                 f"(the U-Net halves it num_downs times), got {s}")
+            ch = 1 if o.data is None else 3
+            small = o.data is None  # CPU-sized for 32x32 MNIST: ngf = ndf = 32, 2-layer PatchGAN
+            cfg = Pix2PixConfig(input_nc=ch, output_nc=ch, num_downs=num_downs,
+                                ngf=32 if small else 64, ndf=32 if small else 64,
+                                n_layers_D=2 if small else 3,
+                                n_epochs=o.epochs if o.epochs is not None else self.default_epochs,
+                                n_epochs_decay=(o.decay_epochs if o.decay_epochs is not None
+                                                else self.default_decay_epochs),
+                                **({"lr": o.lr} if o.lr is not None else {}))
+        self.model = Pix2Pix(cfg).to(self.device)
+        opt_G, opt_D = self.model.make_optimizers()
+        self.optimizers = {"G": opt_G, "D": opt_D}
+        sch_G, sch_D = self.model.make_schedulers(opt_G, opt_D)
+        self.schedulers = {"G": sch_G, "D": sch_D}
+        self._test = None
+
+    def _pairs(self, split: str, n: Optional[int]):
+        o = self.opts
+        if o.data is None:
+            A, B, _ = _data.mnist_edges_pair(split, o.mnist_dir, n)
+        else:
+            from ..data import load_aligned
+            A, B = load_aligned(o.data, split, self.image_size(), direction=o.direction)
+        return A[:n], B[:n]
+
+    def train_data(self):
+        n = self.opts.limit or (self.default_limit if self.opts.data is None else None)
+        return self._pairs("train", n)
+
+    def test_pairs(self, n: int):
+        if self._test is None or len(self._test[0]) < n:
+            try:
+                self._test = self._pairs("test", n)
+            except ValueError:
+                if self.opts.data is None:
+                    raise
+                self._test = self._pairs("train", n)
+        return self._test[0][:n], self._test[1][:n]
+
+    def step(self, batches):
+        a, b = batches[0]
+        return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
+
+    def sample_grid(self):
+        """Rows of 8: input A, G(A), target B."""
+        A, B = self.test_pairs(8)
+        return _rows([A, translate(self.model.netG, A, self.device), B], 8), 8
+
+    def sample(self, n: int, interpolate: bool, generator: torch.Generator,
+               inputs: Optional[Tensor] = None, direction: str = "AtoB"):
+        if inputs is None:
+            inputs = self.test_pairs(n)[0]
+        per = min(8, max(1, len(inputs)))
+        return _rows([inputs, translate(self.model.netG, inputs, self.device)], per), per
+
+    def evaluate(self, n: int) -> Dict[str, Any]:
+        from .. import metrics
+        A, B = self.test_pairs(n)
+        pred = translate(self.model.netG, A, self.device)
+        return {"n": len(A), "test_l1": float(metrics.pix2pix_l1(pred, B))}
