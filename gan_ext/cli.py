@@ -164,7 +164,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N iterations (G steps for GANs) instead of whole epochs")
     g.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
                    help="epochs (cyclegan/pix2pix: at the constant learning rate). Defaults: "
-                        "gan 30, dcgan 5, cgan 5, ae/dae/vae 10, cyclegan 10, pix2pix 5")
+                        "gan 30, dcgan 12, cgan 5, ae/dae/vae 10, cyclegan 10, pix2pix 5")
     g.add_argument("--decay-epochs", type=_nonneg_int, default=None, metavar="N",
                    help="cyclegan/pix2pix: then linear decay of the learning rate to 0 over N "
                         "epochs (default: cyclegan 10, pix2pix 5)")
@@ -175,7 +175,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                         "pix2pix 10000)")
     g.add_argument("--image-size", type=_positive_int, default=None, metavar="S",
                    help="with --data: resize/crop to S (dcgan 28/32/64, default 64; cyclegan "
-                        "default 128; pix2pix a power of two, default 256)")
+                        "default 128; pix2pix a power of two, default 256). dcgan on MNIST: "
+                        "32 (default, digits padded by 2) or 28")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="with --data, gan/dcgan: 1 (grey) or 3 (RGB; dcgan default)")
     g.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
