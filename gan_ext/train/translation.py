@@ -124,7 +124,8 @@ class CycleGANTrainer(Trainer):
         from .. import metrics
         if self.opts.data is not None:
             return {"note": "digit accuracy and domain score are defined for the MNIST pair only"}
-        A, B, la, lb = self.test_pair(n)
+        # The pair's two domains split the 10,000 test digits: at most 5,000 each.
+        A, B, la, lb = self.test_pair(min(n, 5000))
         fake_B = translate(self.model.G_A, A, self.device)                # A -> B style
         fake_A = translate(self.model.G_B, B, self.device)                # B -> MNIST-like
         out = {"n": len(A)}
