@@ -164,7 +164,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N iterations (G steps for GANs) instead of whole epochs")
     g.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
                    help="epochs (cyclegan/pix2pix: at the constant learning rate). Defaults: "
-                        "gan 30, dcgan 12, cgan 5, ae/dae/vae 10, cyclegan 10, pix2pix 5")
+                        "gan 30, dcgan 14, cgan 5, ae/dae/vae 10, cyclegan 10, pix2pix 5")
     g.add_argument("--decay-epochs", type=_nonneg_int, default=None, metavar="N",
                    help="cyclegan/pix2pix: then linear decay of the learning rate to 0 over N "
                         "epochs (default: cyclegan 10, pix2pix 5)")
