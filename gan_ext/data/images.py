@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .errors import DataError
-from .transforms import _check_int
+from .._validate import check_int
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image_folder", "load_unpaired", "load_aligned"]
 
@@ -44,7 +44,7 @@ def _check_folder(path, what: str) -> Path:
 
 
 def _check_channels(channels) -> int:
-    c = _check_int("channels", channels)
+    c = check_int("channels", channels)
     if c not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {c}")
     return c
@@ -145,7 +145,7 @@ def _load(folder: Path, image_size: int, channels: int, limit: Optional[int], ha
 
 
 def _check_limit(limit) -> Optional[int]:
-    return None if limit is None else _check_int("limit", limit)
+    return None if limit is None else check_int("limit", limit)
 
 
 def load_image_folder(path, image_size: int, channels: int = 3, *,
@@ -156,7 +156,7 @@ def load_image_folder(path, image_size: int, channels: int = 3, *,
     ``limit`` readable images. Non-image files and files that do not
     decode are skipped with a warning naming them. A missing folder or one
     without images raises DataError naming it."""
-    image_size = _check_int("image_size", image_size)
+    image_size = check_int("image_size", image_size)
     channels = _check_channels(channels)
     folder = _check_folder(path, "image folder")
     return _load(folder, image_size, channels, _check_limit(limit), False, "image folder")[0]
@@ -173,7 +173,7 @@ def load_unpaired(root, split: str = "train", image_size: int = 256, channels: i
     """The official CycleGAN layout ``root/{split}A`` and ``root/{split}B``
     (e.g. ``horse2zebra/trainA``) as ``(A, B)``, each like
     :func:`load_image_folder` (the two domains may differ in size)."""
-    image_size = _check_int("image_size", image_size)
+    image_size = check_int("image_size", image_size)
     channels = _check_channels(channels)
     split = _check_split(split)
     root = _check_folder(root, "dataset root")
@@ -195,7 +195,7 @@ def load_aligned(root, split: str = "train", image_size: int = 256, direction: s
     target)``: ``(A, B)`` for direction "AtoB", ``(B, A)`` for "BtoA", each
     float32 (N, channels, image_size, image_size) in [-1, 1], row i of both
     from the same file."""
-    image_size = _check_int("image_size", image_size)
+    image_size = check_int("image_size", image_size)
     channels = _check_channels(channels)
     split = _check_split(split)
     if direction not in ("AtoB", "BtoA"):

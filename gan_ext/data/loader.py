@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .errors import DataError
-from .transforms import _check_int
+from .._validate import check_int
 
 __all__ = ["InMemoryLoader"]
 
@@ -51,14 +51,14 @@ class InMemoryLoader:
         sizes = [t.shape[0] for t in tensors]
         if len(set(sizes)) != 1:
             raise DataError(f"all tensors must have the same length (dim 0), got {sizes}")
-        self.batch_size = _check_int("batch_size", batch_size)
+        self.batch_size = check_int("batch_size", batch_size)
         for name, flag in (("shuffle", shuffle), ("drop_last", drop_last)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
         self.tensors: Tuple[Tensor, ...] = tuple(tensors)
         self.num_samples = sizes[0]
         self.shuffle, self.drop_last = shuffle, drop_last
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         if self.num_samples == 0:
             raise DataError("the dataset is empty (0 samples)")
         if drop_last and self.num_samples < self.batch_size:
@@ -110,7 +110,7 @@ class InMemoryLoader:
         """``(epoch, batch)`` for ``steps`` batches (None: forever), crossing
         epoch boundaries; ``epoch`` is the epoch the batch belongs to."""
         if steps is not None:
-            steps = _check_int("steps", steps, 0)
+            steps = check_int("steps", steps, 0)
         done = 0
         while steps is None or done < steps:
             batch = self._next()
@@ -144,7 +144,7 @@ class InMemoryLoader:
                    for v in (epoch, position)) or position > len(self):
             raise DataError(f"loader state has an invalid position (epoch={epoch!r}, "
                             f"position={position!r})")
-        self.seed = _check_int("seed", state["seed"], 0)
+        self.seed = check_int("seed", state["seed"], 0)
         self.epoch, self.position = epoch, position
         self._order = None
 

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .errors import DataError
 from .mnist import load_mnist
-from .transforms import _check_int, pad_to, to_unit
+from .._validate import check_int
+from .transforms import pad_to, to_unit
 
 __all__ = ["MNISTPair", "mnist_pair", "pair_indices", "domain_style"]
 
@@ -44,15 +45,15 @@ def pair_indices(n_total: int, n: Optional[int] = None, seed: int = 0) -> Tuple[
     """(index_A, index_B): two disjoint sets of indices into a split of
     ``n_total`` images, from a seeded permutation cut in two halves; ``n``
     (default: all of a half) of each. int64 (n,) each."""
-    n_total = _check_int("n_total", n_total)
+    n_total = check_int("n_total", n_total)
     half = n_total // 2
     if n is None:
         n = half
-    n = _check_int("n", n)
+    n = check_int("n", n)
     if n > half:
         raise DataError(f"n = {n} is more than half of the {n_total} images: the two domains "
                         f"need disjoint images; use n <= {half}")
-    g = torch.Generator().manual_seed(_seed(_check_int("seed", seed, 0), "split"))
+    g = torch.Generator().manual_seed(_seed(check_int("seed", seed, 0), "split"))
     perm = torch.randperm(n_total, generator=g)
     return perm[:n].clone(), perm[half:half + n].clone()
 
@@ -129,8 +130,8 @@ def mnist_pair(split: str = "train", n: Optional[int] = None, data_dir=None, see
     :func:`pair_indices`), both (N, 3, image_size, image_size) in [-1, 1].
     Deterministic for a given ``seed``; ``data_dir`` and ``download`` are
     passed to :func:`load_mnist`."""
-    image_size = _check_int("image_size", image_size, 8)
-    seed = _check_int("seed", seed, 0)
+    image_size = check_int("image_size", image_size, 8)
+    seed = check_int("seed", seed, 0)
     images, labels = load_mnist(split, data_dir=data_dir, download=download)
     idx_a, idx_b = pair_indices(len(images), n, seed)
     a = _fit(to_unit(images[idx_a]), image_size)                                      # (N, 1, S, S)

@@ -1,24 +1,17 @@
 """Tensor conversions and the training-time augmentation, all on whole batches."""
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validate import check_int
+
 __all__ = ["to_unit", "to_signed", "pad_to", "augment"]
 
 Size = Union[int, Tuple[int, int]]
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def to_unit(images: Tensor) -> Tensor:
@@ -43,8 +36,8 @@ def to_signed(images: Tensor) -> Tensor:
 
 def _pair(name: str, size: Size) -> Tuple[int, int]:
     if isinstance(size, (tuple, list)) and len(size) == 2:
-        return _check_int(name, size[0]), _check_int(name, size[1])
-    s = _check_int(name, size)
+        return check_int(name, size[0]), check_int(name, size[1])
+    s = check_int(name, size)
     return s, s
 
 
@@ -89,8 +82,8 @@ def augment(batch: Union[Tensor, Sequence[Tensor]], generator: Optional[torch.Ge
                          f"{[list(x.shape) for x in xs]}")
     if h != w and load_size is None:
         raise ValueError(f"images are not square ({h}x{w}); pass load_size to resize them")
-    load = _check_int("load_size", load_size) if load_size is not None else h
-    crop = _check_int("crop_size", crop_size) if crop_size is not None else load
+    load = check_int("load_size", load_size) if load_size is not None else h
+    crop = check_int("crop_size", crop_size) if crop_size is not None else load
     if crop > load:
         raise ValueError(f"crop_size ({crop}) must be <= load_size ({load})")
     if (h, w) != (load, load):

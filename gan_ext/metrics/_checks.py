@@ -8,23 +8,16 @@ naming the argument and saying what to do.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_int
+
 # Tolerance on the value range: sigmoid/tanh outputs and (x + 1) / 2 round a
 # hair past the ends in float32; anything further out is a convention mistake.
 _RANGE_TOL = 1e-4
-
-
-def check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def check_float_tensor(x, name: str, hint: str) -> Tensor:

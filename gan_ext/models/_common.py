@@ -3,11 +3,12 @@ counts, argument checks, and the two speed choices of the gan_ext builds:
 channels_last weights and PyTorch's fused Adam."""
 from __future__ import annotations
 
-import numbers
 from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
+
+from .._validate import check_int  # noqa: F401  (re-exported: the families import it from here)
 
 __all__ = ["init_normal_", "num_parameters", "check_int", "apply_channels_last", "make_adam"]
 
@@ -36,16 +37,6 @@ def init_normal_(module: nn.Module, std: float = 0.02, linear: bool = True) -> n
 
 def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """The argument checks of every model family: an integer (not a bool)
-    ``>= minimum``, returned as ``int``; the error names the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def apply_channels_last(module: nn.Module, channels_last: Optional[bool], fused: bool) -> bool:
