@@ -14,6 +14,7 @@ activation's slot; ``fused=False`` builds the plain pair (what
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -107,7 +108,7 @@ def run_generator(main: nn.Sequential, z: Tensor, project: bool) -> Tensor:
     nz, c, kh, kw = w.shape
     h = z @ w.permute(0, 2, 3, 1).reshape(nz, kh * kw * c)      # (B, k*k*C)
     h = h.view(z.shape[0], kh, kw, c).permute(0, 3, 1, 2)       # (B, C, k, k)
-    for layer in main[1:]:
+    for layer in itertools.islice(main, 1, None):  # main[1:] would build a Sequential per call
         h = layer(h)
     return h
 
@@ -165,7 +166,7 @@ class Discriminator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_image(x, (self.nc, self.image_size, self.image_size))
         h = x
-        for layer in self.main[:-1]:
+        for layer in itertools.islice(self.main, len(self.main) - 1):
             h = layer(h)                                        # (B, C, b, b)
         return score_head(self.main[-1], h, self.fused)         # (B,)
 

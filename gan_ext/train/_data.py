@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mnist", "mnist_unit", "mnist_signed", "limit", "mnist_edges_pair", "pad32"]
+__all__ = ["mnist", "mnist_unit", "mnist_signed", "limit", "mnist_edges_pair"]
 
 
 def mnist(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
@@ -33,11 +33,6 @@ def limit(n: Optional[int], *tensors: Tensor) -> Tuple[Tensor, ...]:
     return tuple(t[:n] for t in tensors) if n is not None else tensors
 
 
-def pad32(x01: Tensor) -> Tensor:
-    """(N, 1, 28, 28) -> (N, 1, 32, 32), zero (black) border."""
-    return F.pad(x01, (2, 2, 2, 2))
-
-
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
@@ -46,8 +41,9 @@ def mnist_edges_pair(split: str, data_dir: Optional[str], n: Optional[int] = Non
     """The default pix2pix task, an MNIST "edges2digits": A = the Sobel edge
     map of a digit, B = the digit; both (N, 1, 32, 32) in [-1, 1], plus labels.
     Deterministic (no randomness)."""
+    from ..data import pad_to
     x01, y = limit(n, *mnist_unit(split, data_dir))
-    b = pad32(x01)                                                    # (N, 1, 32, 32)
+    b = pad_to(x01, 32)                                               # (N, 1, 32, 32)
     k = torch.stack([_SOBEL, _SOBEL.t()])[:, None]                    # (2, 1, 3, 3)
     g = F.conv2d(b, k, padding=1)                                     # (N, 2, 32, 32)
     edges = g.pow(2).sum(1, keepdim=True).sqrt()

@@ -90,7 +90,9 @@ class GANTrainer(Trainer):
     def train_data(self):
         o = self.opts
         if o.data is None:
+            from ..data import pad_to
             x, y = _data.mnist_signed("train", o.mnist_dir)
+            x = pad_to(x, self.image_shape()[-1], value=-1.0)                # (N, 1, S, S)
         else:
             from ..data import load_image_folder
             c, s, _ = self.image_shape()
@@ -138,8 +140,8 @@ class GANTrainer(Trainer):
         z = torch.randn(n, self.model.config.nz, generator=g)
         labels = torch.arange(n) % 10 if self.conditional else None
         images = self.generate(z, labels)                                 # (N, 1, S, S)
-        if images.shape[-1] == 32:                                        # MNIST padded by 2
-            images = images[..., 2:30, 2:30]
+        m = (images.shape[-1] - 28) // 2                                  # the MNIST padding
+        images = images[..., m:m + 28, m:m + 28]
         return gan_metrics((images + 1) / 2, labels)                      # (N, 1, 28, 28)
 
 
@@ -182,14 +184,6 @@ class DCGANTrainer(GANTrainer):
     def make_config(self):
         c, s, _ = self.image_shape()
         return DCGANConfig(nc=c, image_size=s, **self.train_config_kwargs())
-
-    def train_data(self):
-        if self.opts.data is not None or self.image_shape()[-1] == 28:
-            return super().train_data()
-        x, y = _data.mnist_signed("train", self.opts.mnist_dir)
-        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)          # (N, 1, 32, 32)
-        x, y = _data.limit(self.opts.limit, x, y)
-        return (x, y) if self.conditional else (x,)
 
 
 class CGANTrainer(DCGANTrainer):
