@@ -32,7 +32,50 @@ def _rows(groups: List[Tensor], per_row: int) -> Tensor:
     return torch.cat(rows)
 
 
-class CycleGANTrainer(Trainer):
+class _TranslationTrainer(Trainer):
+    """What CycleGAN and pix2pix share: the LR schedule options, the model's
+    optimizers and schedulers, the default training limit, the cached test
+    split and the step. Subclasses build the config and load the data."""
+
+    default_limit: int
+
+    def schedule_kwargs(self) -> dict:
+        """Config fields from --epochs, --decay-epochs and --lr."""
+        o = self.opts
+        return dict(n_epochs=o.epochs if o.epochs is not None else self.default_epochs,
+                    n_epochs_decay=(o.decay_epochs if o.decay_epochs is not None
+                                    else self.default_decay_epochs),
+                    **({"lr": o.lr} if o.lr is not None else {}))
+
+    def attach(self, model) -> None:
+        self.model = model.to(self.device)
+        opt_G, opt_D = self.model.make_optimizers()
+        self.optimizers = {"G": opt_G, "D": opt_D}
+        sch_G, sch_D = self.model.make_schedulers(opt_G, opt_D)
+        self.schedulers = {"G": sch_G, "D": sch_D}
+        self._test = None
+
+    def train_limit(self) -> Optional[int]:
+        return self.opts.limit or (self.default_limit if self.opts.data is None else None)
+
+    def cached_test(self, n: int, load):
+        """``load("test", n)``, kept for later calls; a folder without a test
+        split falls back to its training images."""
+        if self._test is None or len(self._test[0]) < n:
+            try:
+                self._test = load("test", n)
+            except ValueError:
+                if self.opts.data is None:
+                    raise
+                self._test = load("train", n)
+        return self._test
+
+    def step(self, batches):
+        a, b = batches[0]
+        return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
+
+
+class CycleGANTrainer(_TranslationTrainer):
     name = "cyclegan"
     default_batch_size = 4
     default_epochs = 10           # at the constant LR (--epochs)
@@ -47,22 +90,12 @@ class CycleGANTrainer(Trainer):
         return self.opts.image_size or (32 if self.opts.data is None else 128)
 
     def build(self, model_config: Optional[dict] = None) -> None:
-        o = self.opts
         if model_config:
             cfg = CycleGANConfig(**model_config)
         else:
             # Small enough for a CPU: ngf = ndf = 32 and 6 residual blocks (official: 64, 9).
-            cfg = CycleGANConfig(ngf=32, ndf=32, n_blocks=6,
-                                 n_epochs=o.epochs if o.epochs is not None else self.default_epochs,
-                                 n_epochs_decay=(o.decay_epochs if o.decay_epochs is not None
-                                                 else self.default_decay_epochs),
-                                 **({"lr": o.lr} if o.lr is not None else {}))
-        self.model = CycleGAN(cfg).to(self.device)
-        opt_G, opt_D = self.model.make_optimizers()
-        self.optimizers = {"G": opt_G, "D": opt_D}
-        sch_G, sch_D = self.model.make_schedulers(opt_G, opt_D)
-        self.schedulers = {"G": sch_G, "D": sch_D}
-        self._test = None
+            cfg = CycleGANConfig(ngf=32, ndf=32, n_blocks=6, **self.schedule_kwargs())
+        self.attach(CycleGAN(cfg))
 
     def _pair(self, split: str, n: Optional[int]):
         o = self.opts
@@ -76,25 +109,13 @@ class CycleGANTrainer(Trainer):
         return A, B, None, None
 
     def train_data(self):
-        n = self.opts.limit or (self.default_limit if self.opts.data is None else None)
-        A, B, _, _ = self._pair("train", n)
+        A, B, _, _ = self._pair("train", self.train_limit())
         m = min(len(A), len(B))  # unpaired: equal counts, so one shuffled loader serves both
         return A[:m], B[:m]
 
     def test_pair(self, n: int):
-        if self._test is None or len(self._test[0]) < n:
-            try:
-                self._test = self._pair("test", n)
-            except ValueError:
-                if self.opts.data is None:
-                    raise
-                self._test = self._pair("train", n)  # a folder without testA/testB
-        A, B, la, lb = self._test
+        A, B, la, lb = self.cached_test(n, self._pair)
         return A[:n], B[:n], (la[:n] if la is not None else None), (lb[:n] if lb is not None else None)
-
-    def step(self, batches):
-        a, b = batches[0]
-        return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
 
     def extra_state(self) -> dict:
         return {"fake_A_pool": self.model.fake_A_pool.state_dict(),
@@ -136,7 +157,7 @@ class CycleGANTrainer(Trainer):
         return out
 
 
-class Pix2PixTrainer(Trainer):
+class Pix2PixTrainer(_TranslationTrainer):
     name = "pix2pix"
     default_batch_size = 16
     default_epochs = 5
@@ -162,17 +183,8 @@ class Pix2PixTrainer(Trainer):
             small = o.data is None  # CPU-sized for 32x32 MNIST: ngf = ndf = 32, 2-layer PatchGAN
             cfg = Pix2PixConfig(input_nc=ch, output_nc=ch, num_downs=num_downs,
                                 ngf=32 if small else 64, ndf=32 if small else 64,
-                                n_layers_D=2 if small else 3,
-                                n_epochs=o.epochs if o.epochs is not None else self.default_epochs,
-                                n_epochs_decay=(o.decay_epochs if o.decay_epochs is not None
-                                                else self.default_decay_epochs),
-                                **({"lr": o.lr} if o.lr is not None else {}))
-        self.model = Pix2Pix(cfg).to(self.device)
-        opt_G, opt_D = self.model.make_optimizers()
-        self.optimizers = {"G": opt_G, "D": opt_D}
-        sch_G, sch_D = self.model.make_schedulers(opt_G, opt_D)
-        self.schedulers = {"G": sch_G, "D": sch_D}
-        self._test = None
+                                n_layers_D=2 if small else 3, **self.schedule_kwargs())
+        self.attach(Pix2Pix(cfg))
 
     def _pairs(self, split: str, n: Optional[int]):
         o = self.opts
@@ -184,22 +196,11 @@ class Pix2PixTrainer(Trainer):
         return A[:n], B[:n]
 
     def train_data(self):
-        n = self.opts.limit or (self.default_limit if self.opts.data is None else None)
-        return self._pairs("train", n)
+        return self._pairs("train", self.train_limit())
 
     def test_pairs(self, n: int):
-        if self._test is None or len(self._test[0]) < n:
-            try:
-                self._test = self._pairs("test", n)
-            except ValueError:
-                if self.opts.data is None:
-                    raise
-                self._test = self._pairs("train", n)
-        return self._test[0][:n], self._test[1][:n]
-
-    def step(self, batches):
-        a, b = batches[0]
-        return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
+        A, B = self.cached_test(n, self._pairs)
+        return A[:n], B[:n]
 
     def sample_grid(self):
         """Rows of 8: input A, G(A), target B."""
