@@ -1,6 +1,6 @@
 # gan_ext developer entry points. On a fresh machine with Python 3 + pip:
 #
-#   make demo    # venv + torch + build, then `gan-ext info` and `gan-ext bench --quick`
+#   make demo    # venv + torch + build, then `gan-ext info` and a DCGAN trained on MNIST (~4 min)
 #   make test    # venv + torch + build, then the test suite (pytest tests)
 #
 # Everything lives in $(VENV). Re-runs are fast: stamp files in $(VENV) record
@@ -120,7 +120,7 @@ DEMO_STEPS ?= 1800
 DEMO_OUT   ?= runs/demo
 demo: build
 	$(VENV)/bin/gan-ext info
-	$(VENV)/bin/gan-ext train dcgan --steps $(DEMO_STEPS) --out $(DEMO_OUT)
+	$(VENV)/bin/gan-ext train dcgan --steps $(DEMO_STEPS) --out $(DEMO_OUT) --overwrite
 
 test: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -75,8 +75,10 @@ C10_HOST_DEVICE inline void apply_term(Term term, T x, T y, T& f, T& df) {
     case Term::BCE: bce_term(x, y, f, df); return;
     case Term::NegBCE: bce_term(x, y, f, df); f = -f; df = -df; return;
     case Term::Square: { const T d = x - y; f = d * d; df = T(2) * d; return; }
-    case Term::HingeReal: f = x < T(1) ? T(1) - x : T(0); df = x < T(1) ? T(-1) : T(0); return;
-    case Term::HingeFake: f = x > T(-1) ? T(1) + x : T(0); df = x > T(-1) ? T(1) : T(0); return;
+    // relu(1 -+ x), written so that a NaN logit gives a NaN loss (the
+    // comparison is false for NaN) and the gradient torch.relu's backward gives.
+    case Term::HingeReal: f = x >= T(1) ? T(0) : T(1) - x; df = x >= T(1) ? T(0) : T(-1); return;
+    case Term::HingeFake: f = x <= T(-1) ? T(0) : T(1) + x; df = x <= T(-1) ? T(0) : T(1); return;
     case Term::Neg: f = -x; df = T(-1); return;
   }
 }

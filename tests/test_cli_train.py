@@ -216,7 +216,7 @@ def test_corrupt_and_foreign_checkpoints(command, tmp_path, capsys):
     foreign = tmp_path / "foreign" / "checkpoint.pt"
     foreign.parent.mkdir()
     torch.save({"weights": torch.ones(3)}, foreign)
-    for path, needle in ((junk, "not a readable PyTorch checkpoint"),
+    for path, needle in ((junk, "is not a PyTorch checkpoint"),
                          (foreign, "not a gan_ext training checkpoint")):
         if command == "resume":
             code = _train("gan", path.parent, "--steps", "1", "--resume")

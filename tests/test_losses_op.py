@@ -690,3 +690,40 @@ def test_no_grad_runs_plain_op_and_saves_nothing():
     xg = x.clone().requires_grad_()
     with torch.no_grad(), gan_ext.use_backend("fused"):
         assert ops.g_loss(xg).grad_fn is None
+
+
+# ----------------------------------------------------------- NaN in every lane
+# 2 x 16 + 5 values: two whole AVX-512 float vectors (four AVX2 ones) and a
+# scalar tail, so every lane position of the vector body and the tail is hit.
+NAN_N = 37
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_nan_in_every_lane_gives_nan(device, case, dtype):
+    """A NaN logit (or target) at any position makes the loss NaN, with and
+    without grad, and gives the gradients the twin gives (NaN where its
+    autograd gives NaN) (issue 13: hinge dropped NaN, the vector BCE gradient
+    was finite at a NaN logit)."""
+    skip_unless_fused_on(device)
+    make, fn, _ = CASES[case]
+    base = [v.reshape(-1)[:NAN_N] if v.numel() >= NAN_N else v for v in make((NAN_N,))]
+    for pos in range(NAN_N):
+        for which in range(len(base)):
+            vals = [v.clone() for v in base]
+            vals[which][pos] = float("nan")
+            outs = {}
+            for name in ("fused", "reference"):
+                with gan_ext.use_backend(name):
+                    with torch.no_grad():
+                        plain = fn(*[leaf(v, dtype, device) for v in vals], "mean")
+                    inputs = [leaf(v, dtype, device, requires_grad=True) for v in vals]
+                    loss, grads = loss_and_grads(fn, inputs, "sum")
+                outs[name] = (plain, loss, grads)
+            where = f"{case} {dtype} input {which} position {pos}"
+            plain, loss, grads = outs["fused"]
+            assert torch.isnan(plain) and torch.isnan(loss), where
+            for g, g_ref in zip(grads, outs["reference"][2]):
+                assert torch.equal(torch.isnan(g), torch.isnan(g_ref)), where
+                torch.testing.assert_close(g, g_ref, equal_nan=True, rtol=2e-2, atol=1e-3,
+                                           msg=lambda m: f"{where}: {m}")

@@ -53,7 +53,7 @@ def test_failed_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_load_checkpoint_rejects_foreign_and_corrupt_files(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(1000))
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         load_checkpoint(str(junk))
     foreign = tmp_path / "foreign.pt"
     torch.save(torch.nn.Linear(2, 2).state_dict(), foreign)

@@ -65,8 +65,10 @@ inline void vbce(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>& 
     inv = one / (one + e);
   }
   const V sig = V::blendv(e * inv, inv, x >= zero);
-  f = at::vec::maximum(x, zero) - x * y + lp;
-  df = sig - y;
+  f = at::vec::maximum(x, zero) - x * y + lp;  // maximum propagates NaN
+  // The fast exp/log1p/reciprocal are finite at NaN, so sig would be too:
+  // a NaN logit gets a NaN gradient, as in the scalar tail and the twin.
+  df = V::blendv(sig - y, x, x.isnan());
 }
 
 template <Term TERM, typename O>
@@ -84,13 +86,13 @@ inline void vterm(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>&
     f = d * d;
     df = d + d;
   } else if constexpr (TERM == Term::HingeReal) {
-    const V m = x < one;
-    f = V::blendv(zero, one - x, m);
-    df = V::blendv(zero, V(O(-1)), m);
+    const V m = x >= one;  // false for NaN: the loss stays NaN (apply_term, losses.h)
+    f = V::blendv(one - x, zero, m);
+    df = V::blendv(V(O(-1)), zero, m);
   } else if constexpr (TERM == Term::HingeFake) {
-    const V m = x > V(O(-1));
-    f = V::blendv(zero, one + x, m);
-    df = V::blendv(zero, one, m);
+    const V m = x <= V(O(-1));
+    f = V::blendv(one + x, zero, m);
+    df = V::blendv(one, zero, m);
   } else {
     f = zero - x;
     df = V(O(-1));

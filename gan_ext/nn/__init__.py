@@ -4,6 +4,7 @@ from .layers import (ActDropout, BatchNormAct2d, Conv2dNormAct, ConvTranspose2dN
                      InstanceNormAct2d)
 from .fuse import fuse
 from .losses import GANLoss
+from .sync import SyncBatchNormThenAct, convert_sync_batchnorm
 
 __all__ = ["BatchNormAct2d", "InstanceNormAct2d", "Conv2dNormAct", "ConvTranspose2dNormAct",
-           "ActDropout", "fuse", "GANLoss"]
+           "ActDropout", "fuse", "GANLoss", "SyncBatchNormThenAct", "convert_sync_batchnorm"]

@@ -49,8 +49,6 @@ class _UnitImages(Trainer):
 
 class AETrainer(_UnitImages):
     name = "ae"
-    default_batch_size = 128
-    default_epochs = 10
     loss_groups = {"reconstruction MSE": ["loss"]}
     progress_keys = ("loss",)
     denoising = False
@@ -110,8 +108,6 @@ class DAETrainer(AETrainer):
 
 class VAETrainer(_UnitImages):
     name = "vae"
-    default_batch_size = 128
-    default_epochs = 10           # pytorch/examples vae
     loss_groups = {"negative ELBO terms (nats per image)":
                    ["recon_per_image", "kl_per_image", "loss_per_image"]}
     progress_keys = ("loss_per_image", "kl_per_image")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 from .._atomic import atomic_write
 
 __all__ = ["FORMAT", "CheckpointError", "atomic_save", "load_checkpoint", "rng_state",
-           "set_rng_state"]
+           "set_rng_state", "read_torch_file", "check_config_sizes", "check_complete",
+           "MAX_CONFIG_INT"]
 
 FORMAT = "gan_ext.train.checkpoint/1"
 
@@ -47,10 +49,47 @@ def read_torch_file(path: str, map_location="cpu") -> Any:
         path = cand
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise CheckpointError(f"{path!r} is too large to load into memory") from None
     except Exception as e:  # pickle, zip and torch errors differ by version: all mean "not ours"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint (corrupt, "
-                              f"truncated or another format): {first[:160]}") from e
+        raise CheckpointError(f"{path!r} {_why_unreadable(e)}") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _why_unreadable(e: Exception) -> str:
+    """One plain sentence for a failed ``torch.load(weights_only=True)``;
+    torch's own text is several paragraphs (with terminal colour codes)."""
+    text = _ANSI.sub("", str(e))
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return (f"holds Python objects ({m.group(1)}) that safe loading refuses because they "
+                "could run code; gan_ext loads only files of tensors and plain values")
+    if isinstance(e, EOFError) or "zip archive" in text or "central directory" in text:
+        return "is empty or truncated: not a complete PyTorch checkpoint"
+    return "is not a PyTorch checkpoint (corrupt or another format)"
+
+
+# Every checkpoint key fit() writes, with its type: a file with the format tag
+# but other content is refused here with one line, not deep in the loader.
+_CHECKPOINT_KEYS = {"model_name": str, "options": dict, "model_config": dict, "models": dict,
+                    "optimizers": dict, "schedulers": dict, "extra": dict, "loader": dict,
+                    "rng": dict, "step": int, "epoch": int, "history": list}
+# A crafted config could ask for a model of any size (memory denial of service):
+# widths, depths and sizes above these are refused before anything is built.
+MAX_CONFIG_INT = 4096
+
+
+def check_config_sizes(config: dict, where: str) -> None:
+    for k, v in config.items():
+        if isinstance(v, bool):
+            continue
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        for x in vals:
+            if isinstance(x, int) and not 0 <= x <= MAX_CONFIG_INT:
+                raise CheckpointError(f"{where}: model setting {k} = {x} is outside "
+                                      f"[0, {MAX_CONFIG_INT}]; the file is damaged or crafted")
 
 
 def load_checkpoint(path: str, model: Optional[str] = None, map_location="cpu") -> Dict[str, Any]:
@@ -66,6 +105,17 @@ def load_checkpoint(path: str, model: Optional[str] = None, map_location="cpu") 
                               f"not {model!r}: resume it with 'gan-ext train "
                               f"{ckpt.get('model_name')} --resume' or choose another --out")
     return ckpt
+
+
+def check_complete(ckpt: Dict[str, Any], path: str) -> None:
+    """A training checkpoint about to be resumed, sampled or evaluated holds
+    every entry fit() writes, of the right type, and plausible model sizes:
+    otherwise one CheckpointError line, not a KeyError deep in a loader."""
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(ckpt.get(key), kind) or (kind is int and isinstance(ckpt[key], bool)):
+            raise CheckpointError(f"{os.fspath(path)!r} has the gan_ext format tag but its "
+                                  f"{key!r} entry is missing or malformed; the file is damaged")
+    check_config_sizes(ckpt["model_config"], repr(os.fspath(path)))
 
 
 # -------------------------------------------------------------------- RNG

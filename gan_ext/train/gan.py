@@ -4,7 +4,7 @@ smoothing; the models' own ``train_step`` with the fused losses."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -44,8 +44,6 @@ class GANTrainer(Trainer):
     name = "gan"
     model_class = GAN
     config_class = GANConfig
-    default_batch_size = 64
-    default_epochs = 30           # ~25 s per MNIST epoch on 2 CPU cores
     loss_groups = {"losses": ["d_loss", "g_loss"],
                    "D outputs (probabilities)": ["d_real", "d_fake", "d_gen"]}
     progress_keys = ("d_loss", "g_loss")
@@ -163,7 +161,6 @@ class DCGANTrainer(GANTrainer):
     name = "dcgan"
     model_class = DCGAN
     config_class = DCGANConfig
-    default_epochs = 14           # ~940 steps per epoch at batch 64, ~2 min each at 32x32 on 2 cores
 
     def image_shape(self):
         o = self.opts
@@ -214,15 +211,22 @@ class CGANTrainer(DCGANTrainer):
         return self.generate(self.fixed_z, self.fixed_labels), self.grid_n // 10
 
     def sample(self, n: int, interpolate: bool, generator: torch.Generator,
-               inputs: Optional[Tensor] = None):
+               inputs: Optional[Tensor] = None, labels: Optional[Sequence[int]] = None):
         """A class-by-row grid: row c holds class c (with --interpolate: a
-        latent path per row, the class fixed)."""
-        nz, per = self.model.config.nz, max(1, n // 10)
+        latent path per row, the class fixed). ``labels``: the classes of the
+        rows (default: all 10)."""
+        k = self.model.config.num_classes
+        classes = list(range(k)) if labels is None else list(labels)
+        bad = [c for c in classes if not 0 <= int(c) < k]
+        if bad:
+            raise ValueError(f"--label must be class numbers in [0, {k - 1}], got {bad[0]}")
+        rows = len(classes)
+        nz, per = self.model.config.nz, max(1, n // rows)
         if interpolate:
-            z0 = torch.randn(10, nz, generator=generator)
-            z1 = torch.randn(10, nz, generator=generator)
-            z = slerp(z0, z1, torch.linspace(0, 1, per)).reshape(10 * per, nz)
+            z0 = torch.randn(rows, nz, generator=generator)
+            z1 = torch.randn(rows, nz, generator=generator)
+            z = slerp(z0, z1, torch.linspace(0, 1, per)).reshape(rows * per, nz)
         else:
-            z = torch.randn(10 * per, nz, generator=generator)
-        labels = torch.arange(10).repeat_interleave(per)
-        return self.generate(z, labels), per
+            z = torch.randn(rows * per, nz, generator=generator)
+        labels_t = torch.tensor(classes, dtype=torch.int64).repeat_interleave(per)
+        return self.generate(z, labels_t), per

@@ -3,18 +3,20 @@ checkpoint (or a published official CycleGAN/pix2pix generator file) and
 sample, translate or evaluate it."""
 from __future__ import annotations
 
+import math
 import os
 import re
-from typing import Any, Dict, Optional, Tuple
+import warnings
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .checkpoint import FORMAT, CheckpointError, read_torch_file
+from .checkpoint import FORMAT, CheckpointError, check_complete, check_config_sizes, read_torch_file
 from .grid import save_grid
 from .loop import resolve_device
 from .monitor import append_jsonl
-from .options import TrainOptions
+from .options import MODELS, TrainOptions
 from .registry import trainer_class
 from .translation import _rows, translate
 
@@ -36,12 +38,20 @@ def load_trained(path: str, device: str = "auto"):
     ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is a PyTorch file but not a gan_ext training "
-                              "checkpoint (no gan_ext format tag), nor an official "
-                              "CycleGAN/pix2pix generator")
-    opts = TrainOptions.from_dict({**ckpt["options"], "resume": False})
-    dev = resolve_device(device)
-    trainer = trainer_class(ckpt["model_name"])(opts, dev)
-    trainer.build(ckpt["model_config"])
+                              "checkpoint (no gan_ext format tag), nor a generator file "
+                              "'gan-ext sample' knows (official CycleGAN/pix2pix, "
+                              "pytorch/examples DCGAN)")
+    check_complete(ckpt, path)
+    if ckpt["model_name"] not in MODELS:
+        raise CheckpointError(f"{path!r} names an unknown model {ckpt['model_name']!r}")
+    try:
+        opts = TrainOptions.from_dict({**ckpt["options"], "resume": False})
+        dev = resolve_device(device)
+        trainer = trainer_class(ckpt["model_name"])(opts, dev)
+        trainer.build(ckpt["model_config"])
+    except (TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path!r}: its options or model settings are malformed "
+                              f"({type(e).__name__}: {str(e)[:120]}); the file is damaged") from None
     trainer.load_state(ckpt, weights_only=True)
     trainer.model.eval()
     return trainer, ckpt
@@ -56,6 +66,16 @@ def _is_official_generator(sd) -> bool:
 def official_generator(state_dict: dict) -> torch.nn.Module:
     """A ResnetGenerator (CycleGAN) or UnetGenerator (pix2pix) shaped after a
     bare official state_dict (``latest_net_G_A.pth``), weights loaded."""
+    try:
+        return _official_generator(state_dict)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"the official generator's state_dict is malformed "
+                              f"({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _official_generator(state_dict: dict) -> torch.nn.Module:
     from ..models import ResnetGenerator, UnetGenerator, load_official_state_dict
     sd = {k.replace("module.", "", 1): v for k, v in state_dict.items()}
     blocks = {int(m.group(1)) for k in sd for m in [re.match(r"model\.(\d+)\.conv_block\.", k)] if m}
@@ -65,13 +85,19 @@ def official_generator(state_dict: dict) -> torch.nn.Module:
                        and k.count(".") == 2)
         last = sd[f"model.{last_idx}.weight"]               # (output_nc, ngf, 7, 7)
         norm = "batch" if "model.2.running_mean" in sd else "instance"
-        G = ResnetGenerator(first.shape[1], last.shape[0], first.shape[0], len(blocks), norm)
+        dims = dict(input_nc=first.shape[1], output_nc=last.shape[0], ngf=first.shape[0],
+                    n_blocks=len(blocks))
+        check_config_sizes(dims, "the official generator")
+        G = ResnetGenerator(dims["input_nc"], dims["output_nc"], dims["ngf"], len(blocks), norm)
     elif "model.model.0.weight" in sd:
         first = sd["model.model.0.weight"]                  # (ngf, input_nc, 4, 4)
         depth = max(k.count("model.1.") for k in sd) + 1
         out_w = [v for k, v in sd.items() if k.startswith("model.model.3.") and k.endswith("weight")]
         output_nc = out_w[0].shape[1] if out_w else 3
         norm = "batch" if any(k.endswith("running_mean") for k in sd) else "instance"
+        dims = dict(input_nc=first.shape[1], output_nc=output_nc, ngf=first.shape[0],
+                    num_downs=depth)
+        check_config_sizes(dims, "the official generator")
         G = UnetGenerator(first.shape[1], output_nc, depth, first.shape[0], norm)
     else:
         raise CheckpointError("the state_dict is neither an official ResnetGenerator nor a "
@@ -82,6 +108,40 @@ def official_generator(state_dict: dict) -> torch.nn.Module:
         raise CheckpointError(f"the official generator does not load: "
                               f"{str(e).splitlines()[0][:200]}") from e
     return G.eval()
+
+
+# ---------------------------------------------- pytorch/examples DCGAN generator
+def _is_examples_dcgan(sd) -> bool:
+    """A bare ``netG_epoch_N.pth`` of pytorch/examples dcgan: main.0 ... main.12."""
+    return (isinstance(sd, dict) and "main.0.weight" in sd and "main.12.weight" in sd
+            and all(isinstance(v, Tensor) for v in sd.values())
+            and all(str(k).startswith("main.") for k in sd))
+
+
+def examples_dcgan_generator(state_dict: dict, device) -> Tuple[torch.nn.Module, "DCGANConfig"]:
+    """The 64x64 DCGAN generator of pytorch/examples, shaped after its state_dict
+    (nz, ngf, nc), weights loaded strictly, in eval mode."""
+    from ..models import DCGAN, DCGANConfig
+    try:
+        w0, wl = state_dict["main.0.weight"], state_dict["main.12.weight"]  # (nz, 8 ngf, 4, 4), (ngf, nc, 4, 4)
+        cfg = DCGANConfig(nz=int(w0.shape[0]), ngf=int(wl.shape[0]), nc=int(wl.shape[1]),
+                          image_size=64)
+        check_config_sizes(dict(nz=cfg.nz, ngf=cfg.ngf, nc=cfg.nc), "the DCGAN generator")
+        G = DCGAN(cfg).G
+        G.load_state_dict(state_dict)
+    except (IndexError, RuntimeError, ValueError, TypeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"the pytorch/examples DCGAN generator does not load: "
+                              f"{first[:160]}") from None
+    return G.to(device).eval(), cfg
+
+
+def _examples_dcgan_samples(G, nz: int, n: int, generator: torch.Generator, device) -> Tensor:
+    z = torch.randn(n, nz, 1, 1, generator=generator)
+    with torch.no_grad():
+        return torch.cat([G(z[i:i + 500].to(device)).float().cpu() for i in range(0, n, 500)])
 
 
 def load_images(path: str, image_size: int, channels: int) -> Tensor:
@@ -110,11 +170,22 @@ def load_images(path: str, image_size: int, channels: int) -> Tensor:
 # ------------------------------------------------------------------ commands
 def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = False,
                       inputs: Optional[str] = None, seed: int = 0, device: str = "auto",
-                      direction: str = "AtoB", image_size: Optional[int] = None) -> str:
-    """Writes a grid PNG to ``out``; returns its path."""
+                      direction: str = "AtoB", image_size: Optional[int] = None,
+                      labels: Optional[Sequence[int]] = None) -> str:
+    """Writes a grid image to ``out``; returns its path. ``labels``: cgan
+    classes to sample, one row each."""
     path = _checkpoint_path(path)
     raw = read_torch_file(path)
     g = torch.Generator().manual_seed(seed)
+    if _is_official_generator(raw) or _is_examples_dcgan(raw):
+        _refuse(labels is not None, "--label", "a cgan checkpoint")
+        _refuse(interpolate, "--interpolate", "a gan_ext checkpoint")
+    if _is_examples_dcgan(raw):
+        _refuse(inputs is not None, "--input", "translation and autoencoder models")
+        dev = resolve_device(device)
+        G, cfg = examples_dcgan_generator(raw, dev)
+        images = _examples_dcgan_samples(G, cfg.nz, n, g, dev)
+        return save_grid(images, out, nrow=max(1, math.isqrt(n - 1) + 1))
     if _is_official_generator(raw):
         if inputs is None:
             raise ValueError("an official generator file translates images: pass --input "
@@ -128,6 +199,7 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         per = min(8, len(x))
         return save_grid(_rows([x, y], per), out, nrow=per)
     trainer, ckpt = load_trained(path, device)
+    _refuse(labels is not None and trainer.name != "cgan", "--label", "cgan")
     x = None
     if inputs is not None:
         if trainer.name not in ("cyclegan", "pix2pix", "ae", "dae"):
@@ -143,23 +215,79 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         x = x[:n]
     with torch.no_grad():
         kw = {"direction": direction} if trainer.name in ("cyclegan", "pix2pix") else {}
+        if labels is not None:
+            kw["labels"] = labels
         images, nrow = trainer.sample(n, interpolate, g, inputs=x, **kw)
     return save_grid(images, out, nrow=nrow)
 
 
+def _refuse(given: bool, option: str, what: str) -> None:
+    if given:
+        raise ValueError(f"{option} applies to {what} only")
+
+
+# Below these sample counts a metric is biased (IS low, FID high): issue 13
+# reports one DCGAN run at IS 6.3 from 200 samples and 7.0 from 2,000.
+MIN_SAMPLES = {"inception_score": 2000, "mnist_fid": 2000}
+
+
+def _sample_size_warnings(metrics: Dict[str, Any], n: int) -> None:
+    short = [k for k, need in MIN_SAMPLES.items() if k in metrics and n < need]
+    if short:
+        need = max(MIN_SAMPLES[k] for k in short)
+        metrics.setdefault("warnings", []).append(
+            f"{' and '.join(short)} from only {n} samples are biased (IS low, FID high); use "
+            f"--n {need} or more, and compare scores only at the same --n")
+
+
 def evaluate_checkpoint(path: str, n: int = 10000, device: str = "auto",
-                        fid_backend: Optional[str] = None) -> Tuple[Dict[str, Any], str]:
-    """The family's metrics; appended to the run's metrics.jsonl. Returns
-    (metrics, metrics.jsonl path)."""
+                        fid_backend: Optional[str] = None,
+                        report: Optional[Callable[[Dict[str, Any]], Any]] = None
+                        ) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The family's metrics, handed to ``report`` first, then appended to the
+    run's metrics.jsonl. Returns (metrics, metrics.jsonl path, or None when
+    the folder is not writable: a warning says so)."""
     path = _checkpoint_path(path)
+    raw = read_torch_file(path)
+    if _is_official_generator(raw):
+        raise ValueError(f"{path!r} is an official CycleGAN/pix2pix generator: its metrics need "
+                         "the test images of its own dataset, which the file does not name; "
+                         "translate them with 'gan-ext sample FILE --input DIR'")
+    if _is_examples_dcgan(raw):
+        metrics = _evaluate_examples_dcgan(raw, n, device)
+        _sample_size_warnings(metrics, n)
+        if report is not None:
+            report(metrics)
+        return metrics, None
     trainer, ckpt = load_trained(path, device)
     metrics = trainer.run_eval(n)
     if fid_backend is not None:
         metrics[f"fid_{fid_backend}"] = _backend_fid(trainer, fid_backend, n)
+    _sample_size_warnings(metrics, int(metrics.get("n", n)))
+    if report is not None:
+        report(metrics)
     log = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.jsonl")
-    append_jsonl(log, {"step": int(ckpt.get("step", 0)), "epoch": int(ckpt.get("epoch", 0)),
-                       "eval": metrics, "source": "gan-ext eval"})
+    try:
+        append_jsonl(log, {"step": int(ckpt.get("step", 0)), "epoch": int(ckpt.get("epoch", 0)),
+                           "eval": metrics, "source": "gan-ext eval"})
+    except OSError as e:
+        warnings.warn(f"the metrics were not appended to {log} ({e.strerror or e})")
+        return metrics, None
     return metrics, log
+
+
+def _evaluate_examples_dcgan(raw: dict, n: int, device: str) -> Dict[str, Any]:
+    """A pytorch/examples DCGAN trained on MNIST (1 channel, 64x64): its samples
+    are scaled to 28x28 for the MNIST metrics."""
+    from .gan import gan_metrics
+    dev = resolve_device(device)
+    G, cfg = examples_dcgan_generator(raw, dev)
+    if cfg.nc != 1:
+        raise ValueError(f"this DCGAN generator makes {cfg.nc}-channel images; the built-in "
+                         "metrics are MNIST's (1 channel): sample it with 'gan-ext sample'")
+    images = _examples_dcgan_samples(G, cfg.nz, n, torch.Generator().manual_seed(2), dev)
+    images = torch.nn.functional.interpolate(images, size=(28, 28), mode="area")
+    return gan_metrics((images.clamp(-1, 1) + 1) / 2)
 
 
 def _backend_fid(trainer, backend: str, n: int) -> float:

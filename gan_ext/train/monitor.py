@@ -10,12 +10,26 @@ import sys
 import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
-__all__ = ["MetricsLog", "Progress", "plot_losses", "append_jsonl"]
+from .._atomic import atomic_write
+
+__all__ = ["MetricsLog", "Progress", "plot_losses", "append_jsonl", "json_safe"]
+
+
+def json_safe(v):
+    """NaN/inf as null: JSON has no NaN (json.dumps would write a bare NaN,
+    which JSON readers refuse)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
 
 
 def append_jsonl(path: str, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=False) + "\n")
+        f.write(json.dumps(json_safe(record), sort_keys=False, allow_nan=False) + "\n")
 
 
 class MetricsLog:
@@ -139,6 +153,8 @@ def plot_losses(history: List[Dict[str, float]], groups: Dict[str, Sequence[str]
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:  # atomic: a run killed mid-draw keeps the previous picture
+        atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -3,20 +3,99 @@ saved in ``config.json`` and in every checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES"]
+__all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
+           "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
+           "MAX_SEED", "DEMO_STEPS"]
 
 MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix")
 G_LOSSES = ("non-saturating", "minimax")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("fused", "reference")
+MAX_SEED = 2 ** 63 - 1   # torch.manual_seed takes a 64-bit signed seed
 
-# What a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE_OVERRIDES = ("steps", "epochs", "decay_epochs", "sample_every", "log_every",
-                       "checkpoint_every", "eval_n", "progress", "device", "amp", "backend")
+# What `make demo` trains (`gan-ext train dcgan --steps DEMO_STEPS`): the
+# Makefile, the CLI's examples and the README say this number (a test checks).
+DEMO_STEPS = 1800
+
+# The one table of per-model defaults: the trainers, the CLI's help and the
+# README's option list read it (a test checks the README against it).
+#   epochs: at the constant LR; decay_epochs: then linear decay to 0 (cyclegan,
+#   pix2pix); limit: training images used from the default (MNIST) data.
+DEFAULTS = {
+    "gan":      {"epochs": 30, "batch_size": 64},
+    "dcgan":    {"epochs": 14, "batch_size": 64},
+    "cgan":     {"epochs": 14, "batch_size": 64},
+    "ae":       {"epochs": 10, "batch_size": 128},
+    "dae":      {"epochs": 10, "batch_size": 128},
+    "vae":      {"epochs": 10, "batch_size": 128},
+    "cyclegan": {"epochs": 10, "decay_epochs": 10, "batch_size": 4, "limit": 1000},
+    "pix2pix":  {"epochs": 5, "decay_epochs": 5, "batch_size": 16, "limit": 10000},
+}
+
+
+def defaults_text(key: str) -> str:
+    """'gan 30, dcgan 14, ...' for one DEFAULTS key (the CLI's help)."""
+    return ", ".join(f"{m} {d[key]}" for m, d in DEFAULTS.items() if key in d)
+
+
+# The options that set how long a run trains. On --resume a given one replaces
+# the saved one (the new total), and --epochs alone clears a saved --steps.
+LENGTH_OPTIONS = ("steps", "epochs", "decay_epochs")
+# Options about how a run is carried out, not what it trains: a resume may
+# change them freely.
+RUN_OPTIONS = ("sample_every", "log_every", "checkpoint_every", "eval_n", "progress", "device",
+               "amp", "backend", "threads", "mnist_dir")
+RESUMABLE_OVERRIDES = LENGTH_OPTIONS + RUN_OPTIONS
+
+# Options that only some models use: option -> (models, needs --data). An
+# option given for another model is refused, never silently ignored.
+_APPLIES = {
+    "k": (("gan", "dcgan", "cgan"), False),
+    "g_loss": (("gan", "dcgan", "cgan"), False),
+    "label_smoothing": (("gan", "dcgan", "cgan"), False),
+    "beta": (("vae",), False),
+    "decay_epochs": (("cyclegan", "pix2pix"), False),
+    "data": (tuple(m for m in MODELS if m != "cgan"), False),
+    "image_size": (("gan", "dcgan", "cyclegan", "pix2pix"), False),
+    "channels": (("gan", "dcgan"), True),
+    "direction": (("pix2pix",), True),
+}
+# Where image_size needs --data (the default data's size is fixed).
+_IMAGE_SIZE_NEEDS_DATA = ("gan", "pix2pix")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_applicable(opts: "TrainOptions", explicit) -> None:
+    """ValueError naming the first option the user gave that ``opts.model``
+    does not use."""
+    for name in sorted(set(explicit) & set(_APPLIES)):
+        models, needs_data = _APPLIES[name]
+        if opts.model not in models:
+            raise ValueError(f"{_flag(name)} does not apply to {opts.model} (it is an option of "
+                             f"{', '.join(models)})")
+        if (needs_data or (name == "image_size" and opts.model in _IMAGE_SIZE_NEEDS_DATA)) \
+                and opts.data is None:
+            raise ValueError(f"{_flag(name)} applies to {opts.model} only with --data (the "
+                             "default MNIST data has a fixed size and layout)")
+
+
+def check_resume(saved: "TrainOptions", given: "TrainOptions", explicit) -> None:
+    """ValueError naming the first option a ``--resume`` may not change (it
+    would break the exact continuation or mix two runs' settings)."""
+    for name in sorted(set(explicit) - set(RESUMABLE_OVERRIDES) - {"resume", "out", "model"}):
+        old, new = getattr(saved, name), getattr(given, name)
+        if old != new:
+            raise ValueError(f"{_flag(name)} cannot change on --resume (the run was trained "
+                             f"with {old!r}, asked {new!r}): a resume continues the saved run "
+                             "exactly; start a new run in another --out instead")
 
 
 @dataclass
@@ -47,12 +126,14 @@ class TrainOptions:
     log_every: int = 50
     checkpoint_every: int = 1000
     eval_n: int = 2000                   # samples for the final evaluation; 0: none
-    progress: bool = True
+    progress: bool = True                # progress bar; without it a log line per log_every
+    overwrite: bool = False              # replace a finished or different run in `out`
+    threads: Optional[int] = None        # torch CPU threads (None: what torch uses)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        for name in ("steps", "epochs", "batch_size", "limit", "image_size"):
+        for name in ("steps", "epochs", "batch_size", "limit", "image_size", "threads"):
             v = getattr(self, name)
             if v is not None:
                 _int(name, v, 1)
@@ -62,17 +143,19 @@ class TrainOptions:
             _int(name, getattr(self, name), 1)
         _int("eval_n", self.eval_n, 0)
         _int("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed must be at most 2**63 - 1, got {self.seed}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.g_loss not in G_LOSSES:
             raise ValueError(f"g_loss must be one of {G_LOSSES}, got {self.g_loss!r}")
-        if not 0.0 <= float(self.label_smoothing) < 1.0:
+        if not 0.0 <= _float("label_smoothing", self.label_smoothing) < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not float(self.beta) >= 0.0:
+        if not _float("beta", self.beta) >= 0.0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if self.lr is not None and not float(self.lr) > 0:
+        if self.lr is not None and not _float("lr", self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
@@ -86,6 +169,15 @@ class TrainOptions:
     def from_dict(cls, d: dict) -> "TrainOptions":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _float(name: str, value) -> float:
+    """A finite number: inf or NaN would train to NaN weights."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)
 
 
 def _int(name: str, value, minimum: int) -> int:

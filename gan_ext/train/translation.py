@@ -37,7 +37,6 @@ class _TranslationTrainer(Trainer):
     optimizers and schedulers, the default training limit, the cached test
     split and the step. Subclasses build the config and load the data."""
 
-    default_limit: int
 
     def schedule_kwargs(self) -> dict:
         """Config fields from --epochs, --decay-epochs and --lr."""
@@ -47,6 +46,13 @@ class _TranslationTrainer(Trainer):
                                     else self.default_decay_epochs),
                     **({"lr": o.lr} if o.lr is not None else {}))
 
+    def resumed_schedule(self, model_config: dict) -> dict:
+        """A saved config with the schedule's length from the options: a
+        resume may ask for more (or fewer) epochs, and the LR schedule must
+        follow (the LR itself may not change on resume)."""
+        sched = {k: v for k, v in self.schedule_kwargs().items() if k != "lr"}
+        return {**model_config, **sched}
+
     def attach(self, model) -> None:
         self.model = model.to(self.device)
         opt_G, opt_D = self.model.make_optimizers()
@@ -54,6 +60,7 @@ class _TranslationTrainer(Trainer):
         sch_G, sch_D = self.model.make_schedulers(opt_G, opt_D)
         self.schedulers = {"G": sch_G, "D": sch_D}
         self._test = None
+        self.test_is_train = False  # set when --data has no test split
 
     def train_limit(self) -> Optional[int]:
         return self.opts.limit or (self.default_limit if self.opts.data is None else None)
@@ -68,6 +75,7 @@ class _TranslationTrainer(Trainer):
                 if self.opts.data is None:
                     raise
                 self._test = load("train", n)
+                self.test_is_train = True
         return self._test
 
     def step(self, batches):
@@ -77,10 +85,6 @@ class _TranslationTrainer(Trainer):
 
 class CycleGANTrainer(_TranslationTrainer):
     name = "cyclegan"
-    default_batch_size = 4
-    default_epochs = 10           # at the constant LR (--epochs)
-    default_decay_epochs = 10     # linear decay to 0 (--decay-epochs)
-    default_limit = 1000          # images per domain of the MNIST pair: 250 steps per epoch
     loss_groups = {"generators (adversarial)": ["G_A", "G_B"],
                    "discriminators": ["D_A", "D_B"],
                    "cycle and identity (weighted)": ["cycle_A", "cycle_B", "idt_A", "idt_B"]}
@@ -91,7 +95,7 @@ class CycleGANTrainer(_TranslationTrainer):
 
     def build(self, model_config: Optional[dict] = None) -> None:
         if model_config:
-            cfg = CycleGANConfig(**model_config)
+            cfg = CycleGANConfig(**self.resumed_schedule(model_config))
         else:
             # Small enough for a CPU: ngf = ndf = 32 and 6 residual blocks (official: 64, 9).
             cfg = CycleGANConfig(ngf=32, ndf=32, n_blocks=6, **self.schedule_kwargs())
@@ -159,10 +163,6 @@ class CycleGANTrainer(_TranslationTrainer):
 
 class Pix2PixTrainer(_TranslationTrainer):
     name = "pix2pix"
-    default_batch_size = 16
-    default_epochs = 5
-    default_decay_epochs = 5
-    default_limit = 10000         # MNIST edges -> digits: 625 steps per epoch
     loss_groups = {"adversarial": ["D", "G_GAN"], "L1 (x lambda_L1)": ["G_L1"]}
     progress_keys = ("D", "G_GAN", "G_L1")
 
@@ -172,7 +172,7 @@ class Pix2PixTrainer(_TranslationTrainer):
     def build(self, model_config: Optional[dict] = None) -> None:
         o = self.opts
         if model_config:
-            cfg = Pix2PixConfig(**model_config)
+            cfg = Pix2PixConfig(**self.resumed_schedule(model_config))
         else:
             s = self.image_size()
             num_downs = int(round(math.log2(s)))
@@ -218,4 +218,8 @@ class Pix2PixTrainer(_TranslationTrainer):
         from .. import metrics
         A, B = self.test_pairs(n)
         pred = translate(self.model.netG, A, self.device)
-        return {"n": len(A), "test_l1": float(metrics.pix2pix_l1(pred, B))}
+        out = {"n": len(A), "test_l1": float(metrics.pix2pix_l1(pred, B))}
+        if self.test_is_train:
+            out["warnings"] = [f"{self.opts.data} has no test split: test_l1 was measured on "
+                               "training images, so it does not show generalisation"]
+        return out
