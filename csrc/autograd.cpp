@@ -6,11 +6,21 @@
 // heads use, so the forward/backward wiring lives here instead. The backward
 // is still its own op (gan_ext::norm_act_backward), so torch.compile/AOTAutograd
 // trace both as opaque ops through the fake kernels in gan_ext/_ops.py.
+//
+// Second derivatives. A backward run with create_graph=True (gradient
+// penalties) has grad mode on inside backward: then every Function here takes
+// its first derivative from a differentiable twin op instead of the fused
+// kernels (gan_ext/_twin_ops.py: the pure-PyTorch twins as
+// CompositeImplicitAutograd kernels), so autograd records it and can
+// differentiate it again. The first-order path is unchanged.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/Dispatch.h>
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/exp.h>
 #include <ATen/ops/mul.h>
+#include <ATen/ops/sub.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -52,6 +62,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_norm_act_backward(
 
 OptTensor opt(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// create_graph=True: the gradients of `outputs` (a twin op's results, built
+// from the saved inputs) with respect to those of `inputs` that need one,
+// recorded so that they can be differentiated again. `slots`: the Function's
+// input count; result[i] is the gradient of inputs[i].
+variable_list twin_grads(const variable_list& outputs, const variable_list& grad_outputs,
+                         const variable_list& inputs, const std::vector<bool>& need, size_t slots) {
+  variable_list result(slots), outs, gos, want;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (grad_outputs[i].defined() && outputs[i].requires_grad()) {
+      outs.push_back(outputs[i]);
+      gos.push_back(grad_outputs[i]);
+    }
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (need[i] && inputs[i].defined() && inputs[i].requires_grad()) {
+      want.push_back(inputs[i]);
+      where.push_back(i);
+    }
+  }
+  if (outs.empty() || want.empty()) return result;
+  auto g = torch::autograd::grad(outs, want, gos, /*retain_graph=*/true, /*create_graph=*/true,
+                                 /*allow_unused=*/true);
+  for (size_t k = 0; k < where.size(); ++k) result[where[k]] = g[k];
+  return result;
+}
+
+using NormActBackwardTwin = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const OptTensor&, const OptTensor&, const OptTensor&, const at::Tensor&, const OptTensor&,
+    const OptTensor&, const at::Tensor&, const at::Tensor&, bool, bool, int64_t, double, bool);
+
 class NormActFunction : public torch::autograd::Function<NormActFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const OptTensor& weight,
@@ -72,15 +118,25 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["negative_slope"] = negative_slope;
     ctx->saved_data["saved_is_output"] = saved_is_output;
-    ctx->mark_non_differentiable({mean, invstd, var});
+    // mean and invstd stay differentiable: a double backward differentiates
+    // the first derivative, which depends on them (and, with input statistics,
+    // they depend on the input). var is only for the running statistics.
+    ctx->mark_non_differentiable({var});
+    // No gradient reaches mean/invstd in a first-order backward: keep those
+    // undefined rather than zero-filled, so the fast path can tell.
+    ctx->set_materialize_grads(false);
     return {out, mean, invstd, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_out = grads[0];
+    const bool use_input_stats = ctx->saved_data["use_input_stats"].toBool();
+    // Gradients reach mean/invstd only in a double backward (from the twin's
+    // first derivative); with running statistics they depend on no input.
+    const bool stat_grads = use_input_stats && (grads[1].defined() || grads[2].defined());
     variable_list result(10);
-    if (!grad_out.defined()) return result;
+    if (!grad_out.defined() && !stat_grads) return result;
     // needs_input_grad counts only the tensors that were passed: an absent
     // weight shifts bias down to edge 1.
     const bool has_w = saved[1].defined(), has_b = saved[2].defined();
@@ -88,11 +144,25 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
     const bool need_w = has_w && ctx->needs_input_grad(1);
     const bool need_b = has_b && ctx->needs_input_grad(has_w ? 2 : 1);
     if (!(need_in || need_w || need_b)) return result;
-    auto [gi, gw, gb] = call_norm_act_backward(
-        grad_out, saved[0], opt(saved[1]), opt(saved[2]), saved[3], saved[4],
-        ctx->saved_data["use_input_stats"].toBool(), ctx->saved_data["instance"].toBool(),
-        ctx->saved_data["activation"].toInt(), ctx->saved_data["negative_slope"].toDouble(),
-        ctx->saved_data["saved_is_output"].toBool());
+    const bool instance = ctx->saved_data["instance"].toBool();
+    const int64_t activation = ctx->saved_data["activation"].toInt();
+    const double slope = ctx->saved_data["negative_slope"].toDouble();
+    const bool saved_is_output = ctx->saved_data["saved_is_output"].toBool();
+    at::Tensor gi, gw, gb;
+    if (at::GradMode::is_enabled() || stat_grads) {
+      // create_graph (or the second pass of a double backward): the twin.
+      static auto twin = find_op<NormActBackwardTwin>("gan_ext::norm_act_backward_twin");
+      std::tie(gi, gw, gb) = twin.call(
+          opt(grad_out), stat_grads ? opt(grads[1]) : OptTensor(),
+          stat_grads ? opt(grads[2]) : OptTensor(), saved[0], opt(saved[1]), opt(saved[2]),
+          saved[3], saved[4], use_input_stats, instance, activation, slope, saved_is_output);
+    } else {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(gi, gw, gb) = call_norm_act_backward(grad_out, saved[0], opt(saved[1]),
+                                                    opt(saved[2]), saved[3], saved[4],
+                                                    use_input_stats, instance, activation, slope,
+                                                    saved_is_output);
+    }
     if (need_in) result[0] = gi;
     if (need_w) result[1] = gw;
     if (need_b) result[2] = gb;
@@ -115,18 +185,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_autograd(
 // ops); backward only scales them by grad_output. Without grad mode, or when no
 // input needs a gradient, the plain loss op runs and nothing is saved.
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-// The saved gradients are constants to autograd: a second derivative through
-// them would be silently zero, so refuse create_graph=True instead.
-void check_not_double_backward(const char* op) {
-  TORCH_CHECK(!at::GradMode::is_enabled(), "gan_ext.", op,
-              " does not support double backward (backward with create_graph=True); use "
-              "gan_ext.use_backend('reference') for that computation");
-}
+// The saved gradients are constants to autograd, so with create_graph=True
+// (grad mode on in backward) the losses differentiate their twin instead.
+inline bool create_graph() { return at::GradMode::is_enabled(); }
 
 inline bool wants_grad(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
 
@@ -157,14 +218,28 @@ class DLossFunction : public torch::autograd::Function<DLossFunction> {
     static auto op = find_op<LossWithGrad3(const at::Tensor&, const at::Tensor&, int64_t, double,
                                            double, int64_t)>("gan_ext::d_loss_with_grad");
     auto [loss, gr, gf] = op.call(real, fake, mode, real_label, fake_label, reduction);
-    ctx->save_for_backward({gr, gf});
+    // The inputs too (references, no copy): a double backward differentiates the twin.
+    ctx->save_for_backward({gr, gf, real, fake});
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["real_label"] = real_label;
+    ctx->saved_data["fake_label"] = fake_label;
+    ctx->saved_data["reduction"] = reduction;
     return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_not_double_backward("d_loss");
     const auto saved = ctx->get_saved_variables();
     variable_list out(6);
     if (!grads[0].defined()) return out;
+    if (create_graph()) {
+      static auto twin = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double,
+                                            double, int64_t)>("gan_ext::d_loss_twin");
+      const auto& d = ctx->saved_data;
+      at::Tensor loss = twin.call(saved[2], saved[3], d.at("mode").toInt(),
+                                  d.at("real_label").toDouble(), d.at("fake_label").toDouble(),
+                                  d.at("reduction").toInt());
+      return twin_grads({loss}, {grads[0]}, {saved[2], saved[3]},
+                        {ctx->needs_input_grad(0), ctx->needs_input_grad(1)}, 6);
+    }
     if (ctx->needs_input_grad(0)) out[0] = scale_saved(saved[0], grads[0]);
     if (ctx->needs_input_grad(1)) out[1] = scale_saved(saved[1], grads[0]);
     return out;
@@ -191,13 +266,26 @@ class GLossFunction : public torch::autograd::Function<GLossFunction> {
                                                                 double, int64_t)>(
         "gan_ext::g_loss_with_grad");
     auto [loss, gf] = op.call(fake, mode, real_label, fake_label, reduction);
-    ctx->save_for_backward({gf});
+    ctx->save_for_backward({gf, fake});
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["real_label"] = real_label;
+    ctx->saved_data["fake_label"] = fake_label;
+    ctx->saved_data["reduction"] = reduction;
     return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_not_double_backward("g_loss");
     variable_list out(5);
-    if (grads[0].defined()) out[0] = scale_saved(ctx->get_saved_variables()[0], grads[0]);
+    if (!grads[0].defined()) return out;
+    const auto saved = ctx->get_saved_variables();
+    if (create_graph()) {
+      static auto twin = find_op<at::Tensor(const at::Tensor&, int64_t, double, double, int64_t)>(
+          "gan_ext::g_loss_twin");
+      const auto& d = ctx->saved_data;
+      at::Tensor loss = twin.call(saved[1], d.at("mode").toInt(), d.at("real_label").toDouble(),
+                                  d.at("fake_label").toDouble(), d.at("reduction").toInt());
+      return twin_grads({loss}, {grads[0]}, {saved[1]}, {ctx->needs_input_grad(0)}, 5);
+    }
+    out[0] = scale_saved(saved[0], grads[0]);
     return out;
   }
 };
@@ -221,14 +309,21 @@ class BCEFunction : public torch::autograd::Function<BCEFunction> {
     static auto op = find_op<LossWithGrad3(const at::Tensor&, const at::Tensor&, int64_t, bool)>(
         "gan_ext::bce_with_logits_with_grad");
     auto [loss, gi, gt] = op.call(input, target, reduction, grad_target);
-    ctx->save_for_backward({gi, gt});
+    ctx->save_for_backward({gi, gt, input, target});
+    ctx->saved_data["reduction"] = reduction;
     return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_not_double_backward("bce_with_logits");
     const auto saved = ctx->get_saved_variables();
     variable_list out(4);
     if (!grads[0].defined()) return out;
+    if (create_graph()) {
+      static auto twin = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>(
+          "gan_ext::bce_with_logits_twin");
+      at::Tensor loss = twin.call(saved[2], saved[3], ctx->saved_data["reduction"].toInt());
+      return twin_grads({loss}, {grads[0]}, {saved[2], saved[3]},
+                        {ctx->needs_input_grad(0), ctx->needs_input_grad(1)}, 4);
+    }
     if (ctx->needs_input_grad(0)) out[0] = scale_saved(saved[0], grads[0]);
     if (ctx->needs_input_grad(1)) out[1] = scale_saved(saved[1], grads[0]);
     return out;
@@ -270,11 +365,16 @@ class L1Function : public torch::autograd::Function<L1Function> {
     return op.call(input, target, reduction);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_not_double_backward("l1_loss");
     const auto saved = ctx->get_saved_variables();
     variable_list out(3);
     const bool gi = ctx->needs_input_grad(0), gt = ctx->needs_input_grad(1);
     if (!grads[0].defined() || !(gi || gt)) return out;
+    if (create_graph()) {
+      static auto twin = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>(
+          "gan_ext::l1_loss_twin");
+      at::Tensor loss = twin.call(saved[0], saved[1], ctx->saved_data["reduction"].toInt());
+      return twin_grads({loss}, {grads[0]}, {saved[0], saved[1]}, {gi, gt}, 3);
+    }
     auto [a, b] = call_l1_backward(grads[0], saved[0], saved[1], 1.0,
                                    ctx->saved_data["reduction"].toInt(), gi, gt);
     if (gi) out[0] = a;
@@ -310,11 +410,18 @@ class CycleL1Function : public torch::autograd::Function<CycleL1Function> {
     return op.call(i1, t1, i2, t2, w1, w2, reduction);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_not_double_backward("cycle_l1_loss");
     const auto s = ctx->get_saved_variables();
     variable_list out(7);
     if (!grads[0].defined()) return out;
     const int64_t red = ctx->saved_data["reduction"].toInt();
+    if (create_graph()) {
+      static auto twin = find_op<CycleOp>("gan_ext::cycle_l1_loss_twin");
+      at::Tensor loss = twin.call(s[0], s[1], s[2], s[3], ctx->saved_data["w1"].toDouble(),
+                                  ctx->saved_data["w2"].toDouble(), red);
+      return twin_grads({loss}, {grads[0]}, {s[0], s[1], s[2], s[3]},
+                        {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                         ctx->needs_input_grad(2), ctx->needs_input_grad(3)}, 7);
+    }
     for (int p = 0; p < 2; ++p) {
       const bool gi = ctx->needs_input_grad(2 * p), gt = ctx->needs_input_grad(2 * p + 1);
       if (!(gi || gt)) continue;
@@ -346,10 +453,25 @@ using ReparamBackwardOp = std::tuple<at::Tensor, at::Tensor>(const OptTensor&, c
 
 variable_list reparameterize_backward_common(AutogradContext* ctx, const at::Tensor& gz,
                                              const at::Tensor& gkl, size_t n_inputs) {
-  check_not_double_backward("reparameterize");
   const auto s = ctx->get_saved_variables();
   variable_list out(n_inputs);
   if (!gz.defined() && !gkl.defined()) return out;
+  if (create_graph()) {
+    // The noise the forward drew, recovered from z (eps = (z - mu) / std) as
+    // a constant; the twin rebuilds z and the KL from it differentiably.
+    at::Tensor eps;
+    {
+      at::NoGradGuard no_grad;
+      const auto sd = s[1].scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      eps = at::mul(at::sub(s[0].to(sd), s[1].to(sd)), at::exp(at::mul(s[2].to(sd), -0.5)));
+    }
+    static auto twin = find_op<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t)>(
+        "gan_ext::reparameterize_kl_twin");
+    auto [z, kl] = twin.call(s[1], s[2], eps, gkl.defined(), ctx->saved_data["reduction"].toInt());
+    return twin_grads({z, kl}, {gz, gkl}, {s[1], s[2]},
+                      {ctx->needs_input_grad(0), ctx->needs_input_grad(1)}, n_inputs);
+  }
   static auto op = find_op<ReparamBackwardOp>("gan_ext::reparameterize_backward");
   auto [gmu, glv] = op.call(opt(gz), opt(gkl), s[0], s[1], s[2],
                             ctx->saved_data["reduction"].toInt());
@@ -412,6 +534,52 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_autograd(
 using ActDropoutSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, double, double,
                                                          const c10::optional<at::Generator>&);
 
+at::Tensor call_act_dropout_backward(const at::Tensor& grad, const at::Tensor& out,
+                                     const at::Tensor& rng, int64_t act, double slope, double p) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      int64_t, double, double)>("gan_ext::act_dropout_backward");
+  return op.call(grad, out, rng, act, slope, p);
+}
+
+// grad * d out / d input from what ctx saved (out, rng, the settings), in
+// slot 0 of `slots`; a recorded ActDropoutBackwardFunction under create_graph.
+variable_list act_dropout_grad(AutogradContext* ctx, const at::Tensor& grad, size_t slots);
+
+// The backward as a differentiable function (create_graph=True). It is
+// linear in grad with the same mask and act'(out), so its own backward is the
+// same op applied to the incoming gradient; act' is piecewise constant, so
+// nothing flows to out.
+class ActDropoutBackwardFunction : public torch::autograd::Function<ActDropoutBackwardFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& out,
+                            const at::Tensor& rng, int64_t act, double slope, double p) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({out, rng});
+    ctx->saved_data["activation"] = act;
+    ctx->saved_data["negative_slope"] = slope;
+    ctx->saved_data["p"] = p;
+    return call_act_dropout_backward(grad, out, rng, act, slope, p);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return act_dropout_grad(ctx, grads[0], 6);
+  }
+};
+
+variable_list act_dropout_grad(AutogradContext* ctx, const at::Tensor& grad, size_t slots) {
+  variable_list result(slots);
+  if (!grad.defined()) return result;
+  const auto s = ctx->get_saved_variables();
+  const int64_t act = ctx->saved_data["activation"].toInt();
+  const double slope = ctx->saved_data["negative_slope"].toDouble(), p = ctx->saved_data["p"].toDouble();
+  if (create_graph()) {
+    result[0] = ActDropoutBackwardFunction::apply(grad, s[0], s[1], act, slope, p);
+  } else {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    result[0] = call_act_dropout_backward(grad, s[0], s[1], act, slope, p);
+  }
+  return result;
+}
+
 class ActDropoutFunction : public torch::autograd::Function<ActDropoutFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, int64_t activation,
@@ -428,15 +596,7 @@ class ActDropoutFunction : public torch::autograd::Function<ActDropoutFunction> 
     return {out, rng};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_not_double_backward("act_dropout");
-    const auto s = ctx->get_saved_variables();
-    variable_list out(5);
-    if (!grads[0].defined()) return out;
-    static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                        int64_t, double, double)>("gan_ext::act_dropout_backward");
-    out[0] = op.call(grads[0], s[0], s[1], ctx->saved_data["activation"].toInt(),
-                     ctx->saved_data["negative_slope"].toDouble(), ctx->saved_data["p"].toDouble());
-    return out;
+    return act_dropout_grad(ctx, grads[0], 5);
   }
 };
 

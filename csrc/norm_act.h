@@ -61,7 +61,11 @@ inline std::tuple<int64_t, int64_t, int64_t> check_norm_act_args(
                    "input must be a floating point tensor (float32, float64, bfloat16 or float16), got ",
                    dtype_name(input));
   check_activation(activation);
-  TORCH_CHECK_VALUE(eps > 0, "eps must be positive, got ", eps);
+  // As torch: eps = 0 is allowed except for batch statistics in training (a
+  // channel of zero variance then gives inf/NaN, as there).
+  TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
+  TORCH_CHECK_VALUE(eps > 0 || instance || !use_input_stats,
+                    "eps must be positive for batch norm in training (as in torch), got ", eps);
   const int64_t N = input.size(0), C = input.size(1), HW = input.size(2) * input.size(3);
   check_param(weight, "weight", input, C);
   check_param(bias, "bias", input, C);

@@ -103,8 +103,29 @@ def get_backend() -> str:
 
 
 def use_fused(t: torch.Tensor) -> bool:
-    """True when the fused kernel should run for a tensor on t's device."""
-    return (_fused_cpu and t.is_cpu) or (_fused_cuda and t.is_cuda)
+    """True when the fused kernel should run for a tensor on t's device.
+
+    Under a torch.func transform (grad, vjp, jacrev, vmap, ...) the twin runs
+    instead: the kernels' autograd is C++, which functorch cannot transform,
+    while the twin is plain PyTorch ops that every transform (and vmap's
+    batching rules) handles. Under torch.compile the check is skipped (a
+    compiled graph is not transformed this way)."""
+    return ((_fused_cpu and t.is_cpu) or (_fused_cuda and t.is_cuda)) and not _transformed()
+
+
+def _transformed() -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active()
+
+
+def vmap_active() -> bool:
+    """Whether a torch.func.vmap is running around the current call."""
+    if not _transformed():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 class use_backend:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _twin_ops  # noqa: F401  (the differentiable backward of create_graph)
 from . import reference as ref
 
 lib = torch.ops.gan_ext

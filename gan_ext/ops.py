@@ -53,14 +53,22 @@ def _update_running(running: Optional[Tensor], batch: Tensor, momentum: float, i
 def _norm_act(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
               instance, act, negative_slope):
     if _backend.use_fused(input):
-        # mean/var are non-differentiable outputs of the op: no detach needed.
+        # mean is a differentiable output (a double backward needs it): the
+        # running statistics take its value only.
         out, mean, _invstd, var = _lib.norm_act(input, weight, bias, running_mean, running_var,
                                                 use_input_stats, instance, eps, act, negative_slope)
+        mean = mean.detach()
     else:
         out, mean, _invstd, var = ref.norm_act(input, weight, bias, running_mean, running_var,
                                                use_input_stats, instance, eps, act, negative_slope)
         mean, var = mean.detach(), var.detach()
     if use_input_stats and running_mean is not None and input.numel() > 0:
+        if _backend.vmap_active():
+            raise ValueError(
+                f"{'instance' if instance else 'batch'}_norm_act under torch.func.vmap with input "
+                "statistics would update the running statistics in place from every vmapped "
+                "sample; use eval mode, a layer with track_running_stats=False, or pass "
+                "running_mean=None and running_var=None")
         N = input.shape[0]
         n = input.shape[2] * input.shape[3] * (1 if instance else N)
         _update_running(running_mean, mean, momentum, instance, N)
@@ -172,13 +180,24 @@ def g_loss(fake_logits: Tensor, mode: str = "vanilla", real_label: float = 1.0,
     return ref.g_loss(fake_logits, m, float(real_label), float(fake_label), r)
 
 
-def bce_with_logits(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def bce_with_logits(input: Tensor, target: Tensor, reduction: str = "mean",
+                    weight: Optional[Tensor] = None,
+                    pos_weight: Optional[Tensor] = None) -> Tensor:
     """``F.binary_cross_entropy_with_logits(input, target)`` with its gradient
     computed in the forward pass: the VAE reconstruction term on decoder logits
     (``reduction="sum"`` is the classic VAE objective). Shapes and dtypes of
-    input and target must match."""
+    input and target must match.
+
+    ``weight``, ``pos_weight`` and ``reduction="none"`` are computed as
+    torch computes them, by ``F.binary_cross_entropy_with_logits`` itself (not
+    fused: a per-element result or weights leave nothing for a fused pass to
+    save over PyTorch's own elementwise kernel)."""
     _check_tensor(input, "input")
     _check_tensor(target, "target")
+    if weight is not None or pos_weight is not None or reduction == "none":
+        reduction_code(reduction, allow_none=True)
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            input, target, weight=weight, pos_weight=pos_weight, reduction=reduction)
     r = reduction_code(reduction)
     if _backend.use_fused(input):
         return _lib.bce_with_logits(input, target, r)
@@ -187,9 +206,13 @@ def bce_with_logits(input: Tensor, target: Tensor, reduction: str = "mean") -> T
 
 def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """``mean|input - target|`` (or the sum) with gradients for both inputs;
-    backward recomputes the sign from the inputs, so nothing extra is saved."""
+    backward recomputes the sign from the inputs, so nothing extra is saved.
+    ``reduction="none"`` is ``(input - target).abs()`` as ``F.l1_loss``
+    computes it (not fused: per-element output, nothing to save)."""
     _check_tensor(input, "input")
     _check_tensor(target, "target")
+    if reduction == "none":
+        return torch.nn.functional.l1_loss(input, target, reduction="none")
     r = reduction_code(reduction)
     if _backend.use_fused(input):
         return _lib.l1_loss(input, target, r)

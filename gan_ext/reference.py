@@ -74,8 +74,10 @@ def check_norm_act_args(input, weight, bias, running_mean, running_var, use_inpu
                         f"float16), got {input.dtype}")
     if activation not in (IDENTITY, RELU, LEAKY_RELU):
         raise ValueError(f"activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got {activation}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if eps == 0 and use_input_stats and not instance:
+        raise ValueError("eps must be positive for batch norm in training (as in torch), got 0.0")
     N, C, H, W = input.shape
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
@@ -166,6 +168,53 @@ def norm_act_backward(grad_out: Tensor, saved: Tensor, weight: Optional[Tensor],
         grad_input = dz * gamma * rs
     gdt = weight.dtype if weight is not None else saved.dtype
     return grad_input.to(saved.dtype), grad_weight.to(gdt), grad_bias.to(gdt)
+
+
+def norm_act_backward_with_stats(grad_out: Optional[Tensor], grad_mean: Optional[Tensor],
+                                 grad_invstd: Optional[Tensor], saved: Tensor,
+                                 weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
+                                 invstd: Tensor, use_input_stats: bool, instance: bool,
+                                 activation: int, negative_slope: float, saved_is_output: bool):
+    """:func:`norm_act_backward` plus the input gradient that reaches the op's
+    ``mean`` and ``invstd`` outputs (with input statistics they are functions
+    of the input: d mean / dx = 1/M, d invstd / dx = -invstd^2 xhat / M over
+    each group of M values). Such gradients only arise in a double backward,
+    where the first derivative depends on mean and invstd. Differentiable in
+    every argument: csrc/autograd.cpp calls it (through the op
+    gan_ext::norm_act_backward_twin) when a backward runs with create_graph."""
+    if grad_out is None:
+        grad_out = torch.zeros_like(saved)
+    gi, gw, gb = norm_act_backward(grad_out, saved, weight, bias, mean, invstd, use_input_stats,
+                                   instance, activation, negative_slope, saved_is_output)
+    if not use_input_stats or (grad_mean is None and grad_invstd is None):
+        return gi, gw, gb
+    sd = stats_dtype(saved.dtype)
+    m = saved.shape[2] * saved.shape[3] * (1 if instance else saved.shape[0])
+    extra = torch.zeros((), dtype=sd, device=saved.device)
+    if grad_mean is not None:
+        extra = extra + _per_channel(grad_mean.to(sd), saved, instance, True) / m
+    if grad_invstd is not None:
+        xhat = _normalized(saved, weight, bias, mean, invstd, instance, activation, negative_slope,
+                           saved_is_output)
+        rs = _per_channel(invstd, saved, instance, True)
+        extra = extra - _per_channel(grad_invstd.to(sd), saved, instance, True) * rs * rs * xhat / m
+    return (gi.to(sd) + extra).to(saved.dtype), gw, gb
+
+
+def _normalized(saved: Tensor, weight, bias, mean: Tensor, invstd: Tensor, instance: bool,
+                activation: int, negative_slope: float, saved_is_output: bool) -> Tensor:
+    """xhat = (x - mean) * invstd, from the saved input or (In-Place ABN) output."""
+    sd = stats_dtype(saved.dtype)
+    s = saved.to(sd)
+    if saved_is_output:
+        C = saved.shape[1]
+        w = effective_weight(weight, activation, negative_slope)
+        gamma = (w.to(sd) if w is not None else torch.ones(C, dtype=sd, device=saved.device))
+        beta = (bias.to(sd) if bias is not None else torch.zeros(C, dtype=sd, device=saved.device))
+        z = invert_activation(s, activation, negative_slope)
+        return (z - beta.reshape(1, C, 1, 1)) / gamma.reshape(1, C, 1, 1)
+    return ((s - _per_channel(mean, saved, instance, True))
+            * _per_channel(invstd, saved, instance, True))
 
 
 # ====================================================================== losses
@@ -450,6 +499,17 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, reduction: int, *,
     """Twin of ``torch.ops.gan_ext.reparameterize_kl``: returns (z, kl)."""
     check_reparameterize_args(mu, logvar, True, reduction)
     return _reparameterize(mu, logvar, generator), kl_divergence(mu, logvar, reduction)
+
+
+def reparameterize_kl_given_noise(mu: Tensor, logvar: Tensor, eps: Tensor, with_kl: bool,
+                                  reduction: int):
+    """(z, kl) for a given noise eps, differentiable in mu and logvar (and eps);
+    kl is an empty tensor without with_kl. What csrc/autograd.cpp
+    differentiates for a double backward through reparameterize(_kl)."""
+    sd = stats_dtype(mu.dtype)
+    z = (mu.to(sd) + torch.exp(0.5 * logvar.to(sd)) * eps.to(sd)).to(mu.dtype)
+    kl = kl_divergence(mu, logvar, reduction) if with_kl else mu.new_empty((0,))
+    return z, kl
 
 
 # ------------------------------------------------------ activation + dropout

@@ -529,8 +529,8 @@ def _bad_cases(device):
             lambda: ops.cycle_l1_loss(t(4), t(4), t(4, dtype=torch.float64),
                                       t(4, dtype=torch.float64)),
             TypeError, r"input1 has dtype .* but input2 has dtype"),
-        "reduction": (lambda: ops.l1_loss(t(4), t(4), "none"), ValueError,
-                      r"reduction must be one of 'mean', 'sum', got 'none'"),
+        "reduction": (lambda: ops.l1_loss(t(4), t(4), "avg"), ValueError,
+                      r"reduction must be one of 'mean', 'sum', got 'avg'"),
         "reduction-d": (lambda: ops.d_loss(t(4), t(4), reduction="avg"), ValueError,
                         r"reduction must be one of"),
         "not-a-tensor": (lambda: ops.bce_with_logits([0.5], t(1)), TypeError,
@@ -650,31 +650,15 @@ def test_with_grad_ops_check_arguments():
 
 
 # -------------------------------------------------------------- double backward
-DOUBLE_BACKWARD = {
-    "d_loss": (2, lambda r, f: ops.d_loss(r, f, "lsgan")),
-    "g_loss": (1, lambda f: ops.g_loss(f, "vanilla")),
-    "bce_with_logits": (2, lambda x, y: ops.bce_with_logits(x, y)),
-    "l1_loss": (2, lambda a, b: ops.l1_loss(a, b)),
-    "cycle_l1_loss": (4, lambda a, b, c, d: ops.cycle_l1_loss(a, b, c, d, 10.0, 5.0)),
-}
 
-
-@pytest.mark.parametrize("name", list(DOUBLE_BACKWARD))
-def test_double_backward_refused(device, name):
-    """The saved gradients are constants to autograd: create_graph=True would
-    give a silently wrong second derivative, so the fused ops refuse it."""
-    n_in, fn = DOUBLE_BACKWARD[name]
-    inputs = [torch.randn(3, 4, device=device, requires_grad=True) for _ in range(n_in)]
-    with _fused(device):
-        loss = fn(*inputs)
-    with pytest.raises(RuntimeError, match=rf"gan_ext\.{name} does not support double backward"):
-        torch.autograd.grad(loss, inputs, create_graph=True)
-
-
-def test_reference_supports_double_backward(device):
-    """The escape hatch the error message names: lsgan's second derivative is 2/n."""
+@pytest.mark.parametrize("name", ["reference", "fused"])
+def test_lsgan_second_derivative(device, name):
+    """lsgan's second derivative is 2/n, on both backends (the fused op used to
+    refuse create_graph; tests/test_double_backward.py has the gradgradchecks)."""
+    if name == "fused":
+        skip_unless_fused_on(device)
     x = torch.randn(3, 4, device=device, requires_grad=True)
-    with gan_ext.use_backend("reference"):
+    with gan_ext.use_backend(name):
         (g,) = torch.autograd.grad(ops.g_loss(x, "lsgan"), x, create_graph=True)
     (h,) = torch.autograd.grad(g.sum(), x)
     torch.testing.assert_close(h, torch.full_like(x, 2 / x.numel()))
@@ -727,3 +711,27 @@ def test_nan_in_every_lane_gives_nan(device, case, dtype):
                 assert torch.equal(torch.isnan(g), torch.isnan(g_ref)), where
                 torch.testing.assert_close(g, g_ref, equal_nan=True, rtol=2e-2, atol=1e-3,
                                            msg=lambda m: f"{where}: {m}")
+
+
+# ------------------------------------------- what torch computes, we compute
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_bce_weight_pos_weight_and_none_as_torch(backend, reduction):
+    """Issue 13: bce_with_logits had no weight/pos_weight and no 'none'."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, requires_grad=True)
+    y = torch.rand(4, 5)
+    w, pw = torch.rand(5) + 0.5, torch.rand(5) + 0.5
+    for kw in ({}, {"weight": w}, {"pos_weight": pw}, {"weight": w, "pos_weight": pw}):
+        got = ops.bce_with_logits(x, y, reduction, **kw)
+        want = F.binary_cross_entropy_with_logits(x, y, reduction=reduction, **kw)
+        torch.testing.assert_close(got, want)
+        gg, = torch.autograd.grad(got.sum(), x)
+        gw, = torch.autograd.grad(want.sum(), x)
+        torch.testing.assert_close(gg, gw)
+
+
+def test_l1_none_as_torch(backend):
+    a, b = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4)
+    torch.testing.assert_close(ops.l1_loss(a, b, "none"), F.l1_loss(a, b, reduction="none"))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ops.l1_loss(a, b, "average")

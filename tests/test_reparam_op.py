@@ -561,16 +561,6 @@ def test_backward_op_rejects_bad_input():
         L.reparameterize_backward(torch.randn(12), None, z, mu, mu, 1)
 
 
-# -------------------------------------------------------- backward: what is kept
-def test_double_backward_refused(device):
-    mu, lv = mu_logvar((3, 4), torch.float32, device, requires_grad=True)
-    with _fused(device):
-        z, kl = ops.reparameterize_kl(mu, lv)
-    with pytest.raises(RuntimeError, match=r"gan_ext\.reparameterize does not support double "
-                                           r"backward"):
-        torch.autograd.grad(z.sum() + kl, (mu, lv), create_graph=True)
-
-
 @requires_fused
 @pytest.mark.parametrize("kl", [False, True], ids=["reparameterize", "reparameterize_kl"])
 def test_backward_keeps_no_eps(kl):

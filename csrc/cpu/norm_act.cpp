@@ -86,7 +86,9 @@ inline Vectorized<O> mask_grad(const Vectorized<O>& dy, const Vectorized<O>& v,
                                const Vectorized<O>& slope) {
   const Vectorized<O> zero(O(0));
   if constexpr (ACT == 1) {
-    return Vectorized<O>::blendv(zero, dy, v > zero);
+    // torch.relu's backward passes the gradient unless the output is <= 0:
+    // at a NaN pre-activation it passes (leaky_relu's takes the slope).
+    return Vectorized<O>::blendv(dy, zero, v <= zero);
   } else if constexpr (ACT == 2) {
     return Vectorized<O>::blendv(dy * slope, dy, v > zero);
   } else {
@@ -391,7 +393,7 @@ void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoe
 
 template <typename T, typename O, int ACT, bool SAVED_OUT>
 void backward_elementwise(const T* dy, const T* sv, T* dx, const Shape& s, const BackwardCoefs<O>& cf,
-                          O slope_) {
+                          O slope_, bool use_input_stats) {
   constexpr int64_t V = Vectorized<O>::size();
   const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
   for_each_run(s, [&](int64_t, int64_t cb, int64_t off, int64_t len, bool per_lane) {
@@ -401,9 +403,12 @@ void backward_elementwise(const T* dy, const T* sv, T* dx, const Shape& s, const
       u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), coef(cf.mscale.data() + cb, i, w, per_lane),
                               coef(cf.mshift.data() + cb, i, w, per_lane), inv_slope, u, v);
       const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
-      const auto g = at::vec::fmadd(coef(cf.k.data() + cb, i, w, per_lane), dz,
-                                    at::vec::fmadd(coef(cf.a.data() + cb, i, w, per_lane), u,
-                                                   coef(cf.b.data() + cb, i, w, per_lane)));
+      const auto k = coef(cf.k.data() + cb, i, w, per_lane);
+      // Running statistics: a = b = 0, and 0 * u is NaN at an infinite input.
+      const auto g = use_input_stats
+                         ? at::vec::fmadd(k, dz, at::vec::fmadd(coef(cf.a.data() + cb, i, w, per_lane),
+                                                                u, coef(cf.b.data() + cb, i, w, per_lane)))
+                         : k * dz;
       vstore<T, O>(dx + off + i, g, w);
     }
   });
@@ -524,7 +529,11 @@ void backward_nchw_groups(const T* dy, const T* sv, T* dx, const Groups& gs, boo
           Vectorized<O> u, v;
           u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), ms, mb, inv_slope, u, v);
           const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
-          vstore<T, O>(dx + off + i, at::vec::fmadd(kv, dz, at::vec::fmadd(av, u, bv)), w);
+          // Running statistics: dx = k * dz alone; 0 * u would turn an
+          // infinite input into a NaN gradient where the twin gives a number.
+          vstore<T, O>(dx + off + i,
+                       use_input_stats ? at::vec::fmadd(kv, dz, at::vec::fmadd(av, u, bv)) : kv * dz,
+                       w);
         }
       }
     }
@@ -758,9 +767,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
         constexpr int A = decltype(act)::value;
         scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>();
         if (saved_is_output) {
-          if constexpr (A == 2) backward_elementwise<scalar_t, O, A, true>(dy, sv, dx, s, cf, slope);
+          if constexpr (A == 2)
+            backward_elementwise<scalar_t, O, A, true>(dy, sv, dx, s, cf, slope, use_input_stats);
         } else {
-          backward_elementwise<scalar_t, O, A, false>(dy, sv, dx, s, cf, slope);
+          backward_elementwise<scalar_t, O, A, false>(dy, sv, dx, s, cf, slope, use_input_stats);
         }
       });
     }
