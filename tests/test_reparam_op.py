@@ -4,6 +4,7 @@ functional forms in gan_ext.ops."""
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 import torch
@@ -470,6 +471,55 @@ def test_cpu_kernel_philox_known_answer():
         assert kept == [True, False], (k, hex(word))
 
 
+def _cpu_generator_drawing_seed_zero():
+    """A CPU generator whose next random64() is 0, so the next CPU kernel call
+    runs at (seed, offset) = (0, 0). Its state (CPUGeneratorImplState) starts
+    with the Mersenne Twister's (initial seed: u64, left: i32, seeded: i32,
+    next: u64, state: u64[624]); with `left` > 2 the next two outputs are the
+    tempered state[next], state[next + 1], and tempering maps 0 to 0."""
+    g = torch.Generator().manual_seed(5)
+    state = bytearray(g.get_state().numpy().tobytes())
+    seeded = struct.unpack_from("<i", state, 12)[0]
+    struct.pack_into("<iiQQQ", state, 8, 10, seeded, 0, 0, 0)
+    g.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+    probe = torch.Generator()
+    probe.set_state(g.get_state())
+    assert ref.generator_seed_offset(torch.device("cpu"), probe) == (0, 0)
+    return g
+
+
+def _box_muller(words, double):
+    """The normals of one Philox block (csrc/philox.h), in Python floats."""
+    if double:
+        u = [((words[0] << 21 ^ words[1] >> 11) + 0.5) * 2.0 ** -53,
+             ((words[2] << 21 ^ words[3] >> 11) + 0.5) * 2.0 ** -53]
+        pairs = [u]
+    else:
+        u = [((w >> 9) + 0.5) * 2.0 ** -23 for w in words]  # uniform23: exact in float
+        pairs = [(u[0], u[1]), (u[2], u[3])]
+    out = []
+    for u1, u2 in pairs:
+        r, t = math.sqrt(-2 * math.log(u1)), 2 * math.pi * u2
+        out += [r * math.cos(t), r * math.sin(t)]
+    return out
+
+
+@requires_fused
+@pytest.mark.parametrize("numel", [1, 64], ids=["scalar-path", "vector-path"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpu_reparameterize_philox_known_answer(dtype, numel):
+    """Random123's first vector through the CPU reparameterize kernel: at
+    (seed, offset) = (0, 0) block 0 has counter 0 and key 0, so the first eps
+    are the Box-Muller normals of 6627e8d5 e169c58d bc57ac4c 9b00dbd8. One
+    element runs philox.h's scalar block_for; 64 run the AVX2 path."""
+    zeros = torch.zeros(numel, dtype=dtype)
+    eps = L.reparameterize(zeros, zeros, generator=_cpu_generator_drawing_seed_zero())
+    want = _box_muller(PHILOX_KAT[0][2], dtype == torch.float64)
+    k = min(numel, len(want))
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(eps[:k].double(), torch.tensor(want[:k], dtype=torch.float64), **tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("kl", [False, True], ids=["reparameterize", "reparameterize_kl"])
 def test_kernel_noise_equals_twin_noise(device, dtype, kl):
@@ -501,15 +551,7 @@ def test_kernel_noise_is_philox_box_muller(device, dtype):
         step = offset // 4  # counter = (offset / 4, block): curand's layout
         counter = torch.tensor([[step & 0xFFFFFFFF, step >> 32, q, 0]], dtype=torch.int64)
         x = ref.philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32))[0].tolist()
-        if dtype == torch.float64:
-            pairs = [((((x[0] << 21) ^ (x[1] >> 11)) + 0.5) * 2.0 ** -53,
-                      (((x[2] << 21) ^ (x[3] >> 11)) + 0.5) * 2.0 ** -53)]
-        else:
-            u = [((w >> 9) + 0.5) * 2.0 ** -23 for w in x]  # uniform23: exact in float
-            pairs = [(u[0], u[1]), (u[2], u[3])]
-        for u1, u2 in pairs:
-            r, t = math.sqrt(-2 * math.log(u1)), 2 * math.pi * u2
-            want += [r * math.cos(t), r * math.sin(t)]
+        want += _box_muller(x, dtype == torch.float64)
     want = torch.tensor(want[:10], dtype=torch.float64)
     tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(eps, want, **tol)
