@@ -7,7 +7,8 @@
 // not depend on the number of threads or the launch shape.
 //
 //   Philox-4x32-10 (Salmon et al., SC'11), key = (seed lo, seed hi),
-//   counter = (q lo, q hi, offset lo, offset hi) for block q.
+//   counter = (c0, c1, c2, c3) = (lo(offset/4), hi(offset/4), lo(q), hi(q))
+//   for block q (offset is a multiple of 4; see below).
 //   float32/float16/bfloat16 (computed in float): block q gives elements
 //     4q..4q+3 as two Box-Muller pairs from words (x0, x1) and (x2, x3),
 //     u(x) = ((x >> 9) + 0.5) * 2^-23, which is exact in float and in (0, 1).
@@ -23,6 +24,20 @@
 //         torch.manual_seed reproduces a run.
 //   CUDA: (seed, offset) = CUDAGeneratorImpl::philox_cuda_state(4), unpacked in
 //         the kernel (CUDA-graph safe); each call advances the offset by 4.
+//
+// Why this counter layout: it is curand's. PyTorch's own CUDA RNG kernels call
+// curand_init(seed, subsequence = thread index, offset), which sets key =
+// (seed lo, seed hi), puts the subsequence in the counter's high 64 bits
+// (skipahead_sequence: c2, c3) and offset / 4 in its low 64 bits (skipahead:
+// c0, c1); each curand4() then steps the low 64 bits by one. So a PyTorch call
+// that reserved offsets [O, O + n) through philox_cuda_state(n) reads only
+// counters whose low 64 bits lie in [O/4, O/4 + n/4), in every subsequence. Our
+// block q is curand's block at subsequence q, offset/4: one counter step, the
+// 4 offset values philox_cuda_state(4) reserved for this call. However many
+// blocks a call uses, it stays inside its own reservation, and no PyTorch
+// kernel before or after it (which reserve other offsets) meets its counters.
+// (With the halves swapped, block q would be PyTorch's thread `offset` at
+// step q: a later torch.randn would read the same random bits.)
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -70,8 +85,9 @@ C10_HOST_DEVICE inline Block philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2
 }
 
 C10_HOST_DEVICE inline Block block_for(uint64_t q, uint64_t seed, uint64_t offset) {
-  return philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32),
-                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+  const uint64_t step = offset >> 2;
+  return philox4x32_10(static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32),
+                       static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32),
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 

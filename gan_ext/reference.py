@@ -405,6 +405,14 @@ def _mulhilo(m: int, c: Tensor):
     return hi & _MASK32, lo & _MASK32
 
 
+def philox_counters(q: Tensor, offset: int) -> Tensor:
+    """The Philox counters (n, 4) of blocks q for a call at `offset`: curand's
+    layout, (lo(offset/4), hi(offset/4), lo(q), hi(q)) (why: csrc/philox.h)."""
+    step = offset >> 2
+    return torch.stack([torch.full_like(q, step & _MASK32), torch.full_like(q, (step >> 32) & _MASK32),
+                        q & _MASK32, q >> 32], dim=1)
+
+
 def generator_seed_offset(device: torch.device, generator: Optional[torch.Generator] = None):
     """(seed, offset) for one call, drawn as the kernels draw them (csrc/philox.h),
     advancing the generator the same way."""
@@ -430,9 +438,7 @@ def normal_noise(numel: int, dtype: torch.dtype, device, seed: int, offset: int)
     per = 2 if double else 4
     nblocks = -(-numel // per)
     q = torch.arange(nblocks, dtype=torch.int64, device=device)
-    counter = torch.stack([q & _MASK32, q >> 32, torch.full_like(q, offset & _MASK32),
-                           torch.full_like(q, (offset >> 32) & _MASK32)], dim=1)
-    x = philox4x32_10(counter, (seed & _MASK32, (seed >> 32) & _MASK32))
+    x = philox4x32_10(philox_counters(q, offset), (seed & _MASK32, (seed >> 32) & _MASK32))
     # Uniforms are exact; the transform is evaluated in float64 and rounded
     # once, so this twin gives the correctly rounded noise the kernels
     # approximate to a few ulp.
@@ -539,11 +545,42 @@ def dropout_keep(numel: int, p: float, device, seed: int, offset: int) -> Tensor
     element 32 g + 8 k + lane is word k of Philox block 8 g + lane."""
     groups = -(-numel // 32)
     q = torch.arange(8 * groups, dtype=torch.int64, device=device)
-    counter = torch.stack([q & _MASK32, q >> 32, torch.full_like(q, offset & _MASK32),
-                           torch.full_like(q, (offset >> 32) & _MASK32)], dim=1)
-    x = philox4x32_10(counter, (seed & _MASK32, (seed >> 32) & _MASK32))  # (8 groups, 4)
+    x = philox4x32_10(philox_counters(q, offset), (seed & _MASK32, (seed >> 32) & _MASK32))  # (8 groups, 4)
     words = x.reshape(groups, 8, 4).transpose(1, 2).reshape(-1)[:numel]
     return (words >> 9) >= dropout_threshold(p)
+
+
+class _ActDropout(torch.autograd.Function):
+    """out = act(input) * mult with the op's backward (csrc/dropout.h): the
+    derivative is read from the output and multiplied in, never selected, so a
+    NaN gradient stays NaN everywhere (torch.relu's backward would zero it
+    where the input is negative), and at a NaN output it is 0 (relu) or
+    negative_slope (leaky_relu), as in both kernels."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, activation: int, negative_slope: float, mult: Optional[Tensor]):
+        y = activate(input.to(stats_dtype(input.dtype)), activation, negative_slope)
+        if mult is not None:
+            y = y * mult
+        # The input's memory layout (at::empty_like's rule), as the kernels give.
+        out = torch.empty_like(input).copy_(y)
+        ctx.save_for_backward(out, mult)
+        ctx.activation, ctx.negative_slope = activation, negative_slope
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, mult = ctx.saved_tensors
+        sd = stats_dtype(out.dtype)
+        g = grad.to(sd)
+        if ctx.activation == RELU:
+            g = g * (out > 0).to(sd)
+        elif ctx.activation == LEAKY_RELU:
+            slope = torch.full_like(g, ctx.negative_slope)  # in sd, not rounded to float
+            g = g * torch.where(out > 0, torch.ones_like(g), slope)
+        if mult is not None:
+            g = g * mult
+        return torch.empty_like(out).copy_(g), None, None, None
 
 
 def act_dropout(input: Tensor, activation: int, negative_slope: float, p: float, *,
@@ -551,14 +588,12 @@ def act_dropout(input: Tensor, activation: int, negative_slope: float, p: float,
     """Twin of ``torch.ops.gan_ext.act_dropout``: (out, rng), the same mask as
     the kernel for the same generator state."""
     check_act_dropout_args(input, activation, negative_slope, p)
-    sd = stats_dtype(input.dtype)
-    y = activate(input.to(sd), activation, negative_slope)
+    mult = None
     if p > 0:
         seed, offset = generator_seed_offset(input.device, generator)
         keep = dropout_keep(input.numel(), p, input.device, seed, offset).reshape(input.shape)
-        y = y * (keep.to(sd) * dropout_scale(p))
+        mult = keep.to(stats_dtype(input.dtype)) * dropout_scale(p)
         rng = torch.tensor([seed, offset], dtype=torch.int64, device=input.device)
     else:
         rng = torch.zeros(2, dtype=torch.int64, device=input.device)
-    # The input's memory layout (at::empty_like's rule), as the kernels give.
-    return torch.empty_like(input).copy_(y), rng
+    return _ActDropout.apply(input, activation, negative_slope, mult), rng

@@ -236,6 +236,89 @@ def test_empty(backend, device):
     assert y.shape == (0, 5) and x.grad.shape == (0, 5)
 
 
+@pytest.mark.parametrize("impl", ["op", "twin"])
+def test_empty_with_p_returns_the_generator_state(device, impl):
+    """An empty input with p > 0 still draws (seed, offset), returns it as rng
+    and advances the generator, like any other call; p = 0 draws nothing and
+    returns zeros."""
+    if impl == "op":
+        skip_unless_fused_on(device)
+    lib = L if impl == "op" else ref
+    x = torch.empty(0, 5, device=device)
+    torch.manual_seed(21)
+    want = ref.generator_seed_offset(torch.device(device))
+    torch.manual_seed(21)
+    out, rng = lib.act_dropout(x, 1, 0.0, 0.5)
+    assert out.shape == (0, 5) and rng.device == x.device
+    assert tuple(rng.tolist()) == want
+    _, rng_next = lib.act_dropout(x, 1, 0.0, 0.5)
+    assert tuple(rng_next.tolist()) != want, "the empty call did not advance the generator"
+    _, rng0 = lib.act_dropout(x, 1, 0.0, 0.0)
+    assert rng0.tolist() == [0, 0]
+
+
+# NaN at every lane of the CPU kernel's vectors (up to 16 wide) in the first
+# chunk, and at every position of the vector loop's tail in the last, partial
+# chunk (1024-element chunks, csrc/cpu/act_dropout.cpp): 61 = 3 * 16 + 13.
+NAN_N = 1024 + 61
+NAN_POSITIONS = list(range(16)) + list(range(1024 + 48, NAN_N))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("p", [0.0, 0.5])
+@pytest.mark.parametrize("act,slope", ACTS, ids=ACT_IDS)
+def test_nan_propagates(backend, device, act, slope, p, dtype):
+    """A NaN input gives a NaN output there, dropped or kept, and nowhere else;
+    a NaN gradient stays NaN (the derivative and the mask multiply, they never
+    select); at a NaN output the derivative is 0 (relu), negative_slope (leaky)
+    or 1, the same in both kernels and the twin."""
+    base = torch.randn(NAN_N, device=device).to(dtype)
+    g = torch.randn(NAN_N, device=device).to(dtype)
+    keep = (keep_of_next_call(device, 8, NAN_N, p) if p > 0
+            else torch.ones(NAN_N, dtype=torch.bool, device=device))
+    mult = keep.double() * ref.dropout_scale(p)
+    d_at_nan = {"identity": 1.0, "relu": 0.0, "leaky_relu": slope}[act]
+
+    def call(x):
+        torch.manual_seed(8)
+        return ops.act_dropout(x, act, slope, p)
+
+    for pos in NAN_POSITIONS:
+        x = base.clone()
+        x[pos] = float("nan")
+        x.requires_grad_()
+        y = call(x)
+        want = eager(x.detach(), act, slope, keep, p)
+        assert torch.equal(y.isnan(), x.isnan()), f"NaN at {pos}"
+        torch.testing.assert_close(y, want, rtol=TOL[dtype], atol=TOL[dtype], equal_nan=True)
+        (gx,) = torch.autograd.grad(y, x, g)
+        assert torch.isfinite(gx).all(), f"NaN input at {pos} made a NaN gradient"
+        want_at = g[pos].double() * d_at_nan * mult[pos]
+        torch.testing.assert_close(gx[pos].double(), want_at, rtol=TOL[dtype], atol=TOL[dtype])
+
+        xf = base.clone().requires_grad_()
+        gn = g.clone()
+        gn[pos] = float("nan")
+        (gx,) = torch.autograd.grad(call(xf), xf, gn)
+        assert torch.equal(gx.isnan(), gn.isnan()), f"NaN gradient at {pos}"
+
+
+def test_float64_slope_is_not_rounded_to_float(backend, device):
+    """negative_slope reaches the kernels as a double: 0.1 rounded to float
+    (0.100000001490116) would be off by 1.5e-8 relative."""
+    x = -torch.rand(4096, dtype=torch.float64, device=device) - 0.5
+    x.requires_grad_()
+    keep = keep_of_next_call(device, 4, x.numel(), 0.25)
+    y = ops.act_dropout(x, "leaky_relu", 0.1, 0.25)
+    g = torch.randn_like(x)
+    (gx,) = torch.autograd.grad(y, x, g)
+    xe = x.detach().clone().requires_grad_()
+    ye = eager(xe, "leaky_relu", 0.1, keep, 0.25)
+    (gxe,) = torch.autograd.grad(ye, xe, g)
+    torch.testing.assert_close(y, ye.detach(), rtol=1e-15, atol=0)
+    torch.testing.assert_close(gx, gxe, rtol=1e-15, atol=0)
+
+
 def test_saves_only_the_output(device):
     """Backward keeps the output (shared with the next layer) and 16 bytes of
     rng; no mask, no input."""

@@ -155,6 +155,40 @@ def test_instance_norm_act_unbatched_input(backend, device):
     assert_close(y, nn.functional.leaky_relu(twin(x), 0.2))
 
 
+@pytest.mark.filterwarnings("ignore:var_mean.*degrees of freedom:UserWarning")  # reference
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
+@pytest.mark.parametrize("shape", [(0, 4, 5, 6), (3, 4, 0, 6)], ids=["N0", "HW0"])
+def test_empty_batch_in_training_keeps_running_stats(backend, device, shape, momentum):
+    """An empty training batch has NaN statistics (test_norm_act_op); as in
+    nn.BatchNorm2d (torch.batch_norm skips it), the running statistics stay as
+    they were and only num_batches_tracked counts the call, so a later
+    cumulative average is torch's too. nn.InstanceNorm2d with
+    track_running_stats writes NaN into them; InstanceNormAct2d keeps them."""
+    torch_bn = nn.BatchNorm2d(4, momentum=momentum).to(device)
+    randomize_norm(torch_bn)
+    ours = BatchNormAct2d(4, momentum=momentum, activation="relu").to(device)
+    ours.load_state_dict(torch_bn.state_dict())
+    inorm = InstanceNormAct2d(4, momentum=momentum, track_running_stats=True).to(device)
+    randomize_norm(inorm)
+    inorm_before = copy.deepcopy(inorm.state_dict())
+    x = torch.empty(shape, device=device, requires_grad=True)
+    for m in (torch_bn, ours, inorm):
+        m.train()
+        y = m(x)
+        assert y.shape == shape
+        y.sum().backward()
+    for k, v in torch_bn.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    assert int(ours.num_batches_tracked) == 1
+    for k, v in inorm_before.items():
+        assert torch.equal(inorm.state_dict()[k], v), k
+    # A following non-empty batch updates both alike.
+    x = torch.randn(3, 4, 5, 6, device=device)
+    assert_close(ours(x), torch.relu(torch_bn(x)))
+    for k, v in torch_bn.state_dict().items():
+        assert_close(ours.state_dict()[k], v)
+
+
 # ----------------------------------------------------------------- state_dict
 @pytest.mark.parametrize("kind", ["batch", "batch-no-stats", "instance", "instance-affine-stats"])
 def test_state_dict_interchangeable_with_torch(kind):

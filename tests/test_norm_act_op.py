@@ -467,6 +467,33 @@ def test_empty_batch(backend, device, norm, mode, layout):
     assert torch.equal(rm, rm0) and torch.equal(rv, rv0)  # nothing to average
 
 
+@pytest.mark.filterwarnings("ignore:var_mean.*degrees of freedom:UserWarning")  # reference
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape,instance", [((0, 3, 4, 5), False), ((2, 3, 0, 5), False),
+                                            ((2, 3, 0, 5), True)],
+                         ids=["batch-N0", "batch-HW0", "instance-HW0"])
+@pytest.mark.parametrize("impl", ["op", "twin"])
+def test_empty_training_statistics_are_nan(device, impl, shape, instance, layout):
+    """Input statistics of no values are undefined: NaN mean, var and invstd
+    from the CPU and CUDA kernels and the twin alike (torch.batch_norm skips an
+    empty batch and hands back uninitialized save_mean/invstd). The backward
+    op gives zero weight and bias gradients without reading them."""
+    if impl == "op":
+        skip_unless_fused_on(device)
+    lib = torch.ops.gan_ext if impl == "op" else ref
+    x = make_input(shape, torch.float32, device, layout)
+    w, b = _params(3, torch.float32, device)
+    out, mean, invstd, var = lib.norm_act(x, w, b, None, None, True, instance, EPS, 2, 0.2)
+    groups = shape[0] * 3 if instance else 3
+    assert out.shape == shape
+    for t in (mean, invstd, var):
+        assert t.shape == (groups,) and t.isnan().all(), t
+    gi, gw, gb = lib.norm_act_backward(torch.ones_like(out), out, w, b, mean, invstd, True,
+                                       instance, 2, 0.2, False)
+    assert gi.shape == shape
+    assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+
+
 # ------------------------------------------------------------------ bad input
 def _base():
     return dict(input=torch.randn(2, 3, 4, 4), weight=torch.ones(3), bias=torch.zeros(3),

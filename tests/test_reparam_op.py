@@ -4,6 +4,7 @@ functional forms in gan_ext.ops."""
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 import torch
@@ -13,8 +14,8 @@ import gan_ext
 from gan_ext import ops
 from gan_ext import reference as ref
 
-from conftest import (LOW_PRECISION, assert_within_2x_of_torch, requires_fused, saved_tensor_bytes,
-                      skip_unless_fused_on, to_layout)
+from conftest import (LOW_PRECISION, assert_within_2x_of_torch, requires_cuda, requires_fused,
+                      saved_tensor_bytes, skip_unless_fused_on, to_layout)
 
 L = torch.ops.gan_ext
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -452,6 +453,73 @@ def test_philox_known_answers():
     assert torch.equal(ref.philox4x32_10(counters, key), rows)
 
 
+@requires_fused
+def test_cpu_kernel_philox_known_answer():
+    """Random123's first vector (counter 0, key 0) through the C++ Philox
+    (the AVX2 path where built with it): act_dropout_backward regenerates the
+    mask from a given rng = (seed, offset) = (0, 0), whose block 0 is that
+    counter; element 8 k keeps iff the top 23 bits of word k are >= the
+    threshold, so thresholds W and W + 1 pin those bits. (The other two
+    vectors need offset / 4 >= 2^63 or block >= 2^58: out of an op's reach;
+    the twin checks them above.)"""
+    ones = torch.ones(32)
+    rng = torch.zeros(2, dtype=torch.int64)
+    for k, word in enumerate(PHILOX_KAT[0][2]):
+        top = word >> 9
+        kept = [L.act_dropout_backward(ones, ones, rng, 0, 0.0, t / 2.0 ** 23)[8 * k].item() != 0
+                for t in (top, top + 1)]
+        assert kept == [True, False], (k, hex(word))
+
+
+def _cpu_generator_drawing_seed_zero():
+    """A CPU generator whose next random64() is 0, so the next CPU kernel call
+    runs at (seed, offset) = (0, 0). Its state (CPUGeneratorImplState) starts
+    with the Mersenne Twister's (initial seed: u64, left: i32, seeded: i32,
+    next: u64, state: u64[624]); with `left` > 2 the next two outputs are the
+    tempered state[next], state[next + 1], and tempering maps 0 to 0."""
+    g = torch.Generator().manual_seed(5)
+    state = bytearray(g.get_state().numpy().tobytes())
+    seeded = struct.unpack_from("<i", state, 12)[0]
+    struct.pack_into("<iiQQQ", state, 8, 10, seeded, 0, 0, 0)
+    g.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+    probe = torch.Generator()
+    probe.set_state(g.get_state())
+    assert ref.generator_seed_offset(torch.device("cpu"), probe) == (0, 0)
+    return g
+
+
+def _box_muller(words, double):
+    """The normals of one Philox block (csrc/philox.h), in Python floats."""
+    if double:
+        u = [((words[0] << 21 ^ words[1] >> 11) + 0.5) * 2.0 ** -53,
+             ((words[2] << 21 ^ words[3] >> 11) + 0.5) * 2.0 ** -53]
+        pairs = [u]
+    else:
+        u = [((w >> 9) + 0.5) * 2.0 ** -23 for w in words]  # uniform23: exact in float
+        pairs = [(u[0], u[1]), (u[2], u[3])]
+    out = []
+    for u1, u2 in pairs:
+        r, t = math.sqrt(-2 * math.log(u1)), 2 * math.pi * u2
+        out += [r * math.cos(t), r * math.sin(t)]
+    return out
+
+
+@requires_fused
+@pytest.mark.parametrize("numel", [1, 64], ids=["scalar-path", "vector-path"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpu_reparameterize_philox_known_answer(dtype, numel):
+    """Random123's first vector through the CPU reparameterize kernel: at
+    (seed, offset) = (0, 0) block 0 has counter 0 and key 0, so the first eps
+    are the Box-Muller normals of 6627e8d5 e169c58d bc57ac4c 9b00dbd8. One
+    element runs philox.h's scalar block_for; 64 run the AVX2 path."""
+    zeros = torch.zeros(numel, dtype=dtype)
+    eps = L.reparameterize(zeros, zeros, generator=_cpu_generator_drawing_seed_zero())
+    want = _box_muller(PHILOX_KAT[0][2], dtype == torch.float64)
+    k = min(numel, len(want))
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(eps[:k].double(), torch.tensor(want[:k], dtype=torch.float64), **tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("kl", [False, True], ids=["reparameterize", "reparameterize_kl"])
 def test_kernel_noise_equals_twin_noise(device, dtype, kl):
@@ -480,20 +548,124 @@ def test_kernel_noise_is_philox_box_muller(device, dtype):
     want = []
     per_block = 2 if dtype == torch.float64 else 4
     for q in range(-(-10 // per_block)):
-        counter = torch.tensor([[q, 0, offset & 0xFFFFFFFF, offset >> 32]], dtype=torch.int64)
+        step = offset // 4  # counter = (offset / 4, block): curand's layout
+        counter = torch.tensor([[step & 0xFFFFFFFF, step >> 32, q, 0]], dtype=torch.int64)
         x = ref.philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32))[0].tolist()
-        if dtype == torch.float64:
-            pairs = [((((x[0] << 21) ^ (x[1] >> 11)) + 0.5) * 2.0 ** -53,
-                      (((x[2] << 21) ^ (x[3] >> 11)) + 0.5) * 2.0 ** -53)]
-        else:
-            u = [((w >> 9) + 0.5) * 2.0 ** -23 for w in x]  # uniform23: exact in float
-            pairs = [(u[0], u[1]), (u[2], u[3])]
-        for u1, u2 in pairs:
-            r, t = math.sqrt(-2 * math.log(u1)), 2 * math.pi * u2
-            want += [r * math.cos(t), r * math.sin(t)]
+        want += _box_muller(x, dtype == torch.float64)
     want = torch.tensor(want[:10], dtype=torch.float64)
     tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(eps, want, **tol)
+
+
+# ------------------------------------------- no counters shared with PyTorch
+def curand_counters(offset, subsequences, steps):
+    """The Philox counters (c0, c1, c2, c3) a PyTorch CUDA RNG kernel reads:
+    curand_init(seed, subsequence, offset) adds the subsequence to the
+    counter's high 64 bits (skipahead_sequence) and offset / 4 to its low 64
+    bits (skipahead; PyTorch's offsets are multiples of 4), and each curand4()
+    call steps the low 64 bits by one."""
+    out = set()
+    for sub in subsequences:
+        for k in range(steps):
+            low = offset // 4 + k
+            out.add((low & 0xFFFFFFFF, low >> 32 & 0xFFFFFFFF, sub & 0xFFFFFFFF, sub >> 32))
+    return out
+
+
+@pytest.mark.parametrize("offset", [0, 4, 8, 4 * 1000, 4 * 2 ** 32])
+def test_noise_counters_disjoint_from_torch_cuda_rng(offset):
+    """The counters of a call at `offset` (it reserved offset .. offset + 3
+    through philox_cuda_state(4)) meet none of those PyTorch's CUDA kernels
+    read just before it (offsets up to `offset`) or after it (from offset + 4
+    on): here a randn of 4 counter steps per thread over 4096 threads on either
+    side, and the call's 20001 float32 normals (5001 blocks, more than the
+    threads, so the blocks reach every thread's subsequence)."""
+    blocks = torch.arange(-(-20001 // 4), dtype=torch.int64)
+    ours = {tuple(c) for c in ref.philox_counters(blocks, offset).tolist()}
+    assert len(ours) == len(blocks)
+    threads, steps = range(4096), 4
+    after = curand_counters(offset + 4, threads, steps)
+    assert not ours & after
+    if offset >= 4 * steps:
+        before = curand_counters(offset - 4 * steps, threads, steps)
+        assert not ours & before
+    # ...and a call at the next offset (our next call) uses other counters too.
+    assert not ours & {tuple(c) for c in ref.philox_counters(blocks, offset + 4).tolist()}
+
+
+def _matching_blocks(ours, theirs, tol=4e-6):
+    """How many of our Box-Muller blocks (rows of 4 normals) reappear in
+    theirs, within tol per value: curand's normals from the same 4 Philox
+    words differ from ours only by its uniform's lower bits and its fast
+    sincos, and it may order each pair (sin, cos) where we give (cos, sin)."""
+    found = torch.zeros(len(ours), dtype=torch.bool, device=ours.device)
+    for perm in ([0, 1, 2, 3], [1, 0, 3, 2]):
+        th = theirs[:, perm]
+        key, order = torch.sort(th[:, 0])
+        at = torch.searchsorted(key, ours[:, 0].contiguous())
+        window = (at[:, None] + torch.arange(-64, 65, device=ours.device)).clamp(0, len(key) - 1)
+        cand = th[order[window]]  # (blocks, window, 4)
+        close = ((cand - ours[:, None, :]).abs() <= tol).all(dim=2).any(dim=1)
+        found |= close
+    return int(found.sum())
+
+
+def _curand_normal4(seed, counters):
+    """curand_normal4 of Philox blocks, emulated in float32: uniforms
+    x 2^-32 + 2^-33, Box-Muller pairs (r sin, r cos)."""
+    x = ref.philox4x32_10(counters, (seed & 0xFFFFFFFF, seed >> 32)).float()
+    u = x * 2.0 ** -32 + 2.0 ** -33
+    r1, r2 = torch.sqrt(-2 * torch.log(u[:, 0])), torch.sqrt(-2 * torch.log(u[:, 2]))
+    v1, v2 = 2 * math.pi * u[:, 1], 2 * math.pi * u[:, 3]
+    return torch.stack([r1 * torch.sin(v1), r1 * torch.cos(v1), r2 * torch.sin(v2), r2 * torch.cos(v2)], 1)
+
+
+def test_block_matcher_sees_shared_counters():
+    """The CUDA test's matcher, on the CPU: curand's normals from our own
+    counters (what a torch.randn at our offset would make) are found, those
+    of the next counter step (what a randn after our call makes) are not."""
+    seed, offset, nb = 987654321, 40, 256
+    torch.manual_seed(3)
+    ours = ref.normal_noise(4 * nb, torch.float32, "cpu", seed, offset).reshape(-1, 4)
+    threads = torch.arange(4096, dtype=torch.int64)
+    shared = _curand_normal4(seed, ref.philox_counters(threads, offset))
+    after = _curand_normal4(seed, ref.philox_counters(threads, offset + 4))
+    assert _matching_blocks(ours, shared) >= 0.9 * nb
+    assert _matching_blocks(ours, after) == 0
+
+
+@pytest.mark.cuda
+@requires_cuda
+@requires_fused
+def test_cuda_noise_shares_no_counters_with_torch_randn():
+    """reparameterize, then torch.randn on the same generator: none of our eps
+    blocks reappears in torch's stream. The check is shown able to see shared
+    counters: with the generator's offset rewound to our call's, torch's thread
+    q reads our block q, and the same matcher must find (nearly) all of them."""
+    skip_unless_fused_on("cuda")
+    dev = torch.device("cuda", torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(dev)
+    # A randn this large runs ATen's full grid (256-thread blocks, as many as
+    # fit on the device): every thread makes 4 normals per counter step.
+    threads = 256 * props.multi_processor_count * (props.max_threads_per_multi_processor // 256)
+    n = 4 * threads * 4
+    gen = torch.cuda.default_generators[dev.index]
+    torch.cuda.manual_seed(123)
+    offset = gen.get_offset()
+    zeros = torch.zeros(1024, device=dev)  # 256 Philox blocks
+    with gan_ext.use_backend("fused"):
+        eps = L.reparameterize(zeros, zeros).reshape(-1, 4)
+    after = torch.randn(n, device=dev)
+    gen.set_offset(offset)
+    control = torch.randn(n, device=dev)
+
+    def groupings(r):  # the 4 values of one curand_normal4 call: strided or adjacent
+        return [r.reshape(-1, 4, threads).transpose(1, 2).reshape(-1, 4), r.reshape(-1, 4)]
+
+    seen = max(_matching_blocks(eps, t) for t in groupings(control))
+    assert seen >= 0.9 * len(eps), f"control: only {seen} of {len(eps)} blocks found"
+    for t in groupings(after):
+        assert _matching_blocks(eps, t) == 0
 
 
 # ------------------------------------------------------------------ bad input

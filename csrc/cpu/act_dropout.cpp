@@ -12,6 +12,7 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -103,8 +104,9 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cpu(const at::Tensor& input_in, i
   const dropout::Layout lay(input_in, p);
   const at::Tensor& input = lay.src;
   at::Tensor out = lay.result;
-  at::Tensor rng_t = at::zeros({2}, input.options().dtype(at::kLong));
   const bool draw = p > 0.0;
+  const auto long_opts = input.options().dtype(at::kLong);
+  at::Tensor rng_t = draw ? at::empty({2}, long_opts) : at::zeros({2}, long_opts);
   Rng rng;
   if (draw) {
     rng = draw_seed(generator);

@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -600,8 +601,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
         var[c] = rv[c];
       }
     } else if (input.numel() == 0) {
-      std::fill(mean, mean + G, O(0));
-      std::fill(var, var + G, O(0));
+      // Statistics of no values are undefined: NaN, as the CUDA kernel and the
+      // twin (var_mean of an empty set) give, and invstd NaN with them.
+      std::fill(mean, mean + G, std::numeric_limits<O>::quiet_NaN());
+      std::fill(var, var + G, std::numeric_limits<O>::quiet_NaN());
     } else if (!s.channels_last) {
       dispatch_activation(activation, [&](auto act) {
         forward_nchw_groups<scalar_t, O, decltype(act)::value>(
@@ -663,6 +666,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
   at::Tensor grad_input = at::empty(saved.sizes(), saved.options().memory_format(fmt));
   const auto pdtype = defined(weight) ? weight->scalar_type() : saved.scalar_type();
   const Shape s{N, C, HW, fmt == at::MemoryFormat::ChannelsLast};
+  if (saved.numel() == 0) {  // sums of nothing; never read the (NaN) statistics of no values
+    const auto popts = saved.options().dtype(pdtype);
+    return {grad_input, at::zeros({C}, popts), at::zeros({C}, popts)};
+  }
   at::Tensor grad_weight, grad_bias;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, saved.scalar_type(), "norm_act_backward_cpu", [&] {

@@ -1,6 +1,7 @@
 // Philox-4x32-10 blocks on the CPU (csrc/philox.h): with AVX2, eight blocks
-// per vector; otherwise (or past a 2^32 wrap of the counter's low word) one
-// at a time. Used by the reparameterization noise and the dropout mask.
+// per vector; otherwise (or where lo(q) wraps past 2^32 inside a vector, which
+// carries into hi(q)) one at a time. Used by the reparameterization noise and
+// the dropout mask.
 #pragma once
 
 #if defined(CPU_CAPABILITY_AVX2)
@@ -31,22 +32,24 @@ inline void mulhilo8(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
 template <int64_t N>
 inline void philox_blocks(uint64_t q0, int64_t count, uint64_t seed, uint64_t offset,
                           uint32_t (*w)[N]) {
-  const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
+  // The counter is (offset / 4, q) (csrc/philox.h): lanes differ in c2 = lo(q).
+  const uint64_t step = offset >> 2;
+  const uint32_t s0 = static_cast<uint32_t>(step), s1 = static_cast<uint32_t>(step >> 32);
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   int64_t base = 0;
 #if defined(CPU_CAPABILITY_AVX2)
-  // The counter's high word only changes past 2^32 blocks; lanes whose low
-  // word wraps inside a group take the scalar path below.
+  // hi(q) (c3) only changes past 2^32 blocks; from a group whose lanes would
+  // wrap lo(q) (a carry into c3) on, the scalar path below takes over.
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kM1));
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (; base + kLanes <= count; base += kLanes) {
     const uint64_t q = q0 + static_cast<uint64_t>(base);
-    if (static_cast<uint32_t>(q) > 0xFFFFFFFFu - kLanes) break;
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q))), lane);
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q >> 32)));
-    __m256i c2 = _mm256_set1_epi32(static_cast<int>(o0));
-    __m256i c3 = _mm256_set1_epi32(static_cast<int>(o1));
+    if (static_cast<uint32_t>(q) > 0xFFFFFFFFu - (kLanes - 1)) break;
+    __m256i c0 = _mm256_set1_epi32(static_cast<int>(s0));
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(s1));
+    __m256i c2 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q))), lane);
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q >> 32)));
     uint32_t k0 = key0, k1 = key1;
     for (int r = 0; r < philox::kRounds; ++r) {
       if (r > 0) {

@@ -35,13 +35,18 @@ namespace {
 
 constexpr index_t kMaxBlocks = 8192;
 
+// Written so that NaN falls through to x (relu) or x * slope (leaky): NaN in,
+// NaN out, as torch.relu and the CPU kernel's vec::maximum.
 template <typename acc_t>
 __device__ __forceinline__ acc_t activate(acc_t x, int act, acc_t slope) {
-  if (act == 1) return x > acc_t(0) ? x : acc_t(0);
+  if (act == 1) return x <= acc_t(0) ? acc_t(0) : x;
   if (act == 2) return x > acc_t(0) ? x : x * slope;
   return x;
 }
 
+// At out = NaN this is 0 (relu) or slope (leaky), as the CPU kernel's blendv;
+// a NaN grad stays NaN through the products (the mask multiplies, it does
+// not select).
 template <typename acc_t>
 __device__ __forceinline__ acc_t act_grad(acc_t out, int act, acc_t slope) {
   if (act == 1) return out > acc_t(0) ? acc_t(1) : acc_t(0);
@@ -72,10 +77,10 @@ __device__ __forceinline__ void for_each_element(index_t n, bool draw, uint32_t 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     act_dropout_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, index_t n, int act,
-                       float slope_f, bool draw, uint32_t thr, double s_d, at::PhiloxCudaState st,
+                       double slope_d, bool draw, uint32_t thr, double s_d, at::PhiloxCudaState st,
                        int64_t* __restrict__ rng) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t slope = static_cast<acc_t>(slope_f);
+  const acc_t slope = static_cast<acc_t>(slope_d);
   uint64_t seed = 0, offset = 0;
   if (draw) {
     const auto so = at::cuda::philox::unpack(st);
@@ -95,10 +100,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     act_dropout_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y,
-                                scalar_t* __restrict__ gi, index_t n, int act, float slope_f,
+                                scalar_t* __restrict__ gi, index_t n, int act, double slope_d,
                                 bool draw, uint32_t thr, double s_d, const int64_t* __restrict__ rng) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t slope = static_cast<acc_t>(slope_f);
+  const acc_t slope = static_cast<acc_t>(slope_d);
   const uint64_t seed = draw ? static_cast<uint64_t>(rng[0]) : 0;
   const uint64_t offset = draw ? static_cast<uint64_t>(rng[1]) : 0;
   for_each_element<acc_t>(n, draw, thr, static_cast<acc_t>(s_d), seed, offset, [&](index_t i, acc_t m) {
@@ -119,8 +124,10 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cuda(const at::Tensor& input_in, 
   const dropout::Layout lay(input_in, p);
   const at::Tensor& input = lay.src;
   at::Tensor out = lay.result;
-  at::Tensor rng = at::zeros({2}, input.options().dtype(at::kLong));
   const bool draw = p > 0.0;
+  // With draw the kernel writes both values (also for an empty input).
+  const auto long_opts = input.options().dtype(at::kLong);
+  at::Tensor rng = draw ? at::empty({2}, long_opts) : at::zeros({2}, long_opts);
   at::PhiloxCudaState st;
   if (draw) {
     auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
@@ -129,12 +136,15 @@ std::tuple<at::Tensor, at::Tensor> act_dropout_cuda(const at::Tensor& input_in, 
     st = gen->philox_cuda_state(4);  // as reparam.cu and reference.generator_seed_offset
   }
   const index_t n = input.numel();
-  if (n == 0) return {lay.finish(), rng};
+  // An empty input with p > 0 still launches one block: the generator has
+  // advanced, and only the kernel can unpack (seed, offset) into rng (under
+  // graph capture the offset lives on the device), as the CPU and twin return.
+  if (n == 0 && !draw) return {lay.finish(), rng};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gan_ext_act_dropout_cuda", [&] {
     act_dropout_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
         input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n,
-        static_cast<int>(activation), static_cast<float>(negative_slope), draw,
+        static_cast<int>(activation), negative_slope, draw,
         dropout::threshold(p), dropout::scale(p), st, rng.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -159,7 +169,7 @@ at::Tensor act_dropout_backward_cuda(const at::Tensor& grad_in, const at::Tensor
     act_dropout_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
         grad.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
         gin.mutable_data_ptr<scalar_t>(), n, static_cast<int>(activation),
-        static_cast<float>(negative_slope), p > 0.0, dropout::threshold(p), dropout::scale(p),
+        negative_slope, p > 0.0, dropout::threshold(p), dropout::scale(p),
         r.const_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
