@@ -557,16 +557,23 @@ class _ActDropout(torch.autograd.Function):
     where the input is negative), and at a NaN output it is 0 (relu) or
     negative_slope (leaky_relu), as in both kernels."""
 
+    # setup_context form with a generated vmap rule: torch.func transforms
+    # (gan_ext runs the twins under them) can transform and batch it.
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input: Tensor, activation: int, negative_slope: float, mult: Optional[Tensor]):
+    def forward(input: Tensor, activation: int, negative_slope: float, mult: Optional[Tensor]):
         y = activate(input.to(stats_dtype(input.dtype)), activation, negative_slope)
         if mult is not None:
             y = y * mult
         # The input's memory layout (at::empty_like's rule), as the kernels give.
-        out = torch.empty_like(input).copy_(y)
-        ctx.save_for_backward(out, mult)
+        return torch.empty_like(input).copy_(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, activation, negative_slope, mult = inputs
+        ctx.save_for_backward(output, mult)
         ctx.activation, ctx.negative_slope = activation, negative_slope
-        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
