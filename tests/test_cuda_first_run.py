@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gan_ext
 from gan_ext import ops
 from gan_ext import reference as ref
 

@@ -51,7 +51,7 @@ def test_sections_and_budgets():
 @pytest.mark.parametrize("argv,message", [
     (["--sections", "nope"], "unknown nope"),
     (["--budget", "ncu"], "SECTION=SECONDS"),
-    (["--budget", "ncu=-1"], "must be > 0"),
+    (["--budget", "ncu=-1"], "ncu: expected a number > 0"),
     (["--budget", "bogus=3"], "SECTION=SECONDS"),
     (["--part", "3"], "invalid choice"),
     (["--jobs", "0"], "--jobs must be >= 1"),
@@ -362,3 +362,36 @@ def test_driver_cli(capsys):
     out = capsys.readouterr().out
     assert "reparameterize(_kl) float32 3x20001" in out and out.strip().endswith("cases")
     assert cuda_sanitize.main(["--device", "cpu", "-k", "no-such-case"]) == 2
+
+
+FAKE_SANITIZER = """#!{python}
+import os, sys
+args = sys.argv[1:]
+tool = args[args.index("--tool") + 1]
+assert "--report-api-errors" in args and args[args.index("--print-limit") + 1] == "100"
+assert os.environ["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
+setting = os.environ.get("GAN_EXT_CUDA_NORM_ACT", "default")
+assert "cuda_sanitize.py" in " ".join(args) and "--device" in args
+errors = 2 if (tool, setting) == ("racecheck", "legacy") else 0
+print(f"cuda_sanitize: 5/5 cases ran on cuda (level paths, GAN_EXT_CUDA_NORM_ACT={{setting}}) "
+      f"in 1.0s; 0 failed")
+print(f"========= ERROR SUMMARY: {{errors}} errors")
+"""
+
+
+def test_sanitize_section_runs_every_tool_and_setting(tmp_path, monkeypatch):
+    """Four tools x two norm_act settings, in parallel, each count parsed; the
+    tool itself is a stand-in here (compute-sanitizer needs a GPU)."""
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text(FAKE_SANITIZER.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.delenv("GAN_EXT_CUDA_NORM_ACT", raising=False)
+    args = gpu_check.parse_args(["--part", "2", "--sections", "sanitize", "--sanitizer", str(fake),
+                                 "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
+    s = gpu_check.run_sections(args).results["sections"]["sanitize"]
+    assert s["status"] == "ok", s.get("error")
+    got = {(r["tool"], r["setting"]): r["errors"] for r in s["data"]["runs"]}
+    assert got == {(t, st): (2 if (t, st) == ("racecheck", "legacy") else 0)
+                   for t in gpu_check.SANITIZER_TOOLS for st in gpu_check.SETTINGS}
+    assert [r["tool"] for r in s["data"]["runs"]][:2] == ["memcheck", "memcheck"]
+    assert s["data"]["total_errors"] == 2
