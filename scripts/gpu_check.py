@@ -52,24 +52,25 @@ PART_BUDGET_S = 400.0  # under the 7 minutes of a part, with room for start-up a
 OUT_FILES_MAX = 8      # what comes back from $OUT
 LOG_CAP_BYTES = 2 << 20
 
-# (name, part, budget in seconds, kind): "host" sections run here and start
+# (name, parts, budget in seconds, kind): "host" sections run here and start
 # their own tools; "py" sections are this script re-run with --section in a
-# child process that touches the GPU.
-SECTIONS: Tuple[Tuple[str, int, float, str], ...] = (
-    ("env", 1, 30, "host"),
-    ("build", 1, 330, "host"),
-    ("info", 1, 30, "host"),
-    ("tests", 1, 300, "host"),
-    ("device", 2, 15, "py"),
-    ("sanitize", 2, 110, "host"),
-    ("bench_norm", 2, 60, "py"),
-    ("bench_norm_legacy", 2, 25, "py"),
-    ("bench_loss", 2, 25, "py"),
-    ("bench_steps", 2, 60, "py"),
-    ("train", 2, 35, "host"),
-    ("profile", 2, 20, "py"),
-    ("graphs", 2, 12, "py"),
-    ("ncu", 2, 40, "host"),
+# child process that touches the GPU. Part 2 starts with env and build too: a
+# fresh machine holds no build (build reuses part 1's when it is carried).
+SECTIONS: Tuple[Tuple[str, Tuple[int, ...], float, str], ...] = (
+    ("env", (1, 2), 30, "host"),
+    ("build", (1, 2), 330, "host"),
+    ("info", (1,), 30, "host"),
+    ("tests", (1,), 300, "host"),
+    ("device", (2,), 15, "py"),
+    ("sanitize", (2,), 110, "host"),
+    ("bench_norm", (2,), 60, "py"),
+    ("bench_norm_legacy", (2,), 25, "py"),
+    ("bench_loss", (2,), 25, "py"),
+    ("bench_steps", (2,), 60, "py"),
+    ("train", (2,), 35, "host"),
+    ("profile", (2,), 20, "py"),
+    ("graphs", (2,), 12, "py"),
+    ("ncu", (2,), 40, "host"),
 )
 SECTION_NAMES = tuple(s[0] for s in SECTIONS)
 
@@ -190,12 +191,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 SECTION_BUDGETS = {name: budget for name, _, budget, _ in SECTIONS}
 
 
-def planned_sections(args) -> List[str]:
-    parts = {"1": (1,), "2": (2,), "all": (1, 2)}[args.part]
-    names = [name for name, part, _, _ in SECTIONS if part in parts]
+def plan(args) -> List[Tuple[str, int]]:
+    """(section, part) in running order; a section of both parts runs once
+    with --part all."""
+    out: List[Tuple[str, int]] = []
+    for part in {"1": (1,), "2": (2,), "all": (1, 2)}[args.part]:
+        for name, parts, _, _ in SECTIONS:
+            if part in parts and name not in [n for n, _ in out]:
+                out.append((name, part))
     if args.sections is not None:
-        names = [n for n in SECTION_NAMES if n in args.sections]
-    return names
+        # Chosen by name: each in its first part, in the usual order.
+        out = [(n, next(p for m, ps, _, _ in SECTIONS if m == n for p in ps))
+               for n in SECTION_NAMES if n in args.sections]
+    return out
+
+
+def planned_sections(args) -> List[str]:
+    return [n for n, _ in plan(args)]
 
 
 # ======================================================= results and the report
@@ -261,7 +273,8 @@ def bench_targets(row: dict) -> Dict[str, Tuple[Optional[float], float]]:
 
 def _bench_rows(rows: List[dict], with_setting: bool) -> List[str]:
     header = ["case", "dtype"] + (["norm_act"] if with_setting else []) + [
-        "fused us", "eager us", "compile us", "eager/fused", "compile/fused", "% copy BW", "targets"]
+        "fused us", "eager us", "compile us", "eager/fused", "compile/fused", "% copy BW", "targets",
+        "note"]
     out = []
     for r in rows:
         marks = [f"{k}: {_mark(v, t)} ({_fmt(v, '.2f')})" for k, (v, t) in bench_targets(r).items()]
@@ -269,7 +282,8 @@ def _bench_rows(rows: List[dict], with_setting: bool) -> List[str]:
             _fmt(r.get("fused_us")), _fmt(r.get("eager_us")), _fmt(r.get("compile_us")),
             _fmt(_ratio(r.get("eager_us"), r.get("fused_us")), ".2f"),
             _fmt(_ratio(r.get("compile_us"), r.get("fused_us")), ".2f"),
-            _fmt(r.get("bw_pct"), ".0f"), "; ".join(marks) or "-"])
+            _fmt(r.get("bw_pct"), ".0f"), "; ".join(marks) or "-",
+            "; ".join(f"{k}: {v}" for k, v in (r.get("errors") or {}).items())[:120].replace("|", "/")])
     return _table(header, out)
 
 
@@ -680,7 +694,7 @@ def section_build(run: Run, budget: float) -> dict:
         data["so_bytes"] = os.path.getsize(so)
         if data["so_bytes"] > 16 << 20:
             data["warning"] = "over 16 MiB: it will not come back from the device machine's $OUT"
-    if so and not args.dry_run:
+    if so and data["how"] == "built":  # a reused build is already where it came from
         shutil.copy2(so, os.path.join(run.out, os.path.basename(so)))
         _atomic_write(os.path.join(run.out, "build.json"), json.dumps(stamp, indent=1))
     return data
@@ -1039,11 +1053,9 @@ def run_py_section(run: Run, name: str, budget: float) -> dict:
 
 def run_sections(args) -> Run:
     run = Run(args)
-    names = planned_sections(args)
     part_start = time.monotonic()
     current_part = None
-    for name in names:
-        part = next(p for n, p, _, _ in SECTIONS if n == name)
+    for name, part in plan(args):
         if part != current_part:
             current_part, part_start = part, time.monotonic()
         left = args.part_budget - (time.monotonic() - part_start)
