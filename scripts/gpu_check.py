@@ -641,8 +641,53 @@ def reusable_build(reuse_dir: Optional[str], stamp: dict) -> Optional[str]:
         return None
     if any(saved.get(k) != v for k, v in stamp.items()):
         return None
-    sos = [f for f in os.listdir(reuse_dir) if f.startswith("_C") and f.endswith(".so")]
+    sos = [f for f in os.listdir(reuse_dir) if f.startswith("_C") and f.endswith((".so", ".so.gz"))]
     return os.path.join(reuse_dir, sos[0]) if len(sos) == 1 else None
+
+
+RETURN_LIMIT = 15 << 20  # a file over 16 MiB does not come back from the device
+
+
+def export_so(so: str, out_dir: str) -> Tuple[str, int]:
+    """Copies the built extension into out_dir small enough to come back:
+    without debug information (the build's -g makes it several times larger;
+    code and symbols stay), gzipped if still too big. Returns (path, bytes)."""
+    dest = os.path.join(out_dir, os.path.basename(so))
+    for old in (dest, dest + ".gz"):
+        if os.path.exists(old):
+            os.remove(old)
+    strip = shutil.which("strip") or shutil.which("objcopy")
+    if strip is not None and subprocess.run([strip, "--strip-debug", "-o", dest, so],
+                                            capture_output=True).returncode == 0:
+        pass
+    else:
+        shutil.copy2(so, dest)
+    if os.path.getsize(dest) > RETURN_LIMIT:
+        import gzip
+
+        with open(dest, "rb") as src, gzip.open(dest + ".gz", "wb") as gz:
+            shutil.copyfileobj(src, gz)
+        os.remove(dest)
+        dest += ".gz"
+    return dest, os.path.getsize(dest)
+
+
+def install_so(path: str) -> str:
+    """Puts a saved extension (.so or .so.gz) into gan_ext/, replacing any other."""
+    for old in [f for f in os.listdir(os.path.join(ROOT, "gan_ext"))
+                if f.startswith("_C") and f.endswith(".so")]:
+        os.remove(os.path.join(ROOT, "gan_ext", old))
+    name = os.path.basename(path)
+    target = os.path.join(ROOT, "gan_ext", name[:-3] if name.endswith(".gz") else name)
+    if name.endswith(".gz"):
+        import gzip
+
+        with gzip.open(path, "rb") as gz, open(target, "wb") as dst:
+            shutil.copyfileobj(gz, dst)
+    else:
+        shutil.copy2(path, target)
+    os.chmod(target, 0o755)
+    return target
 
 
 def _import_probe(args) -> dict:
@@ -668,10 +713,7 @@ def section_build(run: Run, budget: float) -> dict:
     reuse = reusable_build(args.reuse_build, stamp)
     t0 = time.monotonic()
     if reuse:
-        for old in [f for f in os.listdir(os.path.join(ROOT, "gan_ext"))
-                    if f.startswith("_C") and f.endswith(".so")]:
-            os.remove(os.path.join(ROOT, "gan_ext", old))
-        shutil.copy2(reuse, os.path.join(ROOT, "gan_ext", os.path.basename(reuse)))
+        install_so(reuse)
         data["how"] = f"reused from {args.reuse_build}"
     elif args.dry_run:
         data["how"] = "dry run: not built (the command above is what part 1 runs)"
@@ -692,10 +734,11 @@ def section_build(run: Run, budget: float) -> dict:
         raise SectionError("the extension loaded without CUDA kernels", data)
     if so:
         data["so_bytes"] = os.path.getsize(so)
-        if data["so_bytes"] > 16 << 20:
-            data["warning"] = "over 16 MiB: it will not come back from the device machine's $OUT"
     if so and data["how"] == "built":  # a reused build is already where it came from
-        shutil.copy2(so, os.path.join(run.out, os.path.basename(so)))
+        exported, size = export_so(so, run.out)
+        data["exported"] = {"file": os.path.basename(exported), "bytes": size}
+        if size > 16 << 20:
+            data["warning"] = "over 16 MiB: it will not come back from the device machine's $OUT"
         _atomic_write(os.path.join(run.out, "build.json"), json.dumps(stamp, indent=1))
     return data
 

@@ -398,3 +398,27 @@ def test_sanitize_section_runs_every_tool_and_setting(tmp_path, monkeypatch):
                    for t in gpu_check.SANITIZER_TOOLS for st in gpu_check.SETTINGS}
     assert [r["tool"] for r in s["data"]["runs"]][:2] == ["memcheck", "memcheck"]
     assert s["data"]["total_errors"] == 2
+
+
+def test_export_and_install_of_a_build(tmp_path, monkeypatch):
+    """The build goes back without debug information (or gzipped when still
+    too big) and part 2 puts it back into gan_ext/ from either form."""
+    so = os.path.join(ROOT, "gan_ext", "_C.abi3.so")
+    if not os.path.exists(so):
+        pytest.skip("no built extension")
+    plain_dir, gz_dir = tmp_path / "plain", tmp_path / "gz"
+    plain_dir.mkdir()
+    gz_dir.mkdir()
+    plain, size = gpu_check.export_so(so, str(plain_dir))
+    assert size < os.path.getsize(so) and size == os.path.getsize(plain)
+    monkeypatch.setattr(gpu_check, "RETURN_LIMIT", 1000)
+    gz, _ = gpu_check.export_so(so, str(gz_dir))
+    assert os.listdir(gz_dir) == ["_C.abi3.so.gz"]
+    fake_root = tmp_path / "root"
+    (fake_root / "gan_ext").mkdir(parents=True)
+    (fake_root / "gan_ext" / "_C.old.so").write_bytes(b"old")
+    monkeypatch.setattr(gpu_check, "ROOT", str(fake_root))
+    target = gpu_check.install_so(gz)
+    assert os.listdir(fake_root / "gan_ext") == ["_C.abi3.so"]
+    with open(target, "rb") as a, open(plain, "rb") as b:
+        assert a.read() == b.read()
