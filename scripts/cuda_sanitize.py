@@ -387,7 +387,7 @@ def run(selected: List[Case], device: torch.device, out=sys.stdout, verbose: boo
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             failures.append(f"{c.name}: {type(e).__name__}: {msg}")
             print(f"FAIL {c.name}: {type(e).__name__}: {msg}", file=out, flush=True)
-            if device.type == "cuda" and "CUDA" in str(e):
+            if device.type == "cuda" and ("CUDA error" in str(e) or "illegal" in str(e)):
                 # A device fault poisons the context: later cases would only
                 # repeat it.
                 print("stopping: the CUDA context is unusable after this error", file=out)

@@ -406,6 +406,8 @@ def test_reparameterize_kl_shapes(device, shape, dtype, reduction):
         # The twin's Philox runs in int64 tensor arithmetic: seconds per 10^5
         # values on a CPU. One shape (rows over 4096, a tail) keeps the CPU share.
         pytest.skip("CPU share: (7, 5003), 'none', float32/float16")
+    if dtype == torch.float16 and reduction == "sum" and shape == (40000, 20):
+        pytest.skip("the KL sum (~4.5e5) is beyond float16's range")
     """D = 20001 and 5003 (> 4096: rows split over blocks; KL 'none' per row)
     and D = 20 (<= 4096: many rows per block), every reduction."""
     g = torch.Generator().manual_seed(12)
