@@ -45,7 +45,7 @@ def test_defaults_follow_out_env(monkeypatch):
 def test_sections_and_budgets():
     args = gpu_check.parse_args(["--sections", "ncu,sanitize", "--budget", "ncu=12.5"])
     assert gpu_check.planned_sections(args) == ["sanitize", "ncu"]  # their usual order
-    assert args.budgets["ncu"] == 12.5 and args.budgets["sanitize"] == 110
+    assert args.budgets["ncu"] == 12.5 and args.budgets["sanitize"] == 90
     # Each part stops starting sections at its budget, under 7 minutes.
     assert gpu_check.PART_BUDGET_S < 420
 
@@ -68,12 +68,15 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
 def test_make_target_command_line():
     if shutil.which("make") is None:
         pytest.skip("make not installed")
-    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "MAKEFLAGS", "MFLAGS")}
-    r = subprocess.run(["make", "-n", "gpu-check", "PART=2"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, check=True)
+    # Run from `make test` too: none of the parent make's state may leak in.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OUT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    make = ["make", "--no-print-directory", "-n", "gpu-check"]
+    r = subprocess.run(make + ["PART=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       check=True)
     assert r.stdout.strip() == "python3 scripts/gpu_check.py --part 2 --out gpu-check-out"
-    r = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, env={**env, "OUT": "/tmp/o"},
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(make, cwd=ROOT, env={**env, "OUT": "/tmp/o"}, capture_output=True, text=True,
+                       check=True)
     assert r.stdout.strip() == "python3 scripts/gpu_check.py --part all --out /tmp/o"
 
 
@@ -154,14 +157,15 @@ def _synthetic_results():
             "name": "NVIDIA H200", "sm_count": 132, "l2_bytes": 60 << 20, "copy_GBps": 4300.0,
             "torch": "2.11.0+cu130", "torch_cuda": "13.0", "total_memory": 141 << 30}},
         "tests": {"status": "ok", "seconds": 100.0, "data": {
-            "tests": 10, "passed": 9, "failures": 1, "errors": 0, "skipped": 0, "time": 90.0,
+            "tests": 10, "passed": 9, "failures": 1, "errors": 0, "skipped": 3, "time": 90.0,
             "command": "pytest -m cuda", "failed": [{"id": "tests.t::x", "message": "boom"}]}},
         "sanitize": {"status": "ok", "seconds": 60.0, "data": {"runs": [
             dict(tool="memcheck", setting="default", errors=0, driver="9/9", driver_ok=True,
                  seconds=30.0),
             dict(tool="racecheck", setting="legacy", errors=2, hazards=3, driver="9/9",
                  driver_ok=True, seconds=50.0)]}},
-        "bench_norm": {"status": "ok", "seconds": 50.0, "data": {"rows": [bn]}},
+        "bench_norm": {"status": "ok", "seconds": 50.0, "data": {"rows": [bn],
+                                                                 "skipped": ["a", "b"]}},
         "bench_norm_legacy": {"status": "ok", "seconds": 20.0, "data": {"rows": [
             dict(bn, setting="legacy", fused_us=40.0, compile_us=None, bw_pct=53.0)]}},
         "bench_loss": {"status": "ok", "seconds": 10.0, "data": {"rows": [
@@ -185,7 +189,7 @@ def test_report_tables_and_targets():
     md = gpu_check.write_report(_synthetic_results())
     assert "| SMs | 132 |" in md and "| L2 | 60 MiB |" in md and "4300 GB/s" in md
     # CUDA tests: one failure misses the target and is listed.
-    assert "| 10 | 9 | 1 | 0 | 0 | 90.0 |" in md and "every CUDA test passes: **missed**" in md
+    assert "| 10 | 9 | 1 | 0 | 3 | 90.0 |" in md and "every CUDA test passes: **missed**" in md
     assert "`tests.t::x`: boom" in md
     # Sanitizers: 0 errors met, 2 errors missed.
     assert "| memcheck | default | 0 | 9/9 | 30.0 | met |" in md
@@ -203,6 +207,20 @@ def test_report_tables_and_targets():
     assert "| bn | fused | 3 | 4 | 20.0 | 40.0 | yes |" in md
     assert "| bn | fused | 18.0 | 30.0 | 1.67 |" in md
     assert "- ncu: failed: ncu not found" in md
+    assert "| bench_norm | ok | 50.0 | n/a | 2 cases not measured (budget) |" in md
+
+
+def test_a_broken_report_writer_loses_no_result(tmp_path, monkeypatch):
+    def broken(results):
+        raise TypeError("bad row")
+
+    monkeypatch.setattr(gpu_check, "write_report", broken)
+    monkeypatch.setitem(gpu_check.HOST_SECTIONS, "env", lambda run, budget: {"x": 1})
+    args = gpu_check.parse_args(["--sections", "env", "--out", str(tmp_path / "o"), "--work",
+                                 str(tmp_path / "w")])
+    gpu_check.run_sections(args)
+    assert "TypeError: bad row" in (tmp_path / "o" / "report.md").read_text()
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["sections"]["env"]["data"] == {"x": 1}
 
 
 def test_report_of_nothing_and_merge():
