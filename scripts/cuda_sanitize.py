@@ -356,7 +356,12 @@ def _act_dropout_cases(level: str) -> List[Case]:
         w = _randn((64, 33), torch.float64, device).requires_grad_(True)
         y = ops.act_dropout(w, "leaky_relu", 0.2, 0.5)
         torch.autograd.grad(y, [w], torch.ones_like(y))
-    cases.append(Case("act_dropout NaN, empty p>0, unaligned bf16, float64 leaky", run_edges))
+        # An explicit generator instead of the default one.
+        gen = torch.Generator(device=device).manual_seed(3)
+        ops.act_dropout(x, "leaky_relu", 0.2, 0.5, generator=gen)
+        ops.reparameterize_kl(x.view(10, 100), x.view(10, 100) * 0.1, "none", generator=gen)
+    cases.append(Case("act_dropout NaN, empty p>0, unaligned bf16, float64 leaky, generator=",
+                      run_edges))
     return cases
 
 
