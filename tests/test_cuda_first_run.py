@@ -258,11 +258,31 @@ def _fused_g(fake, mode, reduction):
                       minimax=mode == "minimax")
 
 
+def _offset_leaves(tensors):
+    """(leaves, inputs): each input a view of a fresh leaf buffer at the same
+    storage offset as the given (contiguous) tensor, so that a misaligned
+    tensor stays misaligned (a clone would realign it)."""
+    leaves, inputs = [], []
+    for t in tensors:
+        assert t.is_contiguous()
+        off = t.storage_offset()
+        buf = torch.zeros(off + t.numel(), dtype=t.dtype, device=t.device)
+        buf[off:] = t.detach().reshape(-1)
+        leaves.append(buf.requires_grad_(True))
+        inputs.append(buf[off:].view(t.shape))
+    return leaves, inputs
+
+
+def _grads_of_inputs(outputs, leaves, inputs, grad_outputs=None):
+    grads = torch.autograd.grad(outputs, leaves, grad_outputs, allow_unused=True)
+    return [(g if g is not None else torch.zeros_like(b))[b.numel() - i.numel():].view(i.shape)
+            for g, b, i in zip(grads, leaves, inputs)]
+
+
 def _loss_and_grads(fn, tensors):
-    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
-    loss = fn(*leaves)
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return [loss] + [g if g is not None else torch.zeros_like(l) for g, l in zip(grads, leaves)]
+    leaves, inputs = _offset_leaves(tensors)
+    loss = fn(*inputs)
+    return [loss] + _grads_of_inputs(loss, leaves, inputs)
 
 
 def _check_loss(name, fused_fn, plain_fn, tensors, dtype, device, floor_rel=1e-3):
@@ -284,6 +304,15 @@ def _logits(shape, dtype, device, seed, scale=2.0):
     return (torch.randn(shape, dtype=torch.float64, generator=g) * scale).to(dtype).to(device)
 
 
+def _apart(x, seed):
+    """A target at least 0.1 away from x everywhere: no tie, so every L1
+    gradient is +-1 after rounding too."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.where(torch.rand(x.shape, generator=g) < 0.5, -1.0, 1.0).double()
+    gap = 0.1 + torch.rand(x.shape, dtype=torch.float64, generator=g)
+    return (x.double().cpu() + sign * gap).to(x.dtype).to(x.device)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("device", BOTH)
@@ -300,7 +329,7 @@ def test_losses_half_with_a_tail(device, dtype, reduction):
     _check_loss("bce_with_logits", lambda x, y: ops.bce_with_logits(x, y, reduction),
                 lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction=reduction),
                 [fake, target], dtype, device)
-    other = _logits(fake.shape, dtype, device, 3, 1.0)
+    other = _apart(fake, 3)
     _check_loss("l1_loss", lambda x, y: ops.l1_loss(x, y, reduction),
                 lambda x, y: _reduce((x - y).abs(), reduction), [fake, other], dtype, device)
     _check_loss("cycle_l1_loss",
@@ -319,7 +348,7 @@ def test_losses_misaligned_views(device, dtype):
     assert real.data_ptr() % 16 and fake.data_ptr() % 16
     _check_loss("d_loss", lambda r, f: _fused_d(r, f, "vanilla", "mean"),
                 lambda r, f: _plain_d(r, f, "vanilla", "mean"), [real, fake], dtype, device)
-    target = _logits((1001,), dtype, device, 6)[: fake.numel()]
+    target = torch.cat([fake[:1], _apart(fake, 6)])[1:]  # misaligned too
     _check_loss("l1_loss", lambda x, y: ops.l1_loss(x, y), lambda x, y: (x - y).abs().mean(),
                 [fake, target], dtype, device)
 
@@ -382,9 +411,9 @@ def _check_reparam(device, mu, lv, reduction, dtype, seed=11):
         return m + torch.exp(0.5 * l) * eps.to(m.dtype), _plain_kl(m, l, reduction)
 
     def grads(fn, m, l, cast):
-        m, l = m.detach().clone().requires_grad_(True), l.detach().clone().requires_grad_(True)
+        leaves, (m, l) = _offset_leaves([m, l])
         z, kl = fn(m, l)
-        return [z, kl] + list(torch.autograd.grad((z, kl), (m, l), (cast(gz), cast(gk))))
+        return [z, kl] + _grads_of_inputs((z, kl), leaves, (m, l), (cast(gz), cast(gk)))
 
     got = grads(lambda m, l: ops.reparameterize_kl(m, l, reduction), mu, lv, lambda t: t)
     exact = grads(plain, mu.double(), lv.double(), lambda t: t.double())
