@@ -35,10 +35,11 @@ def test_defaults_follow_out_env(monkeypatch):
         "env", "build", "device", "sanitize", "bench_norm", "bench_norm_legacy", "bench_loss", "bench_steps", "train",
         "profile", "graphs", "ncu"]
     assert gpu_check.planned_sections(gpu_check.parse_args(["--part", "1"])) == [
-        "env", "build", "info", "tests"]
+        "env", "build", "info", "tests", "tests_legacy"]
     # Both parts in one go: env and build once, in part 1.
     both = gpu_check.plan(gpu_check.parse_args([]))
-    assert both[:5] == [("env", 1), ("build", 1), ("info", 1), ("tests", 1), ("device", 2)]
+    assert both[:6] == [("env", 1), ("build", 1), ("info", 1), ("tests", 1), ("tests_legacy", 1),
+                        ("device", 2)]
     assert len(both) == len(gpu_check.SECTIONS)
 
 
@@ -189,8 +190,8 @@ def test_report_tables_and_targets():
     md = gpu_check.write_report(_synthetic_results())
     assert "| SMs | 132 |" in md and "| L2 | 60 MiB |" in md and "4300 GB/s" in md
     # CUDA tests: one failure misses the target and is listed.
-    assert "| 10 | 9 | 1 | 0 | 3 | 90.0 |" in md and "every CUDA test passes: **missed**" in md
-    assert "`tests.t::x`: boom" in md
+    assert "| tests | 10 | 9 | 1 | 0 | 3 | 90.0 | **missed** | `pytest -m cuda` |" in md
+    assert "- tests: `tests.t::x`: boom" in md
     # Sanitizers: 0 errors met, 2 errors missed.
     assert "| memcheck | default | 0 | 9/9 | 30.0 | met |" in md
     assert "| racecheck | legacy | 2 (3 hazards) | 9/9 | 50.0 | **missed** |" in md
