@@ -58,13 +58,15 @@ ifeq ($(wildcard gan_ext/_C*.so),)
 BUILD_FORCE := FORCE
 endif
 
-.PHONY: help venv build demo test test-quick bench clean distclean FORCE
+.PHONY: help venv build demo test test-quick bench gpu-check clean distclean FORCE
 
 help:
 	@echo "make demo        build, then train a DCGAN on MNIST (offline, ~4 min): grid, curves, metrics"
 	@echo "make test        build, then the whole test suite (pytest tests)"
 	@echo "make test-quick  build, then tests not marked slow or compile"
 	@echo "make bench       build, then the pytest-benchmark suite and its ratio table"
+	@echo "make gpu-check   on the lent GPU machine: PART=1 build + CUDA tests, PART=2 sanitizers +"
+	@echo "                 benchmarks + profiles (machine's python3, no venv; into \$$OUT or gpu-check-out)"
 	@echo "make venv        create $(VENV) with torch ($(TORCH_SPEC)) and the test tools"
 	@echo "make build       (re)build the extension in place (pip install -e .)"
 	@echo "make clean       remove build outputs (keeps $(VENV)); distclean also removes $(VENV)"
@@ -133,6 +135,17 @@ bench: build
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-json=$(BENCH_JSON) \
 	    --benchmark-columns=median,iqr,rounds --benchmark-sort=name $(BENCH_ARGS)
 	$(PY) benchmarks/ratios.py $(BENCH_JSON)
+
+# The GPU check (issue 12): runs with the machine's own python3 and torch (no
+# venv, no network), builds in place itself, writes into $(GPU_CHECK_OUT).
+# PART=1: build, gan-ext info, CUDA tests; PART=2: sanitizers, benchmarks,
+# training, profiles, ncu; each under 7 minutes. See scripts/gpu_check.py.
+PART           ?= all
+GPU_PYTHON     ?= python3
+GPU_CHECK_OUT  ?= $(if $(OUT),$(OUT),gpu-check-out)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py --part $(PART) --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info gan_ext/_C*.so .benchmarks $(STAMP_BUILD)

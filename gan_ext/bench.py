@@ -72,6 +72,8 @@ MODEL_BLOCKS = {
     "step_mlp_gan": "MLP GAN on MNIST (G 100-256-512-1024-784, D 784-1024-512-256-1, dropout 0.3) step",
     "step_mlp_vae": "MLP VAE of PyTorch's examples (784-400-20) step, BCE + KL",
     "step_cyclegan128": "CycleGAN 128x128 (resnet_9blocks, 70x70 PatchGAN, LSGAN, pool 50) step",
+    # Not in MODEL_CASES (too slow for a CPU): the GPU check's CycleGAN-256.
+    "step_cyclegan256": "CycleGAN 256x256 (resnet_9blocks, 70x70 PatchGAN, LSGAN, pool 50) step",
 }
 MODEL_CASES = (("step_dcgan64", (64,)), ("step_dcgan28", (128,)), ("step_mlp_gan", (128,)),
                ("step_mlp_vae", (128,)), ("step_cyclegan128", (1,)))

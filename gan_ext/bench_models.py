@@ -56,10 +56,11 @@ def _build(case: Case, fused: bool, device: torch.device, dtype: torch.dtype, se
         model = vae.VAE(vae.VAEConfig(), fused=fused)
         data = torch.rand(B, 1, 28, 28, generator=gen)
         nets = ()
-    elif case.block == "step_cyclegan128":
+    elif case.block in ("step_cyclegan128", "step_cyclegan256"):
+        size = 128 if case.block == "step_cyclegan128" else 256
         model = cyclegan.CycleGAN(cyclegan.CycleGANConfig(), fused=fused,
                                   channels_last=channels_last)
-        data = torch.rand(2, B, 3, 128, 128, generator=gen) * 2 - 1
+        data = torch.rand(2, B, 3, size, size, generator=gen) * 2 - 1
         nets = ("G_A", "G_B", "D_A", "D_B")
     else:
         raise ValueError(f"not a model case: {case.block!r}")
@@ -70,7 +71,7 @@ def _build(case: Case, fused: bool, device: torch.device, dtype: torch.dtype, se
 
         def step():
             model.train_step(data, opt)
-    elif case.block == "step_cyclegan128":
+    elif case.block in ("step_cyclegan128", "step_cyclegan256"):
         opt_g, opt_d = map(adam_like, model.make_optimizers())
 
         def step():
