@@ -73,6 +73,21 @@ namespace {
 constexpr index_t kItems = 4;                 // Philox blocks per thread per KL unit (at most about)
 constexpr index_t kMaxBlocks = 8192;          // grid cap of the elementwise kernels
 constexpr index_t kMaxRowBlocks = 1024;       // grid cap of kl_rows_kernel (fixed: no device query)
+// Minimum blocks per SM requested from ptxas (0: none, its own register
+// budget). With its own budget it held the float64 kernels (two exp
+// polynomials per value, a Philox pair per iteration) and the unaligned 16-bit
+// backward at 48-64 registers and spilled 16-32 bytes in their loops (ptxas -v,
+// sm_90); asking for 3 blocks (768 threads, <= 85 registers each) keeps them in
+// registers. The others keep the default: 32-64 registers, no spills.
+template <typename scalar_t>
+constexpr int min_blocks() {
+  return std::is_same_v<scalar_t, double> ? 3 : 0;
+}
+
+template <typename scalar_t, bool Aligned>
+constexpr int min_blocks_backward() {
+  return sizeof(scalar_t) == 2 && !Aligned ? 3 : 0;
+}
 
 // Normal values per Philox block in the compute precision of scalar_t.
 template <typename scalar_t>
@@ -120,7 +135,7 @@ __device__ __forceinline__ acc_type<scalar_t> kl_term(scalar_t m, scalar_t l) {
 
 // --------------------------------------------------------------- z only
 template <typename scalar_t, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     reparam_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
                    scalar_t* __restrict__ z, index_t n, const at::PhiloxCudaState st) {
   using acc_t = acc_type<scalar_t>;
@@ -213,7 +228,7 @@ __device__ __forceinline__ acc_type<scalar_t> unit_kl(const scalar_t* __restrict
 }
 
 template <typename scalar_t, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     reparam_kl_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
                       scalar_t* __restrict__ z, const KlPlan plan, const at::PhiloxCudaState st,
                       double* __restrict__ partial, scalar_t* __restrict__ kl_direct) {
@@ -291,7 +306,7 @@ __global__ void __launch_bounds__(kThreads)
 constexpr index_t kOneBlockRowBlocks = kThreads / (kWarps * kItems);  // row_blocks for B <= kThreads
 
 template <typename scalar_t, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     reparam_kl_one_block_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
                                 scalar_t* __restrict__ z, const KlPlan plan,
                                 const at::PhiloxCudaState st, index_t row_blocks, double divisor,
@@ -334,7 +349,7 @@ __device__ __forceinline__ void backward_elem(bool has_gz, bool has_gk, acc_t g,
 }
 
 template <typename scalar_t, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, min_blocks_backward<scalar_t, Aligned>())
     reparam_backward_kernel(const scalar_t* __restrict__ gz, const scalar_t* __restrict__ z,
                             const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
                             const void* __restrict__ gk, ScalarKind gk_kind, GkMode gk_mode,
