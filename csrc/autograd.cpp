@@ -191,21 +191,48 @@ inline bool create_graph() { return at::GradMode::is_enabled(); }
 
 inline bool wants_grad(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
 
-// saved * grad_output. loss.backward() seeds grad_output = 1: on CPU that is
+// saved * grad_output on the CPU. loss.backward() seeds grad_output = 1: that is
 // checked without a dispatch and the saved gradient is handed on as is (the
 // engine releases ctx before passing it on, so nothing else holds it; with
 // retain_graph, AccumulateGrad copies it instead of taking it).
-at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& go) {
+at::Tensor scale_saved_cpu(const at::Tensor& saved, const at::Tensor& go) {
   // Only for real CPU tensors: under torch.compile/AOTAutograd tracing go is a
   // fake (or functional) tensor without data.
-  if (go.is_cpu() && go.numel() == 1 && go.scalar_type() == saved.scalar_type() &&
-      !at::isTensorSubclassLike(go)) {
+  if (go.numel() == 1 && go.scalar_type() == saved.scalar_type() && !at::isTensorSubclassLike(go)) {
     bool one = false;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "gan_ext_is_one",
                                     [&] { one = static_cast<double>(*go.const_data_ptr<scalar_t>()) == 1.0; });
     if (one) return saved;
   }
   return at::mul(saved, go);
+}
+
+// (a * grad_output, b * grad_output) for the saved gradients backward needs (an
+// undefined one stays undefined). Off the CPU, reading grad_output on the host
+// would be a sync (and would break CUDA-graph capture), so gan_ext::scale_loss_grads
+// reads it in the kernel and scales both in one launch, where at::mul took one each.
+std::pair<at::Tensor, at::Tensor> scale_saved(const at::Tensor& go, const at::Tensor& a,
+                                              const at::Tensor& b) {
+  auto fits = [&](const at::Tensor& s) {
+    return !s.defined() || (s.device() == go.device() && s.scalar_type() == go.scalar_type());
+  };
+  if (go.is_cpu() || go.numel() != 1 || !fits(a) || !fits(b)) {
+    auto one = [&](const at::Tensor& s) {
+      if (!s.defined()) return at::Tensor();
+      return go.is_cpu() ? scale_saved_cpu(s, go) : at::mul(s, go);
+    };
+    return {one(a), one(b)};
+  }
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&,
+                                                              const OptTensor&)>(
+      "gan_ext::scale_loss_grads");
+  auto [sa, sb] = op.call(go, opt(a), opt(b));
+  return {a.defined() ? sa : at::Tensor(), b.defined() ? sb : at::Tensor()};
+}
+
+// Saved gradient i if input i needs a gradient, else undefined.
+at::Tensor needed(AutogradContext* ctx, const variable_list& saved, size_t i) {
+  return ctx->needs_input_grad(i) ? saved[i] : at::Tensor();
 }
 
 using LossWithGrad3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
@@ -240,8 +267,7 @@ class DLossFunction : public torch::autograd::Function<DLossFunction> {
       return twin_grads({loss}, {grads[0]}, {saved[2], saved[3]},
                         {ctx->needs_input_grad(0), ctx->needs_input_grad(1)}, 6);
     }
-    if (ctx->needs_input_grad(0)) out[0] = scale_saved(saved[0], grads[0]);
-    if (ctx->needs_input_grad(1)) out[1] = scale_saved(saved[1], grads[0]);
+    std::tie(out[0], out[1]) = scale_saved(grads[0], needed(ctx, saved, 0), needed(ctx, saved, 1));
     return out;
   }
 };
@@ -285,7 +311,7 @@ class GLossFunction : public torch::autograd::Function<GLossFunction> {
                                   d.at("fake_label").toDouble(), d.at("reduction").toInt());
       return twin_grads({loss}, {grads[0]}, {saved[1]}, {ctx->needs_input_grad(0)}, 5);
     }
-    out[0] = scale_saved(saved[0], grads[0]);
+    out[0] = scale_saved(grads[0], saved[0], {}).first;
     return out;
   }
 };
@@ -324,8 +350,7 @@ class BCEFunction : public torch::autograd::Function<BCEFunction> {
       return twin_grads({loss}, {grads[0]}, {saved[2], saved[3]},
                         {ctx->needs_input_grad(0), ctx->needs_input_grad(1)}, 4);
     }
-    if (ctx->needs_input_grad(0)) out[0] = scale_saved(saved[0], grads[0]);
-    if (ctx->needs_input_grad(1)) out[1] = scale_saved(saved[1], grads[0]);
+    std::tie(out[0], out[1]) = scale_saved(grads[0], needed(ctx, saved, 0), needed(ctx, saved, 1));
     return out;
   }
 };

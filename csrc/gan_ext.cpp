@@ -86,6 +86,12 @@ TORCH_LIBRARY(gan_ext, m) {
   m.def(
       "l1_loss_backward(Tensor grad, Tensor input, Tensor target, float weight, int reduction, "
       "bool grad_input, bool grad_target) -> (Tensor, Tensor)");
+  // Backward of the *_with_grad losses: (grad * saved_a, grad * saved_b), an
+  // empty tensor for an absent one, with grad the loss's gradient (one value of
+  // their dtype). The CUDA kernel reads grad on the device (no host sync, so
+  // CUDA-graph safe) and scales both in one launch. Autograd calls it off the
+  // CPU only: on the CPU it multiplies directly and skips grad == 1.
+  m.def("scale_loss_grads(Tensor grad, Tensor? saved_a, Tensor? saved_b) -> (Tensor, Tensor)");
 
   // -------------------------------------------------------- reparameterization
   // z = mu + exp(0.5 * logvar) * eps, eps ~ N(0, 1) drawn in-kernel from the

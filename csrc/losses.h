@@ -6,7 +6,7 @@
 // Every loss here is a sum of elementwise terms f(x) (or f(x, y)), divided by
 // the element count for reduction=mean. The *_with_grad kernels also write
 // df/dx * scale in the same pass, which the autograd wrapper only multiplies
-// by grad_output in backward (csrc/autograd.cpp).
+// by grad_output in backward (csrc/autograd.cpp; scale_loss_grads off the CPU).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -166,6 +166,23 @@ inline void check_pair_args(const at::Tensor& a, const char* an, const at::Tenso
   check_same_shape(a, an, b, bn);
   check_same_dtype(a, an, b, bn);
   check_not_empty_for_mean(a, an, reduction);
+}
+
+// scale_loss_grads: grad is the loss's gradient (one value); each saved
+// gradient present must match its dtype and device.
+inline void check_scale_loss_grads_args(const at::Tensor& grad, const at::Tensor* saved_a,
+                                        const at::Tensor* saved_b) {
+  check_logits(grad, "grad");
+  TORCH_CHECK_VALUE(grad.numel() == 1, "grad must hold the loss's gradient (one value), got shape ",
+                    grad.sizes());
+  if (saved_a != nullptr) {
+    check_same_device(*saved_a, "saved_a", grad, "grad");
+    check_same_dtype(*saved_a, "saved_a", grad, "grad");
+  }
+  if (saved_b != nullptr) {
+    check_same_device(*saved_b, "saved_b", grad, "grad");
+    check_same_dtype(*saved_b, "saved_b", grad, "grad");
+  }
 }
 
 // 1/numel for mean, 1 for sum.

@@ -129,6 +129,12 @@ def _l1_backward_fake(grad, input, target, weight, reduction, grad_input, grad_t
     return (gi if grad_input else empty), (gt if grad_target else empty)
 
 
+@torch.library.register_fake("gan_ext::scale_loss_grads")
+def _scale_loss_grads_fake(grad, saved_a, saved_b):
+    ref.check_scale_loss_grads_args(grad, saved_a, saved_b)
+    return tuple(grad.new_empty((0,)) if s is None else _dense_like(s) for s in (saved_a, saved_b))
+
+
 # ---------------------------------------------------------- reparameterization
 @torch.library.register_fake("gan_ext::reparameterize")
 def _reparameterize_fake(mu, logvar, *, generator=None):

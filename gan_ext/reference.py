@@ -301,6 +301,16 @@ def check_pair_args(a, an, b, bn, reduction) -> None:
     _check_not_empty_for_mean(a, an, reduction)
 
 
+def check_scale_loss_grads_args(grad, saved_a, saved_b) -> None:
+    """Twin of check_scale_loss_grads_args in csrc/losses.h."""
+    _check_float(grad, "grad")
+    if grad.numel() != 1:
+        raise ValueError(f"grad must hold the loss's gradient (one value), got shape {list(grad.shape)}")
+    for s, name in ((saved_a, "saved_a"), (saved_b, "saved_b")):
+        if s is not None:
+            _check_same(s, name, grad, "grad", shape=False)
+
+
 def _reduce(t: Tensor, reduction: int) -> Tensor:
     # float64 accumulation, like the kernels' cross-block sums.
     s = t.double().sum()

@@ -123,6 +123,18 @@ def tolerances(dtype: torch.dtype) -> dict:
             torch.float32: dict(rtol=1e-5, atol=2e-5)}[dtype]
 
 
+def cuda_kernels(fn) -> list[str]:
+    """Names of the CUDA kernels one call of fn() launches (after a warm-up
+    call, so one-time allocations and lazy initialization are not counted)."""
+    fn()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def saved_tensor_bytes(fn) -> int:
     """Bytes kept alive for backward by fn(): unique storages seen by the
     saved-tensor pack hook (a tensor saved twice, or an output saved by one op

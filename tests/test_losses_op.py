@@ -13,8 +13,8 @@ from gan_ext import ops
 from gan_ext import reference as ref
 from gan_ext.nn import GANLoss
 
-from conftest import (LOW_PRECISION, assert_within_2x_of_torch, requires_fused,
-                      skip_unless_fused_on, to_layout)
+from conftest import (LOW_PRECISION, assert_within_2x_of_torch, cuda_kernels, requires_cuda,
+                      requires_fused, skip_unless_fused_on, to_layout)
 
 L = torch.ops.gan_ext
 RED = ref.REDUCTIONS  # "mean" -> 1, "sum" -> 2
@@ -247,6 +247,12 @@ def _opcheck_cases(device):
                                   (torch.tensor(1.5, device=device), a, b, 10.0, 1, True, True)),
         "l1_loss_backward-target": (L.l1_loss_backward.default,
                                     (torch.tensor(0.5, device=device), a, b, 5.0, 2, False, True)),
+        "scale_loss_grads-both": (L.scale_loss_grads.default,
+                                  (torch.tensor(-0.5, device=device), t(5, 1),
+                                   t(2, 3, 4, 4, layout="channels_last"))),
+        "scale_loss_grads-second-strided": (L.scale_loss_grads.default,
+                                            (torch.tensor(3.0, device=device), None,
+                                             t(4, 3, 5, layout="strided"))),
     }
 
 
@@ -735,3 +741,165 @@ def test_l1_none_as_torch(backend):
     torch.testing.assert_close(ops.l1_loss(a, b, "none"), F.l1_loss(a, b, reduction="none"))
     with pytest.raises(ValueError, match="reduction must be one of"):
         ops.l1_loss(a, b, "average")
+
+
+# ------------------------------------------------------------ scale_loss_grads
+# The backward of the *_with_grad losses off the CPU: autograd calls it with
+# the loss's grad_output and the saved gradients.
+SCALE_SHAPES = [(1,), (7,), (64, 1), (3, 1, 31, 31)]  # n % 8 != 0: the tails of every vector width
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_scale_loss_grads_is_grad_times_saved(device, dtype):
+    """Bitwise the product autograd computed before (at::mul), in the layout of
+    the saved gradient (dense layouts kept, others made contiguous); an absent
+    saved gradient gives an empty tensor. Unaligned views (x[1:]) included."""
+    skip_unless_fused_on(device)
+    grad = torch.tensor(-0.37, dtype=dtype, device=device)
+    for shape in SCALE_SHAPES:
+        a = torch.randn(shape, device=device).to(dtype)
+        b = torch.randn(1 + shape[0], *shape[1:], device=device).to(dtype)[1:]  # unaligned base
+        ga, gb = L.scale_loss_grads(grad, a, b)
+        assert torch.equal(ga, a * grad) and torch.equal(gb, b * grad), shape
+        ga, gb = L.scale_loss_grads(grad, None, a)
+        assert ga.shape == (0,) and torch.equal(gb, a * grad), shape
+    cl = torch.randn(2, 3, 4, 5, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    strided = torch.randn(4, 6, device=device).to(dtype)[:, ::2]
+    ga, gb = L.scale_loss_grads(grad, cl, strided)
+    assert ga.is_contiguous(memory_format=torch.channels_last) and gb.is_contiguous()
+    assert torch.equal(ga, cl * grad) and torch.equal(gb, strided * grad)
+
+
+def test_scale_loss_grads_rejects_bad_input(device):
+    """The kernel, the fake kernel and the twin's check give the same errors."""
+    skip_unless_fused_on(device)
+    x = torch.randn(4, device=device)
+    cases = [((x[:2], x, None), ValueError,
+              r"grad must hold the loss's gradient \(one value\), got shape \[2\]"),
+             ((x[0].long(), None, None), TypeError, r"grad must be a floating point tensor"),
+             ((x[0], None, x.double()), TypeError, r"saved_b has dtype .* but grad has dtype")]
+    if device == "cuda":
+        cases.append(((x[0], x.cpu(), None), ValueError, r"saved_a is on cpu but grad is on cuda"))
+    for args, exc, msg in cases:
+        for fn in (L.scale_loss_grads, ref.check_scale_loss_grads_args):
+            with pytest.raises(exc, match=msg):
+                fn(*args)
+        meta = [None if t is None else t.to("meta") for t in args]
+        if device == "cpu":  # the fake kernel (all on meta: no device mismatch to test)
+            with pytest.raises(exc, match=msg):
+                L.scale_loss_grads(*meta)
+
+
+@pytest.mark.parametrize("case", ["d_loss-vanilla", "g_loss-minimax", "bce_with_logits"])
+def test_backward_scales_by_grad_output(device, case):
+    """A grad_output other than 1 (e.g. a loss weight applied by the caller's
+    graph): the CPU multiplies on the host, CUDA reads it in scale_loss_grads.
+    Also with only one input requiring grad."""
+    skip_unless_fused_on(device)
+    make, ours_fn, _ = CASES[case]
+    inputs = [leaf(v, torch.float32, device, requires_grad=True) for v in make((6, 5))]
+    with gan_ext.use_backend("fused"):
+        loss = ours_fn(*inputs, "mean")
+        unit = torch.autograd.grad(loss, inputs, retain_graph=True)
+        go = torch.tensor(-2.5, device=device)
+        scaled = torch.autograd.grad(loss, inputs, grad_outputs=go, retain_graph=True)
+        for u, g in zip(unit, scaled):
+            assert torch.equal(g, u * go)
+        if len(inputs) == 2:
+            (only,) = torch.autograd.grad(loss, inputs[1], grad_outputs=go)
+            assert torch.equal(only, scaled[1])
+
+
+# CUDA launch counts: the D loss of a DCGAN step is host-bound, so each launch
+# is a large share of its time.
+def _d_step_parts(reduction="mean", n=64):
+    real = torch.randn(n, 1, device="cuda", requires_grad=True)
+    fake = torch.randn(n, 1, device="cuda", requires_grad=True)
+    go = torch.ones((), device="cuda")
+
+    def forward():
+        return ops.d_loss(real, fake, "vanilla", 0.9, reduction=reduction)
+
+    loss = forward()
+    return forward, lambda: torch.autograd.grad(loss, (real, fake), grad_outputs=go,
+                                                retain_graph=True)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_small_losses_launch_one_kernel_each_way():
+    """d_loss/g_loss/bce at (64, 1): forward one launch (one block reduces both
+    segments and writes the loss), backward one launch (both saved gradients
+    scaled by the grad_output read on the device): 2 launches, not 4."""
+    skip_unless_fused_on("cuda")
+    with gan_ext.use_backend("fused"):
+        forward, backward = _d_step_parts()
+        assert len(cuda_kernels(forward)) == 1, cuda_kernels(forward)
+        kernels = cuda_kernels(backward)
+        assert len(kernels) == 1 and "scale_grads" in kernels[0], kernels
+        x = torch.randn(64, 1, device="cuda", requires_grad=True)
+        y = torch.rand(64, 1, device="cuda", requires_grad=True)
+        go = torch.ones((), device="cuda")
+        for loss_fn, inputs in ((lambda: ops.g_loss(x, "vanilla"), (x,)),
+                                (lambda: ops.bce_with_logits(x, y), (x, y))):
+            assert len(cuda_kernels(loss_fn)) == 1
+            loss = loss_fn()
+            assert len(cuda_kernels(lambda: torch.autograd.grad(
+                loss, inputs, grad_outputs=go, retain_graph=True))) == 1
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("n", [4099, 4100, 40000])
+def test_cuda_one_block_and_two_launch_forms_match_cpu(n):
+    """Around the one-block limit (1024 vectors of 4 float32 values per
+    segment, plus a tail of up to 3) and above it (reduce + finalize): loss and
+    gradients against the CPU kernel."""
+    skip_unless_fused_on("cuda")
+    real, fake = torch.randn(n, dtype=torch.float64), torch.randn(n + 5, dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        want = L.d_loss_with_grad(real.to(dtype), fake.to(dtype), 0, 0.9, 0.0, 2)
+        got = L.d_loss_with_grad(real.to(dtype).cuda(), fake.to(dtype).cuda(), 0, 0.9, 0.0, 2)
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.cpu(), w, **tol)
+    forward, _ = _d_step_parts("sum", n)
+    assert len(cuda_kernels(forward)) == (1 if n // 4 <= 1024 else 2)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_graph_replays_loss_forward_and_backward():
+    """Forward and backward captured in a CUDA graph: grad_output is read on
+    the device, so a new value written into it (and new logits) before a replay
+    gives the new gradients."""
+    skip_unless_fused_on("cuda")
+    real = torch.randn(64, 1, device="cuda", requires_grad=True)
+    fake = torch.randn(64, 1, device="cuda", requires_grad=True)
+    go = torch.ones((), device="cuda")
+
+    def step():
+        loss = ops.d_loss(real, fake, "vanilla", 0.9)
+        return (loss, *torch.autograd.grad(loss, (real, fake), grad_outputs=go))
+
+    with gan_ext.use_backend("fused"):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()  # warm-up outside the capture
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss, g_real, g_fake = step()
+    for scale in (1.0, -0.5, 3.0):
+        with torch.no_grad():
+            real.copy_(torch.randn_like(real))
+            fake.copy_(torch.randn_like(fake))
+            go.fill_(scale)
+        graph.replay()
+        torch.cuda.synchronize()
+        w_loss, w_real, w_fake = L.d_loss_with_grad(real.detach().cpu(), fake.detach().cpu(), 0, 0.9,
+                                                    0.0, 1)
+        torch.testing.assert_close(loss.cpu(), w_loss)
+        torch.testing.assert_close(g_real.cpu(), w_real * scale)
+        torch.testing.assert_close(g_fake.cpu(), w_fake * scale)

@@ -14,8 +14,8 @@ import gan_ext
 from gan_ext import ops
 from gan_ext import reference as ref
 
-from conftest import (LOW_PRECISION, assert_within_2x_of_torch, requires_cuda, requires_fused,
-                      saved_tensor_bytes, skip_unless_fused_on, to_layout)
+from conftest import (LOW_PRECISION, assert_within_2x_of_torch, cuda_kernels, requires_cuda,
+                      requires_fused, saved_tensor_bytes, skip_unless_fused_on, to_layout)
 
 L = torch.ops.gan_ext
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -744,3 +744,26 @@ def test_backward_keeps_no_eps(kl):
         fn = (lambda: ops.reparameterize_kl(mu, lv)) if kl else (lambda: ops.reparameterize(mu, lv))
         saved = saved_tensor_bytes(fn)
     assert saved <= 3 * nbytes, saved / nbytes
+
+
+# ------------------------------------------------------------ CUDA launches
+# (shape, launches for mean/sum) in float32: one launch when the KL units fit
+# one block (B * team <= 256; (256, 4) needs the most row blocks, 8), else
+# z+partials, row sums and the total.
+KL_LAUNCHES = [((128, 20), 1), ((256, 4), 1), ((1, 3), 1), ((129, 20), 3), ((4096, 512), 3)]
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("shape,launches", KL_LAUNCHES, ids=[f"{b}x{d}" for (b, d), _ in KL_LAUNCHES])
+def test_cuda_reparameterize_kl_launches_and_kl(shape, launches):
+    """Launch count per reduction, and the KL (which does not depend on the
+    noise) against the CPU kernel; 'none' with one unit per row is one launch."""
+    skip_unless_fused_on("cuda")
+    mu, lv = mu_logvar(shape, torch.float32, "cuda")
+    for reduction, code in (("mean", 1), ("sum", 2), ("none", 0)):
+        kernels = cuda_kernels(lambda: L.reparameterize_kl(mu, lv, code))
+        assert len(kernels) == (1 if reduction == "none" else launches), (reduction, kernels)
+        _, kl = L.reparameterize_kl(mu, lv, code)
+        _, kl_cpu = L.reparameterize_kl(mu.cpu(), lv.cpu(), code)
+        torch.testing.assert_close(kl.cpu(), kl_cpu, rtol=1e-5, atol=1e-5 * shape[1])

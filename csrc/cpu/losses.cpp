@@ -1,5 +1,6 @@
 // CPU kernels of the loss ops: d_loss, g_loss, bce_with_logits (each with a
-// *_with_grad form), l1_loss, cycle_l1_loss and l1_loss_backward.
+// *_with_grad form), l1_loss, cycle_l1_loss, l1_loss_backward and
+// scale_loss_grads.
 //
 // Every loss is a sum of elementwise terms over flat arrays (see as_dense in
 // losses.h). The array is cut into fixed chunks of kChunk values; each chunk
@@ -18,6 +19,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/mul.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -418,6 +420,26 @@ std::tuple<at::Tensor, at::Tensor> l1_loss_backward_cpu(const at::Tensor& grad,
   return {ga, gb};
 }
 
+// What autograd does on the CPU for a grad_output other than 1 (at::mul), with
+// the output's strides fixed to those of the dense saved gradient, as in the
+// CUDA kernel and the fake kernel.
+at::Tensor scaled_or_empty(const at::Tensor& grad, const c10::optional<at::Tensor>& saved) {
+  if (!saved.has_value() || !saved->defined()) return at::empty({0}, grad.options());
+  const at::Tensor s = as_dense(*saved);
+  at::Tensor out = at::empty_like(s);
+  return at::mul_out(out, s, grad);
+}
+
+std::tuple<at::Tensor, at::Tensor> scale_loss_grads_cpu(const at::Tensor& grad,
+                                                        const c10::optional<at::Tensor>& saved_a,
+                                                        const c10::optional<at::Tensor>& saved_b) {
+  auto ptr = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? &*t : nullptr;
+  };
+  check_scale_loss_grads_args(grad, ptr(saved_a), ptr(saved_b));
+  return {scaled_or_empty(grad, saved_a), scaled_or_empty(grad, saved_b)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
@@ -430,6 +452,7 @@ TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
   m.impl("l1_loss", &l1_loss_cpu);
   m.impl("cycle_l1_loss", &cycle_l1_loss_cpu);
   m.impl("l1_loss_backward", &l1_loss_backward_cpu);
+  m.impl("scale_loss_grads", &scale_loss_grads_cpu);
 }
 
 }  // namespace gan_ext

@@ -1,11 +1,12 @@
 // CUDA kernels of the loss ops: d_loss, g_loss, bce_with_logits, l1_loss,
-// cycle_l1_loss (each plain and, where the schema has one, *_with_grad) and
-// l1_loss_backward.
+// cycle_l1_loss (each plain and, where the schema has one, *_with_grad),
+// l1_loss_backward and scale_loss_grads.
 //
 // Semantics: gan_ext/reference.py; the elementwise terms are the shared
 // C10_HOST_DEVICE functions of csrc/losses.h, evaluated in opmath.
 //
-// Every loss is one reduction launch and one finalize launch:
+// Every loss is one reduction launch and one finalize launch, or, when each
+// segment fits one block (the discriminator logits of a GAN step), one launch:
 //   loss_reduce_kernel: up to two segments (two tensors, or two pairs) in one
 //     grid; blocks [0, s0.blocks) reduce segment 0, the rest segment 1. Each
 //     thread walks 16-byte "logical vectors" of its segment grid-stride,
@@ -15,11 +16,15 @@
 //   loss_finalize_kernel: one block adds each segment's partials in double in a
 //     fixed order and writes w0 * (S0 * c0) + w1 * (S1 * c1), c =
 //     reduction_scale(numel, reduction) (as the CPU kernels), as the 0-dim loss.
+//   loss_one_block_kernel: both segments in one block, each summed as its
+//     single loss_reduce_kernel block would, combined as the finalize does.
 // Deterministic: no atomics, and the partition depends only on the element
 // count and the dtype (not on the device, nor on the data's alignment: an
 // unaligned tensor is read with scalar loads in the same order), so a result
 // is bitwise reproducible across runs and GPUs.
-// l1_loss_backward is a plain elementwise kernel.
+// l1_loss_backward and scale_loss_grads (the backward of the *_with_grad
+// losses: two saved gradients times the 0-dim grad_output, read on the device)
+// are elementwise kernels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -102,20 +107,16 @@ __device__ __forceinline__ acc_type<scalar_t> eval_term(const Segment<scalar_t>&
   }
 }
 
-// Partial sums of f over up to two segments (see the header comment). Writes
-// partial[blockIdx.x] as double. Gradients, when requested, are written in the
-// same pass (element e of gx/gy belongs to element e of x).
+// This thread's part of the sum of f over segment s, as a thread of the
+// segment's block `block` (of s.blocks; 0 for an empty segment, whose sum is
+// 0). Gradients, when requested, are written in the same pass (element e of
+// gx/gy belongs to element e of x).
 template <typename scalar_t, Kind K, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
-    loss_reduce_kernel(const Segment<scalar_t> s0, const Segment<scalar_t> s1,
-                       double* __restrict__ partial) {
+__device__ __forceinline__ acc_type<scalar_t> thread_sum(const Segment<scalar_t>& s,
+                                                         index_t block) {
   using acc_t = acc_type<scalar_t>;
   constexpr int VEC = vec_size<scalar_t>();
   constexpr bool kPair = K != Kind::Gan;
-  const bool first = static_cast<index_t>(blockIdx.x) < s0.blocks;
-  const Segment<scalar_t> s = first ? s0 : s1;
-  const index_t block = first ? static_cast<index_t>(blockIdx.x)
-                              : static_cast<index_t>(blockIdx.x) - s0.blocks;
   const index_t nvec = s.n / VEC;
   const index_t stride = s.blocks * kThreads;
   const bool write_gx = K != Kind::L1 && s.gx != nullptr;
@@ -150,26 +151,66 @@ __global__ void __launch_bounds__(kThreads)
       if (write_gy) s.gy[e] = static_cast<scalar_t>(gy);
     }
   }
-  sum = block_sum(sum);
+  return sum;
+}
+
+// Partial sums of f over up to two segments (see the header comment). Writes
+// partial[blockIdx.x] as double.
+template <typename scalar_t, Kind K, bool Aligned>
+__global__ void __launch_bounds__(kThreads)
+    loss_reduce_kernel(const Segment<scalar_t> s0, const Segment<scalar_t> s1,
+                       double* __restrict__ partial) {
+  const bool first = static_cast<index_t>(blockIdx.x) < s0.blocks;
+  const index_t block = first ? static_cast<index_t>(blockIdx.x)
+                              : static_cast<index_t>(blockIdx.x) - s0.blocks;
+  // A copy: a reference to one of two kernel parameters would be a stack frame.
+  const Segment<scalar_t> s = first ? s0 : s1;
+  const auto sum = block_sum(thread_sum<scalar_t, K, Aligned>(s, block));
   if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(sum);
 }
 
-// out = w0 * (sum(partial[0:n0]) * c0) [+ w1 * (sum(partial[n0:n0+n1]) * c1)],
-// the sums in double in a fixed order. One block.
+// One term of the final sum: weight * (sum * scale).
+struct Combine {
+  double weight;
+  double scale;  // reduction_scale(numel, reduction): 1/numel for mean, 1 for sum
+};
+
+// out = w0 * (a * c0) [+ w1 * (b * c1)]: the one rounding both forms share.
+template <typename scalar_t>
+__device__ __forceinline__ void write_loss(double a, double b, const Combine& c0,
+                                           const Combine& c1, bool two, scalar_t* out) {
+  double r = c0.weight * (a * c0.scale);
+  if (two) r += c1.weight * (b * c1.scale);
+  out[0] = from_double<scalar_t>(r);
+}
+
+// out from the partials: each segment's partials summed in double in a fixed
+// order. One block.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    loss_finalize_kernel(const double* __restrict__ partial, index_t n0, index_t n1, double c0,
-                         double w0, double c1, double w1, bool two, scalar_t* __restrict__ out) {
+    loss_finalize_kernel(const double* __restrict__ partial, index_t n0, index_t n1,
+                         const Combine c0, const Combine c1, bool two,
+                         scalar_t* __restrict__ out) {
   double a = 0.0, b = 0.0;
   for (index_t i = threadIdx.x; i < n0; i += kThreads) a += partial[i];
   for (index_t i = threadIdx.x; i < n1; i += kThreads) b += partial[n0 + i];
   a = block_sum(a);
   b = block_sum(b);
-  if (threadIdx.x == 0) {
-    double r = w0 * (a * c0);
-    if (two) r += w1 * (b * c1);
-    out[0] = from_double<scalar_t>(r);
-  }
+  if (threadIdx.x == 0) write_loss(a, b, c0, c1, two, out);
+}
+
+// Both segments (s.blocks <= 1 each) in one launch: the same per-segment sums
+// as loss_reduce_kernel's single block for each, combined as
+// loss_finalize_kernel does, so the loss has the value of the two-launch form
+// (the finalize's + 0.0 aside, which turns a -0 sum into +0).
+template <typename scalar_t, Kind K, bool Aligned>
+__global__ void __launch_bounds__(kThreads)
+    loss_one_block_kernel(const Segment<scalar_t> s0, const Segment<scalar_t> s1,
+                          const Combine c0, const Combine c1, bool two,
+                          scalar_t* __restrict__ out) {
+  const double a = static_cast<double>(block_sum(thread_sum<scalar_t, K, Aligned>(s0, 0)));
+  const double b = static_cast<double>(block_sum(thread_sum<scalar_t, K, Aligned>(s1, 0)));
+  if (threadIdx.x == 0) write_loss(a, b, c0, c1, two, out);
 }
 
 // ---------------------------------------------------------- l1 backward
@@ -214,6 +255,43 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ------------------------------------------------- scale_loss_grads
+// One saved gradient of a scale_loss_grads launch, with the blocks given to it.
+template <typename scalar_t>
+struct ScaleSegment {
+  const scalar_t* in;
+  scalar_t* out;
+  index_t n;
+  index_t blocks;  // 0 when absent or empty
+};
+
+// out = in * grad over up to two segments (blocks [0, s0.blocks) scale segment
+// 0), each product in opmath as at::mul computes it.
+template <typename scalar_t, bool Aligned>
+__global__ void __launch_bounds__(kThreads)
+    scale_grads_kernel(const ScaleSegment<scalar_t> s0, const ScaleSegment<scalar_t> s1,
+                       const scalar_t* __restrict__ grad) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int VEC = vec_size<scalar_t>();
+  const bool first = static_cast<index_t>(blockIdx.x) < s0.blocks;
+  const ScaleSegment<scalar_t> s = first ? s0 : s1;
+  const index_t block = first ? static_cast<index_t>(blockIdx.x)
+                              : static_cast<index_t>(blockIdx.x) - s0.blocks;
+  const acc_t g = static_cast<acc_t>(grad[0]);
+  const index_t nvec = s.n / VEC;
+  const index_t tid = block * kThreads + threadIdx.x;
+  const index_t stride = s.blocks * kThreads;
+  for (index_t v = tid; v < nvec; v += stride) {
+    const index_t e = v * VEC;
+    Pack<scalar_t, VEC> p = load_pack<Aligned, VEC>(s.in + e);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) p.val[i] = static_cast<scalar_t>(static_cast<acc_t>(p.val[i]) * g);
+    store_pack<Aligned, VEC>(s.out + e, p);
+  }
+  const index_t e = nvec * VEC + tid;  // the last n % VEC elements
+  if (e < s.n) s.out[e] = static_cast<scalar_t>(static_cast<acc_t>(s.in[e]) * g);
+}
+
 // ============================================================ host side
 
 // Blocks reducing n elements: a function of (n, dtype) only, so the
@@ -224,12 +302,6 @@ index_t reduce_blocks(index_t n) {
   const index_t nvec = n / vec_size<scalar_t>();
   return std::clamp<index_t>(ceil_div(nvec, kThreads * kItems), 1, kMaxBlocks);
 }
-
-// One term of the final sum: weight * (sum * scale).
-struct Combine {
-  double weight;
-  double scale;  // reduction_scale(numel, reduction): 1/numel for mean, 1 for sum
-};
 
 Combine combine(index_t n, int64_t reduction, double weight = 1.0) {
   return {weight, reduction_scale(n, reduction)};
@@ -250,6 +322,18 @@ void run_loss(Segment<scalar_t> s0, Segment<scalar_t> s1, Combine c0, Combine c1
   const bool al = aligned(s0.x) && aligned(s0.y) && aligned(s0.gx) && aligned(s0.gy) &&
                   aligned(s1.x) && aligned(s1.y) && aligned(s1.gx) && aligned(s1.gy);
   auto stream = at::cuda::getCurrentCUDAStream();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  if (s0.blocks <= 1 && s1.blocks <= 1) {
+    // Small losses are launch-bound: the finalize launch would cost more than
+    // one block reducing both segments in turn.
+    if (al) {
+      loss_one_block_kernel<scalar_t, K, true><<<1, kThreads, 0, stream>>>(s0, s1, c0, c1, two, op);
+    } else {
+      loss_one_block_kernel<scalar_t, K, false><<<1, kThreads, 0, stream>>>(s0, s1, c0, c1, two, op);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   at::Tensor partial = at::empty({blocks}, out.options().dtype(at::kDouble));
   double* pp = partial.mutable_data_ptr<double>();
   if (al) {
@@ -260,9 +344,8 @@ void run_loss(Segment<scalar_t> s0, Segment<scalar_t> s1, Combine c0, Combine c1
         <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(s0, s1, pp);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  loss_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
-      pp, s0.blocks, s1.blocks, c0.scale, c0.weight, c1.scale, c1.weight, two,
-      out.mutable_data_ptr<scalar_t>());
+  loss_finalize_kernel<scalar_t><<<1, kThreads, 0, stream>>>(pp, s0.blocks, s1.blocks, c0, c1,
+                                                             two, op);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -497,6 +580,50 @@ std::tuple<at::Tensor, at::Tensor> l1_loss_backward_cuda(const at::Tensor& grad,
   return {gi, gt};
 }
 
+// ------------------------------------------------------ scale_loss_grads
+std::tuple<at::Tensor, at::Tensor> scale_loss_grads_cuda(const at::Tensor& grad,
+                                                         const c10::optional<at::Tensor>& saved_a,
+                                                         const c10::optional<at::Tensor>& saved_b) {
+  auto ptr = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? &*t : nullptr;
+  };
+  const at::Tensor* a = ptr(saved_a);
+  const at::Tensor* b = ptr(saved_b);
+  check_scale_loss_grads_args(grad, a, b);
+  check_cuda(grad, "grad");
+  c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor da = a != nullptr ? as_dense(*a) : at::Tensor();
+  const at::Tensor db = b != nullptr ? as_dense(*b) : at::Tensor();
+  at::Tensor oa = a != nullptr ? at::empty_like(da) : at::empty({0}, grad.options());
+  at::Tensor ob = b != nullptr ? at::empty_like(db) : at::empty({0}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gan_ext::scale_loss_grads", [&] {
+    constexpr int VEC = vec_size<scalar_t>();
+    auto segment = [&](const at::Tensor& in, at::Tensor& out) {
+      ScaleSegment<scalar_t> s{nullptr, nullptr, 0, 0};
+      if (!in.defined() || in.numel() == 0) return s;
+      s.in = in.const_data_ptr<scalar_t>();
+      s.out = out.mutable_data_ptr<scalar_t>();
+      s.n = in.numel();
+      s.blocks = std::clamp<index_t>(ceil_div(s.n / VEC, kThreads), 1, kMaxElementwiseBlocks);
+      return s;
+    };
+    const ScaleSegment<scalar_t> s0 = segment(da, oa), s1 = segment(db, ob);
+    const index_t blocks = s0.blocks + s1.blocks;
+    if (blocks == 0) return;
+    auto stream = at::cuda::getCurrentCUDAStream();
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    if (aligned(s0.in) && aligned(s0.out) && aligned(s1.in) && aligned(s1.out)) {
+      scale_grads_kernel<scalar_t, true>
+          <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(s0, s1, gp);
+    } else {
+      scale_grads_kernel<scalar_t, false>
+          <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(s0, s1, gp);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {oa, ob};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CUDA, m) {
@@ -509,6 +636,7 @@ TORCH_LIBRARY_IMPL(gan_ext, CUDA, m) {
   m.impl("l1_loss", &l1_loss_cuda);
   m.impl("cycle_l1_loss", &cycle_l1_loss_cuda);
   m.impl("l1_loss_backward", &l1_loss_backward_cuda);
+  m.impl("scale_loss_grads", &scale_loss_grads_cuda);
 }
 
 }  // namespace gan_ext

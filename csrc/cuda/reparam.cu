@@ -25,6 +25,13 @@
 //                       mean/sum each block adds its rows' kl_b in double.
 //   kl_total_kernel     one block adds the block sums in double, divides by B
 //                       for mean and writes the 0-dim result.
+//   reparam_kl_one_block_kernel  the three above in one launch when the units
+//                       fit one block (B * team <= 256: a VAE's (128, 20) in
+//                       float), with the same summation order; larger inputs
+//                       keep three launches (mean/sum) because a grid cannot
+//                       wait for its own blocks without a counter in memory.
+//                       reduction='none' with one unit per row is one launch
+//                       of reparam_kl_kernel writing kl[b].
 // The partition (team, splits, grids) is a function of (B, D, dtype) only, so
 // KL values are deterministic and device-independent; z never depends on it.
 //   reparam_backward_kernel  elementwise grad_mu / grad_logvar.
@@ -66,6 +73,21 @@ namespace {
 constexpr index_t kItems = 4;                 // Philox blocks per thread per KL unit (at most about)
 constexpr index_t kMaxBlocks = 8192;          // grid cap of the elementwise kernels
 constexpr index_t kMaxRowBlocks = 1024;       // grid cap of kl_rows_kernel (fixed: no device query)
+// Minimum blocks per SM requested from ptxas (0: none, its own register
+// budget). With its own budget it held the float64 kernels (two exp
+// polynomials per value, a Philox pair per iteration) and the unaligned 16-bit
+// backward at 48-64 registers and spilled 16-32 bytes in their loops (ptxas -v,
+// sm_90); asking for 3 blocks (768 threads, <= 85 registers each) keeps them in
+// registers. The others keep the default: 32-64 registers, no spills.
+template <typename scalar_t>
+constexpr int min_blocks() {
+  return std::is_same_v<scalar_t, double> ? 3 : 0;
+}
+
+template <typename scalar_t, bool Aligned>
+constexpr int min_blocks_backward() {
+  return sizeof(scalar_t) == 2 && !Aligned ? 3 : 0;
+}
 
 // Normal values per Philox block in the compute precision of scalar_t.
 template <typename scalar_t>
@@ -113,7 +135,7 @@ __device__ __forceinline__ acc_type<scalar_t> kl_term(scalar_t m, scalar_t l) {
 
 // --------------------------------------------------------------- z only
 template <typename scalar_t, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     reparam_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
                    scalar_t* __restrict__ z, index_t n, const at::PhiloxCudaState st) {
   using acc_t = acc_type<scalar_t>;
@@ -152,18 +174,19 @@ struct KlPlan {
   int team;        // threads per unit: power of two in [1, kThreads]
 };
 
+// z for the elements of this thread's unit, and the unit's KL sum (in opmath,
+// valid in the team's first thread, rank 0). Every thread of the block must call it.
 template <typename scalar_t, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
-    reparam_kl_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
-                      scalar_t* __restrict__ z, const KlPlan plan, const at::PhiloxCudaState st,
-                      double* __restrict__ partial, scalar_t* __restrict__ kl_direct) {
+__device__ __forceinline__ acc_type<scalar_t> unit_kl(const scalar_t* __restrict__ mu,
+                                                      const scalar_t* __restrict__ lv,
+                                                      scalar_t* __restrict__ z, const KlPlan& plan,
+                                                      const at::PhiloxCudaState& st, index_t unit,
+                                                      int rank) {
   using acc_t = acc_type<scalar_t>;
   constexpr int P = per_block<scalar_t>();
   const auto seeds = at::cuda::philox::unpack(st);
   const uint64_t seed = std::get<0>(seeds), offset = std::get<1>(seeds);
   const int team = plan.team;
-  const index_t unit = static_cast<index_t>(blockIdx.x) * (kThreads / team) + threadIdx.x / team;
-  const int rank = threadIdx.x % team;
   const bool active = unit < plan.units;
   const index_t b = unit / plan.splits;
   const index_t split = unit - b * plan.splits;
@@ -201,10 +224,21 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  sum = team_sum(sum, team);
-  if (active && rank == 0) {
+  return team_sum(sum, team);
+}
+
+template <typename scalar_t, bool Aligned>
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
+    reparam_kl_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
+                      scalar_t* __restrict__ z, const KlPlan plan, const at::PhiloxCudaState st,
+                      double* __restrict__ partial, scalar_t* __restrict__ kl_direct) {
+  const int team = plan.team;
+  const index_t unit = static_cast<index_t>(blockIdx.x) * (kThreads / team) + threadIdx.x / team;
+  const int rank = threadIdx.x % team;
+  const auto sum = unit_kl<scalar_t, Aligned>(mu, lv, z, plan, st, unit, rank);
+  if (unit < plan.units && rank == 0) {
     if (kl_direct != nullptr) {
-      kl_direct[b] = static_cast<scalar_t>(sum);  // one unit per row: sum is kl_b
+      kl_direct[unit] = static_cast<scalar_t>(sum);  // one unit per row: sum is kl_b
     } else {
       partial[unit] = static_cast<double>(sum);
     }
@@ -212,18 +246,18 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // kl_b = sum of row b's split partials (double, fixed order), rounded to
-// opmath. Writes kl_out[b] (reduction none) and/or one double sum of the
-// block's kl_b per block (mean/sum). A warp per row, rows grid-strided by warp.
+// opmath, for the rows of block rb of a grid of nb blocks: a warp per row, rows
+// strided by the grid's warps. Writes kl_out[b] (reduction none) when given and
+// returns the sum of the block's kl_b in double (valid in thread 0). Every
+// thread of the block must call it.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    kl_rows_kernel(const double* __restrict__ partial, index_t B, index_t splits,
-                   scalar_t* __restrict__ kl_out, double* __restrict__ block_partial) {
+__device__ double rows_sum(const double* partial, index_t B, index_t splits,
+                           scalar_t* __restrict__ kl_out, index_t rb, index_t nb) {
   using acc_t = acc_type<scalar_t>;
   const int lane = threadIdx.x % kWarpSize;
-  const index_t warps = static_cast<index_t>(gridDim.x) * kWarps;
+  const index_t warps = nb * kWarps;
   double run = 0.0;  // lane 0: this warp's sum of kl_b
-  for (index_t row = static_cast<index_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize; row < B;
-       row += warps) {
+  for (index_t row = rb * kWarps + threadIdx.x / kWarpSize; row < B; row += warps) {
     double s = 0.0;
     for (index_t k = lane; k < splits; k += kWarpSize) s += partial[row * splits + k];
     s = warp_sum(s);
@@ -233,21 +267,65 @@ __global__ void __launch_bounds__(kThreads)
       run += static_cast<double>(klb);
     }
   }
-  if (block_partial != nullptr) {  // uniform over the grid
-    run = block_sum(run);
-    if (threadIdx.x == 0) block_partial[blockIdx.x] = run;
-  }
+  return block_sum(run);
 }
 
-// out = sum(block_partial[0:n]) / divisor, in double in a fixed order. One block.
+// Writes kl_out[b] (reduction none) and/or one double sum of the block's kl_b
+// per block (mean/sum).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    kl_total_kernel(const double* __restrict__ block_partial, index_t n, double divisor,
-                    scalar_t* __restrict__ out) {
+    kl_rows_kernel(const double* __restrict__ partial, index_t B, index_t splits,
+                   scalar_t* __restrict__ kl_out, double* __restrict__ block_partial) {
+  const double run = rows_sum(partial, B, splits, kl_out, blockIdx.x, gridDim.x);
+  if (block_partial != nullptr && threadIdx.x == 0) block_partial[blockIdx.x] = run;
+}
+
+// out = sum(block_partial[0:n]) / divisor, in double in a fixed order. Every
+// thread of the block must call it; thread 0 writes.
+template <typename scalar_t>
+__device__ void write_total(const double* block_partial, index_t n, double divisor,
+                            scalar_t* __restrict__ out) {
   double s = 0.0;
   for (index_t i = threadIdx.x; i < n; i += kThreads) s += block_partial[i];
   s = block_sum(s);
   if (threadIdx.x == 0) out[0] = from_double<scalar_t>(s / divisor);
+}
+
+// One block.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    kl_total_kernel(const double* __restrict__ block_partial, index_t n, double divisor,
+                    scalar_t* __restrict__ out) {
+  write_total(block_partial, n, divisor, out);
+}
+
+// The three launches above in one block, when the plan's units fit one block:
+// the partials and the row-block sums stay in shared memory, and rows and
+// total are summed exactly as kl_rows_kernel's row_blocks blocks and
+// kl_total_kernel would (same values, bit for bit).
+constexpr index_t kOneBlockRowBlocks = kThreads / (kWarps * kItems);  // row_blocks for B <= kThreads
+
+template <typename scalar_t, bool Aligned>
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
+    reparam_kl_one_block_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
+                                scalar_t* __restrict__ z, const KlPlan plan,
+                                const at::PhiloxCudaState st, index_t row_blocks, double divisor,
+                                scalar_t* __restrict__ kl) {
+  __shared__ double partial[kThreads];  // units <= kThreads / team
+  __shared__ double block_partial[kOneBlockRowBlocks];
+  const int team = plan.team;
+  const index_t unit = threadIdx.x / team;
+  const int rank = threadIdx.x % team;
+  const auto sum = unit_kl<scalar_t, Aligned>(mu, lv, z, plan, st, unit, rank);
+  if (unit < plan.units && rank == 0) partial[unit] = static_cast<double>(sum);
+  __syncthreads();
+  const index_t B = plan.units / plan.splits;
+  for (index_t rb = 0; rb < row_blocks; ++rb) {
+    const double run = rows_sum<scalar_t>(partial, B, plan.splits, nullptr, rb, row_blocks);
+    if (threadIdx.x == 0) block_partial[rb] = run;
+  }
+  __syncthreads();
+  write_total(block_partial, row_blocks, divisor, kl);
 }
 
 // ---------------------------------------------------------------- backward
@@ -271,7 +349,7 @@ __device__ __forceinline__ void backward_elem(bool has_gz, bool has_gk, acc_t g,
 }
 
 template <typename scalar_t, bool Aligned>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, min_blocks_backward<scalar_t, Aligned>())
     reparam_backward_kernel(const scalar_t* __restrict__ gz, const scalar_t* __restrict__ z,
                             const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
                             const void* __restrict__ gk, ScalarKind gk_kind, GkMode gk_mode,
@@ -412,14 +490,35 @@ void launch_reparam_kl(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z
   scalar_t* zp = z.mutable_data_ptr<scalar_t>();
   auto stream = at::cuda::getCurrentCUDAStream();
   const at::TensorOptions dopts = mu.options().dtype(at::kDouble);
+  const index_t blocks = ceil_div(plan.units, kThreads / plan.team);
+  const index_t row_blocks = std::clamp<index_t>(ceil_div(B, kWarps * kItems), 1, kMaxRowBlocks);
+  const double divisor =
+      reduction == static_cast<int64_t>(Reduction::Mean) ? static_cast<double>(B) : 1.0;
+  constexpr size_t bytes = sizeof(scalar_t) * P;
+  const bool al = aligned(mp, bytes) && aligned(lp, bytes) && aligned(zp, bytes);
+
+  // A small latent batch (a VAE's (128, 20)) is launch-bound: one launch
+  // instead of three. (For none with one unit per row the kernel below already
+  // writes kl[b] alone.)
+  if (blocks == 1 && !none) {
+    TORCH_INTERNAL_ASSERT(row_blocks <= kOneBlockRowBlocks);
+    scalar_t* kp = kl.mutable_data_ptr<scalar_t>();
+    if (al) {
+      reparam_kl_one_block_kernel<scalar_t, true><<<1, kThreads, 0, stream>>>(
+          mp, lp, zp, plan, st, row_blocks, divisor, kp);
+    } else {
+      reparam_kl_one_block_kernel<scalar_t, false><<<1, kThreads, 0, stream>>>(
+          mp, lp, zp, plan, st, row_blocks, divisor, kp);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
 
   at::Tensor partial;
   if (!direct) partial = at::empty({plan.units}, dopts);
   double* pp = direct ? nullptr : partial.mutable_data_ptr<double>();
   scalar_t* kd = direct ? kl.mutable_data_ptr<scalar_t>() : nullptr;
-  const index_t blocks = ceil_div(plan.units, kThreads / plan.team);
-  constexpr size_t bytes = sizeof(scalar_t) * P;
-  if (aligned(mp, bytes) && aligned(lp, bytes) && aligned(zp, bytes)) {
+  if (al) {
     reparam_kl_kernel<scalar_t, true><<<grid_size(blocks), kThreads, 0, stream>>>(
         mp, lp, zp, plan, st, pp, kd);
   } else {
@@ -429,7 +528,6 @@ void launch_reparam_kl(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (direct) return;
 
-  const index_t row_blocks = std::clamp<index_t>(ceil_div(B, kWarps * kItems), 1, kMaxRowBlocks);
   at::Tensor block_partial;
   if (!none) block_partial = at::empty({row_blocks}, dopts);
   double* bp = none ? nullptr : block_partial.mutable_data_ptr<double>();
@@ -437,8 +535,6 @@ void launch_reparam_kl(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z
       pp, B, plan.splits, none ? kl.mutable_data_ptr<scalar_t>() : nullptr, bp);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (none) return;
-  const double divisor =
-      reduction == static_cast<int64_t>(Reduction::Mean) ? static_cast<double>(B) : 1.0;
   kl_total_kernel<scalar_t><<<1, kThreads, 0, stream>>>(bp, row_blocks, divisor,
                                                         kl.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
