@@ -273,6 +273,60 @@ struct Act {
   }
 };
 
+// In-place update of the running statistics and num_batches_tracked (schema in
+// csrc/gan_ext.cpp), done by block 0 of the forward's elementwise kernel: that
+// kernel starts after the statistics are final, so the update needs no launch
+// of its own, and a single block sums instance norm's per-sample statistics in
+// a fixed order. The arithmetic is update_running_stats' in
+// csrc/cpu/norm_act.cpp: double, samples summed in order, unbiased variance,
+// no NaN fix-up. Every pointer may be null (nothing to do for it).
+template <typename scalar_t>
+struct RunningUpdate {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t* batch_mean;  // [batches * C] statistics of this call
+  const acc_t* batch_var;   // biased
+  void* mean;               // running_mean: scalar_t, or float with half/bfloat16 input
+  void* var;
+  int64_t* count;           // num_batches_tracked
+  index_t mean_stride, var_stride;
+  bool mean_is_float, var_is_float;
+  bool cumulative;          // momentum None: the batch weighs 1 / count
+  double momentum;
+  double unbias;            // n / (n - 1)
+  index_t C, batches;
+
+  __device__ static void blend(void* p, bool is_float, index_t i, double f, double batch) {
+    if (is_float) {
+      float* q = static_cast<float*>(p) + i;
+      *q = static_cast<float>((1.0 - f) * static_cast<double>(*q) + f * batch);
+    } else {
+      scalar_t* q = static_cast<scalar_t*>(p) + i;
+      *q = static_cast<scalar_t>((1.0 - f) * static_cast<double>(*q) + f * batch);
+    }
+  }
+
+  // Every thread of block 0 calls it, before any early return (it synchronizes).
+  __device__ void run() const {
+    int64_t seen = 0;
+    if (count != nullptr) {  // uniform over the block
+      seen = *count + 1;
+      __syncthreads();  // every thread has read the old count before it changes
+      if (threadIdx.x == 0) *count = seen;
+    }
+    if (mean == nullptr && var == nullptr) return;
+    const double f = cumulative ? 1.0 / static_cast<double>(seen) : momentum;
+    for (index_t c = threadIdx.x; c < C; c += blockDim.x) {
+      double m = 0.0, v = 0.0;
+      for (index_t b = 0; b < batches; ++b) {
+        m += static_cast<double>(batch_mean[b * C + c]);
+        v += static_cast<double>(batch_var[b * C + c]);
+      }
+      if (mean != nullptr) blend(mean, mean_is_float, c * mean_stride, f, m / batches);
+      if (var != nullptr) blend(var, var_is_float, c * var_stride, f, v / batches * unbias);
+    }
+  }
+};
+
 // Per-group constants of the backward and the (dz, xhat) of one element.
 // xhat = (u - shift) * mul, where u is the saved input x (shift = mean,
 // mul = invstd) or, when saved_is_output, the un-activated z recovered from the
@@ -417,10 +471,12 @@ __global__ void __launch_bounds__(kThreads)
     plane_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                          const PlaneGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
                          const acc_type<scalar_t>* __restrict__ invstd,
-                         const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
+                         const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act,
+                         const RunningUpdate<scalar_t> running) {
   using acc_t = acc_type<scalar_t>;
+  if (blockIdx.x == 0) running.run();
   const PlaneUnit u = plane_unit(geo);
-  if (!u.active) return;  // no block-wide synchronization in this kernel
+  if (!u.active) return;  // no block-wide synchronization below
   const index_t c = u.group % geo.C;
   const acc_t mu = mean[u.group];
   const acc_t scale = invstd[u.group] * affine.gamma(c);
@@ -679,9 +735,11 @@ __global__ void __launch_bounds__(kThreads)
     row_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                        const RowGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
                        const acc_type<scalar_t>* __restrict__ invstd,
-                       const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
+                       const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act,
+                       const RunningUpdate<scalar_t> running) {
   using acc_t = acc_type<scalar_t>;
   constexpr int UNROLL = kRowUnroll<VEC>;
+  if (blockIdx.x == 0) running.run();
   const RowUnit u = row_unit(geo);
   if (!u.active) return;
   acc_t mu[VEC], scale[VEC], shift[VEC];
@@ -1050,7 +1108,8 @@ template <typename scalar_t>
 void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
                   const at::Tensor* weight, const at::Tensor* bias, bool use_input_stats,
                   const at::Tensor& mean, const at::Tensor& var, const at::Tensor& invstd,
-                  double eps, int64_t activation, double negative_slope) {
+                  double eps, int64_t activation, double negative_slope,
+                  const RunningUpdate<scalar_t>& running) {
   using acc_t = acc_type<scalar_t>;
   constexpr int kVec = vec_size<scalar_t>();
   const int device = x.get_device();
@@ -1121,7 +1180,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
       const index_t wave = wave_blocks(kernel, device);
       const PlaneGeometry geo = per_sample ? plan_planes(lay.N * lay.C, 1, lay.HW, lay.C, VEC, wave)
                                            : plan_planes(lay.C, lay.N, lay.HW, lay.C, VEC, wave);
-      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act);
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act,
+                                                                    running);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       auto kernel = row_forward_kernel<scalar_t, VEC>;
@@ -1129,7 +1189,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
       const RowGeometry geo = per_sample
           ? plan_rows(lay.N, lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave)
           : plan_rows(1, lay.N * lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave);
-      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act);
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act,
+                                                                  running);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -1227,14 +1288,45 @@ void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& re
                     ref_name, " (", ref.device(), "), got ", t.device());
 }
 
+// The update the forward's elementwise kernel performs (see RunningUpdate).
+template <typename scalar_t>
+RunningUpdate<scalar_t> make_running_update(const c10::optional<at::Tensor>& running_mean,
+                                            const c10::optional<at::Tensor>& running_var,
+                                            const c10::optional<at::Tensor>& num_batches_tracked,
+                                            c10::optional<double> momentum, const at::Tensor& mean,
+                                            const at::Tensor& var, const Layout& lay) {
+  using acc_t = acc_type<scalar_t>;
+  RunningUpdate<scalar_t> r{};
+  const at::Tensor* rm = present(running_mean);
+  const at::Tensor* rv = present(running_var);
+  const at::Tensor* nbt = present(num_batches_tracked);
+  r.batch_mean = mean.const_data_ptr<acc_t>();
+  r.batch_var = var.const_data_ptr<acc_t>();
+  r.mean = rm ? rm->mutable_data_ptr() : nullptr;
+  r.var = rv ? rv->mutable_data_ptr() : nullptr;
+  r.count = nbt ? nbt->mutable_data_ptr<int64_t>() : nullptr;
+  r.mean_stride = rm ? rm->stride(0) : 0;
+  r.var_stride = rv ? rv->stride(0) : 0;
+  r.mean_is_float = rm && rm->scalar_type() == at::kFloat;
+  r.var_is_float = rv && rv->scalar_type() == at::kFloat;
+  r.cumulative = !momentum.has_value();
+  r.momentum = momentum.value_or(0.0);
+  r.unbias = static_cast<double>(lay.count()) / static_cast<double>(lay.count() - 1);
+  r.C = lay.C;
+  r.batches = lay.per_sample ? lay.N : 1;
+  return r;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    int64_t activation, double negative_slope) {
+    const c10::optional<at::Tensor>& running_var,
+    const c10::optional<at::Tensor>& num_batches_tracked, bool use_input_stats, bool instance,
+    c10::optional<double> momentum, double eps, int64_t activation, double negative_slope) {
   TORCH_CHECK_VALUE(input.is_cuda(), "input must be a CUDA tensor, got one on ", input.device());
   const auto [N, C, HW] = check_norm_act_args(input, weight, bias, running_mean, running_var,
-                                              use_input_stats, instance, eps, activation);
+                                              num_batches_tracked, use_input_stats, instance,
+                                              momentum, eps, activation);
   // check_norm_act_args already requires every given parameter on input's device.
   c10::cuda::CUDAGuard guard(input.device());
 
@@ -1262,6 +1354,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
       mean.fill_(std::numeric_limits<double>::quiet_NaN());
       var.fill_(std::numeric_limits<double>::quiet_NaN());
       invstd.fill_(std::numeric_limits<double>::quiet_NaN());
+      // Counted, but nothing to average: torch leaves the running statistics alone.
+      if (const at::Tensor* nbt = present(num_batches_tracked)) nbt->add_(1);
     }
     return {out, mean, invstd, var};
   }
@@ -1275,8 +1369,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;
   const Layout lay{N, C, HW, rows, instance && use_input_stats};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gan_ext::norm_act", [&] {
+    const RunningUpdate<scalar_t> running =
+        use_input_stats ? make_running_update<scalar_t>(running_mean, running_var,
+                                                        num_batches_tracked, momentum, mean, var,
+                                                        lay)
+                        : RunningUpdate<scalar_t>{};
     forward_impl<scalar_t>(x, out, lay, w ? &wc : nullptr, b ? &bc : nullptr, use_input_stats, mean,
-                           var, invstd, eps, activation, negative_slope);
+                           var, invstd, eps, activation, negative_slope, running);
   });
   return {out, mean, invstd, var};
 }
