@@ -47,6 +47,17 @@ TORCH_LIBRARY(gan_ext, m) {
       "norm_act_backward(Tensor grad_out, Tensor saved, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor invstd, bool use_input_stats, bool instance, int activation, "
       "float negative_slope, bool saved_is_output) -> (Tensor, Tensor, Tensor)");
+  // Debug: the CUDA kernels' launch plans (csrc/norm_act_plan.h) for a shape
+  // and a wave of `wave` blocks, computed on the host of any build; legacy=None
+  // follows GAN_EXT_CUDA_NORM_ACT, as the kernels do.
+  //   planes -> [hwv, team, splits, chunk, step_seg, step_off, blocks]
+  //   rows   -> [cv, tx, ty, col_blocks, splits, chunk, blocks]
+  m.def(
+      "_norm_act_plan_planes(int groups, int segs, int hw, int C, int vec, int wave, "
+      "bool? legacy=None) -> int[]");
+  m.def(
+      "_norm_act_plan_rows(int batches, int rows, int C, int vec, int unroll, int wave, "
+      "bool? legacy=None) -> int[]");
 
   // ---------------------------------------------------------------- losses
   // Codes: reduction 1 mean, 2 sum (0 'none' only where stated); GAN mode

@@ -603,6 +603,57 @@ def test_compile_fullgraph_updates_running_stats_in_place(backend_name):
         torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-7)
 
 
+# ------------------------------------------- CUDA: default vs legacy paths
+CUDA_PATH_SHAPES = [  # the split/finalize shapes of issue 12's first-run list, and small ones
+    ("batch", (2, 3, 256, 256), "nchw"), ("batch", (16, 64, 64, 64), "channels_last"),
+    ("instance", (64, 32, 8, 8), "nchw"), ("instance", (2, 3, 512, 512), "nchw"),
+    ("batch", (3, 19, 5, 7), "channels_last"), ("batch", (8, 64, 1, 1), "nchw"),
+    ("instance", (2, 264, 9, 9), "channels_last"),
+]
+
+
+def _cuda_norm_act_run(monkeypatch, path, norm, x, w, b, rm, rv, nbt, uis, g):
+    """Forward + backward of the op with GAN_EXT_CUDA_NORM_ACT=path (read per call)."""
+    if path == "default":
+        monkeypatch.delenv("GAN_EXT_CUDA_NORM_ACT", raising=False)
+    else:
+        monkeypatch.setenv("GAN_EXT_CUDA_NORM_ACT", path)
+    x = x.detach().clone().requires_grad_()
+    state = [_clone(t) for t in (rm, rv, nbt)]
+    out, mean, invstd, var = torch.ops.gan_ext.norm_act(
+        x, w, b, *state, uis, norm == "instance", None if nbt is not None else MOMENTUM, EPS,
+        CODE["leaky_relu"], 0.2)
+    out.backward(g)
+    return [out.detach(), mean, invstd, var, x.grad, *[t for t in state if t is not None]]
+
+
+@pytest.mark.cuda
+@requires_fused
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("norm,shape,layout", CUDA_PATH_SHAPES,
+                         ids=[f"{n}-{'x'.join(map(str, s))}-{l}" for n, s, l in CUDA_PATH_SHAPES])
+def test_cuda_default_and_legacy_paths_agree(monkeypatch, norm, shape, layout, dtype, mode):
+    """GAN_EXT_CUDA_NORM_ACT=legacy keeps the first release's launch plans and
+    finalize kernels: both paths must give the reference's results, and the
+    default one must be deterministic (the last block's merge order is fixed)."""
+    skip_unless_fused_on("cuda")
+    C, uis = shape[1], mode == "train"
+    x = make_input(shape, dtype, "cuda", layout)
+    w, b = _params(C, torch.float32, "cuda")
+    rm, rv = _running(C, torch.float32, "cuda")
+    nbt = torch.tensor(3, device="cuda") if uis and norm == "batch" else None
+    g = torch.randn(shape, device="cuda").to(dtype)
+    default = _cuda_norm_act_run(monkeypatch, "default", norm, x, w, b, rm, rv, nbt, uis, g)
+    again = _cuda_norm_act_run(monkeypatch, "default", norm, x, w, b, rm, rv, nbt, uis, g)
+    legacy = _cuda_norm_act_run(monkeypatch, "legacy", norm, x, w, b, rm, rv, nbt, uis, g)
+    for a, e in zip(default, again):
+        assert torch.equal(a, e)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    for i, (a, e) in enumerate(zip(default, legacy)):
+        torch.testing.assert_close(a.float(), e.float(), **tol, msg=_named(f"output {i}"))
+
+
 # ------------------------------------------------------------------ bad input
 def _base():
     return dict(input=torch.randn(2, 3, 4, 4), weight=torch.ones(3), bias=torch.zeros(3),

@@ -47,11 +47,20 @@
 
 #include "device_common.cuh"
 #include "norm_act.h"
+#include "norm_act_plan.h"
 
 namespace gan_ext {
 namespace {
 
-constexpr int kUnroll = 4;                   // loads in flight per thread per iteration
+constexpr int kUnroll = plan::kUnroll;       // loads in flight per thread per iteration
+static_assert(plan::kThreads == kThreads && plan::kWarpSize == kWarpSize,
+              "the launch plans assume the kernels' block shape");
+using plan::PlaneGeometry;
+using plan::RowGeometry;
+using plan::plan_planes;
+using plan::plan_rows;
+using plan::plane_blocks;
+using plan::row_blocks;
 // Row kernels keep VEC channels of state per thread; with 8-wide vectors
 // (half/bfloat16) a smaller unroll keeps them at >= 2 blocks per SM.
 template <int VEC>
@@ -172,8 +181,9 @@ __device__ __forceinline__ Welford<acc_t> pack_moments(const Pack<scalar_t, VEC>
 }
 
 // Where a statistics pass puts its result: the final (mean, var, invstd) when a
-// group was reduced by a single unit, otherwise one partial per (group, split)
-// for stats_finalize_kernel.
+// group was reduced by a single unit, otherwise one partial per (group, split),
+// merged by stats_finalize_kernel (legacy paths) or by the last block of the
+// pass to finish (default paths, see finish()).
 template <typename acc_t>
 struct StatsOut {
   acc_t* mean;
@@ -183,6 +193,36 @@ struct StatsOut {
   index_t partial_stride;  // groups * splits
   acc_t count;            // elements per group
   acc_t eps;
+  // Blocks done, zeroed before the launch; null: no merge in this kernel.
+  unsigned int* blocks_done;
+  index_t groups, splits;
+
+  // Every thread of every block calls it after its writes. The last block to
+  // arrive merges each group's partials in split order, so the result does not
+  // depend on which block that is (deterministic). The counter is zeroed per
+  // call by a memset in the stream (as PyTorch's own reductions do), not reset
+  // here: a counter kept between calls would be shared by concurrent streams.
+  __device__ __forceinline__ void finish() const {
+    if (blocks_done == nullptr) return;  // uniform over the grid
+    __shared__ bool last;
+    __threadfence();  // release: this thread's partials before the count
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();  // acquire: the other blocks' partials after their counts
+    for (index_t g = threadIdx.x; g < groups; g += blockDim.x) {
+      Welford<acc_t> w{acc_t(0), acc_t(0), acc_t(0)};
+      for (index_t s = 0; s < splits; ++s) {
+        const index_t i = g * splits + s;
+        // __ldcg: from L2, where the other SMs' writes are; this SM's L1 may
+        // not hold them.
+        w = welford_merge(w, Welford<acc_t>{__ldcg(partial + i), __ldcg(partial + partial_stride + i),
+                                            __ldcg(partial + 2 * partial_stride + i)});
+      }
+      write_final(g, w);
+    }
+  }
 
   __device__ void write_final(index_t g, const Welford<acc_t>& w) const {
     const acc_t v = w.m2 / count;  // biased variance
@@ -327,6 +367,69 @@ struct RunningUpdate {
   }
 };
 
+// Eval in one launch (default paths): the elementwise kernel reads the running
+// statistics itself, where the legacy path first made float copies and
+// rsqrt(var + eps) on the host (three launches); block 0 also writes the op's
+// mean/var/invstd outputs from them.
+template <typename scalar_t>
+struct RunningRead {
+  using acc_t = acc_type<scalar_t>;
+  const void* mean;  // running_mean: scalar_t, or float with half/bfloat16 input; null: unused
+  const void* var;
+  index_t mean_stride, var_stride;
+  bool mean_is_float, var_is_float;
+  acc_t eps;
+  acc_t* out_mean;  // [C] each
+  acc_t* out_var;
+  acc_t* out_invstd;
+  index_t C;
+
+  __device__ acc_t mean_of(index_t c) const {
+    return Affine<scalar_t>::load(mean, mean_is_float, c * mean_stride);
+  }
+  __device__ acc_t var_of(index_t c) const {
+    return Affine<scalar_t>::load(var, var_is_float, c * var_stride);
+  }
+  __device__ acc_t invstd_of(acc_t v) const { return acc_t(1) / sqrt(v + eps); }
+
+  __device__ void write_outputs() const {
+    for (index_t c = threadIdx.x; c < C; c += blockDim.x) {
+      const acc_t v = var_of(c);
+      out_mean[c] = mean_of(c);
+      out_var[c] = v;
+      out_invstd[c] = invstd_of(v);
+    }
+  }
+};
+
+// Where the forward's elementwise kernel gets its statistics, and the
+// bookkeeping its block 0 does on the side.
+template <typename scalar_t>
+struct ForwardStats {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t* mean;    // per group, when `running.mean` is null
+  const acc_t* invstd;
+  RunningRead<scalar_t> running;  // eval, default paths
+  RunningUpdate<scalar_t> update;  // training
+
+  // Every thread calls it first thing (RunningUpdate::run synchronizes block 0).
+  __device__ void prologue() const {
+    if (blockIdx.x != 0) return;
+    update.run();
+    if (running.mean != nullptr) running.write_outputs();
+  }
+
+  __device__ void get(index_t group, index_t c, acc_t& mu, acc_t& rs) const {
+    if (running.mean != nullptr) {  // uniform over the grid
+      mu = running.mean_of(c);
+      rs = running.invstd_of(running.var_of(c));
+    } else {
+      mu = mean[group];
+      rs = invstd[group];
+    }
+  }
+};
+
 // Per-group constants of the backward and the (dz, xhat) of one element.
 // xhat = (u - shift) * mul, where u is the saved input x (shift = mean,
 // mul = invstd) or, when saved_is_output, the un-activated z recovered from the
@@ -384,18 +487,7 @@ struct BackwardArgs {
 };
 
 // ================================================================ NCHW
-// Group g has `segs` runs of hwv vectors; run k starts at vector
-// (k * C + g) * hwv. Channel statistics: groups = C, segs = N. Instance
-// statistics: groups = N * C planes, segs = 1 (run 0 of plane g starts at g * hwv).
-// The channel of group g is g % C in both cases.
-struct PlaneGeometry {
-  index_t groups, segs, hwv, C;
-  index_t splits;  // units per group
-  index_t chunk;   // vectors per unit (the last unit of a group may get fewer)
-  int team;        // threads per unit: power of two in [kWarpSize, kThreads]
-  index_t step_seg, step_off;  // `team` vectors as whole runs + remainder
-};
-
+// PlaneGeometry (csrc/norm_act_plan.h): group g has `segs` runs of hwv vectors.
 struct PlaneUnit {
   index_t group, split, begin, end;  // vectors [begin, end) of the group's flattened runs
   int rank;                          // thread rank in the team
@@ -463,23 +555,23 @@ __global__ void __launch_bounds__(kThreads)
   }
   w = team_merge(w, geo.team);
   if (u.active && u.rank == 0) out.write(u.group, u.split, geo.splits, w);
+  out.finish();
 }
 
 // out = act((x - mean) * invstd * gamma + beta)
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     plane_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                         const PlaneGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
-                         const acc_type<scalar_t>* __restrict__ invstd,
-                         const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act,
-                         const RunningUpdate<scalar_t> running) {
+                         const PlaneGeometry geo, const ForwardStats<scalar_t> stats,
+                         const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
   using acc_t = acc_type<scalar_t>;
-  if (blockIdx.x == 0) running.run();
+  stats.prologue();
   const PlaneUnit u = plane_unit(geo);
   if (!u.active) return;  // no block-wide synchronization below
   const index_t c = u.group % geo.C;
-  const acc_t mu = mean[u.group];
-  const acc_t scale = invstd[u.group] * affine.gamma(c);
+  acc_t mu, rs;
+  stats.get(u.group, c, mu, rs);
+  const acc_t scale = rs * affine.gamma(c);
   const acc_t shift = affine.beta(c);
   PlaneCursor cur(geo, u.begin + u.rank);
   while (cur.j < u.end) {
@@ -613,19 +705,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ================================================================ NHWC
-// Batch b (a sample n for instance statistics, else the whole tensor) is `rows`
-// rows of C contiguous channels; row r of batch b starts at element
-// (b * rows + r) * C. Group (b, c) has index b * C + c, which is the required
-// n * C + c order of instance statistics and plain c otherwise.
-// Grid: blockIdx.x = (batch * splits + split) * col_blocks + col_block, the
-// column block fastest so neighbouring blocks read neighbouring bytes.
-struct RowGeometry {
-  index_t batches, rows, C, cv;  // cv = C / VEC
-  index_t splits, chunk;         // row ranges per (batch, column block), rows per range
-  index_t col_blocks;
-  int tx, ty;                    // block tile: tx vector columns x ty rows, tx * ty == kThreads
-};
-
+// RowGeometry (csrc/norm_act_plan.h): batch b is `rows` rows of C contiguous
+// channels; group (b, c) has index b * C + c, the n * C + c order of instance
+// statistics and plain c otherwise.
 struct RowUnit {
   index_t batch, split, col;  // col: this thread's vector column
   index_t begin, end;         // the block's rows
@@ -728,27 +810,26 @@ __global__ void __launch_bounds__(kThreads)
                 Welford<acc_t>{mean[i], m2[i], n});
     }
   }
+  out.finish();
 }
 
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     row_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                       const RowGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
-                       const acc_type<scalar_t>* __restrict__ invstd,
-                       const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act,
-                       const RunningUpdate<scalar_t> running) {
+                       const RowGeometry geo, const ForwardStats<scalar_t> stats,
+                       const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
   using acc_t = acc_type<scalar_t>;
   constexpr int UNROLL = kRowUnroll<VEC>;
-  if (blockIdx.x == 0) running.run();
+  stats.prologue();
   const RowUnit u = row_unit(geo);
   if (!u.active) return;
   acc_t mu[VEC], scale[VEC], shift[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) {
     const index_t c = u.col * VEC + i;
-    const index_t g = u.batch * geo.C + c;
-    mu[i] = mean[g];
-    scale[i] = invstd[g] * affine.gamma(c);
+    acc_t rs;
+    stats.get(u.batch * geo.C + c, c, mu[i], rs);
+    scale[i] = rs * affine.gamma(c);
     shift[i] = affine.beta(c);
   }
   const index_t base = u.batch * geo.rows * geo.C + u.col * VEC;
@@ -960,12 +1041,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ============================================================ host side
 
-index_t next_pow2(index_t v) {
-  index_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 // Blocks of `kernel` that fit on one SM, times the SM count: the grid size
 // that fills the device in one wave. Cached per (device, kernel); only a
 // performance hint, never needed for correctness.
@@ -993,61 +1068,6 @@ unsigned int grid_size(index_t blocks) {
               "gan_ext norm_act: tensor too large for one launch (", blocks, " blocks)");
   return static_cast<unsigned int>(blocks);
 }
-
-// groups x segs runs of hw elements, read as vectors of `vec`.
-PlaneGeometry plan_planes(index_t groups, index_t segs, index_t hw, index_t C, int vec,
-                          index_t wave) {
-  PlaneGeometry geo;
-  geo.groups = groups;
-  geo.segs = segs;
-  geo.hwv = hw / vec;
-  geo.C = C;
-  const index_t per_group = segs * geo.hwv;
-  // A warp for tiny groups (a whole block would idle), up to a block for big
-  // ones, with about kUnroll vectors per thread.
-  const index_t want = next_pow2(ceil_div(per_group, kUnroll));
-  geo.team = static_cast<int>(std::min<index_t>(kThreads, std::max<index_t>(kWarpSize, want)));
-  const index_t teams_per_block = kThreads / geo.team;
-  // Split groups only while the GPU is not full, and never below a full
-  // unrolled iteration per thread.
-  index_t splits = ceil_div(wave * teams_per_block, groups);
-  const index_t per_iteration = static_cast<index_t>(geo.team) * kUnroll;
-  splits = std::min(splits, std::max<index_t>(1, per_group / per_iteration));
-  splits = std::max<index_t>(splits, 1);
-  geo.chunk = ceil_div(per_group, splits);
-  geo.splits = ceil_div(per_group, geo.chunk);  // no empty units
-  geo.step_seg = geo.team / geo.hwv;
-  geo.step_off = geo.team % geo.hwv;
-  return geo;
-}
-
-index_t plane_blocks(const PlaneGeometry& geo) {
-  return ceil_div(geo.groups * geo.splits, kThreads / geo.team);
-}
-
-// batches x rows rows of C channels, read as vectors of `vec` channels.
-RowGeometry plan_rows(index_t batches, index_t rows, index_t C, int vec, int unroll, index_t wave) {
-  RowGeometry geo;
-  geo.batches = batches;
-  geo.rows = rows;
-  geo.C = C;
-  geo.cv = C / vec;
-  geo.tx = static_cast<int>(std::min<index_t>(kWarpSize, next_pow2(geo.cv)));
-  geo.ty = kThreads / geo.tx;
-  geo.col_blocks = ceil_div(geo.cv, geo.tx);
-  const index_t base_blocks = batches * geo.col_blocks;
-  index_t splits = ceil_div(wave, base_blocks);
-  // At least two unrolled iterations per thread: each block writes C partials
-  // per split, which must stay small next to the rows it reads.
-  const index_t min_rows = static_cast<index_t>(geo.ty) * unroll * 2;
-  splits = std::min(splits, std::max<index_t>(1, rows / min_rows));
-  splits = std::max<index_t>(splits, 1);
-  geo.chunk = ceil_div(rows, splits);
-  geo.splits = ceil_div(rows, geo.chunk);
-  return geo;
-}
-
-index_t row_blocks(const RowGeometry& geo) { return geo.batches * geo.splits * geo.col_blocks; }
 
 // Runs f(std::integral_constant<int, VEC>) with 128-bit vectors when `vectorize`,
 // else with scalars.
@@ -1084,8 +1104,17 @@ struct Layout {
   index_t N, C, HW;
   bool channels_last;  // use the row (NHWC) kernels
   bool per_sample;  // one group per (n, c) (instance statistics), else per channel
+  bool legacy;      // GAN_EXT_CUDA_NORM_ACT=legacy (plan::cuda_norm_act_legacy)
 
   index_t groups() const { return per_sample ? N * C : C; }
+  PlaneGeometry plane_plan(int vec, index_t wave) const {
+    return per_sample ? plan_planes(N * C, 1, HW, C, vec, wave, legacy)
+                      : plan_planes(C, N, HW, C, vec, wave, legacy);
+  }
+  RowGeometry row_plan(int vec, int unroll, index_t wave) const {
+    return per_sample ? plan_rows(N, HW, C, vec, unroll, wave, legacy)
+                      : plan_rows(1, N * HW, C, vec, unroll, wave, legacy);
+  }
   index_t count() const { return per_sample ? HW : N * HW; }  // elements per group
   // Vector loads need the vectorized extent to divide evenly and aligned bases.
   bool vectorizable(int vec) const { return (channels_last ? C : HW) % vec == 0; }
@@ -1109,7 +1138,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
                   const at::Tensor* weight, const at::Tensor* bias, bool use_input_stats,
                   const at::Tensor& mean, const at::Tensor& var, const at::Tensor& invstd,
                   double eps, int64_t activation, double negative_slope,
-                  const RunningUpdate<scalar_t>& running) {
+                  ForwardStats<scalar_t> stats) {
   using acc_t = acc_type<scalar_t>;
   constexpr int kVec = vec_size<scalar_t>();
   const int device = x.get_device();
@@ -1121,8 +1150,6 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
   const Act<acc_t> act{static_cast<int>(activation), static_cast<acc_t>(negative_slope)};
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = out.mutable_data_ptr<scalar_t>();
-  // With running statistics every group is a channel, also for instance norm.
-  const bool per_sample = lay.per_sample;
 
   with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
@@ -1136,61 +1163,57 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
       so.partial_stride = 0;
       so.count = static_cast<acc_t>(lay.count());
       so.eps = static_cast<acc_t>(eps);
+      so.blocks_done = nullptr;
       const index_t groups = lay.groups();
+      so.groups = groups;
       at::Tensor partial;
       index_t splits = 1;
+      // Partials (and, default paths, the block counter behind them) for a split plan.
+      auto prepare = [&](index_t plan_splits) {
+        splits = so.splits = plan_splits;
+        if (splits == 1) return;
+        const index_t n = 3 * groups * splits;
+        partial = at::empty({n + (lay.legacy ? 0 : 1)}, mean.options());
+        so.partial = partial.mutable_data_ptr<acc_t>();
+        so.partial_stride = groups * splits;
+        if (!lay.legacy) {
+          so.blocks_done = reinterpret_cast<unsigned int*>(so.partial + n);
+          C10_CUDA_CHECK(cudaMemsetAsync(so.blocks_done, 0, sizeof(unsigned int), stream));
+        }
+      };
       if (!lay.channels_last) {
         auto kernel = plane_stats_kernel<scalar_t, VEC>;
-        const PlaneGeometry geo = per_sample
-            ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave_blocks(kernel, device))
-            : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave_blocks(kernel, device));
-        splits = geo.splits;
-        if (splits > 1) {
-          partial = at::empty({3 * groups * splits}, mean.options());
-          so.partial = partial.mutable_data_ptr<acc_t>();
-          so.partial_stride = groups * splits;
-        }
+        const PlaneGeometry geo = lay.plane_plan(VEC, wave_blocks(kernel, device));
+        prepare(geo.splits);
         kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       } else {
         auto kernel = row_stats_kernel<scalar_t, VEC>;
-        const RowGeometry geo = per_sample
-            ? plan_rows(lay.N, lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave_blocks(kernel, device))
-            : plan_rows(1, lay.N * lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave_blocks(kernel, device));
-        splits = geo.splits;
-        if (splits > 1) {
-          partial = at::empty({3 * groups * splits}, mean.options());
-          so.partial = partial.mutable_data_ptr<acc_t>();
-          so.partial_stride = groups * splits;
-        }
+        const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave_blocks(kernel, device));
+        prepare(geo.splits);
         kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      if (splits > 1) {
+      if (splits > 1 && lay.legacy) {
         stats_finalize_kernel<acc_t><<<grid_size(ceil_div(groups, kWarps)), kThreads, 0, stream>>>(
             so, groups, splits);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
     // ---- normalize + affine + activation
-    const acc_t* mp = mean.const_data_ptr<acc_t>();
-    const acc_t* ip = invstd.const_data_ptr<acc_t>();
+    stats.mean = mean.const_data_ptr<acc_t>();
+    stats.invstd = invstd.const_data_ptr<acc_t>();
     if (!lay.channels_last) {
       auto kernel = plane_forward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const PlaneGeometry geo = per_sample ? plan_planes(lay.N * lay.C, 1, lay.HW, lay.C, VEC, wave)
-                                           : plan_planes(lay.C, lay.N, lay.HW, lay.C, VEC, wave);
-      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act,
-                                                                    running);
+      const PlaneGeometry geo = lay.plane_plan(VEC, wave);
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       auto kernel = row_forward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const RowGeometry geo = per_sample
-          ? plan_rows(lay.N, lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave)
-          : plan_rows(1, lay.N * lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave);
-      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act,
-                                                                  running);
+      const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -1235,8 +1258,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
     if (!lay.channels_last) {
       auto kernel = plane_backward_reduce_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const PlaneGeometry geo = lay.per_sample ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave)
-                                               : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave);
+      const PlaneGeometry geo = lay.plane_plan(VEC, wave);
       splits = geo.splits;
       partial = at::empty({2 * groups * splits}, mean.options());
       kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
@@ -1245,8 +1267,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
     } else {
       auto kernel = row_backward_reduce_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const RowGeometry geo = plan_rows(batches, lay.per_sample ? lay.HW : lay.N * lay.HW, lay.C,
-                                        VEC, kRowUnroll<VEC>, wave);
+      const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
       splits = geo.splits;
       partial = at::empty({2 * groups * splits}, mean.options());
       kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(
@@ -1267,15 +1288,13 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
     if (!lay.channels_last) {
       auto kernel = plane_backward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const PlaneGeometry geo = lay.per_sample ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave)
-                                               : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave);
+      const PlaneGeometry geo = lay.plane_plan(VEC, wave);
       kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, gip, geo, args, tp, count);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       auto kernel = row_backward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const RowGeometry geo = plan_rows(batches, lay.per_sample ? lay.HW : lay.N * lay.HW, lay.C,
-                                        VEC, kRowUnroll<VEC>, wave);
+      const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
       kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, gip, geo, args, tp, count);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -1317,6 +1336,27 @@ RunningUpdate<scalar_t> make_running_update(const c10::optional<at::Tensor>& run
   return r;
 }
 
+template <typename scalar_t>
+RunningRead<scalar_t> make_running_read(const at::Tensor& running_mean,
+                                        const at::Tensor& running_var, double eps,
+                                        const at::Tensor& mean, const at::Tensor& var,
+                                        const at::Tensor& invstd) {
+  using acc_t = acc_type<scalar_t>;
+  RunningRead<scalar_t> r;
+  r.mean = running_mean.const_data_ptr();
+  r.var = running_var.const_data_ptr();
+  r.mean_stride = running_mean.stride(0);
+  r.var_stride = running_var.stride(0);
+  r.mean_is_float = running_mean.scalar_type() == at::kFloat;
+  r.var_is_float = running_var.scalar_type() == at::kFloat;
+  r.eps = static_cast<acc_t>(eps);
+  r.out_mean = mean.mutable_data_ptr<acc_t>();
+  r.out_var = var.mutable_data_ptr<acc_t>();
+  r.out_invstd = invstd.mutable_data_ptr<acc_t>();
+  r.C = running_mean.size(0);
+  return r;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
@@ -1336,9 +1376,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   const at::ScalarType sd = stats_dtype(input);
   const at::TensorOptions stats_options = x.options().dtype(sd);
 
+  const bool legacy = plan::cuda_norm_act_legacy();
+  // Default paths: eval statistics are read (and the outputs written) in the kernel.
+  const bool eval_in_kernel = !use_input_stats && !legacy && x.numel() > 0;
   at::Tensor mean, var, invstd;
-  if (use_input_stats) {
-    const index_t groups = instance ? N * C : C;
+  if (use_input_stats || eval_in_kernel) {
+    const index_t groups = instance && use_input_stats ? N * C : C;
     mean = at::empty({groups}, stats_options);
     var = at::empty({groups}, stats_options);
     invstd = at::empty({groups}, stats_options);
@@ -1367,15 +1410,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   // With H*W == 1 both layouts are the same bytes; the row kernels read them
   // coalesced, where the plane kernels would gather with stride C.
   const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;
-  const Layout lay{N, C, HW, rows, instance && use_input_stats};
+  const Layout lay{N, C, HW, rows, instance && use_input_stats, legacy};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gan_ext::norm_act", [&] {
-    const RunningUpdate<scalar_t> running =
-        use_input_stats ? make_running_update<scalar_t>(running_mean, running_var,
-                                                        num_batches_tracked, momentum, mean, var,
-                                                        lay)
-                        : RunningUpdate<scalar_t>{};
+    ForwardStats<scalar_t> stats{};
+    if (use_input_stats) {
+      stats.update = make_running_update<scalar_t>(running_mean, running_var, num_batches_tracked,
+                                                   momentum, mean, var, lay);
+    } else if (eval_in_kernel) {
+      stats.running = make_running_read<scalar_t>(*running_mean, *running_var, eps, mean, var,
+                                                  invstd);
+    }
     forward_impl<scalar_t>(x, out, lay, w ? &wc : nullptr, b ? &bc : nullptr, use_input_stats, mean,
-                           var, invstd, eps, activation, negative_slope, running);
+                           var, invstd, eps, activation, negative_slope, stats);
   });
   return {out, mean, invstd, var};
 }
@@ -1422,7 +1468,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
   const at::Tensor wc = w ? w->contiguous() : at::Tensor();
   const at::Tensor bc = b ? b->contiguous() : at::Tensor();
   const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;  // see norm_act_cuda
-  const Layout lay{N, C, HW, rows, per_sample};
+  const Layout lay{N, C, HW, rows, per_sample, plan::cuda_norm_act_legacy()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, s.scalar_type(), "gan_ext::norm_act_backward", [&] {
         backward_impl<scalar_t>(dy, s, grad_in, lay, w ? &wc : nullptr, b ? &bc : nullptr, mean_c,
