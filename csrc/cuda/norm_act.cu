@@ -486,6 +486,93 @@ struct BackwardArgs {
   }
 };
 
+// Where the backward reduction puts its sums, and how they become the
+// per-group totals the elementwise pass needs (totals, absent with running
+// statistics) and grad_weight / grad_bias:
+//   * direct (default paths, one unit per channel: batch norm, unsplit): the
+//     unit writes them itself; nothing to merge;
+//   * blocks_done (default paths, C <= kWarps): the last block of the reduction
+//     to finish merges, as one backward_finalize_kernel block would;
+//   * otherwise partials [2][groups * splits] for backward_finalize_kernel.
+// The merge of channel c is one warp: for each batch b, the splits of group
+// (b * C + c) in lane order and a fixed shuffle tree, then the batches in order.
+// The same code in both places: the same (deterministic) result either way.
+template <typename scalar_t>
+struct BackwardSums {
+  using acc_t = acc_type<scalar_t>;
+  acc_t* partial;
+  acc_t* totals;  // [2][batches * C] or null
+  void* grad_weight;
+  void* grad_bias;
+  bool grads_are_float;
+  bool direct;
+  unsigned int* blocks_done;  // zeroed before the launch; null: no merge in the reduction
+  index_t C, batches, splits;
+
+  __device__ void store_grads(index_t c, acc_t dz, acc_t dzx) const {
+    if (grads_are_float) {
+      static_cast<float*>(grad_weight)[c] = static_cast<float>(dzx);
+      static_cast<float*>(grad_bias)[c] = static_cast<float>(dz);
+    } else {
+      static_cast<scalar_t*>(grad_weight)[c] = static_cast<scalar_t>(dzx);
+      static_cast<scalar_t*>(grad_bias)[c] = static_cast<scalar_t>(dz);
+    }
+  }
+
+  __device__ void write(index_t group, index_t split, acc_t dz, acc_t dzx) const {
+    if (direct) {  // group == channel
+      if (totals != nullptr) {
+        totals[group] = dz;
+        totals[C + group] = dzx;
+      }
+      store_grads(group, dz, dzx);
+    } else {
+      const index_t i = group * splits + split;
+      partial[i] = dz;
+      partial[batches * C * splits + i] = dzx;
+    }
+  }
+
+  // Warp-uniform c; lane = threadIdx.x % kWarpSize.
+  __device__ __forceinline__ void merge_channel(index_t c, int lane) const {
+    const index_t units = batches * C * splits;
+    acc_t channel_dz = acc_t(0), channel_dzx = acc_t(0);
+    for (index_t b = 0; b < batches; ++b) {
+      const index_t g = b * C + c;
+      acc_t dz = acc_t(0), dzx = acc_t(0);
+      for (index_t s = lane; s < splits; s += kWarpSize) {
+        // __ldcg: other SMs' writes are in L2, maybe not in this SM's L1.
+        dz += __ldcg(partial + g * splits + s);
+        dzx += __ldcg(partial + units + g * splits + s);
+      }
+      warp_sum2(dz, dzx);
+      if (lane == 0) {
+        if (totals != nullptr) {
+          totals[g] = dz;
+          totals[batches * C + g] = dzx;
+        }
+        channel_dz += dz;
+        channel_dzx += dzx;
+      }
+    }
+    if (lane == 0) store_grads(c, channel_dz, channel_dzx);
+  }
+
+  // Every thread of every block of the reduction calls it after its writes
+  // (see StatsOut::finish for the counter protocol).
+  __device__ __forceinline__ void finish() const {
+    if (blocks_done == nullptr) return;  // uniform over the grid
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (index_t c = threadIdx.x / kWarpSize; c < C; c += kWarps) merge_channel(c, threadIdx.x % kWarpSize);
+  }
+};
+
 // ================================================================ NCHW
 // PlaneGeometry (csrc/norm_act_plan.h): group g has `segs` runs of hwv vectors.
 struct PlaneUnit {
@@ -610,7 +697,7 @@ __global__ void __launch_bounds__(kThreads)
     plane_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
                                  scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
                                  const BackwardArgs<scalar_t> args,
-                                 acc_type<scalar_t>* __restrict__ partial) {
+                                 const BackwardSums<scalar_t> sums) {
   using acc_t = acc_type<scalar_t>;
   const PlaneUnit u = plane_unit(geo);
   BackwardMath<acc_t> m{};
@@ -652,11 +739,8 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   team_sum2(sum_dz, sum_dzx, geo.team);
-  if (u.active && u.rank == 0) {
-    const index_t i = u.group * geo.splits + u.split;
-    partial[i] = sum_dz;
-    partial[geo.groups * geo.splits + i] = sum_dzx;
-  }
+  if (u.active && u.rank == 0) sums.write(u.group, u.split, sum_dz, sum_dzx);
+  sums.finish();
 }
 
 // grad_input = gamma * invstd * (dz - sum_dz / M - xhat * sum_dz_xhat / M)
@@ -864,7 +948,7 @@ __global__ void __launch_bounds__(kThreads)
     row_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
                                scalar_t* __restrict__ grad_in, const RowGeometry geo,
                                const BackwardArgs<scalar_t> args,
-                               acc_type<scalar_t>* __restrict__ partial) {
+                               const BackwardSums<scalar_t> sums) {
   using acc_t = acc_type<scalar_t>;
   constexpr int UNROLL = kRowUnroll<VEC>;
   __shared__ acc_t sh_dz[VEC * kThreads];
@@ -934,14 +1018,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
   if (u.ty_i == 0 && u.active) {
-    const index_t units = geo.batches * geo.C * geo.splits;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const index_t p = (u.batch * geo.C + u.col * VEC + i) * geo.splits + u.split;
-      partial[p] = sum_dz[i];
-      partial[units + p] = sum_dzx[i];
-    }
+    for (int i = 0; i < VEC; ++i) sums.write(u.batch * geo.C + u.col * VEC + i, u.split, sum_dz[i], sum_dzx[i]);
   }
+  sums.finish();
 }
 
 template <typename scalar_t, int VEC>
@@ -996,47 +1076,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ===================================================== backward finalize
-// One warp per channel c: for each batch b, sums the splits of group
-// (b * C + c) (the per-group totals the elementwise pass needs), and sums those
-// over b into grad_bias[c] / grad_weight[c]. Fixed order: deterministic.
+// One warp per channel (BackwardSums::merge_channel).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    backward_finalize_kernel(const acc_type<scalar_t>* __restrict__ partial, index_t C,
-                             index_t batches, index_t splits,
-                             acc_type<scalar_t>* __restrict__ totals,  // [2][batches * C] or nullptr
-                             void* grad_weight, void* grad_bias, bool grads_are_float) {
-  using acc_t = acc_type<scalar_t>;
+__global__ void __launch_bounds__(kThreads) backward_finalize_kernel(const BackwardSums<scalar_t> sums) {
   const index_t c = static_cast<index_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (c >= C) return;  // warp-uniform
-  const index_t units = batches * C * splits;
-  acc_t channel_dz = acc_t(0), channel_dzx = acc_t(0);
-  for (index_t b = 0; b < batches; ++b) {
-    const index_t g = b * C + c;
-    acc_t dz = acc_t(0), dzx = acc_t(0);
-    for (index_t s = lane; s < splits; s += kWarpSize) {
-      dz += partial[g * splits + s];
-      dzx += partial[units + g * splits + s];
-    }
-    warp_sum2(dz, dzx);
-    if (lane == 0) {
-      if (totals != nullptr) {
-        totals[g] = dz;
-        totals[batches * C + g] = dzx;
-      }
-      channel_dz += dz;
-      channel_dzx += dzx;
-    }
-  }
-  if (lane == 0) {
-    if (grads_are_float) {
-      static_cast<float*>(grad_weight)[c] = static_cast<float>(channel_dzx);
-      static_cast<float*>(grad_bias)[c] = static_cast<float>(channel_dz);
-    } else {
-      static_cast<scalar_t*>(grad_weight)[c] = static_cast<scalar_t>(channel_dzx);
-      static_cast<scalar_t*>(grad_bias)[c] = static_cast<scalar_t>(channel_dz);
-    }
-  }
+  if (c >= sums.C) return;  // warp-uniform
+  sums.merge_channel(c, threadIdx.x % kWarpSize);
 }
 
 // ============================================================ host side
@@ -1252,36 +1297,55 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
 
   with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
-    // ---- reduction pass
-    at::Tensor partial;
-    index_t splits = 1;
+    // ---- reduction pass, with grad_weight, grad_bias and per-group totals
+    // (BackwardSums: in the reduction itself on the default paths where it can)
+    at::Tensor partial, totals;
+    if (use_input_stats) totals = at::empty({2 * groups}, mean.options());
+    BackwardSums<scalar_t> sums{};
+    sums.totals = use_input_stats ? totals.mutable_data_ptr<acc_t>() : nullptr;
+    sums.grad_weight = grad_weight.mutable_data_ptr();
+    sums.grad_bias = grad_bias.mutable_data_ptr();
+    sums.grads_are_float = grad_weight.scalar_type() == at::kFloat;
+    sums.C = lay.C;
+    sums.batches = batches;
+    bool finalize = false;  // backward_finalize_kernel after the reduction
+    auto prepare = [&](index_t splits) {
+      sums.splits = splits;
+      sums.direct = !lay.legacy && batches == 1 && splits == 1;
+      if (sums.direct) return;
+      const bool merge_in_reduction = !lay.legacy && lay.C <= kWarps;
+      const index_t n = 2 * groups * splits;
+      partial = at::empty({n + (merge_in_reduction ? 1 : 0)}, mean.options());
+      sums.partial = partial.mutable_data_ptr<acc_t>();
+      if (merge_in_reduction) {
+        sums.blocks_done = reinterpret_cast<unsigned int*>(sums.partial + n);
+        C10_CUDA_CHECK(cudaMemsetAsync(sums.blocks_done, 0, sizeof(unsigned int), stream));
+      } else {
+        finalize = true;
+      }
+    };
     if (!lay.channels_last) {
       auto kernel = plane_backward_reduce_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
       const PlaneGeometry geo = lay.plane_plan(VEC, wave);
-      splits = geo.splits;
-      partial = at::empty({2 * groups * splits}, mean.options());
-      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
-          dyp, sp, reduce_writes, geo, args, partial.mutable_data_ptr<acc_t>());
+      prepare(geo.splits);
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, reduce_writes, geo,
+                                                                     args, sums);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       auto kernel = row_backward_reduce_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
       const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
-      splits = geo.splits;
-      partial = at::empty({2 * groups * splits}, mean.options());
-      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(
-          dyp, sp, reduce_writes, geo, args, partial.mutable_data_ptr<acc_t>());
+      prepare(geo.splits);
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, reduce_writes, geo,
+                                                                   args, sums);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    // ---- grad_weight, grad_bias and per-group totals
-    at::Tensor totals;
-    if (use_input_stats) totals = at::empty({2 * groups}, mean.options());
-    backward_finalize_kernel<scalar_t><<<grid_size(ceil_div(lay.C, kWarps)), kThreads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), lay.C, batches, splits,
-        use_input_stats ? totals.mutable_data_ptr<acc_t>() : nullptr, grad_weight.mutable_data_ptr(),
-        grad_bias.mutable_data_ptr(), grad_weight.scalar_type() == at::kFloat);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (finalize) {
+      backward_finalize_kernel<scalar_t>
+          <<<grid_size(ceil_div(lay.C, kWarps)), kThreads, 0, stream>>>(sums);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     if (!use_input_stats) return;
     // ---- grad_input
     const acc_t* tp = totals.const_data_ptr<acc_t>();
