@@ -618,13 +618,14 @@ def _cuda_norm_act_run(monkeypatch, path, norm, x, w, b, rm, rv, nbt, uis, g):
         monkeypatch.delenv("GAN_EXT_CUDA_NORM_ACT", raising=False)
     else:
         monkeypatch.setenv("GAN_EXT_CUDA_NORM_ACT", path)
-    x = x.detach().clone().requires_grad_()
+    x, w, b = (t.detach().clone().requires_grad_() for t in (x, w, b))
     state = [_clone(t) for t in (rm, rv, nbt)]
     out, mean, invstd, var = torch.ops.gan_ext.norm_act(
         x, w, b, *state, uis, norm == "instance", None if nbt is not None else MOMENTUM, EPS,
         CODE["leaky_relu"], 0.2)
     out.backward(g)
-    return [out.detach(), mean, invstd, var, x.grad, *[t for t in state if t is not None]]
+    return [out.detach(), mean, invstd, var, x.grad, w.grad, b.grad,
+            *[t for t in state if t is not None]]
 
 
 @pytest.mark.cuda
