@@ -65,6 +65,14 @@ using plan::row_blocks;
 // (half/bfloat16) a smaller unroll keeps them at >= 2 blocks per SM.
 template <int VEC>
 constexpr int kRowUnroll = VEC >= 8 ? 2 : kUnroll;
+// Blocks per SM the plane backward kernels ask for: they took 79-128
+// registers (two blocks per SM); three cap them at 80, which ptxas -v (sm_90)
+// shows spill-free for float and half (4 bytes for half x8), not for bfloat16
+// x8 or double: those ask for two (<= 128, as before; with one, ptxas took
+// 137). The row kernels (VEC channels of state per thread) keep the default.
+template <typename scalar_t>
+constexpr int kBackwardMinBlocks =
+    std::is_same<scalar_t, float>::value || std::is_same<scalar_t, c10::Half>::value ? 3 : 2;
 
 __device__ __forceinline__ index_t imin(index_t a, index_t b) { return a < b ? a : b; }
 
@@ -693,7 +701,7 @@ __global__ void __launch_bounds__(kThreads)
 // With running statistics (grad_in != nullptr) also writes
 // grad_input = dz * gamma * invstd, which needs no sums.
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
     plane_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
                                  scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
                                  const BackwardArgs<scalar_t> args,
@@ -745,7 +753,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // grad_input = gamma * invstd * (dz - sum_dz / M - xhat * sum_dz_xhat / M)
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
     plane_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
                           scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
                           const BackwardArgs<scalar_t> args,
