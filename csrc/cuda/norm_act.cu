@@ -515,6 +515,7 @@ struct BackwardSums {
   bool grads_are_float;
   bool direct;
   unsigned int* blocks_done;  // zeroed before the launch; null: no merge in the reduction
+  bool block_per_channel;     // merge_channel_block instead of merge_channel
   index_t C, batches, splits;
 
   __device__ void store_grads(index_t c, acc_t dz, acc_t dzx) const {
@@ -566,6 +567,33 @@ struct BackwardSums {
     if (lane == 0) store_grads(c, channel_dz, channel_dzx);
   }
 
+  // Channel c by the whole block, for many groups per channel (instance norm
+  // with batches >= kWarpSize, where one warp looping over the batch left the
+  // GPU idle: N=4096, C=3 kept 3 warps busy). Thread t owns groups b = t,
+  // t + kThreads, ... with all their splits in order, then a fixed tree over
+  // the block: deterministic. Every thread of the block calls it.
+  __device__ __forceinline__ void merge_channel_block(index_t c) const {
+    const index_t units = batches * C * splits;
+    acc_t channel_dz = acc_t(0), channel_dzx = acc_t(0);
+    for (index_t b = threadIdx.x; b < batches; b += kThreads) {
+      const index_t g = b * C + c;
+      acc_t dz = acc_t(0), dzx = acc_t(0);
+      for (index_t s = 0; s < splits; ++s) {
+        dz += __ldcg(partial + g * splits + s);
+        dzx += __ldcg(partial + units + g * splits + s);
+      }
+      if (totals != nullptr) {
+        totals[g] = dz;
+        totals[batches * C + g] = dzx;
+      }
+      channel_dz += dz;
+      channel_dzx += dzx;
+    }
+    team_sum2(channel_dz, channel_dzx, kThreads);  // valid in thread 0
+    if (threadIdx.x == 0) store_grads(c, channel_dz, channel_dzx);
+    __syncthreads();  // team_sum2's shared scratch is reused for the next channel
+  }
+
   // Every thread of every block of the reduction calls it after its writes
   // (see StatsOut::finish for the counter protocol).
   __device__ __forceinline__ void finish() const {
@@ -577,7 +605,13 @@ struct BackwardSums {
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (index_t c = threadIdx.x / kWarpSize; c < C; c += kWarps) merge_channel(c, threadIdx.x % kWarpSize);
+    if (block_per_channel) {
+      for (index_t c = 0; c < C; ++c) merge_channel_block(c);
+    } else {
+      for (index_t c = threadIdx.x / kWarpSize; c < C; c += kWarps) {
+        merge_channel(c, threadIdx.x % kWarpSize);
+      }
+    }
   }
 };
 
@@ -1084,9 +1118,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ===================================================== backward finalize
-// One warp per channel (BackwardSums::merge_channel).
+// One warp per channel (BackwardSums::merge_channel), or one block per channel
+// when block_per_channel.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) backward_finalize_kernel(const BackwardSums<scalar_t> sums) {
+  if (sums.block_per_channel) {  // uniform over the grid
+    sums.merge_channel_block(blockIdx.x);
+    return;
+  }
   const index_t c = static_cast<index_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
   if (c >= sums.C) return;  // warp-uniform
   sums.merge_channel(c, threadIdx.x % kWarpSize);
@@ -1320,6 +1359,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
     auto prepare = [&](index_t splits) {
       sums.splits = splits;
       sums.direct = !lay.legacy && batches == 1 && splits == 1;
+      sums.block_per_channel = !lay.legacy && batches >= kWarpSize;
       if (sums.direct) return;
       const bool merge_in_reduction = !lay.legacy && lay.C <= kWarps;
       const index_t n = 2 * groups * splits;
@@ -1350,8 +1390,8 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (finalize) {
-      backward_finalize_kernel<scalar_t>
-          <<<grid_size(ceil_div(lay.C, kWarps)), kThreads, 0, stream>>>(sums);
+      const index_t blocks = sums.block_per_channel ? lay.C : ceil_div(lay.C, kWarps);
+      backward_finalize_kernel<scalar_t><<<grid_size(blocks), kThreads, 0, stream>>>(sums);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (!use_input_stats) return;
