@@ -33,17 +33,20 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptTensor = c10::optional<at::Tensor>;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_norm_act(
-    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
-    const OptTensor& running_mean, const OptTensor& running_var, bool use_input_stats,
-    bool instance, double eps, int64_t activation, double negative_slope) {
+using NormActOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+NormActOut call_norm_act(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                         const OptTensor& running_mean, const OptTensor& running_var,
+                         const OptTensor& num_batches_tracked, bool use_input_stats, bool instance,
+                         c10::optional<double> momentum, double eps, int64_t activation,
+                         double negative_slope) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("gan_ext::norm_act", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                           const OptTensor&, bool, bool, double, int64_t, double)>();
-  return op.call(input, weight, bias, running_mean, running_var, use_input_stats, instance, eps,
-                 activation, negative_slope);
+                       .typed<NormActOut(const at::Tensor&, const OptTensor&, const OptTensor&,
+                                         const OptTensor&, const OptTensor&, const OptTensor&, bool,
+                                         bool, c10::optional<double>, double, int64_t, double)>();
+  return op.call(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                 use_input_stats, instance, momentum, eps, activation, negative_slope);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_norm_act_backward(
@@ -102,12 +105,22 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const OptTensor& weight,
                                const OptTensor& bias, const OptTensor& running_mean,
-                               const OptTensor& running_var, bool use_input_stats, bool instance,
+                               const OptTensor& running_var, const OptTensor& num_batches_tracked,
+                               bool use_input_stats, bool instance, c10::optional<double> momentum,
                                double eps, int64_t activation, double negative_slope) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, mean, invstd, var] = call_norm_act(input, weight, bias, running_mean, running_var,
-                                                  use_input_stats, instance, eps, activation,
-                                                  negative_slope);
+    auto [out, mean, invstd, var] =
+        call_norm_act(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                      use_input_stats, instance, momentum, eps, activation, negative_slope);
+    // The running statistics and the counter are updated in place and are not
+    // needed by backward: nothing of them is saved. Their version counters are
+    // bumped here, as ADInplaceOrView would for a native in-place op, since this
+    // kernel dispatches below that key (the conv blocks' fold cache keys on them).
+    if (use_input_stats) {
+      for (const OptTensor* t : {&running_mean, &running_var, &num_batches_tracked}) {
+        if (t->has_value() && (*t)->defined()) torch::autograd::impl::bump_version(**t);
+      }
+    }
     // In-Place Activated BatchNorm: with an invertible activation the output
     // alone lets backward recover the normalized input, so the input is not kept.
     const bool saved_is_output = output_is_invertible(activation, negative_slope);
@@ -135,7 +148,7 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
     // Gradients reach mean/invstd only in a double backward (from the twin's
     // first derivative); with running statistics they depend on no input.
     const bool stat_grads = use_input_stats && (grads[1].defined() || grads[2].defined());
-    variable_list result(10);
+    variable_list result(12);  // one per forward argument
     if (!grad_out.defined() && !stat_grads) return result;
     // needs_input_grad counts only the tensors that were passed: an absent
     // weight shifts bias down to edge 1.
@@ -170,12 +183,14 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_autograd(
-    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
-    const OptTensor& running_mean, const OptTensor& running_var, bool use_input_stats,
-    bool instance, double eps, int64_t activation, double negative_slope) {
-  auto r = NormActFunction::apply(input, weight, bias, running_mean, running_var, use_input_stats,
-                                  instance, eps, activation, negative_slope);
+NormActOut norm_act_autograd(const at::Tensor& input, const OptTensor& weight,
+                             const OptTensor& bias, const OptTensor& running_mean,
+                             const OptTensor& running_var, const OptTensor& num_batches_tracked,
+                             bool use_input_stats, bool instance, c10::optional<double> momentum,
+                             double eps, int64_t activation, double negative_slope) {
+  auto r = NormActFunction::apply(input, weight, bias, running_mean, running_var,
+                                  num_batches_tracked, use_input_stats, instance, momentum, eps,
+                                  activation, negative_slope);
   return {r[0], r[1], r[2], r[3]};
 }
 

@@ -26,12 +26,19 @@ TORCH_LIBRARY(gan_ext, m) {
   //   Returns (out, mean, invstd, var). mean/invstd/var have shape (C,) for
   //   batch norm and for running statistics, (N*C,) for instance statistics;
   //   var is the biased variance. They are float32 for half/bfloat16 input.
-  //   Running statistics are never written here: the op stays functional and the
-  //   caller updates them from (mean, var).
+  //   Running statistics are updated in place, as torch's batch_norm and
+  //   instance_norm do: with use_input_stats and a non-empty input,
+  //   running = (1 - f) * running + f * batch, the batch variance unbiased and,
+  //   for instance norm, the per-sample statistics averaged over the batch.
+  //   num_batches_tracked, when given, is incremented (use_input_stats only);
+  //   f = momentum, or 1 / num_batches_tracked (after the increment) when
+  //   momentum is None (nn.BatchNorm2d's cumulative average). Doing this in
+  //   the op saves the 4-5 small launches of a Python-side update per step.
   m.def(
-      "norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, "
-      "Tensor? running_var, bool use_input_stats, bool instance, float eps, int activation, "
-      "float negative_slope) -> (Tensor, Tensor, Tensor, Tensor)");
+      "norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, bool use_input_stats, "
+      "bool instance, float? momentum, float eps, int activation, float negative_slope) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // Backward of norm_act. `saved` is the forward input, or, when
   // saved_is_output (leaky_relu with negative_slope > 0), the forward output,
   // which is inverted in-kernel (In-Place Activated BatchNorm).
@@ -40,6 +47,17 @@ TORCH_LIBRARY(gan_ext, m) {
       "norm_act_backward(Tensor grad_out, Tensor saved, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor invstd, bool use_input_stats, bool instance, int activation, "
       "float negative_slope, bool saved_is_output) -> (Tensor, Tensor, Tensor)");
+  // Debug: the CUDA kernels' launch plans (csrc/norm_act_plan.h) for a shape
+  // and a wave of `wave` blocks, computed on the host of any build; legacy=None
+  // follows GAN_EXT_CUDA_NORM_ACT, as the kernels do.
+  //   planes -> [hwv, team, splits, chunk, step_seg, step_off, blocks]
+  //   rows   -> [cv, tx, ty, col_blocks, splits, chunk, blocks]
+  m.def(
+      "_norm_act_plan_planes(int groups, int segs, int hw, int C, int vec, int wave, "
+      "bool? legacy=None) -> int[]");
+  m.def(
+      "_norm_act_plan_rows(int batches, int rows, int C, int vec, int unroll, int wave, "
+      "bool? legacy=None) -> int[]");
 
   // ---------------------------------------------------------------- losses
   // Codes: reduction 1 mean, 2 sum (0 'none' only where stated); GAN mode

@@ -49,12 +49,39 @@ inline void check_activation(int64_t activation) {
                     "activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ", activation);
 }
 
+inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The running-statistics update of the forward (see the schema in gan_ext.cpp).
+// reference.py's check_running_update_args raises the same messages.
+inline void check_running_update_args(const at::Tensor& input,
+                                      const c10::optional<at::Tensor>& running_mean,
+                                      const c10::optional<at::Tensor>& running_var,
+                                      const c10::optional<at::Tensor>& num_batches_tracked,
+                                      bool use_input_stats, c10::optional<double> momentum) {
+  if (defined(num_batches_tracked)) {
+    const at::Tensor& t = *num_batches_tracked;
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kLong && t.numel() == 1,
+                     "num_batches_tracked must be a one-element int64 tensor, got dtype ",
+                     dtype_name(t), " and shape ", t.sizes());
+    TORCH_CHECK_VALUE(t.device() == input.device(), "num_batches_tracked must be on ",
+                      input.device(), ", got ", t.device());
+    TORCH_CHECK_VALUE(use_input_stats,
+                      "num_batches_tracked is only counted when use_input_stats is true "
+                      "(training); pass None");
+  }
+  TORCH_CHECK_VALUE(momentum.has_value() || !use_input_stats ||
+                        defined(num_batches_tracked) ||
+                        !(defined(running_mean) || defined(running_var)),
+                    "momentum=None (a cumulative average) requires num_batches_tracked");
+}
+
 // Checks the forward arguments. Returns (N, C, HW).
 inline std::tuple<int64_t, int64_t, int64_t> check_norm_act_args(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    int64_t activation) {
+    const c10::optional<at::Tensor>& running_var,
+    const c10::optional<at::Tensor>& num_batches_tracked, bool use_input_stats, bool instance,
+    c10::optional<double> momentum, double eps, int64_t activation) {
   TORCH_CHECK_VALUE(input.dim() == 4, "input must be a 4-D (N, C, H, W) tensor, got a ",
                     input.dim(), "-D tensor of shape ", input.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
@@ -71,6 +98,8 @@ inline std::tuple<int64_t, int64_t, int64_t> check_norm_act_args(
   check_param(bias, "bias", input, C);
   check_param(running_mean, "running_mean", input, C);
   check_param(running_var, "running_var", input, C);
+  check_running_update_args(input, running_mean, running_var, num_batches_tracked,
+                            use_input_stats, momentum);
   if (use_input_stats) {
     const int64_t per_channel = instance ? HW : N * HW;
     TORCH_CHECK_VALUE(input.numel() == 0 || per_channel > 1,

@@ -20,8 +20,12 @@ def _kernel_memory_format(t: torch.Tensor) -> torch.memory_format:
 
 # ---------------------------------------------------------------- fake kernels
 @torch.library.register_fake("gan_ext::norm_act")
-def _norm_act_fake(input, weight, bias, running_mean, running_var, use_input_stats, instance, eps,
-                   activation, negative_slope):
+def _norm_act_fake(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                   use_input_stats, instance, momentum, eps, activation, negative_slope):
+    # The running statistics are mutated in place (the schema says so); a fake
+    # kernel only describes the outputs.
+    ref.check_running_update_args(input, running_mean, running_var, num_batches_tracked,
+                                  use_input_stats, momentum)
     out = torch.empty(input.shape, dtype=input.dtype, device=input.device,
                       memory_format=_kernel_memory_format(input))
     n = input.shape[0] * input.shape[1] if (instance and use_input_stats) else input.shape[1]

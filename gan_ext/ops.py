@@ -36,62 +36,38 @@ def _check_input(input: Tensor, name: str = "input") -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
 
 
-def _update_running(running: Optional[Tensor], batch: Tensor, momentum: float, instance: bool,
-                    N: int, scale: float = 1.0) -> None:
-    """running = (1 - momentum) * running + momentum * scale * batch, in place."""
-    if running is None:
-        return
-    if instance:
-        # nn.InstanceNorm2d averages the per-instance statistics over the batch.
-        batch = batch.reshape(N, -1).mean(0)
-    # Two in-place ops and no temporaries: this runs on every training step and
-    # is most of the Python cost on small tensors. add_ casts into the buffer's
-    # dtype (float32 statistics into a bfloat16 buffer).
-    running.mul_(1.0 - momentum).add_(batch, alpha=momentum * scale)
-
-
-def _norm_act(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-              instance, act, negative_slope):
-    if _backend.use_fused(input):
-        # mean is a differentiable output (a double backward needs it): the
-        # running statistics take its value only.
-        out, mean, _invstd, var = _lib.norm_act(input, weight, bias, running_mean, running_var,
-                                                use_input_stats, instance, eps, act, negative_slope)
-        mean = mean.detach()
-    else:
-        out, mean, _invstd, var = ref.norm_act(input, weight, bias, running_mean, running_var,
-                                               use_input_stats, instance, eps, act, negative_slope)
-        mean, var = mean.detach(), var.detach()
-    if use_input_stats and running_mean is not None and input.numel() > 0:
-        if _backend.vmap_active():
-            raise ValueError(
-                f"{'instance' if instance else 'batch'}_norm_act under torch.func.vmap with input "
-                "statistics would update the running statistics in place from every vmapped "
-                "sample; use eval mode, a layer with track_running_stats=False, or pass "
-                "running_mean=None and running_var=None")
-        N = input.shape[0]
-        n = input.shape[2] * input.shape[3] * (1 if instance else N)
-        _update_running(running_mean, mean, momentum, instance, N)
-        # Running variance is unbiased, as in torch.nn.BatchNorm2d.
-        _update_running(running_var, var, momentum, instance, N, n / max(n - 1, 1))
-    return out
+def _norm_act(input, running_mean, running_var, num_batches_tracked, weight, bias,
+              use_input_stats, momentum, eps, instance, act, negative_slope):
+    # The op (or its twin) updates the running statistics and the counter in place.
+    if use_input_stats and running_mean is not None and _backend.vmap_active():
+        raise ValueError(
+            f"{'instance' if instance else 'batch'}_norm_act under torch.func.vmap with input "
+            "statistics would update the running statistics in place from every vmapped "
+            "sample; use eval mode, a layer with track_running_stats=False, or pass "
+            "running_mean=None and running_var=None")
+    fn = _lib.norm_act if _backend.use_fused(input) else ref.norm_act
+    return fn(input, weight, bias, running_mean, running_var, num_batches_tracked,
+              use_input_stats, instance, momentum, eps, act, negative_slope)[0]
 
 
 def batch_norm_act(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-                   training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
-                   activation: str = "relu", negative_slope: float = 0.01) -> Tensor:
+                   training: bool = False, momentum: Optional[float] = 0.1, eps: float = 1e-5,
+                   activation: str = "relu", negative_slope: float = 0.01, *,
+                   num_batches_tracked: Optional[Tensor] = None) -> Tensor:
     """``act(F.batch_norm(input, ...))`` in one fused pass (two in training).
 
-    Arguments follow :func:`torch.nn.functional.batch_norm`; ``momentum`` must
-    already be resolved to a float (the modules turn ``momentum=None`` into the
-    cumulative-average factor). Running statistics are updated in place.
+    Arguments follow :func:`torch.nn.functional.batch_norm`. In training the
+    running statistics are updated in place by the op, and
+    ``num_batches_tracked`` (if given) is incremented; ``momentum=None`` is
+    ``nn.BatchNorm2d``'s cumulative average, ``1 / num_batches_tracked``, and
+    requires the counter.
     """
     _check_input(input)
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm_act: running_mean and running_var are required when training=False")
-    return _norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps, False,
-                     activation_code(activation), negative_slope)
+    return _norm_act(input, running_mean, running_var, num_batches_tracked, weight, bias, training,
+                     momentum, eps, False, activation_code(activation), negative_slope)
 
 
 def instance_norm_act(input: Tensor, running_mean: Optional[Tensor] = None,
@@ -104,8 +80,8 @@ def instance_norm_act(input: Tensor, running_mean: Optional[Tensor] = None,
     if not use_input_stats and (running_mean is None or running_var is None):
         raise ValueError("instance_norm_act: running_mean and running_var are required when "
                          "use_input_stats=False")
-    return _norm_act(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                     True, activation_code(activation), negative_slope)
+    return _norm_act(input, running_mean, running_var, None, weight, bias, use_input_stats,
+                     momentum, eps, True, activation_code(activation), negative_slope)
 
 
 # ---------------------------------------------------------------------- losses

@@ -97,13 +97,54 @@ def check_norm_act_args(input, weight, bias, running_mean, running_var, use_inpu
                          f"(training), got input of shape {tuple(input.shape)}")
 
 
+def check_running_update_args(input, running_mean, running_var, num_batches_tracked,
+                              use_input_stats, momentum) -> None:
+    """The twin of check_running_update_args in csrc/norm_act.h."""
+    nbt = num_batches_tracked
+    if nbt is not None:
+        if nbt.dtype != torch.int64 or nbt.numel() != 1:
+            raise TypeError("num_batches_tracked must be a one-element int64 tensor, got dtype "
+                            f"{nbt.dtype} and shape {tuple(nbt.shape)}")
+        if nbt.device != input.device:
+            raise ValueError(f"num_batches_tracked must be on {input.device}, got {nbt.device}")
+        if not use_input_stats:
+            raise ValueError("num_batches_tracked is only counted when use_input_stats is true "
+                             "(training); pass None")
+    if (momentum is None and use_input_stats and nbt is None
+            and (running_mean is not None or running_var is not None)):
+        raise ValueError("momentum=None (a cumulative average) requires num_batches_tracked")
+
+
+@torch.no_grad()
+def _update_running(running_mean, running_var, num_batches_tracked, momentum, mean, var,
+                    input: Tensor, instance: bool) -> None:
+    """In place, as the kernels do it (csrc/cpu/norm_act.cpp, update_running_stats):
+    running = (1 - f) * running + f * batch in float64, the variance unbiased, the
+    per-sample statistics of instance norm averaged over the batch."""
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    if input.numel() == 0:
+        return
+    N, C, H, W = input.shape
+    # 1 / count as a tensor, not float(): no device sync, no torch.compile graph break.
+    f = 1.0 / num_batches_tracked.double() if momentum is None else momentum
+    count = H * W * (1 if instance else N)
+    for running, stat, scale in ((running_mean, mean, 1.0), (running_var, var, count / (count - 1))):
+        if running is not None:
+            batch = stat.double().reshape(-1, C).mean(0) * scale
+            running.copy_((1.0 - f) * running.double() + f * batch)
+
+
 def norm_act(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
              running_mean: Optional[Tensor], running_var: Optional[Tensor],
-             use_input_stats: bool, instance: bool, eps: float, activation: int,
-             negative_slope: float):
-    """Twin of ``torch.ops.gan_ext.norm_act``; returns (out, mean, invstd, var)."""
+             num_batches_tracked: Optional[Tensor], use_input_stats: bool, instance: bool,
+             momentum: Optional[float], eps: float, activation: int, negative_slope: float):
+    """Twin of ``torch.ops.gan_ext.norm_act``; returns (out, mean, invstd, var) and,
+    with input statistics, updates the running statistics in place."""
     check_norm_act_args(input, weight, bias, running_mean, running_var, use_input_stats, instance,
                         eps, activation)
+    check_running_update_args(input, running_mean, running_var, num_batches_tracked,
+                              use_input_stats, momentum)
     if use_input_stats is False and (running_mean is None or running_var is None):
         raise ValueError("running_mean and running_var are required when use_input_stats is false")
     sd = stats_dtype(input.dtype)
@@ -121,6 +162,9 @@ def norm_act(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     if bias is not None:
         y = y + bias.to(sd).reshape(1, -1, 1, 1)
     out = activate(y, activation, negative_slope).to(input.dtype)
+    if use_input_stats:
+        _update_running(running_mean, running_var, num_batches_tracked, momentum, mean, var, input,
+                        instance)
     return out, mean, invstd, var
 
 

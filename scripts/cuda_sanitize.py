@@ -121,8 +121,9 @@ def norm_act_once(x, *, instance: bool, train: bool, act: str, slope: float, sav
     rm = (0.3 * torch.randn(C, dtype=torch.float64)).to(pdt).to(device)
     rv = (0.5 + torch.rand(C, dtype=torch.float64)).to(pdt).to(device)
     code = ref.ACTIVATIONS[act]
-    out, mean, invstd, _ = torch.ops.gan_ext.norm_act(x, w, b, rm, rv, train, instance, 1e-5, code,
-                                                      slope)
+    # The running statistics are updated in place in training (kernel code too).
+    out, mean, invstd, _ = torch.ops.gan_ext.norm_act(x, w, b, rm, rv, None, train, instance, 0.1,
+                                                      1e-5, code, slope)
     g = _layout(_randn(x.shape, dtype, device), "channels_last"
                 if x.is_contiguous(memory_format=torch.channels_last) else "nchw")
     saved = out if saved_is_output else x

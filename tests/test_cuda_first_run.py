@@ -102,8 +102,9 @@ def _placed(m, dtype, device, layout, x=None):
 
 def _fused_norm(t, train, instance, act, slope, sio):
     code = ref.ACTIVATIONS[act]
-    out, mean, invstd, var = L.norm_act(t["x"], t["w"], t["b"], t["rm"], t["rv"], train, instance,
-                                        EPS, code, slope)
+    # Copies of the running statistics: in training the op updates them in place.
+    out, mean, invstd, var = L.norm_act(t["x"], t["w"], t["b"], t["rm"].clone(), t["rv"].clone(),
+                                        None, train, instance, 0.1, EPS, code, slope)
     saved = out if sio else t["x"]
     gi, gw, gb = L.norm_act_backward(t["dy"], saved, t["w"], t["b"], mean, invstd, train, instance,
                                      code, slope, sio)
@@ -115,8 +116,8 @@ def _twin64(t, train, instance, act, slope, sio, saved_out=None):
     saved_out when given (the output the kernel saved, rounded to its dtype)."""
     t64 = {k: v.detach().double().cpu() for k, v in t.items()}
     code = ref.ACTIVATIONS[act]
-    out, mean, invstd, var = ref.norm_act(t64["x"], t64["w"], t64["b"], t64["rm"], t64["rv"], train,
-                                          instance, EPS, code, slope)
+    out, mean, invstd, var = ref.norm_act(t64["x"], t64["w"], t64["b"], t64["rm"], t64["rv"], None,
+                                          train, instance, 0.1, EPS, code, slope)
     saved = (out if saved_out is None else saved_out.detach().double().cpu()) if sio else t64["x"]
     gi, gw, gb = ref.norm_act_backward(t64["dy"], saved, t64["w"], t64["b"], mean, invstd, train,
                                        instance, code, slope, sio)

@@ -568,6 +568,48 @@ def test_fold_refreshes_after_a_train_step(kind):
     _assert_fresh(block, x, y0)
 
 
+@pytest.mark.parametrize("backend_name", ["fused", "reference"])
+def test_fold_refreshes_after_the_op_updates_running_stats(backend_name):
+    """The op writes the running statistics in place: the fold cache must see
+    it (through their version counters) although the block stayed in eval mode."""
+    if backend_name == "fused" and not gan_ext._backend.extension_loaded:
+        pytest.skip("gan_ext._C did not load")
+    with gan_ext.use_backend(backend_name):
+        block, x, y0 = _folded_eval_block("conv")
+        block.norm.train()
+        with torch.no_grad():
+            block(torch.randn(4, 6, 7, 8) * 3 + 2)
+        block.norm.eval()
+        _assert_fresh(block, x, y0)
+
+
+@pytest.mark.skipif(not gan_ext._backend.extension_loaded, reason="gan_ext._C did not load")
+@pytest.mark.parametrize("momentum", [0.1, None], ids=str)
+def test_batch_norm_act_training_forward_is_one_op(momentum):
+    """Running statistics and num_batches_tracked are updated inside the op:
+    a training forward dispatches gan_ext::norm_act and nothing else."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    m = BatchNormAct2d(4, momentum=momentum)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    with gan_ext.use_backend("fused"), Log() as log:
+        m(x)
+    # Autograd detaches the differentiable mean and invstd outputs it saves for
+    # a double backward (two aten.detach, no computation); nothing else runs.
+    assert [op for op in log.ops if op != "aten.detach.default"] == ["gan_ext.norm_act.default"]
+    assert log.ops.count("aten.detach.default") <= 2
+    assert m.num_batches_tracked.item() == 1
+
+
 def test_fold_refreshes_after_parameter_replacement_and_scalar_changes():
     block, x, y0 = _folded_eval_block("conv")
     block.conv.weight = nn.Parameter(torch.randn_like(block.conv.weight))

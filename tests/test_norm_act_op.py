@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 import gan_ext
@@ -19,6 +20,7 @@ from conftest import (ACT_IDS, ACTIVATIONS, BACKENDS, LAYOUTS, LOW_PRECISION,
 NORMS = ["batch", "instance"]
 MODES = ["train", "eval"]  # eval: use_input_stats=False with running statistics
 EPS = 1e-5
+MOMENTUM = 0.1
 CODE = ref.ACTIVATIONS
 
 
@@ -48,7 +50,8 @@ class _RefNormAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, rm, rv, uis, instance, act, slope):
-        out, mean, invstd, _ = ref.norm_act(x, w, b, rm, rv, uis, instance, EPS, act, slope)
+        out, mean, invstd, _ = ref.norm_act(x, w, b, rm, rv, None, uis, instance, MOMENTUM, EPS,
+                                            act, slope)
         saved_is_output = ref.output_is_invertible(act, slope)
         ctx.save_for_backward(out if saved_is_output else x, w, b, mean, invstd)
         ctx.args = (uis, instance, act, slope, saved_is_output)
@@ -63,8 +66,8 @@ class _RefNormAct(torch.autograd.Function):
 
 def _op_fn(impl, rm, rv, uis, instance, act, slope):
     if impl == "fused":
-        return lambda x, w, b: torch.ops.gan_ext.norm_act(x, w, b, rm, rv, uis, instance, EPS, act,
-                                                          slope)[0]
+        return lambda x, w, b: torch.ops.gan_ext.norm_act(x, w, b, rm, rv, None, uis, instance,
+                                                          MOMENTUM, EPS, act, slope)[0]
     return lambda x, w, b: _RefNormAct.apply(x, w, b, rm, rv, uis, instance, act, slope)
 
 
@@ -116,7 +119,8 @@ def _backward_case(dtype, device, layout, norm, act, slope, mode):
     w, b = _params(C, dtype, device)
     rm, rv = _running(C, dtype, device)
     uis, inst = mode == "train", norm == "instance"
-    out, mean, invstd, _ = ref.norm_act(x, w, b, rm, rv, uis, inst, EPS, CODE[act], slope)
+    out, mean, invstd, _ = ref.norm_act(x, w, b, rm.clone(), rv.clone(), None, uis, inst, MOMENTUM,
+                                        EPS, CODE[act], slope)
     g = to_layout(torch.randn(x.shape, dtype=torch.float64).to(device=device, dtype=dtype), layout)
     return x, w, b, rm, rv, out, mean, invstd, g, uis, inst
 
@@ -164,10 +168,15 @@ def test_reference_backward_from_output_equals_from_input(norm, mode):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
 
 
+def _clone(t):
+    return None if t is None else t.clone()
+
+
 # -------------------------------------------------------------------- opcheck
 @requires_fused
 @pytest.mark.parametrize("case", ["batch-train-cl-leaky", "instance-train-relu-noaffine",
-                                  "batch-eval-identity", "instance-eval-bf16"])
+                                  "batch-eval-identity", "instance-eval-bf16",
+                                  "batch-train-cumulative", "batch-train-nostats"])
 def test_opcheck_forward(case):
     norm, mode = case.split("-")[:2]
     dtype = torch.bfloat16 if "bf16" in case else torch.float32
@@ -178,10 +187,13 @@ def test_opcheck_forward(case):
     x = make_input((2, C, 4, 3), dtype, layout=layout, requires_grad=dtype == torch.float32)
     w, b = _params(C, torch.float32, "cpu", affine="none" if "noaffine" in case else "full",
                    requires_grad=True)
-    rm, rv = _running(C, torch.float32, "cpu")
+    rm, rv = _running(C, torch.float32, "cpu") if "nostats" not in case else (None, None)
+    # The counter with every batch-norm training case: its in-place update is checked too.
+    nbt = torch.tensor(3) if norm == "batch" and mode == "train" else None
+    momentum = None if "cumulative" in case else MOMENTUM
     torch.library.opcheck(torch.ops.gan_ext.norm_act.default,
-                          (x, w, b, rm, rv, mode == "train", norm == "instance", EPS, CODE[act],
-                           slope))
+                          (x, w, b, rm, rv, nbt, mode == "train", norm == "instance", momentum, EPS,
+                           CODE[act], slope))
 
 
 @requires_fused
@@ -320,13 +332,20 @@ def test_op_matches_reference(device, dtype, layout, norm, act, slope, mode):
     x = make_input((3, C, 5, 7), dtype, device, layout)
     w, b = _params(C, dtype, device)
     rm, rv = _running(C, dtype, device)
-    args = (x, w, b, rm, rv, mode == "train", norm == "instance", EPS, CODE[act], slope)
-    got = torch.ops.gan_ext.norm_act(*args)
-    want = ref.norm_act(*args)
+    uis = mode == "train"
+    nbt = torch.tensor(4, device=device) if uis else None
+    ours_state, ref_state = (rm.clone(), rv.clone(), _clone(nbt)), (rm.clone(), rv.clone(), _clone(nbt))
+    rest = (uis, norm == "instance", MOMENTUM, EPS, CODE[act], slope)
+    got = torch.ops.gan_ext.norm_act(x, w, b, *ours_state, *rest)
+    want = ref.norm_act(x, w, b, *ref_state, *rest)
+    got, want = (*got, *ours_state[:2]), (*want, *ref_state[:2])
+    if uis:
+        assert ours_state[2].item() == ref_state[2].item() == 5
     cl = layout == "channels_last"
     assert got[0].is_contiguous(
         memory_format=torch.channels_last if cl else torch.contiguous_format)
-    for name, a, e in zip(("out", "mean", "invstd", "var"), got, want):
+    names = ("out", "mean", "invstd", "var", "running_mean", "running_var")
+    for name, a, e in zip(names, got, want):
         assert a.dtype == e.dtype and a.shape == e.shape, name
         if dtype in LOW_PRECISION:
             torch.testing.assert_close(a.float(), e.float(), rtol=1.6e-2, atol=1e-2,
@@ -412,8 +431,8 @@ def test_large_mean_offset_variance(backend, device, norm, layout):
     torch.testing.assert_close(rm.double(), x64.mean(dim=dims).reshape(-1, 3).mean(0),
                                rtol=1e-6, atol=0)
     if backend == "fused":
-        _, mean, invstd, var = torch.ops.gan_ext.norm_act(x, None, None, None, None, True, inst,
-                                                          EPS, 0, 0.0)
+        _, mean, invstd, var = torch.ops.gan_ext.norm_act(x, None, None, None, None, None, True,
+                                                          inst, MOMENTUM, EPS, 0, 0.0)
         torch.testing.assert_close(var.double(), var64.reshape(-1), rtol=1e-3, atol=0)
         torch.testing.assert_close(invstd.double(), torch.rsqrt(var64.reshape(-1) + EPS),
                                    rtol=1e-3, atol=0)
@@ -483,7 +502,8 @@ def test_empty_training_statistics_are_nan(device, impl, shape, instance, layout
     lib = torch.ops.gan_ext if impl == "op" else ref
     x = make_input(shape, torch.float32, device, layout)
     w, b = _params(3, torch.float32, device)
-    out, mean, invstd, var = lib.norm_act(x, w, b, None, None, True, instance, EPS, 2, 0.2)
+    out, mean, invstd, var = lib.norm_act(x, w, b, None, None, None, True, instance, MOMENTUM, EPS, 2,
+                                                0.2)
     groups = shape[0] * 3 if instance else 3
     assert out.shape == shape
     for t in (mean, invstd, var):
@@ -494,11 +514,181 @@ def test_empty_training_statistics_are_nan(device, impl, shape, instance, layout
     assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
 
 
+# ---------------------------------------------------------- running statistics
+def _torch_update(x, rm, rv, nbt, instance, momentum):
+    """What nn.BatchNorm2d / nn.InstanceNorm2d do to the running statistics."""
+    if nbt is not None:
+        nbt.add_(1)
+    f = momentum if momentum is not None else 1.0 / float(nbt)
+    norm = F.instance_norm if instance else F.batch_norm
+    norm(x, rm, rv, None, None, True, f, EPS)
+
+
+def _op_update(x, rm, rv, nbt, instance, momentum):
+    """The same through gan_ext.ops (the op or its twin, per the backend)."""
+    if instance:
+        if nbt is not None:  # instance_norm_act has no counter; the op does
+            fn = torch.ops.gan_ext.norm_act if gan_ext.get_backend() == "fused" else ref.norm_act
+            return fn(x, None, None, rm, rv, nbt, True, True, momentum, EPS, 0, 0.0)[0]
+        return gan_ext.ops.instance_norm_act(x, rm, rv, None, None, True, momentum, EPS, "identity")
+    return gan_ext.ops.batch_norm_act(x, rm, rv, None, None, True, momentum, EPS, "identity",
+                                      num_batches_tracked=nbt)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None, 0.0, 1.0], ids=str)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype,buffers", [(torch.float32, torch.float32),
+                                           (torch.float64, torch.float64),
+                                           (torch.bfloat16, torch.float32),
+                                           (torch.float16, torch.float16)],
+                         ids=["f32", "f64", "bf16-f32buffers", "f16-f16buffers"])
+def test_running_stats_updated_by_the_op(device, backend, dtype, buffers, layout, norm, momentum):
+    """Three steps: running mean/var and num_batches_tracked as torch's norms
+    update them (exact input values, so torch in float64 is the oracle)."""
+    C, inst = 5, norm == "instance"
+    rm, rv = _running(C, buffers, device)
+    nbt = torch.tensor(2, device=device) if momentum is None or not inst else None
+    want = (rm.double(), rv.double(), None if nbt is None else nbt.clone())
+    for step in range(3):
+        x = make_input((3, C, 4, 6), dtype, device, layout, offset=step, scale=1 + step)
+        _op_update(x, rm, rv, nbt, inst, momentum)
+        _torch_update(x.double(), *want, inst, momentum)
+        tol = dict(rtol=2e-3, atol=1e-3) if buffers == torch.float16 else tolerances(buffers)
+        torch.testing.assert_close(rm, want[0].to(buffers), **tol, msg=_named(f"step {step} mean"))
+        torch.testing.assert_close(rv, want[1].to(buffers), **tol, msg=_named(f"step {step} var"))
+        if nbt is not None:
+            assert nbt.item() == want[2].item() == 3 + step
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.0], ids=str)
+@pytest.mark.parametrize("norm", NORMS)
+def test_nan_reaches_running_stats_like_torch(device, backend, norm, momentum):
+    """No fix-up: a NaN in channel 1 makes its running statistics NaN, as in
+    torch, also with momentum 0 (0 * NaN); the other channels stay finite."""
+    x = make_input((2, 3, 4, 5), torch.float32, device)
+    x[1, 1, 2, 3] = float("nan")
+    inst = norm == "instance"
+    rm, rv = _running(3, torch.float32, device)
+    trm, trv = rm.clone(), rv.clone()
+    _op_update(x, rm, rv, None, inst, momentum)
+    _torch_update(x, trm, trv, None, inst, momentum)
+    assert trm.isnan().tolist() == [False, True, False]  # the test means something
+    for a, e in ((rm, trm), (rv, trv)):
+        assert torch.equal(a.isnan(), e.isnan())
+        torch.testing.assert_close(a[~e.isnan()], e[~e.isnan()], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:var_mean.*degrees of freedom:UserWarning")  # reference, N=0
+@pytest.mark.parametrize("momentum", [0.1, None], ids=str)
+def test_empty_batch_counts_but_keeps_running_stats(device, backend, momentum):
+    x = torch.empty(0, 3, 4, 5, device=device)
+    rm, rv = _running(3, torch.float32, device)
+    rm0, rv0, nbt = rm.clone(), rv.clone(), torch.tensor(7, device=device)
+    _op_update(x, rm, rv, nbt, False, momentum)
+    assert nbt.item() == 8  # nn.BatchNorm2d counts the call
+    assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_running_stats_version_bumped_only_when_written(device, backend, norm):
+    """The conv blocks' fold cache keys on these version counters."""
+    inst = norm == "instance"
+    rm, rv = _running(3, torch.float32, device)
+    nbt = None if inst else torch.tensor(0, device=device)
+    x = make_input((2, 3, 4, 5), torch.float32, device, requires_grad=True)
+    versions = lambda: [t._version for t in (rm, rv, nbt) if t is not None]
+    before = versions()
+    _op_update(x, rm, rv, nbt, inst, 0.1)
+    assert all(a > b for a, b in zip(versions(), before))
+    before = versions()
+    _call(norm, x, rm, rv, None, None, False, "relu", 0.01)  # eval: read only
+    assert versions() == before
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_compile_fullgraph_updates_running_stats_in_place(backend_name):
+    """Mutable op arguments under torch.compile(fullgraph=True): momentum=None
+    (1 / num_batches_tracked read inside the graph) and a channels_last input."""
+    def step(x, rm, rv, nbt):
+        y = gan_ext.ops.batch_norm_act(x, rm, rv, training=True, momentum=None,
+                                       num_batches_tracked=nbt)
+        return y.sum()
+
+    def run(fn):
+        torch.manual_seed(2)
+        state = (*_running(3, torch.float32, "cpu"), torch.tensor(4))
+        for i in range(2):
+            fn(make_input((2, 3, 4, 4), layout="channels_last", offset=i), *state)
+        return state
+
+    with gan_ext.use_backend(backend_name):
+        torch._dynamo.reset()
+        got, want = run(torch.compile(step, fullgraph=True)), run(step)
+    assert got[2].item() == want[2].item() == 6
+    for a, e in zip(got[:2], want[:2]):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------- CUDA: default vs legacy paths
+CUDA_PATH_SHAPES = [  # the split/finalize shapes of issue 12's first-run list, and small ones
+    ("batch", (2, 3, 256, 256), "nchw"), ("batch", (16, 64, 64, 64), "channels_last"),
+    ("instance", (64, 32, 8, 8), "nchw"), ("instance", (2, 3, 512, 512), "nchw"),
+    ("batch", (3, 19, 5, 7), "channels_last"), ("batch", (8, 64, 1, 1), "nchw"),
+    ("instance", (2, 264, 9, 9), "channels_last"),
+]
+
+
+def _cuda_norm_act_run(monkeypatch, path, norm, x, w, b, rm, rv, nbt, uis, g):
+    """Forward + backward of the op with GAN_EXT_CUDA_NORM_ACT=path (read per call)."""
+    if path == "default":
+        monkeypatch.delenv("GAN_EXT_CUDA_NORM_ACT", raising=False)
+    else:
+        monkeypatch.setenv("GAN_EXT_CUDA_NORM_ACT", path)
+    x, w, b = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    state = [_clone(t) for t in (rm, rv, nbt)]
+    out, mean, invstd, var = torch.ops.gan_ext.norm_act(
+        x, w, b, *state, uis, norm == "instance", None if nbt is not None else MOMENTUM, EPS,
+        CODE["leaky_relu"], 0.2)
+    out.backward(g)
+    return [out.detach(), mean, invstd, var, x.grad, w.grad, b.grad,
+            *[t for t in state if t is not None]]
+
+
+@pytest.mark.cuda
+@requires_fused
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("norm,shape,layout", CUDA_PATH_SHAPES,
+                         ids=[f"{n}-{'x'.join(map(str, s))}-{l}" for n, s, l in CUDA_PATH_SHAPES])
+def test_cuda_default_and_legacy_paths_agree(monkeypatch, norm, shape, layout, dtype, mode):
+    """GAN_EXT_CUDA_NORM_ACT=legacy keeps the first release's launch plans and
+    finalize kernels: both paths must give the reference's results, and the
+    default one must be deterministic (the last block's merge order is fixed)."""
+    skip_unless_fused_on("cuda")
+    C, uis = shape[1], mode == "train"
+    x = make_input(shape, dtype, "cuda", layout)
+    w, b = _params(C, torch.float32, "cuda")
+    rm, rv = _running(C, torch.float32, "cuda")
+    nbt = torch.tensor(3, device="cuda") if uis and norm == "batch" else None
+    g = torch.randn(shape, device="cuda").to(dtype)
+    default = _cuda_norm_act_run(monkeypatch, "default", norm, x, w, b, rm, rv, nbt, uis, g)
+    again = _cuda_norm_act_run(monkeypatch, "default", norm, x, w, b, rm, rv, nbt, uis, g)
+    legacy = _cuda_norm_act_run(monkeypatch, "legacy", norm, x, w, b, rm, rv, nbt, uis, g)
+    for a, e in zip(default, again):
+        assert torch.equal(a, e)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    for i, (a, e) in enumerate(zip(default, legacy)):
+        torch.testing.assert_close(a.float(), e.float(), **tol, msg=_named(f"output {i}"))
+
+
 # ------------------------------------------------------------------ bad input
 def _base():
     return dict(input=torch.randn(2, 3, 4, 4), weight=torch.ones(3), bias=torch.zeros(3),
-                running_mean=torch.zeros(3), running_var=torch.ones(3), use_input_stats=True,
-                instance=False, eps=EPS, activation=1, negative_slope=0.01)
+                running_mean=torch.zeros(3), running_var=torch.ones(3), num_batches_tracked=None,
+                use_input_stats=True, instance=False, momentum=MOMENTUM, eps=EPS, activation=1,
+                negative_slope=0.01)
 
 
 BAD_INPUTS = {
@@ -520,6 +710,15 @@ BAD_INPUTS = {
                                    ValueError, "running_mean and running_var are required"),
     "negative-eps": (dict(eps=-1e-5), ValueError, "eps must be >= 0"),
     "nan-eps": (dict(eps=float("nan")), ValueError, "eps must be >= 0"),
+    "counter-dtype": (dict(num_batches_tracked=torch.tensor(0.0)), TypeError,
+                      "num_batches_tracked must be a one-element int64 tensor"),
+    "counter-shape": (dict(num_batches_tracked=torch.zeros(2, dtype=torch.long)), TypeError,
+                      "num_batches_tracked must be a one-element int64 tensor"),
+    "counter-in-eval": (dict(num_batches_tracked=torch.tensor(0), use_input_stats=False),
+                        ValueError, "num_batches_tracked is only counted when use_input_stats"),
+    "cumulative-without-counter": (dict(momentum=None), ValueError,
+                                   "momentum=None (a cumulative average) requires "
+                                   "num_batches_tracked"),
 }
 
 
@@ -547,7 +746,8 @@ def test_functional_rejects_bad_input(backend, device, case):
                                           a["weight"], a["bias"], a["use_input_stats"])
         else:
             gan_ext.ops.batch_norm_act(a["input"], a["running_mean"], a["running_var"],
-                                       a["weight"], a["bias"], a["use_input_stats"])
+                                       a["weight"], a["bias"], a["use_input_stats"], a["momentum"],
+                                       num_batches_tracked=a["num_batches_tracked"])
 
 
 def test_functional_rejects_unknown_activation(backend, device):
@@ -563,8 +763,8 @@ def test_functional_rejects_unknown_activation(backend, device):
                                   "stats-shape"])
 def test_backward_op_rejects_bad_input(case):
     x = torch.randn(2, 3, 4, 4)
-    out, mean, invstd, _ = torch.ops.gan_ext.norm_act(x, None, None, None, None, True, False, EPS,
-                                                      1, 0.0)
+    out, mean, invstd, _ = torch.ops.gan_ext.norm_act(x, None, None, None, None, None, True, False,
+                                                      MOMENTUM, EPS, 1, 0.0)
     g, act, sio = torch.randn_like(x), 1, False
     exc, msg = ValueError, None
     if case == "saved-is-output-relu":

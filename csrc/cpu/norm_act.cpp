@@ -552,8 +552,6 @@ std::vector<O> param_or(const c10::optional<at::Tensor>& p, int64_t C, O fill) {
   return out;
 }
 
-inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
 // The affine weight the op multiplies by: 1 when absent, and clamped away from
 // zero (sign kept) when the output will be inverted (see kMinAbsWeight).
 template <typename O>
@@ -569,14 +567,64 @@ std::vector<O> effective_gamma(const c10::optional<at::Tensor>& weight, int64_t 
   return gamma;
 }
 
+// ------------------------------------------------------ running statistics
+// running = (1 - f) * running + f * batch per channel, in double (as torch's
+// CPU batch_norm, whose float accumulator type is double), with the unbiased
+// variance. Instance statistics (N*C groups) are averaged over the batch first,
+// summed in sample order; the CUDA kernel sums in the same order and precision.
+// No NaN check: a NaN in the batch reaches the running statistics, as in torch.
+void update_running_stat(const at::Tensor& running, const at::Tensor& stat, int64_t C,
+                         int64_t batches, double factor, double scale) {
+  AT_DISPATCH_FLOATING_TYPES(stat.scalar_type(), "norm_act_running_stat", [&] {
+    const scalar_t* st = stat.const_data_ptr<scalar_t>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(),
+                                    "norm_act_running_buffer", [&] {
+      using buf_t = scalar_t;
+      buf_t* r = running.mutable_data_ptr<buf_t>();
+      const int64_t stride = running.stride(0);
+      for (int64_t c = 0; c < C; ++c) {
+        double b = 0;
+        for (int64_t n = 0; n < batches; ++n) b += static_cast<double>(st[n * C + c]);
+        b /= static_cast<double>(batches);
+        const double old = static_cast<double>(r[c * stride]);
+        r[c * stride] = static_cast<buf_t>((1.0 - factor) * old + factor * (b * scale));
+      }
+    });
+  });
+}
+
+void update_running_stats(const c10::optional<at::Tensor>& running_mean,
+                          const c10::optional<at::Tensor>& running_var,
+                          const c10::optional<at::Tensor>& num_batches_tracked,
+                          c10::optional<double> momentum, const at::Tensor& mean,
+                          const at::Tensor& var, int64_t N, int64_t C, bool per_sample,
+                          int64_t count, bool empty) {
+  int64_t seen = 0;
+  if (defined(num_batches_tracked)) {
+    // numel() == 1, any strides: data_ptr already points at the element.
+    int64_t* p = num_batches_tracked->mutable_data_ptr<int64_t>();
+    seen = ++*p;
+  }
+  if (empty) return;  // torch leaves the running statistics alone for an empty batch
+  const double factor = momentum.has_value() ? *momentum : 1.0 / static_cast<double>(seen);
+  const int64_t batches = per_sample ? N : 1;
+  if (defined(running_mean)) update_running_stat(*running_mean, mean, C, batches, factor, 1.0);
+  if (defined(running_var)) {
+    const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+    update_running_stat(*running_var, var, C, batches, factor, unbias);
+  }
+}
+
 // ---------------------------------------------------------------- forward op
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     const at::Tensor& input_, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    int64_t activation, double negative_slope) {
+    const c10::optional<at::Tensor>& running_var,
+    const c10::optional<at::Tensor>& num_batches_tracked, bool use_input_stats, bool instance,
+    c10::optional<double> momentum, double eps, int64_t activation, double negative_slope) {
   auto [N, C, HW] = check_norm_act_args(input_, weight, bias, running_mean, running_var,
-                                        use_input_stats, instance, eps, activation);
+                                        num_batches_tracked, use_input_stats, instance, momentum,
+                                        eps, activation);
   const at::MemoryFormat fmt = kernel_memory_format(input_);
   const at::Tensor input = input_.contiguous(fmt);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(fmt));
@@ -644,6 +692,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
                                                     shift.data(), static_cast<O>(negative_slope));
     });
   });
+  if (use_input_stats) {
+    update_running_stats(running_mean, running_var, num_batches_tracked, momentum, mean_t, var_t,
+                         N, C, per_sample, instance ? HW : N * HW, input.numel() == 0);
+  }
   return {out, mean_t, invstd_t, var_t};
 }
 

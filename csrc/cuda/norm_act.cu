@@ -47,15 +47,32 @@
 
 #include "device_common.cuh"
 #include "norm_act.h"
+#include "norm_act_plan.h"
 
 namespace gan_ext {
 namespace {
 
-constexpr int kUnroll = 4;                   // loads in flight per thread per iteration
+constexpr int kUnroll = plan::kUnroll;       // loads in flight per thread per iteration
+static_assert(plan::kThreads == kThreads && plan::kWarpSize == kWarpSize,
+              "the launch plans assume the kernels' block shape");
+using plan::PlaneGeometry;
+using plan::RowGeometry;
+using plan::plan_planes;
+using plan::plan_rows;
+using plan::plane_blocks;
+using plan::row_blocks;
 // Row kernels keep VEC channels of state per thread; with 8-wide vectors
 // (half/bfloat16) a smaller unroll keeps them at >= 2 blocks per SM.
 template <int VEC>
 constexpr int kRowUnroll = VEC >= 8 ? 2 : kUnroll;
+// Blocks per SM the plane backward kernels ask for: they took 79-128
+// registers (two blocks per SM); three cap them at 80, which ptxas -v (sm_90)
+// shows spill-free for float and half (4 bytes for half x8), not for bfloat16
+// x8 or double: those ask for two (<= 128, as before; with one, ptxas took
+// 137). The row kernels (VEC channels of state per thread) keep the default.
+template <typename scalar_t>
+constexpr int kBackwardMinBlocks =
+    std::is_same<scalar_t, float>::value || std::is_same<scalar_t, c10::Half>::value ? 3 : 2;
 
 __device__ __forceinline__ index_t imin(index_t a, index_t b) { return a < b ? a : b; }
 
@@ -172,8 +189,9 @@ __device__ __forceinline__ Welford<acc_t> pack_moments(const Pack<scalar_t, VEC>
 }
 
 // Where a statistics pass puts its result: the final (mean, var, invstd) when a
-// group was reduced by a single unit, otherwise one partial per (group, split)
-// for stats_finalize_kernel.
+// group was reduced by a single unit, otherwise one partial per (group, split),
+// merged by stats_finalize_kernel (legacy paths) or by the last block of the
+// pass to finish (default paths, see finish()).
 template <typename acc_t>
 struct StatsOut {
   acc_t* mean;
@@ -183,6 +201,36 @@ struct StatsOut {
   index_t partial_stride;  // groups * splits
   acc_t count;            // elements per group
   acc_t eps;
+  // Blocks done, zeroed before the launch; null: no merge in this kernel.
+  unsigned int* blocks_done;
+  index_t groups, splits;
+
+  // Every thread of every block calls it after its writes. The last block to
+  // arrive merges each group's partials in split order, so the result does not
+  // depend on which block that is (deterministic). The counter is zeroed per
+  // call by a memset in the stream (as PyTorch's own reductions do), not reset
+  // here: a counter kept between calls would be shared by concurrent streams.
+  __device__ __forceinline__ void finish() const {
+    if (blocks_done == nullptr) return;  // uniform over the grid
+    __shared__ bool last;
+    __threadfence();  // release: this thread's partials before the count
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();  // acquire: the other blocks' partials after their counts
+    for (index_t g = threadIdx.x; g < groups; g += blockDim.x) {
+      Welford<acc_t> w{acc_t(0), acc_t(0), acc_t(0)};
+      for (index_t s = 0; s < splits; ++s) {
+        const index_t i = g * splits + s;
+        // __ldcg: from L2, where the other SMs' writes are; this SM's L1 may
+        // not hold them.
+        w = welford_merge(w, Welford<acc_t>{__ldcg(partial + i), __ldcg(partial + partial_stride + i),
+                                            __ldcg(partial + 2 * partial_stride + i)});
+      }
+      write_final(g, w);
+    }
+  }
 
   __device__ void write_final(index_t g, const Welford<acc_t>& w) const {
     const acc_t v = w.m2 / count;  // biased variance
@@ -273,6 +321,123 @@ struct Act {
   }
 };
 
+// In-place update of the running statistics and num_batches_tracked (schema in
+// csrc/gan_ext.cpp), done by block 0 of the forward's elementwise kernel: that
+// kernel starts after the statistics are final, so the update needs no launch
+// of its own, and a single block sums instance norm's per-sample statistics in
+// a fixed order. The arithmetic is update_running_stats' in
+// csrc/cpu/norm_act.cpp: double, samples summed in order, unbiased variance,
+// no NaN fix-up. Every pointer may be null (nothing to do for it).
+template <typename scalar_t>
+struct RunningUpdate {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t* batch_mean;  // [batches * C] statistics of this call
+  const acc_t* batch_var;   // biased
+  void* mean;               // running_mean: scalar_t, or float with half/bfloat16 input
+  void* var;
+  int64_t* count;           // num_batches_tracked
+  index_t mean_stride, var_stride;
+  bool mean_is_float, var_is_float;
+  bool cumulative;          // momentum None: the batch weighs 1 / count
+  double momentum;
+  double unbias;            // n / (n - 1)
+  index_t C, batches;
+
+  __device__ static void blend(void* p, bool is_float, index_t i, double f, double batch) {
+    if (is_float) {
+      float* q = static_cast<float*>(p) + i;
+      *q = static_cast<float>((1.0 - f) * static_cast<double>(*q) + f * batch);
+    } else {
+      scalar_t* q = static_cast<scalar_t*>(p) + i;
+      *q = static_cast<scalar_t>((1.0 - f) * static_cast<double>(*q) + f * batch);
+    }
+  }
+
+  // Every thread of block 0 calls it, before any early return (it synchronizes).
+  __device__ void run() const {
+    int64_t seen = 0;
+    if (count != nullptr) {  // uniform over the block
+      seen = *count + 1;
+      __syncthreads();  // every thread has read the old count before it changes
+      if (threadIdx.x == 0) *count = seen;
+    }
+    if (mean == nullptr && var == nullptr) return;
+    const double f = cumulative ? 1.0 / static_cast<double>(seen) : momentum;
+    for (index_t c = threadIdx.x; c < C; c += blockDim.x) {
+      double m = 0.0, v = 0.0;
+      for (index_t b = 0; b < batches; ++b) {
+        m += static_cast<double>(batch_mean[b * C + c]);
+        v += static_cast<double>(batch_var[b * C + c]);
+      }
+      if (mean != nullptr) blend(mean, mean_is_float, c * mean_stride, f, m / batches);
+      if (var != nullptr) blend(var, var_is_float, c * var_stride, f, v / batches * unbias);
+    }
+  }
+};
+
+// Eval in one launch (default paths): the elementwise kernel reads the running
+// statistics itself, where the legacy path first made float copies and
+// rsqrt(var + eps) on the host (three launches); block 0 also writes the op's
+// mean/var/invstd outputs from them.
+template <typename scalar_t>
+struct RunningRead {
+  using acc_t = acc_type<scalar_t>;
+  const void* mean;  // running_mean: scalar_t, or float with half/bfloat16 input; null: unused
+  const void* var;
+  index_t mean_stride, var_stride;
+  bool mean_is_float, var_is_float;
+  acc_t eps;
+  acc_t* out_mean;  // [C] each
+  acc_t* out_var;
+  acc_t* out_invstd;
+  index_t C;
+
+  __device__ acc_t mean_of(index_t c) const {
+    return Affine<scalar_t>::load(mean, mean_is_float, c * mean_stride);
+  }
+  __device__ acc_t var_of(index_t c) const {
+    return Affine<scalar_t>::load(var, var_is_float, c * var_stride);
+  }
+  __device__ acc_t invstd_of(acc_t v) const { return acc_t(1) / sqrt(v + eps); }
+
+  __device__ void write_outputs() const {
+    for (index_t c = threadIdx.x; c < C; c += blockDim.x) {
+      const acc_t v = var_of(c);
+      out_mean[c] = mean_of(c);
+      out_var[c] = v;
+      out_invstd[c] = invstd_of(v);
+    }
+  }
+};
+
+// Where the forward's elementwise kernel gets its statistics, and the
+// bookkeeping its block 0 does on the side.
+template <typename scalar_t>
+struct ForwardStats {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t* mean;    // per group, when `running.mean` is null
+  const acc_t* invstd;
+  RunningRead<scalar_t> running;  // eval, default paths
+  RunningUpdate<scalar_t> update;  // training
+
+  // Every thread calls it first thing (RunningUpdate::run synchronizes block 0).
+  __device__ void prologue() const {
+    if (blockIdx.x != 0) return;
+    update.run();
+    if (running.mean != nullptr) running.write_outputs();
+  }
+
+  __device__ void get(index_t group, index_t c, acc_t& mu, acc_t& rs) const {
+    if (running.mean != nullptr) {  // uniform over the grid
+      mu = running.mean_of(c);
+      rs = running.invstd_of(running.var_of(c));
+    } else {
+      mu = mean[group];
+      rs = invstd[group];
+    }
+  }
+};
+
 // Per-group constants of the backward and the (dz, xhat) of one element.
 // xhat = (u - shift) * mul, where u is the saved input x (shift = mean,
 // mul = invstd) or, when saved_is_output, the un-activated z recovered from the
@@ -329,19 +494,129 @@ struct BackwardArgs {
   }
 };
 
-// ================================================================ NCHW
-// Group g has `segs` runs of hwv vectors; run k starts at vector
-// (k * C + g) * hwv. Channel statistics: groups = C, segs = N. Instance
-// statistics: groups = N * C planes, segs = 1 (run 0 of plane g starts at g * hwv).
-// The channel of group g is g % C in both cases.
-struct PlaneGeometry {
-  index_t groups, segs, hwv, C;
-  index_t splits;  // units per group
-  index_t chunk;   // vectors per unit (the last unit of a group may get fewer)
-  int team;        // threads per unit: power of two in [kWarpSize, kThreads]
-  index_t step_seg, step_off;  // `team` vectors as whole runs + remainder
+// Where the backward reduction puts its sums, and how they become the
+// per-group totals the elementwise pass needs (totals, absent with running
+// statistics) and grad_weight / grad_bias:
+//   * direct (default paths, one unit per channel: batch norm, unsplit): the
+//     unit writes them itself; nothing to merge;
+//   * blocks_done (default paths, C <= kWarps): the last block of the reduction
+//     to finish merges, as one backward_finalize_kernel block would;
+//   * otherwise partials [2][groups * splits] for backward_finalize_kernel.
+// The merge of channel c is one warp: for each batch b, the splits of group
+// (b * C + c) in lane order and a fixed shuffle tree, then the batches in order.
+// The same code in both places: the same (deterministic) result either way.
+template <typename scalar_t>
+struct BackwardSums {
+  using acc_t = acc_type<scalar_t>;
+  acc_t* partial;
+  acc_t* totals;  // [2][batches * C] or null
+  void* grad_weight;
+  void* grad_bias;
+  bool grads_are_float;
+  bool direct;
+  unsigned int* blocks_done;  // zeroed before the launch; null: no merge in the reduction
+  bool block_per_channel;     // merge_channel_block instead of merge_channel
+  index_t C, batches, splits;
+
+  __device__ void store_grads(index_t c, acc_t dz, acc_t dzx) const {
+    if (grads_are_float) {
+      static_cast<float*>(grad_weight)[c] = static_cast<float>(dzx);
+      static_cast<float*>(grad_bias)[c] = static_cast<float>(dz);
+    } else {
+      static_cast<scalar_t*>(grad_weight)[c] = static_cast<scalar_t>(dzx);
+      static_cast<scalar_t*>(grad_bias)[c] = static_cast<scalar_t>(dz);
+    }
+  }
+
+  __device__ void write(index_t group, index_t split, acc_t dz, acc_t dzx) const {
+    if (direct) {  // group == channel
+      if (totals != nullptr) {
+        totals[group] = dz;
+        totals[C + group] = dzx;
+      }
+      store_grads(group, dz, dzx);
+    } else {
+      const index_t i = group * splits + split;
+      partial[i] = dz;
+      partial[batches * C * splits + i] = dzx;
+    }
+  }
+
+  // Warp-uniform c; lane = threadIdx.x % kWarpSize.
+  __device__ __forceinline__ void merge_channel(index_t c, int lane) const {
+    const index_t units = batches * C * splits;
+    acc_t channel_dz = acc_t(0), channel_dzx = acc_t(0);
+    for (index_t b = 0; b < batches; ++b) {
+      const index_t g = b * C + c;
+      acc_t dz = acc_t(0), dzx = acc_t(0);
+      for (index_t s = lane; s < splits; s += kWarpSize) {
+        // __ldcg: other SMs' writes are in L2, maybe not in this SM's L1.
+        dz += __ldcg(partial + g * splits + s);
+        dzx += __ldcg(partial + units + g * splits + s);
+      }
+      warp_sum2(dz, dzx);
+      if (lane == 0) {
+        if (totals != nullptr) {
+          totals[g] = dz;
+          totals[batches * C + g] = dzx;
+        }
+        channel_dz += dz;
+        channel_dzx += dzx;
+      }
+    }
+    if (lane == 0) store_grads(c, channel_dz, channel_dzx);
+  }
+
+  // Channel c by the whole block, for many groups per channel (instance norm
+  // with batches >= kWarpSize, where one warp looping over the batch left the
+  // GPU idle: N=4096, C=3 kept 3 warps busy). Thread t owns groups b = t,
+  // t + kThreads, ... with all their splits in order, then a fixed tree over
+  // the block: deterministic. Every thread of the block calls it.
+  __device__ __forceinline__ void merge_channel_block(index_t c) const {
+    const index_t units = batches * C * splits;
+    acc_t channel_dz = acc_t(0), channel_dzx = acc_t(0);
+    for (index_t b = threadIdx.x; b < batches; b += kThreads) {
+      const index_t g = b * C + c;
+      acc_t dz = acc_t(0), dzx = acc_t(0);
+      for (index_t s = 0; s < splits; ++s) {
+        dz += __ldcg(partial + g * splits + s);
+        dzx += __ldcg(partial + units + g * splits + s);
+      }
+      if (totals != nullptr) {
+        totals[g] = dz;
+        totals[batches * C + g] = dzx;
+      }
+      channel_dz += dz;
+      channel_dzx += dzx;
+    }
+    team_sum2(channel_dz, channel_dzx, kThreads);  // valid in thread 0
+    if (threadIdx.x == 0) store_grads(c, channel_dz, channel_dzx);
+    __syncthreads();  // team_sum2's shared scratch is reused for the next channel
+  }
+
+  // Every thread of every block of the reduction calls it after its writes
+  // (see StatsOut::finish for the counter protocol).
+  __device__ __forceinline__ void finish() const {
+    if (blocks_done == nullptr) return;  // uniform over the grid
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (block_per_channel) {
+      for (index_t c = 0; c < C; ++c) merge_channel_block(c);
+    } else {
+      for (index_t c = threadIdx.x / kWarpSize; c < C; c += kWarps) {
+        merge_channel(c, threadIdx.x % kWarpSize);
+      }
+    }
+  }
 };
 
+// ================================================================ NCHW
+// PlaneGeometry (csrc/norm_act_plan.h): group g has `segs` runs of hwv vectors.
 struct PlaneUnit {
   index_t group, split, begin, end;  // vectors [begin, end) of the group's flattened runs
   int rank;                          // thread rank in the team
@@ -409,21 +684,23 @@ __global__ void __launch_bounds__(kThreads)
   }
   w = team_merge(w, geo.team);
   if (u.active && u.rank == 0) out.write(u.group, u.split, geo.splits, w);
+  out.finish();
 }
 
 // out = act((x - mean) * invstd * gamma + beta)
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     plane_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                         const PlaneGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
-                         const acc_type<scalar_t>* __restrict__ invstd,
+                         const PlaneGeometry geo, const ForwardStats<scalar_t> stats,
                          const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
   using acc_t = acc_type<scalar_t>;
+  stats.prologue();
   const PlaneUnit u = plane_unit(geo);
-  if (!u.active) return;  // no block-wide synchronization in this kernel
+  if (!u.active) return;  // no block-wide synchronization below
   const index_t c = u.group % geo.C;
-  const acc_t mu = mean[u.group];
-  const acc_t scale = invstd[u.group] * affine.gamma(c);
+  acc_t mu, rs;
+  stats.get(u.group, c, mu, rs);
+  const acc_t scale = rs * affine.gamma(c);
   const acc_t shift = affine.beta(c);
   PlaneCursor cur(geo, u.begin + u.rank);
   while (cur.j < u.end) {
@@ -458,11 +735,11 @@ __global__ void __launch_bounds__(kThreads)
 // With running statistics (grad_in != nullptr) also writes
 // grad_input = dz * gamma * invstd, which needs no sums.
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
     plane_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
                                  scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
                                  const BackwardArgs<scalar_t> args,
-                                 acc_type<scalar_t>* __restrict__ partial) {
+                                 const BackwardSums<scalar_t> sums) {
   using acc_t = acc_type<scalar_t>;
   const PlaneUnit u = plane_unit(geo);
   BackwardMath<acc_t> m{};
@@ -504,16 +781,13 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   team_sum2(sum_dz, sum_dzx, geo.team);
-  if (u.active && u.rank == 0) {
-    const index_t i = u.group * geo.splits + u.split;
-    partial[i] = sum_dz;
-    partial[geo.groups * geo.splits + i] = sum_dzx;
-  }
+  if (u.active && u.rank == 0) sums.write(u.group, u.split, sum_dz, sum_dzx);
+  sums.finish();
 }
 
 // grad_input = gamma * invstd * (dz - sum_dz / M - xhat * sum_dz_xhat / M)
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
     plane_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
                           scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
                           const BackwardArgs<scalar_t> args,
@@ -557,19 +831,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ================================================================ NHWC
-// Batch b (a sample n for instance statistics, else the whole tensor) is `rows`
-// rows of C contiguous channels; row r of batch b starts at element
-// (b * rows + r) * C. Group (b, c) has index b * C + c, which is the required
-// n * C + c order of instance statistics and plain c otherwise.
-// Grid: blockIdx.x = (batch * splits + split) * col_blocks + col_block, the
-// column block fastest so neighbouring blocks read neighbouring bytes.
-struct RowGeometry {
-  index_t batches, rows, C, cv;  // cv = C / VEC
-  index_t splits, chunk;         // row ranges per (batch, column block), rows per range
-  index_t col_blocks;
-  int tx, ty;                    // block tile: tx vector columns x ty rows, tx * ty == kThreads
-};
-
+// RowGeometry (csrc/norm_act_plan.h): batch b is `rows` rows of C contiguous
+// channels; group (b, c) has index b * C + c, the n * C + c order of instance
+// statistics and plain c otherwise.
 struct RowUnit {
   index_t batch, split, col;  // col: this thread's vector column
   index_t begin, end;         // the block's rows
@@ -672,25 +936,26 @@ __global__ void __launch_bounds__(kThreads)
                 Welford<acc_t>{mean[i], m2[i], n});
     }
   }
+  out.finish();
 }
 
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     row_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                       const RowGeometry geo, const acc_type<scalar_t>* __restrict__ mean,
-                       const acc_type<scalar_t>* __restrict__ invstd,
+                       const RowGeometry geo, const ForwardStats<scalar_t> stats,
                        const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
   using acc_t = acc_type<scalar_t>;
   constexpr int UNROLL = kRowUnroll<VEC>;
+  stats.prologue();
   const RowUnit u = row_unit(geo);
   if (!u.active) return;
   acc_t mu[VEC], scale[VEC], shift[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) {
     const index_t c = u.col * VEC + i;
-    const index_t g = u.batch * geo.C + c;
-    mu[i] = mean[g];
-    scale[i] = invstd[g] * affine.gamma(c);
+    acc_t rs;
+    stats.get(u.batch * geo.C + c, c, mu[i], rs);
+    scale[i] = rs * affine.gamma(c);
     shift[i] = affine.beta(c);
   }
   const index_t base = u.batch * geo.rows * geo.C + u.col * VEC;
@@ -725,7 +990,7 @@ __global__ void __launch_bounds__(kThreads)
     row_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
                                scalar_t* __restrict__ grad_in, const RowGeometry geo,
                                const BackwardArgs<scalar_t> args,
-                               acc_type<scalar_t>* __restrict__ partial) {
+                               const BackwardSums<scalar_t> sums) {
   using acc_t = acc_type<scalar_t>;
   constexpr int UNROLL = kRowUnroll<VEC>;
   __shared__ acc_t sh_dz[VEC * kThreads];
@@ -795,14 +1060,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
   if (u.ty_i == 0 && u.active) {
-    const index_t units = geo.batches * geo.C * geo.splits;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const index_t p = (u.batch * geo.C + u.col * VEC + i) * geo.splits + u.split;
-      partial[p] = sum_dz[i];
-      partial[units + p] = sum_dzx[i];
-    }
+    for (int i = 0; i < VEC; ++i) sums.write(u.batch * geo.C + u.col * VEC + i, u.split, sum_dz[i], sum_dzx[i]);
   }
+  sums.finish();
 }
 
 template <typename scalar_t, int VEC>
@@ -857,56 +1118,20 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ===================================================== backward finalize
-// One warp per channel c: for each batch b, sums the splits of group
-// (b * C + c) (the per-group totals the elementwise pass needs), and sums those
-// over b into grad_bias[c] / grad_weight[c]. Fixed order: deterministic.
+// One warp per channel (BackwardSums::merge_channel), or one block per channel
+// when block_per_channel.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    backward_finalize_kernel(const acc_type<scalar_t>* __restrict__ partial, index_t C,
-                             index_t batches, index_t splits,
-                             acc_type<scalar_t>* __restrict__ totals,  // [2][batches * C] or nullptr
-                             void* grad_weight, void* grad_bias, bool grads_are_float) {
-  using acc_t = acc_type<scalar_t>;
+__global__ void __launch_bounds__(kThreads) backward_finalize_kernel(const BackwardSums<scalar_t> sums) {
+  if (sums.block_per_channel) {  // uniform over the grid
+    sums.merge_channel_block(blockIdx.x);
+    return;
+  }
   const index_t c = static_cast<index_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (c >= C) return;  // warp-uniform
-  const index_t units = batches * C * splits;
-  acc_t channel_dz = acc_t(0), channel_dzx = acc_t(0);
-  for (index_t b = 0; b < batches; ++b) {
-    const index_t g = b * C + c;
-    acc_t dz = acc_t(0), dzx = acc_t(0);
-    for (index_t s = lane; s < splits; s += kWarpSize) {
-      dz += partial[g * splits + s];
-      dzx += partial[units + g * splits + s];
-    }
-    warp_sum2(dz, dzx);
-    if (lane == 0) {
-      if (totals != nullptr) {
-        totals[g] = dz;
-        totals[batches * C + g] = dzx;
-      }
-      channel_dz += dz;
-      channel_dzx += dzx;
-    }
-  }
-  if (lane == 0) {
-    if (grads_are_float) {
-      static_cast<float*>(grad_weight)[c] = static_cast<float>(channel_dzx);
-      static_cast<float*>(grad_bias)[c] = static_cast<float>(channel_dz);
-    } else {
-      static_cast<scalar_t*>(grad_weight)[c] = static_cast<scalar_t>(channel_dzx);
-      static_cast<scalar_t*>(grad_bias)[c] = static_cast<scalar_t>(channel_dz);
-    }
-  }
+  if (c >= sums.C) return;  // warp-uniform
+  sums.merge_channel(c, threadIdx.x % kWarpSize);
 }
 
 // ============================================================ host side
-
-index_t next_pow2(index_t v) {
-  index_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
 
 // Blocks of `kernel` that fit on one SM, times the SM count: the grid size
 // that fills the device in one wave. Cached per (device, kernel); only a
@@ -935,61 +1160,6 @@ unsigned int grid_size(index_t blocks) {
               "gan_ext norm_act: tensor too large for one launch (", blocks, " blocks)");
   return static_cast<unsigned int>(blocks);
 }
-
-// groups x segs runs of hw elements, read as vectors of `vec`.
-PlaneGeometry plan_planes(index_t groups, index_t segs, index_t hw, index_t C, int vec,
-                          index_t wave) {
-  PlaneGeometry geo;
-  geo.groups = groups;
-  geo.segs = segs;
-  geo.hwv = hw / vec;
-  geo.C = C;
-  const index_t per_group = segs * geo.hwv;
-  // A warp for tiny groups (a whole block would idle), up to a block for big
-  // ones, with about kUnroll vectors per thread.
-  const index_t want = next_pow2(ceil_div(per_group, kUnroll));
-  geo.team = static_cast<int>(std::min<index_t>(kThreads, std::max<index_t>(kWarpSize, want)));
-  const index_t teams_per_block = kThreads / geo.team;
-  // Split groups only while the GPU is not full, and never below a full
-  // unrolled iteration per thread.
-  index_t splits = ceil_div(wave * teams_per_block, groups);
-  const index_t per_iteration = static_cast<index_t>(geo.team) * kUnroll;
-  splits = std::min(splits, std::max<index_t>(1, per_group / per_iteration));
-  splits = std::max<index_t>(splits, 1);
-  geo.chunk = ceil_div(per_group, splits);
-  geo.splits = ceil_div(per_group, geo.chunk);  // no empty units
-  geo.step_seg = geo.team / geo.hwv;
-  geo.step_off = geo.team % geo.hwv;
-  return geo;
-}
-
-index_t plane_blocks(const PlaneGeometry& geo) {
-  return ceil_div(geo.groups * geo.splits, kThreads / geo.team);
-}
-
-// batches x rows rows of C channels, read as vectors of `vec` channels.
-RowGeometry plan_rows(index_t batches, index_t rows, index_t C, int vec, int unroll, index_t wave) {
-  RowGeometry geo;
-  geo.batches = batches;
-  geo.rows = rows;
-  geo.C = C;
-  geo.cv = C / vec;
-  geo.tx = static_cast<int>(std::min<index_t>(kWarpSize, next_pow2(geo.cv)));
-  geo.ty = kThreads / geo.tx;
-  geo.col_blocks = ceil_div(geo.cv, geo.tx);
-  const index_t base_blocks = batches * geo.col_blocks;
-  index_t splits = ceil_div(wave, base_blocks);
-  // At least two unrolled iterations per thread: each block writes C partials
-  // per split, which must stay small next to the rows it reads.
-  const index_t min_rows = static_cast<index_t>(geo.ty) * unroll * 2;
-  splits = std::min(splits, std::max<index_t>(1, rows / min_rows));
-  splits = std::max<index_t>(splits, 1);
-  geo.chunk = ceil_div(rows, splits);
-  geo.splits = ceil_div(rows, geo.chunk);
-  return geo;
-}
-
-index_t row_blocks(const RowGeometry& geo) { return geo.batches * geo.splits * geo.col_blocks; }
 
 // Runs f(std::integral_constant<int, VEC>) with 128-bit vectors when `vectorize`,
 // else with scalars.
@@ -1026,8 +1196,17 @@ struct Layout {
   index_t N, C, HW;
   bool channels_last;  // use the row (NHWC) kernels
   bool per_sample;  // one group per (n, c) (instance statistics), else per channel
+  bool legacy;      // GAN_EXT_CUDA_NORM_ACT=legacy (plan::cuda_norm_act_legacy)
 
   index_t groups() const { return per_sample ? N * C : C; }
+  PlaneGeometry plane_plan(int vec, index_t wave) const {
+    return per_sample ? plan_planes(N * C, 1, HW, C, vec, wave, legacy)
+                      : plan_planes(C, N, HW, C, vec, wave, legacy);
+  }
+  RowGeometry row_plan(int vec, int unroll, index_t wave) const {
+    return per_sample ? plan_rows(N, HW, C, vec, unroll, wave, legacy)
+                      : plan_rows(1, N * HW, C, vec, unroll, wave, legacy);
+  }
   index_t count() const { return per_sample ? HW : N * HW; }  // elements per group
   // Vector loads need the vectorized extent to divide evenly and aligned bases.
   bool vectorizable(int vec) const { return (channels_last ? C : HW) % vec == 0; }
@@ -1050,7 +1229,8 @@ template <typename scalar_t>
 void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
                   const at::Tensor* weight, const at::Tensor* bias, bool use_input_stats,
                   const at::Tensor& mean, const at::Tensor& var, const at::Tensor& invstd,
-                  double eps, int64_t activation, double negative_slope) {
+                  double eps, int64_t activation, double negative_slope,
+                  ForwardStats<scalar_t> stats) {
   using acc_t = acc_type<scalar_t>;
   constexpr int kVec = vec_size<scalar_t>();
   const int device = x.get_device();
@@ -1062,8 +1242,6 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
   const Act<acc_t> act{static_cast<int>(activation), static_cast<acc_t>(negative_slope)};
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = out.mutable_data_ptr<scalar_t>();
-  // With running statistics every group is a channel, also for instance norm.
-  const bool per_sample = lay.per_sample;
 
   with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
@@ -1077,59 +1255,57 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
       so.partial_stride = 0;
       so.count = static_cast<acc_t>(lay.count());
       so.eps = static_cast<acc_t>(eps);
+      so.blocks_done = nullptr;
       const index_t groups = lay.groups();
+      so.groups = groups;
       at::Tensor partial;
       index_t splits = 1;
+      // Partials (and, default paths, the block counter behind them) for a split plan.
+      auto prepare = [&](index_t plan_splits) {
+        splits = so.splits = plan_splits;
+        if (splits == 1) return;
+        const index_t n = 3 * groups * splits;
+        partial = at::empty({n + (lay.legacy ? 0 : 1)}, mean.options());
+        so.partial = partial.mutable_data_ptr<acc_t>();
+        so.partial_stride = groups * splits;
+        if (!lay.legacy) {
+          so.blocks_done = reinterpret_cast<unsigned int*>(so.partial + n);
+          C10_CUDA_CHECK(cudaMemsetAsync(so.blocks_done, 0, sizeof(unsigned int), stream));
+        }
+      };
       if (!lay.channels_last) {
         auto kernel = plane_stats_kernel<scalar_t, VEC>;
-        const PlaneGeometry geo = per_sample
-            ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave_blocks(kernel, device))
-            : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave_blocks(kernel, device));
-        splits = geo.splits;
-        if (splits > 1) {
-          partial = at::empty({3 * groups * splits}, mean.options());
-          so.partial = partial.mutable_data_ptr<acc_t>();
-          so.partial_stride = groups * splits;
-        }
+        const PlaneGeometry geo = lay.plane_plan(VEC, wave_blocks(kernel, device));
+        prepare(geo.splits);
         kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       } else {
         auto kernel = row_stats_kernel<scalar_t, VEC>;
-        const RowGeometry geo = per_sample
-            ? plan_rows(lay.N, lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave_blocks(kernel, device))
-            : plan_rows(1, lay.N * lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave_blocks(kernel, device));
-        splits = geo.splits;
-        if (splits > 1) {
-          partial = at::empty({3 * groups * splits}, mean.options());
-          so.partial = partial.mutable_data_ptr<acc_t>();
-          so.partial_stride = groups * splits;
-        }
+        const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave_blocks(kernel, device));
+        prepare(geo.splits);
         kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      if (splits > 1) {
+      if (splits > 1 && lay.legacy) {
         stats_finalize_kernel<acc_t><<<grid_size(ceil_div(groups, kWarps)), kThreads, 0, stream>>>(
             so, groups, splits);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
     // ---- normalize + affine + activation
-    const acc_t* mp = mean.const_data_ptr<acc_t>();
-    const acc_t* ip = invstd.const_data_ptr<acc_t>();
+    stats.mean = mean.const_data_ptr<acc_t>();
+    stats.invstd = invstd.const_data_ptr<acc_t>();
     if (!lay.channels_last) {
       auto kernel = plane_forward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const PlaneGeometry geo = per_sample ? plan_planes(lay.N * lay.C, 1, lay.HW, lay.C, VEC, wave)
-                                           : plan_planes(lay.C, lay.N, lay.HW, lay.C, VEC, wave);
-      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act);
+      const PlaneGeometry geo = lay.plane_plan(VEC, wave);
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       auto kernel = row_forward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const RowGeometry geo = per_sample
-          ? plan_rows(lay.N, lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave)
-          : plan_rows(1, lay.N * lay.HW, lay.C, VEC, kRowUnroll<VEC>, wave);
-      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, mp, ip, affine, act);
+      const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -1168,53 +1344,69 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
 
   with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
-    // ---- reduction pass
-    at::Tensor partial;
-    index_t splits = 1;
+    // ---- reduction pass, with grad_weight, grad_bias and per-group totals
+    // (BackwardSums: in the reduction itself on the default paths where it can)
+    at::Tensor partial, totals;
+    if (use_input_stats) totals = at::empty({2 * groups}, mean.options());
+    BackwardSums<scalar_t> sums{};
+    sums.totals = use_input_stats ? totals.mutable_data_ptr<acc_t>() : nullptr;
+    sums.grad_weight = grad_weight.mutable_data_ptr();
+    sums.grad_bias = grad_bias.mutable_data_ptr();
+    sums.grads_are_float = grad_weight.scalar_type() == at::kFloat;
+    sums.C = lay.C;
+    sums.batches = batches;
+    bool finalize = false;  // backward_finalize_kernel after the reduction
+    auto prepare = [&](index_t splits) {
+      sums.splits = splits;
+      sums.direct = !lay.legacy && batches == 1 && splits == 1;
+      sums.block_per_channel = !lay.legacy && batches >= kWarpSize;
+      if (sums.direct) return;
+      const bool merge_in_reduction = !lay.legacy && lay.C <= kWarps;
+      const index_t n = 2 * groups * splits;
+      partial = at::empty({n + (merge_in_reduction ? 1 : 0)}, mean.options());
+      sums.partial = partial.mutable_data_ptr<acc_t>();
+      if (merge_in_reduction) {
+        sums.blocks_done = reinterpret_cast<unsigned int*>(sums.partial + n);
+        C10_CUDA_CHECK(cudaMemsetAsync(sums.blocks_done, 0, sizeof(unsigned int), stream));
+      } else {
+        finalize = true;
+      }
+    };
     if (!lay.channels_last) {
       auto kernel = plane_backward_reduce_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const PlaneGeometry geo = lay.per_sample ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave)
-                                               : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave);
-      splits = geo.splits;
-      partial = at::empty({2 * groups * splits}, mean.options());
-      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
-          dyp, sp, reduce_writes, geo, args, partial.mutable_data_ptr<acc_t>());
+      const PlaneGeometry geo = lay.plane_plan(VEC, wave);
+      prepare(geo.splits);
+      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, reduce_writes, geo,
+                                                                     args, sums);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       auto kernel = row_backward_reduce_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const RowGeometry geo = plan_rows(batches, lay.per_sample ? lay.HW : lay.N * lay.HW, lay.C,
-                                        VEC, kRowUnroll<VEC>, wave);
-      splits = geo.splits;
-      partial = at::empty({2 * groups * splits}, mean.options());
-      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(
-          dyp, sp, reduce_writes, geo, args, partial.mutable_data_ptr<acc_t>());
+      const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
+      prepare(geo.splits);
+      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, reduce_writes, geo,
+                                                                   args, sums);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    // ---- grad_weight, grad_bias and per-group totals
-    at::Tensor totals;
-    if (use_input_stats) totals = at::empty({2 * groups}, mean.options());
-    backward_finalize_kernel<scalar_t><<<grid_size(ceil_div(lay.C, kWarps)), kThreads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), lay.C, batches, splits,
-        use_input_stats ? totals.mutable_data_ptr<acc_t>() : nullptr, grad_weight.mutable_data_ptr(),
-        grad_bias.mutable_data_ptr(), grad_weight.scalar_type() == at::kFloat);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (finalize) {
+      const index_t blocks = sums.block_per_channel ? lay.C : ceil_div(lay.C, kWarps);
+      backward_finalize_kernel<scalar_t><<<grid_size(blocks), kThreads, 0, stream>>>(sums);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     if (!use_input_stats) return;
     // ---- grad_input
     const acc_t* tp = totals.const_data_ptr<acc_t>();
     if (!lay.channels_last) {
       auto kernel = plane_backward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const PlaneGeometry geo = lay.per_sample ? plan_planes(groups, 1, lay.HW, lay.C, VEC, wave)
-                                               : plan_planes(groups, lay.N, lay.HW, lay.C, VEC, wave);
+      const PlaneGeometry geo = lay.plane_plan(VEC, wave);
       kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, gip, geo, args, tp, count);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       auto kernel = row_backward_kernel<scalar_t, VEC>;
       const index_t wave = wave_blocks(kernel, device);
-      const RowGeometry geo = plan_rows(batches, lay.per_sample ? lay.HW : lay.N * lay.HW, lay.C,
-                                        VEC, kRowUnroll<VEC>, wave);
+      const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
       kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(dyp, sp, gip, geo, args, tp, count);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -1227,14 +1419,66 @@ void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& re
                     ref_name, " (", ref.device(), "), got ", t.device());
 }
 
+// The update the forward's elementwise kernel performs (see RunningUpdate).
+template <typename scalar_t>
+RunningUpdate<scalar_t> make_running_update(const c10::optional<at::Tensor>& running_mean,
+                                            const c10::optional<at::Tensor>& running_var,
+                                            const c10::optional<at::Tensor>& num_batches_tracked,
+                                            c10::optional<double> momentum, const at::Tensor& mean,
+                                            const at::Tensor& var, const Layout& lay) {
+  using acc_t = acc_type<scalar_t>;
+  RunningUpdate<scalar_t> r{};
+  const at::Tensor* rm = present(running_mean);
+  const at::Tensor* rv = present(running_var);
+  const at::Tensor* nbt = present(num_batches_tracked);
+  r.batch_mean = mean.const_data_ptr<acc_t>();
+  r.batch_var = var.const_data_ptr<acc_t>();
+  r.mean = rm ? rm->mutable_data_ptr() : nullptr;
+  r.var = rv ? rv->mutable_data_ptr() : nullptr;
+  r.count = nbt ? nbt->mutable_data_ptr<int64_t>() : nullptr;
+  r.mean_stride = rm ? rm->stride(0) : 0;
+  r.var_stride = rv ? rv->stride(0) : 0;
+  r.mean_is_float = rm && rm->scalar_type() == at::kFloat;
+  r.var_is_float = rv && rv->scalar_type() == at::kFloat;
+  r.cumulative = !momentum.has_value();
+  r.momentum = momentum.value_or(0.0);
+  r.unbias = static_cast<double>(lay.count()) / static_cast<double>(lay.count() - 1);
+  r.C = lay.C;
+  r.batches = lay.per_sample ? lay.N : 1;
+  return r;
+}
+
+template <typename scalar_t>
+RunningRead<scalar_t> make_running_read(const at::Tensor& running_mean,
+                                        const at::Tensor& running_var, double eps,
+                                        const at::Tensor& mean, const at::Tensor& var,
+                                        const at::Tensor& invstd) {
+  using acc_t = acc_type<scalar_t>;
+  RunningRead<scalar_t> r;
+  r.mean = running_mean.const_data_ptr();
+  r.var = running_var.const_data_ptr();
+  r.mean_stride = running_mean.stride(0);
+  r.var_stride = running_var.stride(0);
+  r.mean_is_float = running_mean.scalar_type() == at::kFloat;
+  r.var_is_float = running_var.scalar_type() == at::kFloat;
+  r.eps = static_cast<acc_t>(eps);
+  r.out_mean = mean.mutable_data_ptr<acc_t>();
+  r.out_var = var.mutable_data_ptr<acc_t>();
+  r.out_invstd = invstd.mutable_data_ptr<acc_t>();
+  r.C = running_mean.size(0);
+  return r;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
-    int64_t activation, double negative_slope) {
+    const c10::optional<at::Tensor>& running_var,
+    const c10::optional<at::Tensor>& num_batches_tracked, bool use_input_stats, bool instance,
+    c10::optional<double> momentum, double eps, int64_t activation, double negative_slope) {
   TORCH_CHECK_VALUE(input.is_cuda(), "input must be a CUDA tensor, got one on ", input.device());
   const auto [N, C, HW] = check_norm_act_args(input, weight, bias, running_mean, running_var,
-                                              use_input_stats, instance, eps, activation);
+                                              num_batches_tracked, use_input_stats, instance,
+                                              momentum, eps, activation);
   // check_norm_act_args already requires every given parameter on input's device.
   c10::cuda::CUDAGuard guard(input.device());
 
@@ -1244,9 +1488,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   const at::ScalarType sd = stats_dtype(input);
   const at::TensorOptions stats_options = x.options().dtype(sd);
 
+  const bool legacy = plan::cuda_norm_act_legacy();
+  // Default paths: eval statistics are read (and the outputs written) in the kernel.
+  const bool eval_in_kernel = !use_input_stats && !legacy && x.numel() > 0;
   at::Tensor mean, var, invstd;
-  if (use_input_stats) {
-    const index_t groups = instance ? N * C : C;
+  if (use_input_stats || eval_in_kernel) {
+    const index_t groups = instance && use_input_stats ? N * C : C;
     mean = at::empty({groups}, stats_options);
     var = at::empty({groups}, stats_options);
     invstd = at::empty({groups}, stats_options);
@@ -1262,6 +1509,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
       mean.fill_(std::numeric_limits<double>::quiet_NaN());
       var.fill_(std::numeric_limits<double>::quiet_NaN());
       invstd.fill_(std::numeric_limits<double>::quiet_NaN());
+      // Counted, but nothing to average: torch leaves the running statistics alone.
+      if (const at::Tensor* nbt = present(num_batches_tracked)) nbt->add_(1);
     }
     return {out, mean, invstd, var};
   }
@@ -1273,10 +1522,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   // With H*W == 1 both layouts are the same bytes; the row kernels read them
   // coalesced, where the plane kernels would gather with stride C.
   const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;
-  const Layout lay{N, C, HW, rows, instance && use_input_stats};
+  const Layout lay{N, C, HW, rows, instance && use_input_stats, legacy};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gan_ext::norm_act", [&] {
+    ForwardStats<scalar_t> stats{};
+    if (use_input_stats) {
+      stats.update = make_running_update<scalar_t>(running_mean, running_var, num_batches_tracked,
+                                                   momentum, mean, var, lay);
+    } else if (eval_in_kernel) {
+      stats.running = make_running_read<scalar_t>(*running_mean, *running_var, eps, mean, var,
+                                                  invstd);
+    }
     forward_impl<scalar_t>(x, out, lay, w ? &wc : nullptr, b ? &bc : nullptr, use_input_stats, mean,
-                           var, invstd, eps, activation, negative_slope);
+                           var, invstd, eps, activation, negative_slope, stats);
   });
   return {out, mean, invstd, var};
 }
@@ -1323,7 +1580,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
   const at::Tensor wc = w ? w->contiguous() : at::Tensor();
   const at::Tensor bc = b ? b->contiguous() : at::Tensor();
   const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;  // see norm_act_cuda
-  const Layout lay{N, C, HW, rows, per_sample};
+  const Layout lay{N, C, HW, rows, per_sample, plan::cuda_norm_act_legacy()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, s.scalar_type(), "gan_ext::norm_act_backward", [&] {
         backward_impl<scalar_t>(dy, s, grad_in, lay, w ? &wc : nullptr, b ? &bc : nullptr, mean_c,

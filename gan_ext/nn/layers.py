@@ -125,12 +125,14 @@ class BatchNormAct2d(_NormActMixin, nn.BatchNorm2d):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        # Mirrors torch.nn.modules.batchnorm._BatchNorm.forward.
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
+        # Mirrors torch.nn.modules.batchnorm._BatchNorm.forward; the op increments
+        # num_batches_tracked and, for momentum=None, averages with 1 / its value.
+        counter = None
+        if self.training and self.track_running_stats:
+            counter = self.num_batches_tracked
+        momentum = self.momentum
+        if momentum is None and counter is None:
+            momentum = 0.0  # torch's factor without a counter
         if self.training:
             bn_training = True
         else:
@@ -140,8 +142,8 @@ class BatchNormAct2d(_NormActMixin, nn.BatchNorm2d):
             input,
             self.running_mean if pass_stats else None,
             self.running_var if pass_stats else None,
-            self.weight, self.bias, bn_training, factor, self.eps,
-            self.activation, self.negative_slope)
+            self.weight, self.bias, bn_training, momentum, self.eps,
+            self.activation, self.negative_slope, num_batches_tracked=counter)
 
 
 class InstanceNormAct2d(_NormActMixin, nn.InstanceNorm2d):
