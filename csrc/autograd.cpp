@@ -252,6 +252,25 @@ at::Tensor needed(AutogradContext* ctx, const variable_list& saved, size_t i) {
 
 using LossWithGrad3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// The GAN losses' settings, kept for a double backward in one saved_data entry
+// (one hash-map insertion per call: these losses are a few microseconds).
+struct GanLossSettings {
+  int64_t mode;
+  double real_label, fake_label;
+  int64_t reduction;
+};
+
+void save_gan_loss_settings(AutogradContext* ctx, int64_t mode, double real_label,
+                            double fake_label, int64_t reduction) {
+  ctx->saved_data["settings"] = c10::List<double>(
+      {static_cast<double>(mode), real_label, fake_label, static_cast<double>(reduction)});
+}
+
+GanLossSettings gan_loss_settings(AutogradContext* ctx) {
+  const auto v = ctx->saved_data["settings"].toDoubleList();
+  return {static_cast<int64_t>(v[0]), v[1], v[2], static_cast<int64_t>(v[3])};
+}
+
 class DLossFunction : public torch::autograd::Function<DLossFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& real, const at::Tensor& fake,
@@ -262,10 +281,7 @@ class DLossFunction : public torch::autograd::Function<DLossFunction> {
     auto [loss, gr, gf] = op.call(real, fake, mode, real_label, fake_label, reduction);
     // The inputs too (references, no copy): a double backward differentiates the twin.
     ctx->save_for_backward({gr, gf, real, fake});
-    ctx->saved_data["mode"] = mode;
-    ctx->saved_data["real_label"] = real_label;
-    ctx->saved_data["fake_label"] = fake_label;
-    ctx->saved_data["reduction"] = reduction;
+    save_gan_loss_settings(ctx, mode, real_label, fake_label, reduction);
     return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -275,10 +291,9 @@ class DLossFunction : public torch::autograd::Function<DLossFunction> {
     if (create_graph()) {
       static auto twin = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double,
                                             double, int64_t)>("gan_ext::d_loss_twin");
-      const auto& d = ctx->saved_data;
-      at::Tensor loss = twin.call(saved[2], saved[3], d.at("mode").toInt(),
-                                  d.at("real_label").toDouble(), d.at("fake_label").toDouble(),
-                                  d.at("reduction").toInt());
+      const GanLossSettings a = gan_loss_settings(ctx);
+      at::Tensor loss = twin.call(saved[2], saved[3], a.mode, a.real_label, a.fake_label,
+                                  a.reduction);
       return twin_grads({loss}, {grads[0]}, {saved[2], saved[3]},
                         {ctx->needs_input_grad(0), ctx->needs_input_grad(1)}, 6);
     }
@@ -308,10 +323,7 @@ class GLossFunction : public torch::autograd::Function<GLossFunction> {
         "gan_ext::g_loss_with_grad");
     auto [loss, gf] = op.call(fake, mode, real_label, fake_label, reduction);
     ctx->save_for_backward({gf, fake});
-    ctx->saved_data["mode"] = mode;
-    ctx->saved_data["real_label"] = real_label;
-    ctx->saved_data["fake_label"] = fake_label;
-    ctx->saved_data["reduction"] = reduction;
+    save_gan_loss_settings(ctx, mode, real_label, fake_label, reduction);
     return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -321,9 +333,8 @@ class GLossFunction : public torch::autograd::Function<GLossFunction> {
     if (create_graph()) {
       static auto twin = find_op<at::Tensor(const at::Tensor&, int64_t, double, double, int64_t)>(
           "gan_ext::g_loss_twin");
-      const auto& d = ctx->saved_data;
-      at::Tensor loss = twin.call(saved[1], d.at("mode").toInt(), d.at("real_label").toDouble(),
-                                  d.at("fake_label").toDouble(), d.at("reduction").toInt());
+      const GanLossSettings a = gan_loss_settings(ctx);
+      at::Tensor loss = twin.call(saved[1], a.mode, a.real_label, a.fake_label, a.reduction);
       return twin_grads({loss}, {grads[0]}, {saved[1]}, {ctx->needs_input_grad(0)}, 5);
     }
     out[0] = scale_saved(grads[0], saved[0], {}).first;

@@ -315,7 +315,9 @@ struct Act {
   }
 
   __device__ __forceinline__ acc_t backward(acc_t z, acc_t dy) const {
-    if (kind == 1) return z > acc_t(0) ? dy : acc_t(0);
+    // As torch's backward at a NaN pre-activation: relu passes dy (its mask is
+    // "output <= 0"), leaky_relu takes the slope; the CPU kernel does the same.
+    if (kind == 1) return z <= acc_t(0) ? acc_t(0) : dy;
     if (kind == 2) return z > acc_t(0) ? dy : dy * slope;
     return dy;
   }
