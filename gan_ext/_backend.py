@@ -113,10 +113,14 @@ def use_fused(t: torch.Tensor) -> bool:
     return ((_fused_cpu and t.is_cpu) or (_fused_cuda and t.is_cuda)) and not _transformed()
 
 
+_is_compiling = torch.compiler.is_compiling
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
 def _transformed() -> bool:
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._are_functorch_transforms_active()
+    # is_compiling first: under torch.compile the functorch check would become
+    # a graph value instead of a Python bool.
+    return not _is_compiling() and _functorch_active()
 
 
 def vmap_active() -> bool:
