@@ -52,12 +52,17 @@ TORCH_LIBRARY(gan_ext, m) {
   // follows GAN_EXT_CUDA_NORM_ACT, as the kernels do.
   //   planes -> [hwv, team, splits, chunk, step_seg, step_off, blocks]
   //   rows   -> [cv, tx, ty, col_blocks, splits, chunk, blocks]
+  //   group  -> [] when the one-block-per-group kernels do not take the shape
+  //             (elem_size: bytes per element), else their plan as planes gives it
   m.def(
       "_norm_act_plan_planes(int groups, int segs, int hw, int C, int vec, int wave, "
       "bool? legacy=None) -> int[]");
   m.def(
       "_norm_act_plan_rows(int batches, int rows, int C, int vec, int unroll, int wave, "
       "bool? legacy=None) -> int[]");
+  m.def(
+      "_norm_act_plan_group(int N, int C, int hw, int elem_size, bool channels_last, "
+      "bool instance, bool use_input_stats, int vec, bool? legacy=None) -> int[]");
 
   // ---------------------------------------------------------------- losses
   // Codes: reduction 1 mean, 2 sum (0 'none' only where stated); GAN mode

@@ -110,6 +110,49 @@ inline PlaneGeometry plan_planes(index_t groups, index_t segs, index_t hw, index
   return geo;
 }
 
+// With H*W == 1 both layouts are the same bytes; the row kernels read them
+// coalesced, where the plane kernels would gather with stride C.
+inline bool uses_rows(bool channels_last, index_t hw) { return channels_last || hw == 1; }
+
+// ------------------------------------------------ one block per group
+// Training (input statistics) over many mid-sized NCHW groups: one block owns
+// a whole group and does every pass over it in one kernel per direction
+// (statistics then normalize; backward sums then grad_input), re-reading the
+// group from L2 instead of launching a second kernel that reads it from DRAM.
+//   >= kGroupBlockMinGroups groups: the grid fills the device without splits;
+//   <= kGroupBlockMaxBytes per group: the groups of one wave stay in L2 (H200:
+//     50 MB for 132 SMs) until the block re-reads them;
+//   >= kThreads elements per group: a smaller group would leave most of the
+//     block idle, where the plane plans give it a warp.
+// The row layout (uses_rows) is never taken: a row block's tile is up to 32
+// vectors of channels wide, so one block per tile over all rows gives
+// ceil(C / (32 * VEC)) blocks for batch statistics and N times that for
+// instance statistics, under 100 at every target shape.
+constexpr index_t kGroupBlockMinGroups = 100;
+constexpr index_t kGroupBlockMaxBytes = 256 * 1024;
+
+inline bool takes_group_blocks(index_t groups, index_t group_elems, int elem_size,
+                               bool rows, bool input_stats, bool legacy) {
+  return !legacy && input_stats && !rows && groups >= kGroupBlockMinGroups &&
+         group_elems >= kThreads && group_elems * elem_size <= kGroupBlockMaxBytes;
+}
+
+// The plane walk with one unsplit whole-block team per group: block g is group g.
+inline PlaneGeometry plan_group_blocks(index_t groups, index_t segs, index_t hw, index_t C,
+                                       int vec) {
+  PlaneGeometry geo;
+  geo.groups = groups;
+  geo.segs = segs;
+  geo.hwv = hw / vec;
+  geo.C = C;
+  geo.team = kThreads;
+  geo.splits = 1;
+  geo.chunk = segs * geo.hwv;
+  geo.step_seg = geo.team / geo.hwv;
+  geo.step_off = geo.team % geo.hwv;
+  return geo;
+}
+
 // ---------------------------------------------------------------- NHWC
 // Batch b (a sample n for instance statistics, else the whole tensor) is `rows`
 // rows of C contiguous channels; row r of batch b starts at element

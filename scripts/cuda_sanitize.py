@@ -51,6 +51,11 @@ NORM_ACTS = (("relu", 0.01, False), ("leaky_relu", 0.2, True), ("leaky_relu", 0.
 # merged by a finalize kernel on a GPU the size of an H100/H200.
 SPLIT_CASES = (("batch", (2, 3, 256, 256), "nchw"), ("batch", (16, 64, 64, 64), "channels_last"),
                ("instance", (64, 32, 8, 8), "nchw"), ("instance", (2, 3, 512, 512), "nchw"))
+# Shapes the one-block-per-group kernels take in training (csrc/norm_act_plan.h,
+# takes_group_blocks): batch norm, and instance norm with the last block's
+# grad_weight/grad_bias merge by a warp (< 32 samples) and by the block.
+GROUP_BLOCK_CASES = (("batch", (4, 100, 8, 8), "nchw"), ("instance", (2, 64, 16, 16), "nchw"),
+                     ("instance", (40, 8, 16, 16), "nchw"))
 BIG_LOSS = 2 ** 24 + 3
 
 
@@ -182,7 +187,8 @@ def _norm_cases(level: str) -> List[Case]:
                               slope=0.2, saved_is_output=True)
             cases.append(Case(f"norm_act channels_last float16 {norm} {'x'.join(map(str, shape))}",
                               run_cl))
-    for norm, shape, layout in SPLIT_CASES:
+    for kind, norm, shape, layout in ([("split", *c) for c in SPLIT_CASES] +
+                                      [("group-block", *c) for c in GROUP_BLOCK_CASES]):
         for dtype, mode, (act, slope, sio) in ((torch.float32, "train", NORM_ACTS[1]),
                                                (torch.bfloat16, "train", NORM_ACTS[0]),
                                                (torch.float32, "eval", NORM_ACTS[0])):
@@ -191,7 +197,7 @@ def _norm_cases(level: str) -> List[Case]:
                 x = _layout(_randn(shape, dtype, device), layout)
                 norm_act_once(x, instance=norm == "instance", train=mode == "train", act=act,
                               slope=slope, saved_is_output=sio)
-            cases.append(Case(f"norm_act split {norm} {mode} {_dt(dtype)} {layout} "
+            cases.append(Case(f"norm_act {kind} {norm} {mode} {_dt(dtype)} {layout} "
                               f"{'x'.join(map(str, shape))} {act}", run_split))
     # Through the public layer: autograd, the running-statistics update and
     # the empty batch.

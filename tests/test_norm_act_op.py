@@ -683,6 +683,48 @@ def test_cuda_default_and_legacy_paths_agree(monkeypatch, norm, shape, layout, d
         torch.testing.assert_close(a.float(), e.float(), **tol, msg=_named(f"output {i}"))
 
 
+GROUP_BLOCK_SHAPES = [  # taken by the one-block-per-group kernels (test_norm_act_plan.py)
+    ("batch", (64, 128, 16, 16)), ("batch", (64, 512, 4, 4)), ("batch", (4, 100, 8, 8)),
+    ("instance", (16, 64, 128, 128)), ("instance", (2, 64, 16, 16)),
+    ("instance", (40, 8, 16, 16)),  # >= 32 samples: the last block merges a channel per pass
+]
+
+
+@pytest.mark.cuda
+@requires_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("norm,shape", GROUP_BLOCK_SHAPES,
+                         ids=[f"{n}-{'x'.join(map(str, s))}" for n, s in GROUP_BLOCK_SHAPES])
+def test_cuda_group_block_path_matches_legacy_and_cpu(monkeypatch, norm, shape, dtype):
+    """One block per group (plane_group_*_kernel): outputs, statistics, running
+    statistics and gradients as the legacy CUDA path and the CPU kernel give
+    them, and bitwise the same on a second run."""
+    skip_unless_fused_on("cuda")
+    N, C, H, W = shape
+    assert torch.ops.gan_ext._norm_act_plan_group(N, C, H * W, dtype.itemsize, False,
+                                                  norm == "instance", True, 1, False), shape
+    x = make_input(shape, dtype, "cuda", "nchw")
+    w, b = _params(C, torch.float32, "cuda")
+    rm, rv = _running(C, torch.float32, "cuda")
+    nbt = torch.tensor(3, device="cuda") if norm == "batch" else None
+    g = torch.randn(shape, device="cuda").to(dtype)
+    args = (norm, x, w, b, rm, rv, nbt, True, g)
+    default = _cuda_norm_act_run(monkeypatch, "default", *args)
+    again = _cuda_norm_act_run(monkeypatch, "default", *args)
+    legacy = _cuda_norm_act_run(monkeypatch, "legacy", *args)
+    cpu = _cuda_norm_act_run(monkeypatch, "default",
+                             *(t.cpu() if isinstance(t, torch.Tensor) else t for t in args))
+    for a, e in zip(default, again):
+        assert torch.equal(a, e)
+    tol = (dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else
+           dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10))
+    for name, other in (("legacy", legacy), ("cpu", cpu)):
+        assert len(default) == len(other)
+        for i, (a, e) in enumerate(zip(default, other)):
+            torch.testing.assert_close(a.cpu().double(), e.cpu().double(), **tol,
+                                       msg=_named(f"{name} output {i}"))
+
+
 # ------------------------------------------------------------------ bad input
 def _base():
     return dict(input=torch.randn(2, 3, 4, 4), weight=torch.ones(3), bias=torch.zeros(3),

@@ -190,3 +190,67 @@ def test_plan_ops_reject_bad_arguments():
         plan_planes(2, 2, 6, 2, 4, 10, False)
     with pytest.raises(ValueError, match="wave must be positive"):
         plan_rows(1, 10, 8, 4, 4, 0, False)
+
+
+# --------------------------------------------------- one block per group
+def plan_group(shape, elem_size, channels_last, instance, vec, use_input_stats=True, legacy=False):
+    N, C, H, W = shape
+    return torch.ops.gan_ext._norm_act_plan_group(N, C, H * W, elem_size, channels_last, instance,
+                                                  use_input_stats, vec, legacy)
+
+
+def test_group_block_rule_takes_the_target_shapes():
+    """>= 100 NCHW groups of 256 elements .. 256 KB, training only, never legacy
+    nor channels_last (csrc/norm_act_plan.h, takes_group_blocks)."""
+    taken = [((64, 128, 16, 16), 4, False), ((64, 256, 8, 8), 4, False), ((64, 512, 4, 4), 4, False),
+             ((64, 128, 16, 16), 2, False), ((64, 128, 32, 32), 4, False),  # exactly 256 KB
+             ((16, 64, 128, 128), 4, True), ((16, 64, 128, 128), 8, True), ((4, 100, 8, 8), 4, False)]
+    refused = [((64, 64, 32, 32), 4, False),     # 64 groups
+               ((16, 64, 64, 64), 2, False),     # 64 groups
+               ((64, 128, 32, 32), 8, False),    # 512 KB per group
+               ((2, 99, 16, 16), 4, False),      # 99 groups
+               ((64, 32, 8, 8), 4, True),        # 64 elements per group
+               ((2, 128, 11, 11), 4, False),     # 242 elements per group
+               ((512, 256, 1, 1), 4, False)]     # H*W == 1: the row kernels
+    for shape, size, instance in taken:
+        plan = plan_group(shape, size, False, instance, 1)
+        groups = shape[0] * shape[1] if instance else shape[1]
+        assert plan and plan[1] == THREADS and plan[2] == 1 and plan[-1] == groups, (shape, plan)
+        assert plan_group(shape, size, True, instance, 1) == [], shape  # channels_last
+        assert plan_group(shape, size, False, instance, 1, use_input_stats=False) == [], shape
+        assert plan_group(shape, size, False, instance, 1, legacy=True) == [], shape
+    for shape, size, instance in refused:
+        assert plan_group(shape, size, False, instance, 1) == [], shape
+
+
+def test_group_block_rule_follows_the_environment_variable(monkeypatch):
+    args = (64, 128, 256, 4, False, False, True, 4)
+    monkeypatch.setenv("GAN_EXT_CUDA_NORM_ACT", "legacy")
+    assert torch.ops.gan_ext._norm_act_plan_group(*args, None) == []
+    monkeypatch.delenv("GAN_EXT_CUDA_NORM_ACT")
+    assert torch.ops.gan_ext._norm_act_plan_group(*args, None) == plan_group(
+        (64, 128, 16, 16), 4, False, False, 4)
+
+
+@pytest.mark.parametrize("instance", [False, True], ids=["batch", "instance"])
+def test_group_block_plans_visit_every_vector_once(instance):
+    """Every thread of every block walks its group as plane_group_*_kernel do
+    (plane_unit + PlaneCursor with one whole-block team per group)."""
+    shapes = [(4, 100, 8, 8), (2, 128, 12, 12), (1, 112, 16, 20), (2, 64, 16, 16),
+              (1, 100, 32, 32), (3, 104, 10, 10)]
+    checked = 0
+    for (N, C, H, W), vec in itertools.product(shapes, VECS):
+        hw = H * W
+        if hw % vec:
+            continue
+        plan = plan_group((N, C, H, W), 4, False, instance, vec)
+        if not plan:
+            continue
+        checked += 1
+        groups, segs = (N * C, 1) if instance else (C, N)
+        hwv, team, splits, chunk, step_seg, step_off, blocks = plan
+        assert (hwv, team, splits, chunk, blocks) == (hw // vec, THREADS, 1, segs * hwv, groups)
+        assert step_seg * hwv + step_off == team and 0 <= step_off < hwv
+        visits = plane_visits(groups, segs, hwv, C, plan)
+        assert visits == [1] * len(visits), ((N, C, H, W), vec, plan)
+    assert checked >= 10

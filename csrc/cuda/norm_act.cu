@@ -74,6 +74,11 @@ template <typename scalar_t>
 constexpr int kBackwardMinBlocks =
     std::is_same<scalar_t, float>::value || std::is_same<scalar_t, c10::Half>::value ? 3 : 2;
 
+// The one-block-per-group backward (plane_group_backward_kernel) capped at 80
+// registers spilled 32 bytes for half x8 on sm_90 (ptxas -v); float fits.
+template <typename scalar_t>
+constexpr int kGroupBackwardMinBlocks = std::is_same<scalar_t, float>::value ? 3 : 2;
+
 __device__ __forceinline__ index_t imin(index_t a, index_t b) { return a < b ? a : b; }
 
 // ------------------------------------------------------- Welford / Chan
@@ -188,6 +193,22 @@ __device__ __forceinline__ Welford<acc_t> pack_moments(const Pack<scalar_t, VEC>
   return {mean, m2, n};
 }
 
+// The counter protocol of the kernels that finish with a merge: every thread
+// of every block calls it after its writes; true in every thread of the last
+// block to arrive, which may then read all the other blocks' writes (with
+// __ldcg: they are in L2, maybe not in this SM's L1). The counter is zeroed per
+// call by a memset in the stream (as PyTorch's own reductions do), not reset
+// here: a counter kept between calls would be shared by concurrent streams.
+__device__ __forceinline__ bool arrive_last(unsigned int* blocks_done) {
+  __shared__ bool last;
+  __threadfence();  // release: this thread's writes before the count
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (last) __threadfence();  // acquire: the other blocks' writes after their counts
+  return last;
+}
+
 // Where a statistics pass puts its result: the final (mean, var, invstd) when a
 // group was reduced by a single unit, otherwise one partial per (group, split),
 // merged by stats_finalize_kernel (legacy paths) or by the last block of the
@@ -206,19 +227,11 @@ struct StatsOut {
   index_t groups, splits;
 
   // Every thread of every block calls it after its writes. The last block to
-  // arrive merges each group's partials in split order, so the result does not
-  // depend on which block that is (deterministic). The counter is zeroed per
-  // call by a memset in the stream (as PyTorch's own reductions do), not reset
-  // here: a counter kept between calls would be shared by concurrent streams.
+  // arrive (arrive_last) merges each group's partials in split order, so the
+  // result does not depend on which block that is (deterministic).
   __device__ __forceinline__ void finish() const {
     if (blocks_done == nullptr) return;  // uniform over the grid
-    __shared__ bool last;
-    __threadfence();  // release: this thread's partials before the count
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();  // acquire: the other blocks' partials after their counts
+    if (!arrive_last(blocks_done)) return;
     for (index_t g = threadIdx.x; g < groups; g += blockDim.x) {
       Welford<acc_t> w{acc_t(0), acc_t(0), acc_t(0)};
       for (index_t s = 0; s < splits; ++s) {
@@ -232,11 +245,14 @@ struct StatsOut {
     }
   }
 
-  __device__ void write_final(index_t g, const Welford<acc_t>& w) const {
+  // Returns invstd.
+  __device__ acc_t write_final(index_t g, const Welford<acc_t>& w) const {
     const acc_t v = w.m2 / count;  // biased variance
+    const acc_t rs = acc_t(1) / sqrt(v + eps);  // correctly rounded, unlike rsqrt()
     mean[g] = w.mean;
     var[g] = v;
-    invstd[g] = acc_t(1) / sqrt(v + eps);  // correctly rounded, unlike rsqrt()
+    invstd[g] = rs;
+    return rs;
   }
 
   __device__ void write(index_t g, index_t split, index_t splits, const Welford<acc_t>& w) const {
@@ -355,7 +371,7 @@ struct RunningUpdate {
     }
   }
 
-  // Every thread of block 0 calls it, before any early return (it synchronizes).
+  // Every thread of one block calls it, before any early return (it synchronizes).
   __device__ void run() const {
     int64_t seen = 0;
     if (count != nullptr) {  // uniform over the block
@@ -368,8 +384,10 @@ struct RunningUpdate {
     for (index_t c = threadIdx.x; c < C; c += blockDim.x) {
       double m = 0.0, v = 0.0;
       for (index_t b = 0; b < batches; ++b) {
-        m += static_cast<double>(batch_mean[b * C + c]);
-        v += static_cast<double>(batch_var[b * C + c]);
+        // __ldcg: the one-block-per-group kernel runs this in its last block,
+        // after other blocks wrote the statistics (arrive_last).
+        m += static_cast<double>(__ldcg(batch_mean + b * C + c));
+        v += static_cast<double>(__ldcg(batch_var + b * C + c));
       }
       if (mean != nullptr) blend(mean, mean_is_float, c * mean_stride, f, m / batches);
       if (var != nullptr) blend(var, var_is_float, c * var_stride, f, v / batches * unbias);
@@ -597,16 +615,10 @@ struct BackwardSums {
   }
 
   // Every thread of every block of the reduction calls it after its writes
-  // (see StatsOut::finish for the counter protocol).
+  // (arrive_last).
   __device__ __forceinline__ void finish() const {
     if (blocks_done == nullptr) return;  // uniform over the grid
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!arrive_last(blocks_done)) return;
     if (block_per_channel) {
       for (index_t c = 0; c < C; ++c) merge_channel_block(c);
     } else {
@@ -662,12 +674,11 @@ struct PlaneCursor {
   }
 };
 
+// This thread's Welford state over its share of unit u.
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    plane_stats_kernel(const scalar_t* __restrict__ x, const PlaneGeometry geo,
-                       const StatsOut<acc_type<scalar_t>> out) {
+__device__ __forceinline__ Welford<acc_type<scalar_t>> plane_moments(
+    const scalar_t* __restrict__ x, const PlaneGeometry& geo, const PlaneUnit& u) {
   using acc_t = acc_type<scalar_t>;
-  const PlaneUnit u = plane_unit(geo);
   Welford<acc_t> w{acc_t(0), acc_t(0), acc_t(0)};
   PlaneCursor cur(geo, u.begin + u.rank);
   while (cur.j < u.end) {
@@ -684,26 +695,17 @@ __global__ void __launch_bounds__(kThreads)
     }
     w = welford_merge(w, pack_moments<acc_t>(v, valid));
   }
-  w = team_merge(w, geo.team);
-  if (u.active && u.rank == 0) out.write(u.group, u.split, geo.splits, w);
-  out.finish();
+  return w;
 }
 
-// out = act((x - mean) * invstd * gamma + beta)
+// y = act((x - mu) * scale + shift) over this thread's share of unit u.
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    plane_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                         const PlaneGeometry geo, const ForwardStats<scalar_t> stats,
-                         const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
+__device__ __forceinline__ void plane_apply(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                            const PlaneGeometry& geo, const PlaneUnit& u,
+                                            acc_type<scalar_t> mu, acc_type<scalar_t> scale,
+                                            acc_type<scalar_t> shift,
+                                            const Act<acc_type<scalar_t>>& act) {
   using acc_t = acc_type<scalar_t>;
-  stats.prologue();
-  const PlaneUnit u = plane_unit(geo);
-  if (!u.active) return;  // no block-wide synchronization below
-  const index_t c = u.group % geo.C;
-  acc_t mu, rs;
-  stats.get(u.group, c, mu, rs);
-  const acc_t scale = rs * affine.gamma(c);
-  const acc_t shift = affine.beta(c);
   PlaneCursor cur(geo, u.begin + u.rank);
   while (cur.j < u.end) {
     Pack<scalar_t, VEC> v[kUnroll];
@@ -733,20 +735,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Partial (sum dz, sum dz*xhat) per unit into partial[0|1][group * splits + split].
-// With running statistics (grad_in != nullptr) also writes
-// grad_input = dz * gamma * invstd, which needs no sums.
+// (sum dz, sum dz*xhat) over this thread's share of unit u, added to the two
+// sums. With grad_in (running statistics) also writes grad_input =
+// dz * gamma * invstd, which needs no sums.
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
-    plane_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
-                                 scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
-                                 const BackwardArgs<scalar_t> args,
-                                 const BackwardSums<scalar_t> sums) {
+__device__ __forceinline__ void plane_backward_sums(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+    scalar_t* __restrict__ grad_in, const PlaneGeometry& geo, const PlaneUnit& u,
+    const BackwardMath<acc_type<scalar_t>>& m, acc_type<scalar_t>& sum_dz,
+    acc_type<scalar_t>& sum_dzx) {
   using acc_t = acc_type<scalar_t>;
-  const PlaneUnit u = plane_unit(geo);
-  BackwardMath<acc_t> m{};
-  if (u.active) m = args.math(u.group, u.group % geo.C);
-  acc_t sum_dz = acc_t(0), sum_dzx = acc_t(0);
   PlaneCursor cur(geo, u.begin + u.rank);
   while (cur.j < u.end) {
     Pack<scalar_t, VEC> g[kUnroll], s[kUnroll];
@@ -782,25 +780,17 @@ __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
       }
     }
   }
-  team_sum2(sum_dz, sum_dzx, geo.team);
-  if (u.active && u.rank == 0) sums.write(u.group, u.split, sum_dz, sum_dzx);
-  sums.finish();
 }
 
-// grad_input = gamma * invstd * (dz - sum_dz / M - xhat * sum_dz_xhat / M)
+// grad_input = gamma * invstd * (dz - mean_dz - xhat * mean_dzx) over this
+// thread's share of unit u.
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
-    plane_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
-                          scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
-                          const BackwardArgs<scalar_t> args,
-                          const acc_type<scalar_t>* __restrict__ totals,  // [2][groups]
-                          acc_type<scalar_t> count) {
+__device__ __forceinline__ void plane_grad_input(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+    scalar_t* __restrict__ grad_in, const PlaneGeometry& geo, const PlaneUnit& u,
+    const BackwardMath<acc_type<scalar_t>>& m, acc_type<scalar_t> mean_dz,
+    acc_type<scalar_t> mean_dzx) {
   using acc_t = acc_type<scalar_t>;
-  const PlaneUnit u = plane_unit(geo);
-  if (!u.active) return;
-  const BackwardMath<acc_t> m = args.math(u.group, u.group % geo.C);
-  const acc_t mean_dz = totals[u.group] / count;
-  const acc_t mean_dzx = totals[geo.groups + u.group] / count;
   PlaneCursor cur(geo, u.begin + u.rank);
   while (cur.j < u.end) {
     Pack<scalar_t, VEC> g[kUnroll], s[kUnroll];
@@ -830,6 +820,125 @@ __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
       }
     }
   }
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    plane_stats_kernel(const scalar_t* __restrict__ x, const PlaneGeometry geo,
+                       const StatsOut<acc_type<scalar_t>> out) {
+  const PlaneUnit u = plane_unit(geo);
+  auto w = team_merge(plane_moments<scalar_t, VEC>(x, geo, u), geo.team);
+  if (u.active && u.rank == 0) out.write(u.group, u.split, geo.splits, w);
+  out.finish();
+}
+
+// out = act((x - mean) * invstd * gamma + beta)
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    plane_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                         const PlaneGeometry geo, const ForwardStats<scalar_t> stats,
+                         const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
+  using acc_t = acc_type<scalar_t>;
+  stats.prologue();
+  const PlaneUnit u = plane_unit(geo);
+  if (!u.active) return;  // no block-wide synchronization below
+  const index_t c = u.group % geo.C;
+  acc_t mu, rs;
+  stats.get(u.group, c, mu, rs);
+  plane_apply<scalar_t, VEC>(x, y, geo, u, mu, rs * affine.gamma(c), affine.beta(c), act);
+}
+
+// Partial (sum dz, sum dz*xhat) per unit into partial[0|1][group * splits + split].
+// With running statistics (grad_in != nullptr) also writes grad_input.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
+    plane_backward_reduce_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+                                 scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
+                                 const BackwardArgs<scalar_t> args,
+                                 const BackwardSums<scalar_t> sums) {
+  using acc_t = acc_type<scalar_t>;
+  const PlaneUnit u = plane_unit(geo);
+  BackwardMath<acc_t> m{};
+  if (u.active) m = args.math(u.group, u.group % geo.C);
+  acc_t sum_dz = acc_t(0), sum_dzx = acc_t(0);
+  plane_backward_sums<scalar_t, VEC>(dy, saved, grad_in, geo, u, m, sum_dz, sum_dzx);
+  team_sum2(sum_dz, sum_dzx, geo.team);
+  if (u.active && u.rank == 0) sums.write(u.group, u.split, sum_dz, sum_dzx);
+  sums.finish();
+}
+
+// grad_input = gamma * invstd * (dz - sum_dz / M - xhat * sum_dz_xhat / M)
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
+    plane_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+                          scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
+                          const BackwardArgs<scalar_t> args,
+                          const acc_type<scalar_t>* __restrict__ totals,  // [2][groups]
+                          acc_type<scalar_t> count) {
+  using acc_t = acc_type<scalar_t>;
+  const PlaneUnit u = plane_unit(geo);
+  if (!u.active) return;
+  const BackwardMath<acc_t> m = args.math(u.group, u.group % geo.C);
+  plane_grad_input<scalar_t, VEC>(dy, saved, grad_in, geo, u, m, totals[u.group] / count,
+                                  totals[geo.groups + u.group] / count);
+}
+
+// ------------------------------------------------- one block per group
+// plan_group_blocks (csrc/norm_act_plan.h): block g is group g, whole, so
+// each direction is one kernel that re-reads its group from L2 for the second
+// half. Deterministic: fixed walk, fixed block merge tree, and the cross-block
+// work (running statistics; instance norm's grad_weight/grad_bias over the
+// batch) done by the last block to finish in a fixed order.
+
+// Statistics, then normalize + affine + activation; the last block updates the
+// running statistics (update.run()) when `blocks_done` is set.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    plane_group_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                               const PlaneGeometry geo, const StatsOut<acc_type<scalar_t>> out,
+                               const RunningUpdate<scalar_t> update, unsigned int* blocks_done,
+                               const Affine<scalar_t> affine, const Act<acc_type<scalar_t>> act) {
+  using acc_t = acc_type<scalar_t>;
+  __shared__ acc_t stats[2];
+  const PlaneUnit u = plane_unit(geo);  // active: one block per group
+  const auto w = team_merge(plane_moments<scalar_t, VEC>(x, geo, u), kThreads);
+  if (threadIdx.x == 0) {
+    stats[0] = w.mean;
+    stats[1] = out.write_final(u.group, w);
+  }
+  __syncthreads();
+  const index_t c = u.group % geo.C;
+  plane_apply<scalar_t, VEC>(x, y, geo, u, stats[0], stats[1] * affine.gamma(c), affine.beta(c),
+                             act);
+  if (blocks_done == nullptr) return;  // uniform over the grid
+  if (arrive_last(blocks_done)) update.run();
+}
+
+// Backward sums, then grad_input; grad_weight/grad_bias through `sums`
+// (direct for batch statistics; the last block's merge over the batch for
+// instance statistics).
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kGroupBackwardMinBlocks<scalar_t>)
+    plane_group_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ saved,
+                                scalar_t* __restrict__ grad_in, const PlaneGeometry geo,
+                                const BackwardArgs<scalar_t> args,
+                                const BackwardSums<scalar_t> sums, acc_type<scalar_t> count) {
+  using acc_t = acc_type<scalar_t>;
+  __shared__ acc_t totals[2];
+  const PlaneUnit u = plane_unit(geo);  // active: one block per group
+  const BackwardMath<acc_t> m = args.math(u.group, u.group % geo.C);
+  acc_t sum_dz = acc_t(0), sum_dzx = acc_t(0);
+  plane_backward_sums<scalar_t, VEC>(dy, saved, nullptr, geo, u, m, sum_dz, sum_dzx);
+  team_sum2(sum_dz, sum_dzx, kThreads);
+  if (threadIdx.x == 0) {
+    totals[0] = sum_dz;
+    totals[1] = sum_dzx;
+    sums.write(u.group, 0, sum_dz, sum_dzx);
+  }
+  __syncthreads();
+  plane_grad_input<scalar_t, VEC>(dy, saved, grad_in, geo, u, m, totals[0] / count,
+                                  totals[1] / count);
+  sums.finish();
 }
 
 // ================================================================ NHWC
@@ -1210,6 +1319,15 @@ struct Layout {
                       : plan_rows(1, N * HW, C, vec, unroll, wave, legacy);
   }
   index_t count() const { return per_sample ? HW : N * HW; }  // elements per group
+  // The one-block-per-group kernels (plan::takes_group_blocks) take this call.
+  bool group_blocks(int elem_size, bool input_stats) const {
+    return plan::takes_group_blocks(groups(), count(), elem_size, channels_last, input_stats,
+                                    legacy);
+  }
+  PlaneGeometry group_plan(int vec) const {
+    return per_sample ? plan::plan_group_blocks(N * C, 1, HW, C, vec)
+                      : plan::plan_group_blocks(C, N, HW, C, vec);
+  }
   // Vector loads need the vectorized extent to divide evenly and aligned bases.
   bool vectorizable(int vec) const { return (channels_last ? C : HW) % vec == 0; }
 };
@@ -1247,6 +1365,29 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
 
   with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
+    if (lay.group_blocks(sizeof(scalar_t), use_input_stats)) {
+      StatsOut<acc_t> so{};
+      so.mean = mean.mutable_data_ptr<acc_t>();
+      so.var = var.mutable_data_ptr<acc_t>();
+      so.invstd = invstd.mutable_data_ptr<acc_t>();
+      so.count = static_cast<acc_t>(lay.count());
+      so.eps = static_cast<acc_t>(eps);
+      so.groups = lay.groups();
+      so.splits = 1;
+      const RunningUpdate<scalar_t>& update = stats.update;
+      at::Tensor counter;
+      unsigned int* blocks_done = nullptr;
+      if (update.count != nullptr || update.mean != nullptr || update.var != nullptr) {
+        counter = at::empty({1}, x.options().dtype(at::kInt));
+        blocks_done = reinterpret_cast<unsigned int*>(counter.mutable_data_ptr<int32_t>());
+        C10_CUDA_CHECK(cudaMemsetAsync(blocks_done, 0, sizeof(unsigned int), stream));
+      }
+      const PlaneGeometry geo = lay.group_plan(VEC);
+      plane_group_forward_kernel<scalar_t, VEC><<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
+          xp, yp, geo, so, update, blocks_done, affine, act);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     // ---- statistics pass
     if (use_input_stats) {
       StatsOut<acc_t> so;
@@ -1346,6 +1487,32 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& saved, const at::Tens
 
   with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
+    if (lay.group_blocks(sizeof(scalar_t), use_input_stats)) {
+      // Batch statistics: a block is a channel and writes its grads directly;
+      // instance statistics: partials per (n, c), merged by the last block.
+      BackwardSums<scalar_t> sums{};
+      sums.grad_weight = grad_weight.mutable_data_ptr();
+      sums.grad_bias = grad_bias.mutable_data_ptr();
+      sums.grads_are_float = grad_weight.scalar_type() == at::kFloat;
+      sums.C = lay.C;
+      sums.batches = batches;
+      sums.splits = 1;
+      sums.direct = batches == 1;
+      sums.block_per_channel = batches >= kWarpSize;
+      at::Tensor partial;
+      if (!sums.direct) {
+        const index_t n = 2 * groups;
+        partial = at::empty({n + 1}, mean.options());
+        sums.partial = partial.mutable_data_ptr<acc_t>();
+        sums.blocks_done = reinterpret_cast<unsigned int*>(sums.partial + n);
+        C10_CUDA_CHECK(cudaMemsetAsync(sums.blocks_done, 0, sizeof(unsigned int), stream));
+      }
+      const PlaneGeometry geo = lay.group_plan(VEC);
+      plane_group_backward_kernel<scalar_t, VEC><<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
+          dyp, sp, gip, geo, args, sums, count);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     // ---- reduction pass, with grad_weight, grad_bias and per-group totals
     // (BackwardSums: in the reduction itself on the default paths where it can)
     at::Tensor partial, totals;
@@ -1521,9 +1688,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cuda(
   const at::Tensor* b = present(bias);
   const at::Tensor wc = w ? w->contiguous() : at::Tensor();
   const at::Tensor bc = b ? b->contiguous() : at::Tensor();
-  // With H*W == 1 both layouts are the same bytes; the row kernels read them
-  // coalesced, where the plane kernels would gather with stride C.
-  const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;
+  const bool rows = plan::uses_rows(fmt == at::MemoryFormat::ChannelsLast, HW);
   const Layout lay{N, C, HW, rows, instance && use_input_stats, legacy};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gan_ext::norm_act", [&] {
     ForwardStats<scalar_t> stats{};
@@ -1581,7 +1746,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cuda(
   const at::Tensor invstd_c = invstd.to(sd).contiguous();
   const at::Tensor wc = w ? w->contiguous() : at::Tensor();
   const at::Tensor bc = b ? b->contiguous() : at::Tensor();
-  const bool rows = fmt == at::MemoryFormat::ChannelsLast || HW == 1;  // see norm_act_cuda
+  const bool rows = plan::uses_rows(fmt == at::MemoryFormat::ChannelsLast, HW);
   const Layout lay{N, C, HW, rows, per_sample, plan::cuda_norm_act_legacy()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, s.scalar_type(), "gan_ext::norm_act_backward", [&] {
