@@ -178,24 +178,13 @@ def norm_act_backward(grad_out: Tensor, saved: Tensor, weight: Optional[Tensor],
                       mean: Tensor, invstd: Tensor, use_input_stats: bool, instance: bool,
                       activation: int, negative_slope: float, saved_is_output: bool):
     """Twin of ``torch.ops.gan_ext.norm_act_backward``; analytic, in stats precision."""
-    sd = stats_dtype(saved.dtype)
-    C = saved.shape[1]
-    w = effective_weight(weight, activation, negative_slope)
-    gamma = (w.to(sd) if w is not None else torch.ones(C, dtype=sd, device=saved.device)).reshape(1, C, 1, 1)
-    beta = (bias.to(sd) if bias is not None else torch.zeros(C, dtype=sd, device=saved.device)).reshape(1, C, 1, 1)
-    per_sample = use_input_stats
-    mu = _per_channel(mean, saved, instance, per_sample)
-    rs = _per_channel(invstd, saved, instance, per_sample)
-    s = saved.to(sd)
-    dy = grad_out.to(sd)
-    if saved_is_output:
-        z = invert_activation(s, activation, negative_slope)
-        xhat = (z - beta) / gamma
-    else:
-        xhat = (s - mu) * rs
-        z = xhat * gamma + beta
+    xhat, z, gamma, rs = _normalized(saved, weight, bias, mean, invstd, instance, use_input_stats,
+                                     activation, negative_slope, saved_is_output)
+    dy = grad_out.to(stats_dtype(saved.dtype))
     if activation == RELU:
-        dz = torch.where(z > 0, dy, torch.zeros_like(dy))
+        # torch.relu's backward masks where the output is <= 0, so a NaN
+        # pre-activation passes the gradient (as both kernels do).
+        dz = torch.where(z <= 0, torch.zeros_like(dy), dy)
     elif activation == LEAKY_RELU:
         dz = torch.where(z > 0, dy, dy * negative_slope)
     else:
@@ -238,27 +227,29 @@ def norm_act_backward_with_stats(grad_out: Optional[Tensor], grad_mean: Optional
     if grad_mean is not None:
         extra = extra + _per_channel(grad_mean.to(sd), saved, instance, True) / m
     if grad_invstd is not None:
-        xhat = _normalized(saved, weight, bias, mean, invstd, instance, activation, negative_slope,
-                           saved_is_output)
-        rs = _per_channel(invstd, saved, instance, True)
+        xhat, _, _, rs = _normalized(saved, weight, bias, mean, invstd, instance, True, activation,
+                                     negative_slope, saved_is_output)
         extra = extra - _per_channel(grad_invstd.to(sd), saved, instance, True) * rs * rs * xhat / m
     return (gi.to(sd) + extra).to(saved.dtype), gw, gb
 
 
 def _normalized(saved: Tensor, weight, bias, mean: Tensor, invstd: Tensor, instance: bool,
-                activation: int, negative_slope: float, saved_is_output: bool) -> Tensor:
-    """xhat = (x - mean) * invstd, from the saved input or (In-Place ABN) output."""
+                per_sample: bool, activation: int, negative_slope: float, saved_is_output: bool):
+    """(xhat, z, gamma, invstd) in stats precision, broadcastable against saved:
+    xhat = (x - mean) * invstd and the pre-activation z = xhat * gamma + beta,
+    from the saved input or (In-Place ABN) the saved output inverted."""
     sd = stats_dtype(saved.dtype)
+    C = saved.shape[1]
+    w = effective_weight(weight, activation, negative_slope)
+    gamma = (w.to(sd) if w is not None else torch.ones(C, dtype=sd, device=saved.device)).reshape(1, C, 1, 1)
+    beta = (bias.to(sd) if bias is not None else torch.zeros(C, dtype=sd, device=saved.device)).reshape(1, C, 1, 1)
+    rs = _per_channel(invstd, saved, instance, per_sample)
     s = saved.to(sd)
     if saved_is_output:
-        C = saved.shape[1]
-        w = effective_weight(weight, activation, negative_slope)
-        gamma = (w.to(sd) if w is not None else torch.ones(C, dtype=sd, device=saved.device))
-        beta = (bias.to(sd) if bias is not None else torch.zeros(C, dtype=sd, device=saved.device))
         z = invert_activation(s, activation, negative_slope)
-        return (z - beta.reshape(1, C, 1, 1)) / gamma.reshape(1, C, 1, 1)
-    return ((s - _per_channel(mean, saved, instance, True))
-            * _per_channel(invstd, saved, instance, True))
+        return (z - beta) / gamma, z, gamma, rs
+    xhat = (s - _per_channel(mean, saved, instance, per_sample)) * rs
+    return xhat, xhat * gamma + beta, gamma, rs
 
 
 # ====================================================================== losses

@@ -26,6 +26,11 @@ def _norm_case(x, kind, train, act, slope, w, b, rm, rv):
                                  0.1, 1e-5, act, slope)
 
 
+def _norm_params(C):
+    """weight, bias, running mean and running variance for C channels."""
+    return torch.rand(C) + 0.5, torch.randn(C) * 0.1, torch.randn(C) * 0.1, torch.rand(C) + 0.5
+
+
 def _both(fn, inputs):
     outs = {}
     for name in ("fused", "reference"):
@@ -61,8 +66,7 @@ def test_norm_act_nonfinite_in_every_lane(kind, train, act, slope, value, layout
     torch.manual_seed(0)
     shape = SHAPES[layout]
     C = shape[1]
-    w, b = torch.rand(C) + 0.5, torch.randn(C) * 0.1
-    rm, rv = torch.randn(C) * 0.1, torch.rand(C) + 0.5
+    w, b, rm, rv = _norm_params(C)
     base = torch.randn(shape)
     fn = lambda x, w, b: _norm_case(x, kind, train, act, slope, w, b, rm, rv)  # noqa: E731
     for pos in range(RUN):
@@ -103,3 +107,31 @@ def test_reparameterize_nonfinite_in_every_lane(which, value, reduction):
             # number (documented); nowhere else.
             extra = torch.isnan(g) & ~torch.isnan(g_ref)
             assert (extra <= ~torch.isfinite(m)).all(), where
+
+
+@pytest.mark.parametrize("act,slope", [("relu", 0.0), ("leaky_relu", 0.2)], ids=["relu", "leaky0.2"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", list(SHAPES))
+def test_backward_op_and_its_twin_agree_at_nonfinite_input(layout, train, act, slope):
+    """The backward op and gan_ext.reference.norm_act_backward (the twin the
+    double backward differentiates) give the same gradients at a NaN or
+    infinite saved input: relu's mask passes the gradient at a NaN
+    pre-activation in both."""
+    skip_unless_fused_on("cpu")
+    from gan_ext import reference as ref
+    torch.manual_seed(2)
+    shape = SHAPES[layout]
+    C = shape[1]
+    w, b, rm, rv = _norm_params(C)
+    code = ref.ACTIVATIONS[act]
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for value in (float("nan"), float("inf"), float("-inf")):
+        x = torch.randn(shape)
+        x.view(-1)[7] = value
+        x = x.contiguous(memory_format=fmt)
+        _, mean, invstd, _ = ref.norm_act(x, w, b, rm.clone(), rv.clone(), None, train, False,
+                                          0.1, 1e-5, code, slope)
+        dy = torch.randn(shape).contiguous(memory_format=fmt)
+        args = (dy, x, w, b, mean, invstd, train, False, code, slope, False)
+        for g, h in zip(torch.ops.gan_ext.norm_act_backward(*args), ref.norm_act_backward(*args)):
+            torch.testing.assert_close(g, h, equal_nan=True, rtol=1e-4, atol=1e-4)
