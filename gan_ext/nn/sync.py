@@ -20,7 +20,6 @@ the activation (the statistics' all-reduce is the same either way).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -32,10 +32,12 @@ def _checkpoint_path(path: str) -> str:
     return path
 
 
-def load_trained(path: str, device: str = "auto"):
-    """(trainer with the checkpoint's weights, in eval mode; the checkpoint dict)."""
+def load_trained(path: str, device: str = "auto", ckpt: Optional[Any] = None):
+    """(trainer with the checkpoint's weights, in eval mode; the checkpoint dict).
+    ``ckpt``: the file's content when the caller has read it already."""
     path = _checkpoint_path(path)
-    ckpt = read_torch_file(path)
+    if ckpt is None:
+        ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is a PyTorch file but not a gan_ext training "
                               "checkpoint (no gan_ext format tag), nor a generator file "
@@ -118,9 +120,9 @@ def _is_examples_dcgan(sd) -> bool:
             and all(str(k).startswith("main.") for k in sd))
 
 
-def examples_dcgan_generator(state_dict: dict, device) -> Tuple[torch.nn.Module, "DCGANConfig"]:
-    """The 64x64 DCGAN generator of pytorch/examples, shaped after its state_dict
-    (nz, ngf, nc), weights loaded strictly, in eval mode."""
+def examples_dcgan_generator(state_dict: dict, device) -> Tuple[torch.nn.Module, Any]:
+    """(G, its DCGANConfig): the 64x64 DCGAN generator of pytorch/examples, shaped
+    after its state_dict (nz, ngf, nc), weights loaded strictly, in eval mode."""
     from ..models import DCGAN, DCGANConfig
     try:
         w0, wl = state_dict["main.0.weight"], state_dict["main.12.weight"]  # (nz, 8 ngf, 4, 4), (ngf, nc, 4, 4)
@@ -198,7 +200,7 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
             y = translate(G, x, dev, batch=8)
         per = min(8, len(x))
         return save_grid(_rows([x, y], per), out, nrow=per)
-    trainer, ckpt = load_trained(path, device)
+    trainer, ckpt = load_trained(path, device, raw)
     _refuse(labels is not None and trainer.name != "cgan", "--label", "cgan")
     x = None
     if inputs is not None:
@@ -259,7 +261,7 @@ def evaluate_checkpoint(path: str, n: int = 10000, device: str = "auto",
         if report is not None:
             report(metrics)
         return metrics, None
-    trainer, ckpt = load_trained(path, device)
+    trainer, ckpt = load_trained(path, device, raw)
     metrics = trainer.run_eval(n)
     if fid_backend is not None:
         metrics[f"fid_{fid_backend}"] = _backend_fid(trainer, fid_backend, n)
