@@ -70,6 +70,10 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
+// Inside a backward, grad mode is on exactly when it runs with create_graph=True:
+// then every Function here differentiates a twin instead of its fused kernel.
+inline bool create_graph() { return at::GradMode::is_enabled(); }
+
 // create_graph=True: the gradients of `outputs` (a twin op's results, built
 // from the saved inputs) with respect to those of `inputs` that need one,
 // recorded so that they can be differentiated again. `slots`: the Function's
@@ -162,7 +166,7 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
     const double slope = ctx->saved_data["negative_slope"].toDouble();
     const bool saved_is_output = ctx->saved_data["saved_is_output"].toBool();
     at::Tensor gi, gw, gb;
-    if (at::GradMode::is_enabled() || stat_grads) {
+    if (create_graph() || stat_grads) {
       // create_graph (or the second pass of a double backward): the twin.
       static auto twin = find_op<NormActBackwardTwin>("gan_ext::norm_act_backward_twin");
       std::tie(gi, gw, gb) = twin.call(
@@ -200,9 +204,6 @@ NormActOut norm_act_autograd(const at::Tensor& input, const OptTensor& weight,
 // ops); backward only scales them by grad_output. Without grad mode, or when no
 // input needs a gradient, the plain loss op runs and nothing is saved.
 
-// The saved gradients are constants to autograd, so with create_graph=True
-// (grad mode on in backward) the losses differentiate their twin instead.
-inline bool create_graph() { return at::GradMode::is_enabled(); }
 
 inline bool wants_grad(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
 
