@@ -1,6 +1,7 @@
 """Pieces every model family shares: the papers' weight init, parameter
-counts, argument checks, and the two speed choices of the gan_ext builds:
-channels_last weights and PyTorch's fused Adam."""
+counts, freezing a network, and the two speed choices of the gan_ext builds:
+channels_last weights and PyTorch's fused Adam. The argument checks are in
+:mod:`._checks`."""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Tuple
@@ -8,9 +9,8 @@ from typing import Iterable, Optional, Tuple
 import torch
 from torch import nn
 
-from .._validate import check_int  # noqa: F401  (re-exported: the families import it from here)
-
-__all__ = ["init_normal_", "num_parameters", "check_int", "apply_channels_last", "make_adam"]
+__all__ = ["init_normal_", "num_parameters", "set_requires_grad", "apply_channels_last",
+           "make_adam"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
@@ -37,6 +37,12 @@ def init_normal_(module: nn.Module, std: float = 0.02, linear: bool = True) -> n
 
 def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def set_requires_grad(requires_grad: bool, *nets: nn.Module) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(requires_grad)
 
 
 def apply_channels_last(module: nn.Module, channels_last: Optional[bool], fused: bool) -> bool:

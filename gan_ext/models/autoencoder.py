@@ -10,7 +10,6 @@ in training by ``clamp(x + noise_factor * N(0, 1), 0, 1)`` (Vincent et al. 2008)
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,36 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
-from ._common import apply_channels_last, check_int, make_adam
+from ._checks import UNIT_IMAGES, check_bool, check_images, check_int, check_real
+from ._common import apply_channels_last, make_adam
 
 __all__ = ["AEConfig", "ConvAutoencoder"]
 
 IMAGE_SHAPE = (1, 28, 28)
 _FEATURES = (32, 3, 3)  # the last conv's output, flattened to 288
-
-
-def _check_real(value, name: str, low: float, high: float = math.inf,
-                low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    if math.isnan(value) or too_low or value > high:
-        bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{name} must be in {bounds}, got {value}")
-    return value
-
-
-def check_images(x, shape: tuple, who: str) -> None:
-    """x must be a floating (B, *shape) tensor; the message says what was expected."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{who}: x must be a floating point tensor (images in [0, 1]), "
-                        f"got dtype {x.dtype}")
-    if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != tuple(shape):
-        raise ValueError(f"{who}: expected x of shape (B, {', '.join(map(str, shape))}), "
-                         f"got {list(x.shape)}")
 
 
 @dataclass
@@ -64,11 +40,10 @@ class AEConfig:
 
     def validate(self) -> None:
         check_int("latent_dim", self.latent_dim)
-        if not isinstance(self.denoising, bool):
-            raise TypeError(f"denoising must be a bool, got {self.denoising!r}")
-        _check_real(self.noise_factor, "noise_factor", 0.0, 1.0)
-        _check_real(self.lr, "lr", 0.0, low_open=True)
-        _check_real(self.weight_decay, "weight_decay", 0.0)
+        check_bool("denoising", self.denoising)
+        check_real("noise_factor", self.noise_factor, 0.0, 1.0)
+        check_real("lr", self.lr, 0.0, low_open=True)
+        check_real("weight_decay", self.weight_decay, 0.0)
 
 
 class ConvAutoencoder(nn.Module):
@@ -108,13 +83,13 @@ class ConvAutoencoder(nn.Module):
     def add_noise(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """``clamp(x + noise_factor * N(0, 1), 0, 1)``: the denoising corruption.
         Draws from torch's generator (``torch.manual_seed`` reproduces it)."""
-        check_images(x, IMAGE_SHAPE, "add_noise")
+        check_images(x, IMAGE_SHAPE, who="add_noise", floating=UNIT_IMAGES)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return (x + self.config.noise_factor * noise).clamp_(0.0, 1.0)
 
     def encode(self, x: Tensor) -> Tensor:
         """(B, 1, 28, 28) -> (B, latent_dim). No corruption here (see forward)."""
-        check_images(x, IMAGE_SHAPE, "ConvAutoencoder.encode")
+        check_images(x, IMAGE_SHAPE, who="ConvAutoencoder.encode", floating=UNIT_IMAGES)
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -129,7 +104,7 @@ class ConvAutoencoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction of x in [0, 1]; in training with ``denoising=True`` the
         encoder sees ``add_noise(x)`` instead of x."""
-        check_images(x, IMAGE_SHAPE, "ConvAutoencoder")
+        check_images(x, IMAGE_SHAPE, who="ConvAutoencoder", floating=UNIT_IMAGES)
         if self.training and self.config.denoising:
             x = self.add_noise(x)
         return torch.sigmoid(self.decode(self.encoder(x)))  # (B, 1, 28, 28)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._common import check_int, init_normal_
+from ._checks import check_images, check_int, check_latent
+from ._common import init_normal_
 from .dcgan import (check_image_size, discriminator_layers, generator_layers, run_generator,
                     score_head)
-from .gan import GAN, TrainConfig, check_image, check_latent
+from .gan import GAN, TrainConfig
 
 __all__ = ["CGANConfig", "ConditionalGenerator", "ConditionalDiscriminator", "ConditionalGAN",
            "D_CONDITIONING"]
@@ -111,7 +112,7 @@ class ConditionalDiscriminator(nn.Module):
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        check_image(x, (self.nc, self.image_size, self.image_size))
+        check_images(x, (self.nc, self.image_size, self.image_size), who=type(self).__name__)
         y = check_labels(y, self.num_classes, x.size(0))                # (B,)
         e = self.embed(y).to(x.dtype)                                   # (B, E)
         if self.conditioning == "channels":

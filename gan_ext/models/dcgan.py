@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import BatchNormAct2d
-from ._common import check_int, init_normal_
-from .gan import GAN, TrainConfig, check_image, check_latent
+from ._checks import check_images, check_int, check_latent
+from ._common import init_normal_
+from .gan import GAN, TrainConfig
 
 __all__ = ["DCGANConfig", "Generator", "Discriminator", "DCGAN", "IMAGE_SIZES", "run_generator",
            "score_head"]
@@ -164,7 +165,7 @@ class Discriminator(nn.Module):
         init_normal_(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, (self.nc, self.image_size, self.image_size))
+        check_images(x, (self.nc, self.image_size, self.image_size), who=type(self).__name__)
         h = x
         for layer in itertools.islice(self.main, len(self.main) - 1):
             h = layer(h)                                        # (B, C, b, b)

@@ -18,47 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ActDropout, GANLoss
-from ._common import apply_channels_last, check_int, make_adam
+from ._checks import check_choice, check_images, check_int, check_ints, check_latent, check_real
+from ._common import apply_channels_last, make_adam
 
 __all__ = ["TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step"]
 
 Batches = Union[Tensor, Sequence[Tensor]]
 LOSS_MODES = ("vanilla", "lsgan", "hinge")
-
-
-# ------------------------------------------------------------------ checks
-def check_ints(name: str, values, allow_empty: bool = False) -> Tuple[int, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name} must be a tuple of ints, got {values!r}")
-    if not values and not allow_empty:
-        raise ValueError(f"{name} must not be empty")
-    return tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(values))
-
-
-def check_latent(z, nz: int) -> Tensor:
-    """z: (B, nz) or (B, nz, 1, 1) -> (B, nz)."""
-    if not isinstance(z, Tensor):
-        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
-    if not (z.dim() == 2 or (z.dim() == 4 and z.shape[2:] == (1, 1))) or z.size(1) != nz:
-        raise ValueError(f"z must have shape (B, {nz}) or (B, {nz}, 1, 1) for nz={nz}, "
-                         f"got {tuple(z.shape)}")
-    return z.flatten(1)
-
-
-def check_image(x, shape: Tuple[int, ...], name: str = "x") -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
-        expected = ", ".join(map(str, shape))
-        raise ValueError(f"{name} must have shape (B, {expected}), got {tuple(x.shape)}")
-
-
-def _check_fraction(name: str, value, high_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not (0.0 <= value < 1.0 if high_open else 0.0 <= value):
-        raise ValueError(f"{name} must lie in {'[0, 1)' if high_open else '[0, inf)'}, got {value}")
-    return float(value)
 
 
 # ----------------------------------------------------------------- configs
@@ -73,15 +39,14 @@ class TrainConfig:
     betas: Tuple[float, float] = (0.5, 0.999)
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSS_MODES:
-            raise ValueError(f"loss must be one of {LOSS_MODES}, got {self.loss!r}")
+        check_choice("loss", self.loss, LOSS_MODES)
         check_int("k", self.k)
         if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if len(tuple(self.betas)) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
         for i, b in enumerate(self.betas):
-            _check_fraction(f"betas[{i}]", b)
+            check_real(f"betas[{i}]", b, 0, 1, high_open=True)
         self.make_loss()  # validates loss, minimax and real_label now, not at step 1
 
     def make_loss(self) -> GANLoss:
@@ -112,7 +77,7 @@ class MLPGenerator(nn.Module):
         super().__init__()
         self.nz = check_int("nz", nz)
         self.img_shape = check_ints("img_shape", img_shape)
-        negative_slope = _check_fraction("negative_slope", negative_slope, high_open=False)
+        negative_slope = check_real("negative_slope", negative_slope, 0)
         layers, width = [], self.nz
         for h in check_ints("hidden", hidden, allow_empty=True):
             layers += [nn.Linear(width, h), nn.LeakyReLU(negative_slope, inplace=True)]
@@ -140,8 +105,8 @@ class MLPDiscriminator(nn.Module):
                  dropout: float = 0.3, fused: bool = True) -> None:
         super().__init__()
         self.img_shape = check_ints("img_shape", img_shape)
-        negative_slope = _check_fraction("negative_slope", negative_slope, high_open=False)
-        dropout = _check_fraction("dropout", dropout)
+        negative_slope = check_real("negative_slope", negative_slope, 0)
+        dropout = check_real("dropout", dropout, 0, 1, high_open=True)
         layers, width = [], math.prod(self.img_shape)
         for h in check_ints("hidden", hidden, allow_empty=True):
             if fused:
@@ -154,7 +119,7 @@ class MLPDiscriminator(nn.Module):
         self.main = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.img_shape)
+        check_images(x, self.img_shape, who=type(self).__name__)
         return self.main(x.flatten(1))  # (B, 1) logit
 
 
@@ -175,6 +140,87 @@ def _per_step(value, name: str, k: Optional[int]) -> list:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
     return items
+
+
+class _Players:
+    """G and D as one training step calls them, with class labels when G is
+    class-conditional (``G.num_classes`` set)."""
+
+    def __init__(self, G: nn.Module, D: nn.Module,
+                 sample_z: Callable[[int, torch.device], Tensor],
+                 num_classes: Optional[int]) -> None:
+        self.G, self.D, self.sample_z, self.num_classes = G, D, sample_z, num_classes
+
+    def generate(self, n: int, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
+        z = self.sample_z(n, device)                                         # (B, nz)
+        if self.num_classes is None:
+            return self.G(z), None
+        y = torch.randint(self.num_classes, (n,), device=device)             # (B,)
+        return self.G(z, y), y
+
+    def score(self, x: Tensor, y: Optional[Tensor]) -> Tensor:
+        return self.D(x) if self.num_classes is None else self.D(x, y)
+
+
+def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k: Optional[int],
+                     labels: Optional[Batches],
+                     sample_z: Optional[Callable[[int, torch.device], Tensor]]):
+    """(reals, ys, players): the k real batches, their k labels (None each
+    without labels) and the players, with sample_z's default filled in."""
+    if not isinstance(loss, GANLoss):
+        raise TypeError(f"loss must be a gan_ext.nn.GANLoss, got {type(loss).__name__}")
+    if k is not None:
+        check_int("k", k)
+    reals = _per_step(real, "real", k)
+    k = check_int("k (the number of real batches)", len(reals))
+    num_classes = getattr(G, "num_classes", None)
+    if num_classes is not None and labels is None:
+        raise ValueError(f"labels is required: G is class-conditional (num_classes={num_classes})")
+    if num_classes is None and labels is not None:
+        raise ValueError("labels were given but G is not class-conditional (no G.num_classes)")
+    ys = _per_step(labels, "labels", k) if labels is not None else [None] * k
+    if sample_z is None:
+        nz = getattr(G, "nz", None)
+        if nz is None:
+            raise ValueError("G has no attribute nz: pass sample_z(batch_size, device)")
+        dtype = reals[0].dtype
+
+        def sample_z(n: int, device: torch.device) -> Tensor:
+            return torch.randn(n, nz, device=device, dtype=dtype)
+
+    return reals, ys, _Players(G, D, sample_z, num_classes)
+
+
+def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: GANLoss,
+                        x: Tensor, y: Optional[Tensor], fake: Tensor, y_fake: Optional[Tensor]
+                        ) -> Tuple[Tensor, Tensor, Tensor]:
+    """One D update on a real batch and fakes; (detached loss, D(real), D(fake))."""
+    d_real, d_fake = players.score(x, y), players.score(fake.detach(), y_fake)
+    loss_d = loss.d_loss(d_real, d_fake)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    return loss_d.detach(), d_real, d_fake
+
+
+def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLoss,
+                    fake: Tensor, y_fake: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One G update on fakes scored by the current D, whose trainable
+    parameters are frozen meanwhile (and only those are unfrozen after);
+    (loss, D(fake))."""
+    frozen = [p for p in players.D.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        d_gen = players.score(fake, y_fake)
+        loss_g = loss.g_loss(d_gen)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return loss_g, d_gen
 
 
 def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
@@ -208,63 +254,16 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     (``d_gen``): probabilities sigmoid(logit) for the BCE losses, raw scores
     for lsgan/hinge.
     """
-    if not isinstance(loss, GANLoss):
-        raise TypeError(f"loss must be a gan_ext.nn.GANLoss, got {type(loss).__name__}")
-    if k is not None:
-        check_int("k", k)
-    reals = _per_step(real, "real", k)
-    k = check_int("k (the number of real batches)", len(reals))
-    num_classes = getattr(G, "num_classes", None)
-    if num_classes is not None and labels is None:
-        raise ValueError(f"labels is required: G is class-conditional (num_classes={num_classes})")
-    if num_classes is None and labels is not None:
-        raise ValueError("labels were given but G is not class-conditional (no G.num_classes)")
-    ys = _per_step(labels, "labels", k) if labels is not None else [None] * k
-    if sample_z is None:
-        nz = getattr(G, "nz", None)
-        if nz is None:
-            raise ValueError("G has no attribute nz: pass sample_z(batch_size, device)")
-        dtype = reals[0].dtype
-
-        def sample_z(n: int, device: torch.device) -> Tensor:
-            return torch.randn(n, nz, device=device, dtype=dtype)
-
-    cond = num_classes is not None
-
-    def generate(n: int, device: torch.device):
-        z = sample_z(n, device)                                              # (B, nz)
-        if not cond:
-            return G(z), None
-        y = torch.randint(num_classes, (n,), device=device)                  # (B,)
-        return G(z, y), y
-
-    def score(x: Tensor, y: Optional[Tensor]) -> Tensor:
-        return D(x, y) if cond else D(x)
-
+    reals, ys, players = _check_step_args(G, D, real, loss, k, labels, sample_z)
+    k = len(reals)
     d_losses = []
     for i, (x, y) in enumerate(zip(reals, ys)):
         # Only the last fakes feed the G update: the others need no graph through G.
         with torch.set_grad_enabled(i == k - 1):
-            fake, y_fake = generate(x.size(0), x.device)                     # (B, C, H, W)
-        d_real, d_fake = score(x, y), score(fake.detach(), y_fake)
-        loss_d = loss.d_loss(d_real, d_fake)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        d_losses.append(loss_d.detach())
-
-    frozen = [p for p in D.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        d_gen = score(fake, y_fake)
-        loss_g = loss.g_loss(d_gen)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
+            fake, y_fake = players.generate(x.size(0), x.device)             # (B, C, H, W)
+        loss_d, d_real, d_fake = _discriminator_step(players, opt_d, loss, x, y, fake, y_fake)
+        d_losses.append(loss_d)
+    loss_g, d_gen = _generator_step(players, opt_g, loss, fake, y_fake)
 
     with torch.no_grad():
         prob = torch.sigmoid if loss.mode == "vanilla" else (lambda t: t)

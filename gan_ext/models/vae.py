@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
-from ._common import apply_channels_last, check_int, make_adam
-from .autoencoder import _check_real, check_images
+from ._checks import UNIT_IMAGES, check_images, check_int, check_real
+from ._common import apply_channels_last, make_adam
 
 __all__ = ["VAEConfig", "VAEOutput", "VAE", "ConvVAE", "build_vae"]
 
@@ -57,8 +57,8 @@ class VAEConfig:
     def validate(self) -> None:
         check_int("latent_dim", self.latent_dim)
         check_int("hidden", self.hidden)
-        _check_real(self.beta, "beta", 0.0)
-        _check_real(self.lr, "lr", 0.0, low_open=True)
+        check_real("beta", self.beta, 0.0)
+        check_real("lr", self.lr, 0.0, low_open=True)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         check_int("in_channels", self.in_channels)
@@ -222,9 +222,9 @@ class VAE(_VAEBase):
 
     def _check_x(self, x) -> None:
         if isinstance(x, Tensor) and x.dim() == 2:
-            check_images(x, (self.input_dim,), type(self).__name__)
+            check_images(x, (self.input_dim,), who=type(self).__name__, floating=UNIT_IMAGES)
         else:
-            check_images(x, self.config.image_shape, type(self).__name__)
+            check_images(x, self.config.image_shape, who=type(self).__name__, floating=UNIT_IMAGES)
 
     def encode_stats(self, x: Tensor):
         h = F.relu(self.fc1(self._target(x)))  # (B, hidden)
@@ -274,7 +274,7 @@ class ConvVAE(_VAEBase):
         self.channels_last = apply_channels_last(self, channels_last, self.fused)
 
     def _target(self, x: Tensor) -> Tensor:
-        check_images(x, self.config.image_shape, type(self).__name__)
+        check_images(x, self.config.image_shape, who=type(self).__name__, floating=UNIT_IMAGES)
         return x
 
     def encode_stats(self, x: Tensor):
