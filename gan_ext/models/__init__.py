@@ -6,23 +6,31 @@
     autoencoder  the convolutional (denoising) autoencoder
     vae          the MLP VAE of pytorch/examples (same state_dict) and a conv VAE
     cyclegan     CycleGAN (Zhu et al. 2017), state_dicts of the official implementation
-    pix2pix      the U-Net generator and the 6-channel PatchGAN of pix2pix
+    pix2pix      pix2pix (Isola et al. 2017): U-Net generator, 6-channel PatchGAN
+
+Shared by cyclegan and pix2pix: ``networks`` (the official ResNet, U-Net and
+PatchGAN networks), ``official`` (loading the published checkpoints),
+``image_pool`` and ``schedule`` (the linear learning-rate decay).
 
 Every model is a plain ``nn.Module``; ``fused=False`` builds the same network
 from plain ``torch.nn`` layers (``gan_ext.fuse`` turns it into the fused one).
 """
-from . import autoencoder, cgan, cyclegan, dcgan, gan, pix2pix, vae
+from . import (autoencoder, cgan, cyclegan, dcgan, gan, image_pool, networks, official, pix2pix,
+               schedule, vae)
 from ._common import init_normal_, num_parameters
 from .autoencoder import AEConfig, ConvAutoencoder
 from .cgan import CGANConfig, ConditionalDiscriminator, ConditionalGAN, ConditionalGenerator
-from .cyclegan import (CycleGAN, CycleGANConfig, ImagePool, NLayerDiscriminator, ResnetGenerator,
-                       load_official_state_dict)
+from .cyclegan import CycleGAN, CycleGANConfig
 from .dcgan import DCGAN, DCGANConfig, Discriminator, Generator
 from .gan import GAN, GANConfig, MLPDiscriminator, MLPGenerator, TrainConfig, train_step
-from .pix2pix import Pix2Pix, Pix2PixConfig, UnetGenerator
+from .image_pool import ImagePool
+from .networks import NLayerDiscriminator, ResnetGenerator, UnetGenerator
+from .official import load_official_state_dict
+from .pix2pix import Pix2Pix, Pix2PixConfig
 from .vae import VAE, ConvVAE, VAEConfig, VAEOutput, build_vae
 
 __all__ = ["gan", "dcgan", "cgan", "autoencoder", "vae", "cyclegan", "pix2pix",
+           "networks", "official", "image_pool", "schedule",
            "init_normal_", "num_parameters",
            "TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step",
            "DCGANConfig", "Generator", "Discriminator", "DCGAN",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import ActDropout, BatchNormAct2d, InstanceNormAct2d
+from .act_dropout import ActDropout
+from .norm_act import BatchNormAct2d, InstanceNormAct2d
 
 __all__ = ["fuse"]
 

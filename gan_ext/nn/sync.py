@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import BatchNormAct2d
+from .norm_act import BatchNormAct2d
 
 __all__ = ["SyncBatchNormThenAct", "convert_sync_batchnorm"]
 
