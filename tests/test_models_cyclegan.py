@@ -14,10 +14,12 @@ from torch import nn
 
 import gan_ext
 from gan_ext.models._common import num_parameters
-from gan_ext.models.cyclegan import (CycleGAN, CycleGANConfig, ImagePool, LinearDecay,
-                                     NLayerDiscriminator, ResnetGenerator,
-                                     load_official_state_dict)
-from gan_ext.models.pix2pix import Pix2Pix, Pix2PixConfig, UnetGenerator
+from gan_ext.models.cyclegan import CycleGAN, CycleGANConfig
+from gan_ext.models.image_pool import ImagePool
+from gan_ext.models.networks import NLayerDiscriminator, ResnetGenerator, UnetGenerator
+from gan_ext.models.official import load_official_state_dict
+from gan_ext.models.pix2pix import Pix2Pix, Pix2PixConfig
+from gan_ext.models.schedule import LinearDecay
 from gan_ext.nn import BatchNormAct2d, InstanceNormAct2d
 
 from conftest import requires_fused

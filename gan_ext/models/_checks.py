@@ -11,7 +11,7 @@ from torch import Tensor
 from .._validate import check_int
 
 __all__ = ["UNIT_IMAGES", "check_int", "check_ints", "check_bool", "check_choice", "check_real",
-           "check_images", "check_latent"]
+           "check_images", "check_latent", "check_code"]
 
 # What the autoencoders' x holds, for check_images(floating=...).
 UNIT_IMAGES = "images in [0, 1]"
@@ -87,3 +87,11 @@ def check_latent(z, nz: int) -> Tensor:
         raise ValueError(f"z must have shape (B, {nz}) or (B, {nz}, 1, 1) for nz={nz}, "
                          f"got {tuple(z.shape)}")
     return z.flatten(1)
+
+
+def check_code(z, latent_dim: int, who: str) -> None:
+    """z must be a (B, latent_dim) tensor: an autoencoder's code, given to ``who``."""
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{who}: z must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 2 or z.shape[1] != latent_dim:
+        raise ValueError(f"{who}: expected z of shape (B, {latent_dim}), got {list(z.shape)}")

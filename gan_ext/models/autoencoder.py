@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
-from ._checks import UNIT_IMAGES, check_bool, check_images, check_int, check_real
+from ._checks import (UNIT_IMAGES, check_bool, check_code, check_images, check_int,
+                      check_real)
 from ._common import apply_channels_last, make_adam
 
 __all__ = ["AEConfig", "ConvAutoencoder"]
@@ -94,11 +95,7 @@ class ConvAutoencoder(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, latent_dim) -> logits (B, 1, 28, 28); the image is their sigmoid."""
-        if not isinstance(z, Tensor):
-            raise TypeError(f"ConvAutoencoder.decode: z must be a torch.Tensor, got {type(z).__name__}")
-        if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(f"ConvAutoencoder.decode: expected z of shape (B, "
-                             f"{self.config.latent_dim}), got {list(z.shape)}")
+        check_code(z, self.config.latent_dim, "ConvAutoencoder.decode")
         return self.decoder(z)
 
     def forward(self, x: Tensor) -> Tensor:

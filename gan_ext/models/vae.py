@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..nn import Conv2dNormAct, ConvTranspose2dNormAct
-from ._checks import UNIT_IMAGES, check_images, check_int, check_real
+from ._checks import UNIT_IMAGES, check_code, check_images, check_int, check_real
 from ._common import apply_channels_last, make_adam
 
 __all__ = ["VAEConfig", "VAEOutput", "VAE", "ConvVAE", "build_vae"]
@@ -100,14 +100,6 @@ class _VAEBase(nn.Module):
                              f"{config.kind!r}; use build_vae(config) to pick the class")
         self.config = config
         return config
-
-    def _check_z(self, z) -> None:
-        if not isinstance(z, Tensor):
-            raise TypeError(f"{type(self).__name__}.decode: z must be a torch.Tensor, "
-                            f"got {type(z).__name__}")
-        if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(f"{type(self).__name__}.decode: expected z of shape (B, "
-                             f"{self.config.latent_dim}), got {list(z.shape)}")
 
     def encode(self, x: Tensor, sample: Optional[bool] = None):
         """``(z, mu, logvar, kl)`` with kl per image, (B,). ``sample=None``
@@ -232,7 +224,7 @@ class VAE(_VAEBase):
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, D) -> logits (B, C*H*W)."""
-        self._check_z(z)
+        check_code(z, self.config.latent_dim, f"{type(self).__name__}.decode")
         return self.fc4(F.relu(self.fc3(z)))
 
 
@@ -283,7 +275,7 @@ class ConvVAE(_VAEBase):
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, D) -> logits (B, C, H, W)."""
-        self._check_z(z)
+        check_code(z, self.config.latent_dim, f"{type(self).__name__}.decode")
         return self.decoder(F.relu(self.fc_z(z)))
 
 
