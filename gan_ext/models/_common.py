@@ -40,6 +40,8 @@ def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 def set_requires_grad(requires_grad: bool, *nets: nn.Module) -> None:
+    """The official ``set_requires_grad``: freezes (or unfreezes) every
+    parameter of ``nets``, so a G update computes no gradients for D."""
     for net in nets:
         for p in net.parameters():
             p.requires_grad_(requires_grad)

@@ -24,8 +24,8 @@ from .. import ops
 from ..nn import GANLoss
 from ._checks import check_images, check_real
 from ._common import apply_channels_last, init_normal_, make_adam, set_requires_grad
-# Re-exported: gan_ext.models.cyclegan has always offered the networks, the
-# pool, the schedule and the loader under these names.
+# ResnetBlock, LinearDecay and load_official_state_dict are only re-exported:
+# gan_ext.models.cyclegan offered them before they moved.
 from .image_pool import ImagePool
 from .networks import NLayerDiscriminator, ResnetBlock, ResnetGenerator
 from .official import load_official_state_dict

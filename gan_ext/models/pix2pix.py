@@ -20,7 +20,8 @@ from .. import ops
 from ..nn import GANLoss
 from ._checks import check_images, check_real
 from ._common import apply_channels_last, init_normal_, make_adam, set_requires_grad
-# Re-exported: gan_ext.models.pix2pix has always offered its networks under these names.
+# UnetSkipConnectionBlock is only re-exported: gan_ext.models.pix2pix offered
+# it before the networks moved.
 from .networks import NLayerDiscriminator, UnetGenerator, UnetSkipConnectionBlock
 from .schedule import check_schedule, make_linear_decay_schedulers
 
