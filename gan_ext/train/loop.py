@@ -1,10 +1,12 @@
 """The one training loop every family shares (:func:`fit`).
 
-A family trainer (:class:`gan_ext.train.base.Trainer`) only knows how to build its model, optimizers, schedulers
-and data, and how to do one step; :func:`fit` does the rest: seeding,
-device, backend and autocast, batches across epochs, logging, sample grids,
-the loss plot, atomic checkpoints with every RNG state (so ``--resume``
-continues bit for bit), Ctrl-C, and the final evaluation.
+A family trainer (:class:`gan_ext.train.base.Trainer`) only knows how to
+build its model, optimizers, schedulers and data, and how to do one step;
+:func:`fit` does the rest: seeding, device, backend and autocast, batches
+across epochs, logging, sample grids, the loss plot, atomic checkpoints with
+every RNG state (so ``--resume`` continues bit for bit), Ctrl-C, and the
+final evaluation. The run folder's safety is in ``run_dir.py``, what a
+resume restores in ``resume.py``.
 """
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ from .. import __version__
 from .._backend import get_backend, set_backend
 from ..data import InMemoryLoader
 from ..memory import retain_freed_memory
-from .base import Trainer, trainer_class
+from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
 from .checkpoint import FORMAT, atomic_save, rng_state, set_rng_state
 from .grid import save_grid
 from .monitor import MetricsLog, Progress, json_safe, plot_losses
 from .options import TrainOptions, check_applicable
-from .resume import CHECKPOINT, drop_records_after, open_run
-from .run_dir import RunLock, StopFlag, remove_stale_temporaries
+from .resume import drop_records_after, open_run
+from .run_dir import CHECKPOINT, RunLock, StopFlag, remove_stale_temporaries
 
 __all__ = ["Trainer", "fit", "TrainingInterrupted", "TrainingDiverged", "CheckpointSaveError",
            "resolve_device", "seed_everything", "versions", "RunResult"]

@@ -9,12 +9,9 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from .checkpoint import check_complete, load_checkpoint
 from .options import RESUMABLE_OVERRIDES, TrainOptions, check_resume
-from .run_dir import clear_run, run_in
+from .run_dir import CHECKPOINT, clear_run, run_in
 
-__all__ = ["CHECKPOINT", "open_run", "merge_resume", "drop_records_after"]
-
-CHECKPOINT = "checkpoint.pt"   # a run's checkpoint, in its folder
-
+__all__ = ["open_run", "merge_resume", "drop_records_after"]
 
 def open_run(opts: TrainOptions, explicit: Sequence[str], run_dir: str,
              log: Callable[[str], None]) -> Tuple[TrainOptions, Optional[dict]]:

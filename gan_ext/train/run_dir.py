@@ -15,7 +15,7 @@ try:
 except ImportError:  # not POSIX (Windows): runs are not locked
     fcntl = None
 
-__all__ = ["StopFlag", "RunLock", "RUN_FILES", "run_in", "clear_run", "remove_stale_temporaries"]
+__all__ = ["StopFlag", "RunLock", "CHECKPOINT", "RUN_FILES", "run_in", "clear_run", "remove_stale_temporaries"]
 
 
 class StopFlag:
@@ -80,12 +80,13 @@ class RunLock:
 
 
 # The files a run writes into its folder (what --overwrite removes).
-RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "losses.png", "samples.png")
+CHECKPOINT = "checkpoint.pt"   # a run's checkpoint, in its folder
+RUN_FILES = (CHECKPOINT, "config.json", "metrics.jsonl", "losses.png", "samples.png")
 
 
 def run_in(run_dir: str) -> Optional[str]:
     """A description of the run already in ``run_dir``, or None."""
-    ckpt = os.path.join(run_dir, "checkpoint.pt")
+    ckpt = os.path.join(run_dir, CHECKPOINT)
     if os.path.isfile(ckpt):
         return "a run (its checkpoint.pt)"
     for name in RUN_FILES[1:]:
