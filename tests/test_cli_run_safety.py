@@ -16,7 +16,7 @@ from PIL import Image
 
 from gan_ext import cli
 from gan_ext.train import FORMAT, load_checkpoint, load_trained
-from gan_ext.train import loop as loop_mod
+from gan_ext.train import run_dir as run_dir_mod
 from gan_ext.train.options import DEFAULTS, DEMO_STEPS, MODELS, defaults_text
 
 TINY = ["--batch-size", "4", "--limit", "16", "--log-every", "1", "--no-progress", "--eval-n", "0"]
@@ -125,7 +125,7 @@ def test_defaults_have_one_source(tmp_path, capsys):
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     assert f"gan-ext train dcgan --steps {DEMO_STEPS}" in readme
-    from gan_ext.train.registry import TRAINERS
+    from gan_ext.train import TRAINERS
     for name, t in TRAINERS.items():
         trainer = t.__new__(t)
         assert trainer.default_epochs == DEFAULTS[name]["epochs"]
@@ -394,7 +394,7 @@ def test_a_folder_with_a_run_is_refused_without_overwrite(tmp_path, capsys):
 def test_a_second_train_into_a_locked_folder_is_refused(tmp_path, capsys):
     run = tmp_path / "r"
     run.mkdir()
-    with loop_mod._RunLock(str(run)):
+    with run_dir_mod.RunLock(str(run)):
         line = _one_line_error(capsys, _train("gan", run, "--steps", "1"))
     assert "in use by another" in line and str(os.getpid()) in line
     assert _train("gan", run, "--steps", "1") == 0  # released
@@ -468,5 +468,5 @@ def test_every_subcommand_option_has_help():
 
 
 def test_models_constant_matches_registry():
-    from gan_ext.train.registry import TRAINERS
+    from gan_ext.train import TRAINERS
     assert tuple(TRAINERS) == MODELS

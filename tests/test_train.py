@@ -11,7 +11,7 @@ from PIL import Image
 from gan_ext.train import (FORMAT, CheckpointError, TrainOptions, atomic_save, load_checkpoint,
                            make_grid, plot_losses, rng_state, save_grid, set_rng_state)
 from gan_ext.train import checkpoint as ckpt_mod
-from gan_ext.train.registry import trainer_class
+from gan_ext.train import trainer_class
 
 
 # --------------------------------------------------------------- atomic save
@@ -150,5 +150,119 @@ def test_options_validation():
         TrainOptions(model="stylegan")
     with pytest.raises(ValueError, match="label_smoothing"):
         TrainOptions(model="gan", label_smoothing=1.0)
-    with pytest.raises(TypeError, match="steps"):
+    with pytest.raises(TypeError, match=r"^steps must be an int, got float \(2\.5\)$"):
         TrainOptions(model="gan", steps=2.5)
+    with pytest.raises(TypeError, match=r"^k must be an int, got bool"):
+        TrainOptions(model="gan", k=True)
+    with pytest.raises(ValueError, match=r"^eval_n must be >= 0, got -1$"):
+        TrainOptions(model="gan", eval_n=-1)
+
+
+# ------------------------------------------------------------ the registry
+def test_every_model_has_its_registered_trainer():
+    from gan_ext.train import MODELS, TRAINERS
+    assert tuple(TRAINERS) == MODELS
+    for name in MODELS:
+        assert trainer_class(name) is TRAINERS[name] and TRAINERS[name].name == name
+    with pytest.raises(ValueError, match="unknown model 'stylegan'; choose one of: gan, dcgan"):
+        trainer_class("stylegan")
+
+
+def test_register_refuses_unknown_names_and_a_second_trainer(monkeypatch):
+    from gan_ext.train import TRAINERS, Trainer, register
+    monkeypatch.setattr("gan_ext.train.base.TRAINERS", dict(TRAINERS))
+
+    class Nameless(Trainer):
+        name = "stylegan"
+    with pytest.raises(ValueError, match="Nameless has name 'stylegan', not one of the models"):
+        register(Nameless)
+
+    class OtherGAN(Trainer):
+        name = "gan"
+    with pytest.raises(ValueError, match="two trainers for 'gan': GANTrainer and OtherGAN"):
+        register(OtherGAN)
+    assert register(TRAINERS["gan"]) is TRAINERS["gan"]  # re-registering itself is harmless
+
+
+# --------------------------------------------------------- import structure
+def _module_imports(top_dir: str, package: str = "gan_ext"):
+    """module -> the ``package`` modules it imports, for every module under
+    ``top_dir`` (a folder of ``package``), read with ast; imports inside
+    functions count too (a lazy import still closes a cycle)."""
+    import ast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__import__(package).__file__)))
+
+    def is_module(name):
+        path = os.path.join(root, *name.split("."))
+        return os.path.isfile(path + ".py") or os.path.isfile(os.path.join(path, "__init__.py"))
+
+    graph = {}
+    for folder, _, files in os.walk(top_dir):
+        for fn in files:
+            if not fn.endswith(".py"):
+                continue
+            parts = os.path.relpath(os.path.join(folder, fn), root)[:-3].split(os.sep)
+            is_init = parts[-1] == "__init__"
+            mod = ".".join(parts[:-1] if is_init else parts)
+            pkg = mod if is_init else mod.rsplit(".", 1)[0]
+            with open(os.path.join(folder, fn), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            deps = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    deps.update(a.name for a in node.names if a.name.startswith(package))
+                elif isinstance(node, ast.ImportFrom):
+                    target = node.module or ""
+                    if node.level:
+                        base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
+                        target = ".".join(base + ([node.module] if node.module else []))
+                    if not target.startswith(package):
+                        continue
+                    deps.add(target)
+                    # `from . import gan` imports the module gan
+                    deps.update(f"{target}.{a.name}" for a in node.names
+                                if is_module(f"{target}.{a.name}"))
+            graph[mod] = deps
+    return graph
+
+
+def _cycle(graph):
+    """One import cycle among the modules of ``graph`` (a package importing
+    its own submodules is not one), or None."""
+    def edges(m):
+        return [d for d in graph.get(m, ()) if d in graph and d != m
+                and not m.startswith(d + ".")]  # a submodule's parent runs first anyway
+    state = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for d in edges(m):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state:
+                found = visit(d, path + [d])
+                if found:
+                    return found
+        state[m] = 2
+        return None
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m, [m])
+            if found:
+                return found
+    return None
+
+
+@pytest.mark.parametrize("sub", ["train", "metrics", "data"])
+def test_no_import_cycle_in_the_application_packages(sub):
+    import gan_ext
+    pkg_dir = os.path.join(os.path.dirname(gan_ext.__file__), sub)
+    graph = _module_imports(pkg_dir)
+    assert f"gan_ext.{sub}" in graph and len(graph) > 5
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    graph = {"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p": {"p.a"}}
+    assert _cycle(graph) == ["p.a", "p.b", "p.c", "p.a"]
+    assert _cycle({"p": {"p.a"}, "p.a": {"p"}}) is None  # a submodule of its own package

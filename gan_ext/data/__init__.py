@@ -12,12 +12,14 @@ from .errors import DataError
 from .idx import read_idx, write_idx
 from .images import IMAGE_EXTENSIONS, list_images, load_aligned, load_image_folder, load_unpaired
 from .loader import InMemoryLoader
-from .mnist import download_mnist, load_mnist, mnist_cache_dir, mnist_source
+from .mnist import (MNIST_CLASSES, MNIST_SIZE, download_mnist, load_mnist, mnist_cache_dir,
+                    mnist_source)
 from .mnist_pair import MNISTPair, domain_style, mnist_pair, pair_indices
 from .transforms import augment, pad_to, to_signed, to_unit
 
 __all__ = [
     "DataError", "cache_dir",
+    "MNIST_SIZE", "MNIST_CLASSES",
     "load_mnist", "mnist_source", "download_mnist", "mnist_cache_dir", "read_idx", "write_idx",
     "to_unit", "to_signed", "pad_to", "augment",
     "IMAGE_EXTENSIONS", "list_images", "load_image_folder", "load_unpaired", "load_aligned",

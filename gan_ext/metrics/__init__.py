@@ -25,7 +25,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 # Public name -> submodule. Loaded on first use (PEP 562): importing the
-# package stays cheap, and `python -m gan_ext.metrics.classifier` does not
+# package stays cheap, and `python -m gan_ext.metrics.retrain` does not
 # find its own module already imported by the package (runpy warns then).
 _EXPORTS = {
     "mnist_like_to_unit": "_checks",

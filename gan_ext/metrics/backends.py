@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import os
 
+import torch
+
 __all__ = ["BACKENDS", "fid_with_backend"]
 
 # backend -> (module to import, pip package)
@@ -42,7 +44,6 @@ def fid_with_backend(backend: str, real_dir, fake_dir, **kwargs) -> float:
     lib = _import(backend)
     real_dir, fake_dir = os.fspath(real_dir), os.fspath(fake_dir)
     if backend == "torch-fidelity":
-        import torch
         kwargs.setdefault("verbose", False)
         kwargs.setdefault("cuda", torch.cuda.is_available())
         out = lib.calculate_metrics(input1=fake_dir, input2=real_dir, fid=True, **kwargs)

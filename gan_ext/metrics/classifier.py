@@ -15,10 +15,11 @@ stays offline and costs no training time, and the numbers can be reproduced.
 Each file has a JSON next to it (test accuracy, epochs, seed, sha256 of the
 .pt, the command). They were trained with this project's own code::
 
-    python -m gan_ext.metrics.classifier --train --out gan_ext/metrics/mnist_classifier.pt
-    python -m gan_ext.metrics.classifier --train-domain --out gan_ext/metrics/domain_classifier.pt
+    python -m gan_ext.metrics.retrain --train --out gan_ext/metrics/mnist_classifier.pt
+    python -m gan_ext.metrics.retrain --train-domain --out gan_ext/metrics/domain_classifier.pt
 
-(seed 0, Adam, CPU, 2 threads; see ``training.py``). Retraining on another
+(seed 0, Adam, CPU, 2 threads; see ``retrain.py``, which imports this module,
+never the other way round). Retraining on another
 machine or PyTorch version gives a network of the same accuracy, not the same
 bits: metric values are comparable only between runs that used the same
 weights, which is why the FID reference statistics are keyed by the sha256.
@@ -36,7 +37,6 @@ import threading
 from typing import Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["MNISTClassifier", "DomainClassifier", "load_classifier", "load_domain_classifier",
@@ -151,7 +151,7 @@ def _read_weights(path: Optional[Union[str, os.PathLike]], filename: str) -> Tup
             flag = "--train" if filename == CLASSIFIER_FILE else "--train-domain"
             raise ValueError(
                 f"the shipped weights gan_ext/metrics/{filename} are missing from this install; "
-                f"reinstall gan_ext or recreate them with 'python -m gan_ext.metrics.classifier "
+                f"reinstall gan_ext or recreate them with 'python -m gan_ext.metrics.retrain "
                 f"{flag} --out gan_ext/metrics/{filename}'") from None
     if not os.path.isfile(path):
         raise ValueError(f"path: no weights file at {os.fspath(path)!r}")
@@ -198,12 +198,3 @@ def load_domain_classifier(path: Optional[Union[str, os.PathLike]] = None,
                            device: Union[str, torch.device] = "cpu") -> DomainClassifier:
     """The A/B style classifier of the unpaired MNIST task, as :func:`load_classifier`."""
     return _load(DomainClassifier, path, device, DOMAIN_CLASSIFIER_FILE)
-
-
-def main(argv=None) -> int:
-    from .training import main as _main  # training code is only needed here
-    return _main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data import cache_dir, load_mnist
 from ._checks import check_int, model_device, run_batched, unit_images
 from .classifier import MNISTClassifier, load_classifier
 
@@ -92,7 +93,6 @@ def feature_stats(images, classifier: Optional[MNISTClassifier] = None,
 
 
 def _stats_dir() -> str:
-    from ..data import cache_dir
     return os.path.join(os.fspath(cache_dir()), "metrics")
 
 
@@ -104,7 +104,6 @@ def reference_stats(reference: str = "test", classifier: Optional[MNISTClassifie
     by the classifier's sha256 and the sha256 of the reference images."""
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
-    from ..data import load_mnist
     classifier = load_classifier() if classifier is None else classifier
     images, _ = load_mnist(reference, data_dir=data_dir)  # uint8 (N, 28, 28)
     sha = getattr(classifier, "sha256", None)  # set by load_classifier; None: not cacheable

@@ -7,24 +7,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data import load_mnist, pad_to, to_signed, to_unit
+
 __all__ = ["mnist", "mnist_unit", "mnist_signed", "limit", "mnist_edges_pair"]
 
 
 def mnist(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
-    from ..data import load_mnist
     return load_mnist(split, data_dir=data_dir)
 
 
 def mnist_unit(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
     """(N, 1, 28, 28) in [0, 1] and the labels."""
-    from ..data import to_unit
     x, y = mnist(split, data_dir)
     return to_unit(x), y
 
 
 def mnist_signed(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
     """(N, 1, 28, 28) in [-1, 1] and the labels."""
-    from ..data import to_signed
     x, y = mnist(split, data_dir)
     return to_signed(x), y
 
@@ -41,7 +40,6 @@ def mnist_edges_pair(split: str, data_dir: Optional[str], n: Optional[int] = Non
     """The default pix2pix task, an MNIST "edges2digits": A = the Sobel edge
     map of a digit, B = the digit; both (N, 1, 32, 32) in [-1, 1], plus labels.
     Deterministic (no randomness)."""
-    from ..data import pad_to
     x01, y = limit(n, *mnist_unit(split, data_dir))
     b = pad_to(x01, 32)                                               # (N, 1, 32, 32)
     k = torch.stack([_SOBEL, _SOBEL.t()])[:, None]                    # (2, 1, 3, 3)

@@ -8,10 +8,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .. import metrics
+from ..data import MNIST_SIZE, load_image_folder
 from ..models import AEConfig, ConvAutoencoder, VAEConfig, build_vae
 from . import _data
-from .gan import interpolation_latents
-from .loop import Trainer
+from .base import Trainer, register
+from .latents import GRID_STREAM, INTERPOLATION_STEPS, NOISE_STREAM, interpolation_latents, stream
 
 __all__ = ["AETrainer", "DAETrainer", "VAETrainer"]
 
@@ -23,8 +25,7 @@ class _UnitImages(Trainer):
         o = self.opts
         if o.data is None:
             return _data.mnist_unit(split, o.mnist_dir)[0]
-        from ..data import load_image_folder
-        return (load_image_folder(o.data, 28, channels=1) + 1) / 2
+        return (load_image_folder(o.data, MNIST_SIZE, channels=1) + 1) / 2
 
     def train_data(self):
         return _data.limit(self.opts.limit, self._images("train"))
@@ -47,6 +48,7 @@ class _UnitImages(Trainer):
         return self._fixed
 
 
+@register
 class AETrainer(_UnitImages):
     name = "ae"
     loss_groups = {"reconstruction MSE": ["loss"]}
@@ -65,7 +67,7 @@ class AETrainer(_UnitImages):
     def _inputs(self, x: Tensor) -> Tensor:
         if not self.model.config.denoising:
             return x
-        g = torch.Generator().manual_seed(self.opts.seed + 3)
+        g = stream(self.opts.seed, NOISE_STREAM)
         noise = torch.randn(x.shape, generator=g).to(x.device)
         return (x + self.model.config.noise_factor * noise).clamp(0, 1)
 
@@ -82,7 +84,7 @@ class AETrainer(_UnitImages):
                inputs: Optional[Tensor] = None):
         x = (inputs if inputs is not None else self.test_images(max(n, 2))).to(self.device)
         if interpolate:
-            rows, steps = max(1, n // 10), 10
+            rows, steps = max(1, n // INTERPOLATION_STEPS), INTERPOLATION_STEPS
             z = self.model.encode(x[: 2 * rows])
             t = torch.linspace(0, 1, steps, device=z.device)[None, :, None]
             path = (1 - t) * z[:rows, None] + t * z[rows:2 * rows, None]
@@ -96,16 +98,17 @@ class AETrainer(_UnitImages):
         return torch.cat(rows).float().cpu() * 2 - 1, 8
 
     def evaluate(self, n: int) -> Dict[str, Any]:
-        from .. import metrics
         x = self.test_images(n)
         return {"n": len(x), "test_mse": float(metrics.ae_test_mse(self.model, x))}
 
 
+@register
 class DAETrainer(AETrainer):
     name = "dae"
     denoising = True
 
 
+@register
 class VAETrainer(_UnitImages):
     name = "vae"
     loss_groups = {"negative ELBO terms (nats per image)":
@@ -127,7 +130,7 @@ class VAETrainer(_UnitImages):
             len(z), *c.image_shape).float().cpu() * 2 - 1
 
     def sample_grid(self):
-        g = torch.Generator().manual_seed(self.opts.seed + 1)
+        g = stream(self.opts.seed, GRID_STREAM)
         z = torch.randn(64, self.model.config.latent_dim, generator=g)
         return self._decode(z), 8
 
@@ -141,6 +144,5 @@ class VAETrainer(_UnitImages):
         return self._decode(z), max(1, math.isqrt(n - 1) + 1)
 
     def evaluate(self, n: int) -> Dict[str, Any]:
-        from .. import metrics
         x = self.test_images(n)
         return {"n": len(x), "test_nelbo_nats": float(metrics.vae_test_nelbo(self.model, x))}

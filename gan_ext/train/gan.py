@@ -9,37 +9,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .. import metrics
+from ..data import MNIST_CLASSES, MNIST_SIZE, load_image_folder, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
 from . import _data
-from .loop import Trainer
+from .base import Trainer, register
+from .latents import EVAL_STREAM, GRID_STREAM, interpolation_latents, slerp, stream
 
-__all__ = ["GANTrainer", "DCGANTrainer", "CGANTrainer", "slerp", "interpolation_latents"]
+__all__ = ["GANTrainer", "DCGANTrainer", "CGANTrainer", "slerp", "interpolation_latents",
+           "gan_metrics", "GENERATE_BATCH"]
 
-
-def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
-    """Spherical interpolation (White 2016), the usual path through a Gaussian
-    latent space. z0, z1: (B, D); t: (T,) -> (B, T, D)."""
-    a, b = z0[:, None], z1[:, None]
-    cos = (torch.nn.functional.normalize(z0, dim=1) * torch.nn.functional.normalize(z1, dim=1)
-           ).sum(1).clamp(-1 + 1e-6, 1 - 1e-6)[:, None, None]
-    omega = torch.acos(cos)
-    t = t[None, :, None]
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+# Latents through G at a time: bounds the activations of a large --n.
+GENERATE_BATCH = 500
 
 
-def interpolation_latents(n: int, dim: int, generator: torch.Generator,
-                          spherical: bool = True, steps: int = 10) -> Tuple[Tensor, int]:
-    """max(1, n // steps) rows of ``steps`` latents from one N(0, I) draw to
-    another: (rows * steps, dim), and the row length. Spherical (slerp) for
-    the GANs' Gaussian z, linear for a VAE's posterior means."""
-    rows = max(1, n // steps)
-    z0 = torch.randn(rows, dim, generator=generator)
-    z1 = torch.randn(rows, dim, generator=generator)
-    t = torch.linspace(0, 1, steps)
-    path = slerp(z0, z1, t) if spherical else (1 - t)[None, :, None] * z0[:, None] + t[None, :, None] * z1[:, None]
-    return path.reshape(rows * steps, dim), steps
-
-
+@register
 class GANTrainer(Trainer):
     name = "gan"
     model_class = GAN
@@ -53,8 +37,8 @@ class GANTrainer(Trainer):
     def image_shape(self) -> Tuple[int, int, int]:
         o = self.opts
         if o.data is None:
-            return (1, 28, 28)
-        return (o.channels or 1, o.image_size or 28, o.image_size or 28)
+            return (1, MNIST_SIZE, MNIST_SIZE)
+        return (o.channels or 1, o.image_size or MNIST_SIZE, o.image_size or MNIST_SIZE)
 
     def train_config_kwargs(self) -> Dict[str, Any]:
         """The TrainConfig fields every GAN family takes from the options."""
@@ -73,7 +57,7 @@ class GANTrainer(Trainer):
         self.model = self.model_class(cfg).to(self.device)
         opt_g, opt_d = self.model.make_optimizers()
         self.optimizers = {"G": opt_g, "D": opt_d}
-        g = torch.Generator().manual_seed(self.opts.seed + 1)   # never the global RNG
+        g = stream(self.opts.seed, GRID_STREAM)
         self.fixed_z = torch.randn(self.grid_n, cfg.nz, generator=g).to(self.device)
 
     @property
@@ -88,11 +72,9 @@ class GANTrainer(Trainer):
     def train_data(self):
         o = self.opts
         if o.data is None:
-            from ..data import pad_to
             x, y = _data.mnist_signed("train", o.mnist_dir)
             x = pad_to(x, self.image_shape()[-1], value=-1.0)                # (N, 1, S, S)
         else:
-            from ..data import load_image_folder
             c, s, _ = self.image_shape()
             x = load_image_folder(o.data, s, channels=c)
             y = torch.zeros(len(x), dtype=torch.int64)
@@ -109,10 +91,11 @@ class GANTrainer(Trainer):
     # ----------------------------------------------------------- sampling
     def generate(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         out = []
-        for i in range(0, len(z), 500):
-            zi = z[i:i + 500].to(self.device)
+        for i in range(0, len(z), GENERATE_BATCH):
+            zi = z[i:i + GENERATE_BATCH].to(self.device)
             if self.conditional:
-                out.append(self.model.G(zi, labels[i:i + 500].to(self.device)).float().cpu())
+                li = labels[i:i + GENERATE_BATCH].to(self.device)
+                out.append(self.model.G(zi, li).float().cpu())
             else:
                 out.append(self.model.G(zi).float().cpu())
         return torch.cat(out)                                             # (N, C, H, W) in [-1, 1]
@@ -134,17 +117,16 @@ class GANTrainer(Trainer):
         if self.opts.data is not None or self.image_shape()[:1] != (1,):
             return {"note": "the MNIST metrics need MNIST-trained 1-channel images; none for "
                             "this data"}
-        g = torch.Generator().manual_seed(self.opts.seed + 2)
+        g = stream(self.opts.seed, EVAL_STREAM)
         z = torch.randn(n, self.model.config.nz, generator=g)
-        labels = torch.arange(n) % 10 if self.conditional else None
+        labels = torch.arange(n) % MNIST_CLASSES if self.conditional else None
         images = self.generate(z, labels)                                 # (N, 1, S, S)
-        m = (images.shape[-1] - 28) // 2                                  # the MNIST padding
-        images = images[..., m:m + 28, m:m + 28]
+        m = (images.shape[-1] - MNIST_SIZE) // 2                          # the MNIST padding
+        images = images[..., m:m + MNIST_SIZE, m:m + MNIST_SIZE]
         return gan_metrics((images + 1) / 2, labels)                      # (N, 1, 28, 28)
 
 
 def gan_metrics(images01: Tensor, labels: Optional[Tensor] = None) -> Dict[str, Any]:
-    from .. import metrics
     is_mean, is_std = metrics.inception_score(images01)
     cov = metrics.class_coverage(images01)
     out = {"n": len(images01), "inception_score": float(is_mean),
@@ -152,11 +134,12 @@ def gan_metrics(images01: Tensor, labels: Optional[Tensor] = None) -> Dict[str, 
            "class_fractions": [round(float(f), 4) for f in cov.fractions],
            "class_min_frac": float(cov.min_frac), "class_max_frac": float(cov.max_frac),
            "coverage_warnings": list(cov.warnings)}
-    if labels is not None and hasattr(metrics, "classifier_accuracy"):
+    if labels is not None:
         out["label_accuracy"] = float(metrics.classifier_accuracy(images01, labels))
     return out
 
 
+@register
 class DCGANTrainer(GANTrainer):
     name = "dcgan"
     model_class = DCGAN
@@ -183,11 +166,12 @@ class DCGANTrainer(GANTrainer):
         return DCGANConfig(nc=c, image_size=s, **self.train_config_kwargs())
 
 
+@register
 class CGANTrainer(DCGANTrainer):
     name = "cgan"
     model_class = ConditionalGAN
     config_class = CGANConfig
-    grid_n = 80                   # 10 classes x 8
+    grid_n = MNIST_CLASSES * 8    # a row of 8 per class
 
     @property
     def conditional(self) -> bool:
@@ -197,18 +181,19 @@ class CGANTrainer(DCGANTrainer):
         if self.opts.data is not None:
             raise ValueError("cgan trains on MNIST and its labels; --data is not supported for "
                              "cgan (use dcgan for an image folder)")
-        return (1, 28, 28)
+        return (1, MNIST_SIZE, MNIST_SIZE)
 
     def make_config(self):
-        return CGANConfig(nc=1, image_size=28, num_classes=10, **self.train_config_kwargs())
+        return CGANConfig(nc=1, image_size=MNIST_SIZE, num_classes=MNIST_CLASSES,
+                          **self.train_config_kwargs())
 
     def build(self, model_config: Optional[dict] = None) -> None:
         super().build(model_config)
-        per = self.grid_n // 10
-        self.fixed_labels = torch.arange(10).repeat_interleave(per)     # class by row
+        per = self.grid_n // MNIST_CLASSES
+        self.fixed_labels = torch.arange(MNIST_CLASSES).repeat_interleave(per)  # class by row
 
     def sample_grid(self):
-        return self.generate(self.fixed_z, self.fixed_labels), self.grid_n // 10
+        return self.generate(self.fixed_z, self.fixed_labels), self.grid_n // MNIST_CLASSES
 
     def sample(self, n: int, interpolate: bool, generator: torch.Generator,
                inputs: Optional[Tensor] = None, labels: Optional[Sequence[int]] = None):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["make_grid", "save_grid", "to_uint8"]
+__all__ = ["make_grid", "save_grid", "to_uint8", "interleave_rows"]
 
 
 def to_uint8(images: Tensor, value_range: Tuple[float, float] = (-1.0, 1.0)) -> Tensor:
@@ -17,6 +17,16 @@ def to_uint8(images: Tensor, value_range: Tuple[float, float] = (-1.0, 1.0)) -> 
     lo, hi = value_range
     x = (images.detach().float().cpu() - lo) / (hi - lo)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def interleave_rows(groups: List[Tensor], per_row: int) -> Tensor:
+    """Interleaves equally long image batches as rows of ``per_row``:
+    g0[0:8], g1[0:8], g0[8:16], ... (3-channel, for one grid)."""
+    groups = [g.expand(-1, 3, -1, -1) if g.shape[1] == 1 else g for g in groups]
+    rows = []
+    for i in range(0, len(groups[0]), per_row):
+        rows += [g[i:i + per_row] for g in groups]
+    return torch.cat(rows)
 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: int = 0,

@@ -6,19 +6,28 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .. import metrics
+from ..data import MNIST_SIZE, load_image_folder
+from ..models import (DCGAN, DCGANConfig, ResnetGenerator, UnetGenerator,
+                      load_official_state_dict)
+from . import _data
+from .base import trainer_class
 from .checkpoint import FORMAT, CheckpointError, check_complete, check_config_sizes, read_torch_file
-from .grid import save_grid
+from .gan import GENERATE_BATCH, gan_metrics
+from .grid import interleave_rows, save_grid
+from .latents import EXAMPLES_DCGAN_EVAL_SEED, FID_BACKEND_SEED
 from .loop import resolve_device
 from .monitor import append_jsonl
 from .options import MODELS, TrainOptions
-from .registry import trainer_class
-from .translation import _rows, translate
+from .translation import translate
 
 __all__ = ["load_trained", "sample_checkpoint", "evaluate_checkpoint", "load_images",
            "official_generator"]
@@ -78,7 +87,6 @@ def official_generator(state_dict: dict) -> torch.nn.Module:
 
 
 def _official_generator(state_dict: dict) -> torch.nn.Module:
-    from ..models import ResnetGenerator, UnetGenerator, load_official_state_dict
     sd = {k.replace("module.", "", 1): v for k, v in state_dict.items()}
     blocks = {int(m.group(1)) for k in sd for m in [re.match(r"model\.(\d+)\.conv_block\.", k)] if m}
     if blocks:
@@ -123,7 +131,6 @@ def _is_examples_dcgan(sd) -> bool:
 def examples_dcgan_generator(state_dict: dict, device) -> Tuple[torch.nn.Module, Any]:
     """(G, its DCGANConfig): the 64x64 DCGAN generator of pytorch/examples, shaped
     after its state_dict (nz, ngf, nc), weights loaded strictly, in eval mode."""
-    from ..models import DCGAN, DCGANConfig
     try:
         w0, wl = state_dict["main.0.weight"], state_dict["main.12.weight"]  # (nz, 8 ngf, 4, 4), (ngf, nc, 4, 4)
         cfg = DCGANConfig(nz=int(w0.shape[0]), ngf=int(wl.shape[0]), nc=int(wl.shape[1]),
@@ -143,18 +150,18 @@ def examples_dcgan_generator(state_dict: dict, device) -> Tuple[torch.nn.Module,
 def _examples_dcgan_samples(G, nz: int, n: int, generator: torch.Generator, device) -> Tensor:
     z = torch.randn(n, nz, 1, 1, generator=generator)
     with torch.no_grad():
-        return torch.cat([G(z[i:i + 500].to(device)).float().cpu() for i in range(0, n, 500)])
+        return torch.cat([G(z[i:i + GENERATE_BATCH].to(device)).float().cpu()
+                          for i in range(0, n, GENERATE_BATCH)])
 
 
 def load_images(path: str, image_size: int, channels: int) -> Tensor:
     """A folder (via gan_ext.data.load_image_folder) or one image file ->
     (N, C, S, S) in [-1, 1]."""
     if os.path.isdir(path):
-        from ..data import load_image_folder
         return load_image_folder(path, image_size, channels=channels)
     if not os.path.isfile(path):
         raise ValueError(f"--input {path!r} does not exist")
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # only here: pillow is slow to import
     try:
         with Image.open(path) as img:
             img = img.convert("L" if channels == 1 else "RGB")
@@ -162,7 +169,6 @@ def load_images(path: str, image_size: int, channels: int) -> Tensor:
             s = min(w, h)
             img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
             img = img.resize((image_size, image_size), Image.BICUBIC)
-            import numpy as np
             a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).float() / 127.5 - 1
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"--input {path!r} is not a readable image ({e})") from None
@@ -199,7 +205,7 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         with torch.no_grad():
             y = translate(G, x, dev, batch=8)
         per = min(8, len(x))
-        return save_grid(_rows([x, y], per), out, nrow=per)
+        return save_grid(interleave_rows([x, y], per), out, nrow=per)
     trainer, ckpt = load_trained(path, device, raw)
     _refuse(labels is not None and trainer.name != "cgan", "--label", "cgan")
     x = None
@@ -209,7 +215,7 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
                              f"{trainer.name} samples from noise")
         cfg = trainer.model.config
         if trainer.name in ("ae", "dae"):
-            x = (load_images(inputs, 28, 1) + 1) / 2
+            x = (load_images(inputs, MNIST_SIZE, 1) + 1) / 2
         else:
             ch = cfg.input_nc if direction == "AtoB" else cfg.output_nc
             s = image_size or trainer.image_size()
@@ -281,32 +287,25 @@ def evaluate_checkpoint(path: str, n: int = 10000, device: str = "auto",
 def _evaluate_examples_dcgan(raw: dict, n: int, device: str) -> Dict[str, Any]:
     """A pytorch/examples DCGAN trained on MNIST (1 channel, 64x64): its samples
     are scaled to 28x28 for the MNIST metrics."""
-    from .gan import gan_metrics
     dev = resolve_device(device)
     G, cfg = examples_dcgan_generator(raw, dev)
     if cfg.nc != 1:
         raise ValueError(f"this DCGAN generator makes {cfg.nc}-channel images; the built-in "
                          "metrics are MNIST's (1 channel): sample it with 'gan-ext sample'")
-    images = _examples_dcgan_samples(G, cfg.nz, n, torch.Generator().manual_seed(2), dev)
-    images = torch.nn.functional.interpolate(images, size=(28, 28), mode="area")
+    g = torch.Generator().manual_seed(EXAMPLES_DCGAN_EVAL_SEED)
+    images = _examples_dcgan_samples(G, cfg.nz, n, g, dev)
+    images = torch.nn.functional.interpolate(images, size=(MNIST_SIZE,) * 2, mode="area")
     return gan_metrics((images.clamp(-1, 1) + 1) / 2)
 
 
 def _backend_fid(trainer, backend: str, n: int) -> float:
     """FID through torch-fidelity / clean-fid on image folders (real MNIST
     test images vs samples), when that package is installed."""
-    import tempfile
+    from PIL import Image  # only here: pillow is slow to import
 
-    from PIL import Image
-
-    from .. import metrics
-    from . import _data
     if trainer.name not in ("gan", "dcgan", "cgan", "vae"):
         raise ValueError(f"--fid-backend applies to the generative models, not {trainer.name}")
-    fn = getattr(metrics, "fid_with_backend", None)
-    if fn is None:
-        raise ValueError("this gan_ext.metrics has no fid_with_backend")
-    g = torch.Generator().manual_seed(123)
+    g = torch.Generator().manual_seed(FID_BACKEND_SEED)
     fake, _ = trainer.sample(n, False, g)
     real = _data.mnist_signed("test", trainer.opts.mnist_dir)[0][:n]
     with tempfile.TemporaryDirectory() as tmp:
@@ -316,4 +315,4 @@ def _backend_fid(trainer, backend: str, n: int) -> float:
             u8 = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             for i, im in enumerate(u8):
                 Image.fromarray(im[0].numpy()).convert("RGB").save(os.path.join(d, f"{i:05d}.png"))
-        return float(fn(backend, os.path.join(tmp, "real"), os.path.join(tmp, "fake")))
+        return float(metrics.fid_with_backend(backend, os.path.join(tmp, "real"), os.path.join(tmp, "fake")))

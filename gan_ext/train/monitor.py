@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .._atomic import atomic_write
 

@@ -8,6 +8,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional
 
+from .._validate import check_int
+
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
            "MAX_SEED", "DEMO_STEPS"]
@@ -136,13 +138,13 @@ class TrainOptions:
         for name in ("steps", "epochs", "batch_size", "limit", "image_size", "threads"):
             v = getattr(self, name)
             if v is not None:
-                _int(name, v, 1)
+                check_int(name, v, 1)
         if self.decay_epochs is not None:
-            _int("decay_epochs", self.decay_epochs, 0)
+            check_int("decay_epochs", self.decay_epochs, 0)
         for name in ("sample_every", "log_every", "checkpoint_every", "k"):
-            _int(name, getattr(self, name), 1)
-        _int("eval_n", self.eval_n, 0)
-        _int("seed", self.seed, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("eval_n", self.eval_n, 0)
+        check_int("seed", self.seed, 0)
         if self.seed > MAX_SEED:
             raise ValueError(f"seed must be at most 2**63 - 1, got {self.seed}")
         if self.device not in DEVICES:
@@ -178,11 +180,3 @@ def _float(name: str, value) -> float:
     if not math.isfinite(float(value)):
         raise ValueError(f"{name} must be a finite number, got {value}")
     return float(value)
-
-
-def _int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)

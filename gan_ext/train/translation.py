@@ -5,14 +5,17 @@ schedulers, stepped once per epoch."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor
 
+from .. import metrics
+from ..data import load_aligned, load_unpaired, mnist_pair
 from ..models import CycleGAN, CycleGANConfig, Pix2Pix, Pix2PixConfig
 from . import _data
-from .loop import Trainer
+from .base import Trainer, register
+from .grid import interleave_rows
 
 __all__ = ["CycleGANTrainer", "Pix2PixTrainer", "translate"]
 
@@ -20,16 +23,6 @@ __all__ = ["CycleGANTrainer", "Pix2PixTrainer", "translate"]
 def translate(net: torch.nn.Module, x: Tensor, device, batch: int = 64) -> Tensor:
     out = [net(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
     return torch.cat(out) if out else x.new_zeros((0,) + tuple(x.shape[1:]))
-
-
-def _rows(groups: List[Tensor], per_row: int) -> Tensor:
-    """Interleaves equally long image batches as rows of ``per_row``:
-    g0[0:8], g1[0:8], g0[8:16], ... (3-channel, for one grid)."""
-    groups = [g.expand(-1, 3, -1, -1) if g.shape[1] == 1 else g for g in groups]
-    rows = []
-    for i in range(0, len(groups[0]), per_row):
-        rows += [g[i:i + per_row] for g in groups]
-    return torch.cat(rows)
 
 
 class _TranslationTrainer(Trainer):
@@ -83,6 +76,7 @@ class _TranslationTrainer(Trainer):
         return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
 
 
+@register
 class CycleGANTrainer(_TranslationTrainer):
     name = "cyclegan"
     loss_groups = {"generators (adversarial)": ["G_A", "G_B"],
@@ -104,10 +98,8 @@ class CycleGANTrainer(_TranslationTrainer):
     def _pair(self, split: str, n: Optional[int]):
         o = self.opts
         if o.data is None:
-            from ..data import mnist_pair
             p = mnist_pair(split, n=n, data_dir=o.mnist_dir, seed=o.seed, image_size=32)
             return p.A, p.B, p.labels_A, p.labels_B
-        from ..data import load_unpaired
         A, B = load_unpaired(o.data, split, self.image_size())
         A, B = A[:n], B[:n]
         return A, B, None, None
@@ -133,7 +125,7 @@ class CycleGANTrainer(_TranslationTrainer):
         """Rows of 8: real A, G_A(A), real B, G_B(B)."""
         A, B, _, _ = self.test_pair(8)
         m = self.model
-        return _rows([A, translate(m.G_A, A, self.device), B, translate(m.G_B, B, self.device)],
+        return interleave_rows([A, translate(m.G_A, A, self.device), B, translate(m.G_B, B, self.device)],
                      8), 8
 
     def sample(self, n: int, interpolate: bool, generator: torch.Generator,
@@ -143,10 +135,9 @@ class CycleGANTrainer(_TranslationTrainer):
             A, B, _, _ = self.test_pair(n)
             inputs = A if direction == "AtoB" else B
         per = min(8, max(1, len(inputs)))
-        return _rows([inputs, translate(net, inputs, self.device)], per), per
+        return interleave_rows([inputs, translate(net, inputs, self.device)], per), per
 
     def evaluate(self, n: int) -> Dict[str, Any]:
-        from .. import metrics
         if self.opts.data is not None:
             return {"note": "digit accuracy and domain score are defined for the MNIST pair only"}
         # The pair's two domains split the 10,000 test digits: at most 5,000 each.
@@ -161,6 +152,7 @@ class CycleGANTrainer(_TranslationTrainer):
         return out
 
 
+@register
 class Pix2PixTrainer(_TranslationTrainer):
     name = "pix2pix"
     loss_groups = {"adversarial": ["D", "G_GAN"], "L1 (x lambda_L1)": ["G_L1"]}
@@ -191,7 +183,6 @@ class Pix2PixTrainer(_TranslationTrainer):
         if o.data is None:
             A, B, _ = _data.mnist_edges_pair(split, o.mnist_dir, n)
         else:
-            from ..data import load_aligned
             A, B = load_aligned(o.data, split, self.image_size(), direction=o.direction)
         return A[:n], B[:n]
 
@@ -205,17 +196,16 @@ class Pix2PixTrainer(_TranslationTrainer):
     def sample_grid(self):
         """Rows of 8: input A, G(A), target B."""
         A, B = self.test_pairs(8)
-        return _rows([A, translate(self.model.netG, A, self.device), B], 8), 8
+        return interleave_rows([A, translate(self.model.netG, A, self.device), B], 8), 8
 
     def sample(self, n: int, interpolate: bool, generator: torch.Generator,
                inputs: Optional[Tensor] = None, direction: str = "AtoB"):
         if inputs is None:
             inputs = self.test_pairs(n)[0]
         per = min(8, max(1, len(inputs)))
-        return _rows([inputs, translate(self.model.netG, inputs, self.device)], per), per
+        return interleave_rows([inputs, translate(self.model.netG, inputs, self.device)], per), per
 
     def evaluate(self, n: int) -> Dict[str, Any]:
-        from .. import metrics
         A, B = self.test_pairs(n)
         pred = translate(self.model.netG, A, self.device)
         out = {"n": len(A), "test_l1": float(metrics.pix2pix_l1(pred, B))}

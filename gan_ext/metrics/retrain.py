@@ -1,7 +1,8 @@
-"""How the shipped feature networks were trained (see ``classifier.py``).
+"""How the shipped feature networks were trained (see ``classifier.py``), as
+a library and as the script that retrains them::
 
-    python -m gan_ext.metrics.classifier --train --out gan_ext/metrics/mnist_classifier.pt
-    python -m gan_ext.metrics.classifier --train-domain --out gan_ext/metrics/domain_classifier.pt
+    python -m gan_ext.metrics.retrain --train --out gan_ext/metrics/mnist_classifier.pt
+    python -m gan_ext.metrics.retrain --train-domain --out gan_ext/metrics/domain_classifier.pt
 
 Both: fixed seed, Adam with a one-cycle learning rate, random shifts of up to
 2 pixels as the only augmentation, CPU with 2 threads by default. The test
@@ -21,12 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data import load_mnist, mnist_pair
 from ._checks import check_int, run_batched
 from .classifier import (CLASSIFIER_FILE, DOMAIN_CLASSIFIER_FILE, DomainClassifier,
                          MNISTClassifier, weights_sha256)
 
 __all__ = ["random_shift", "train_mnist_classifier", "train_domain_classifier", "save_weights",
-           "main"]
+           "mnist_test_accuracy", "domain_test_accuracies", "TEST_PAIR_SEED_OFFSET", "main"]
+
+# The domain classifier's test pair is drawn with seed + this, so that its
+# styles differ from the training pair's (drawn with seed).
+TEST_PAIR_SEED_OFFSET = 1
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,7 +55,6 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator,
 
 
 def _mnist_unit(split: str, data_dir: Optional[str]) -> Tuple[Tensor, Tensor]:
-    from ..data import load_mnist
     images, labels = load_mnist(split, data_dir=data_dir)  # uint8 (N, 28, 28), int64 (N,)
     return images.unsqueeze(1).float().div_(255.0), labels.long()
 
@@ -95,13 +100,20 @@ def train_mnist_classifier(epochs: int = 5, seed: int = 0, batch_size: int = 128
     t0 = time.time()
     _fit(model, x.shape[0], epochs, batch_size, lr, seed, step_loss, log)
     seconds = time.time() - t0
-    xt, yt = _mnist_unit("test", data_dir)
-    pred = run_batched(lambda b: model(b).argmax(1), xt, 500)
-    acc = (pred.long() == yt).double().mean().item()
+    acc, n_test = mnist_test_accuracy(model, data_dir)
     log(f"MNIST test accuracy {acc:.4f}")
     return model, dict(test_accuracy=round(acc, 6), epochs=epochs, seed=seed,
                        batch_size=batch_size, lr=lr, train_images=int(x.shape[0]),
-                       test_images=int(xt.shape[0]), train_seconds=round(seconds, 1))
+                       test_images=n_test, train_seconds=round(seconds, 1))
+
+
+def mnist_test_accuracy(model: MNISTClassifier, data_dir: Optional[str] = None
+                        ) -> Tuple[float, int]:
+    """(accuracy, images) of ``model`` on the 10k MNIST test images: the
+    ``test_accuracy`` of mnist_classifier.json."""
+    xt, yt = _mnist_unit("test", data_dir)
+    pred = run_batched(lambda b: model(b).argmax(1), xt, 500)
+    return (pred.long() == yt).double().mean().item(), int(xt.shape[0])
 
 
 def train_domain_classifier(epochs: int = 3, seed: int = 0, n: int = 10000, batch_size: int = 128,
@@ -110,7 +122,6 @@ def train_domain_classifier(epochs: int = 3, seed: int = 0, n: int = 10000, batc
     """Train :class:`DomainClassifier` on ``gan_ext.data.mnist_pair("train", n)``:
     A images labelled 0, B images labelled 1, plus the digit of each; returns
     the model (eval mode) and a dict with its accuracies on the test pair."""
-    from ..data import mnist_pair
     torch.manual_seed(seed)
     model = DomainClassifier()
     pair = mnist_pair("train", n=n, data_dir=data_dir, seed=seed)
@@ -127,7 +138,17 @@ def train_domain_classifier(epochs: int = 3, seed: int = 0, n: int = 10000, batc
     t0 = time.time()
     _fit(model, x.shape[0], epochs, batch_size, lr, seed, step_loss, log)
     seconds = time.time() - t0
-    test = mnist_pair("test", n=2000, data_dir=data_dir, seed=seed + 1)
+    stats = domain_test_accuracies(model, seed, data_dir)
+    log(f"test: {stats}")
+    return model, dict(stats, epochs=epochs, seed=seed, n=n, batch_size=batch_size, lr=lr,
+                       train_images=int(x.shape[0]), train_seconds=round(seconds, 1))
+
+
+def domain_test_accuracies(model: DomainClassifier, seed: int = 0,
+                           data_dir: Optional[str] = None) -> dict:
+    """Domain and digit accuracy of ``model`` on each style of the test pair
+    of a run seeded ``seed``: the figures of domain_classifier.json."""
+    test = mnist_pair("test", n=2000, data_dir=data_dir, seed=seed + TEST_PAIR_SEED_OFFSET)
     stats = {}
     for name, imgs, labels, target in (("A", test.A, test.labels_A, 0.0),
                                        ("B", test.B, test.labels_B, 1.0)):
@@ -136,9 +157,7 @@ def train_domain_classifier(epochs: int = 3, seed: int = 0, n: int = 10000, batc
                                                  .double().mean().item(), 6)
         stats[f"digit_accuracy_{name}"] = round((out[:, 1:].argmax(1) == labels.long())
                                                 .double().mean().item(), 6)
-    log(f"test: {stats}")
-    return model, dict(stats, epochs=epochs, seed=seed, n=n, batch_size=batch_size, lr=lr,
-                       train_images=int(x.shape[0]), train_seconds=round(seconds, 1))
+    return stats
 
 
 def _domain_and_digit(model: DomainClassifier) -> Callable[[Tensor], Tensor]:
@@ -168,7 +187,7 @@ def save_weights(model: nn.Module, out: str, info: dict, command: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gan_ext.metrics.classifier",
+    p = argparse.ArgumentParser(prog="python -m gan_ext.metrics.retrain",
                                 description="Train the feature networks shipped with gan_ext.metrics.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--train", action="store_true", help="the MNIST digit classifier")
@@ -189,7 +208,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(_HERE, filename)
     log = lambda s: print(s, flush=True)  # noqa: E731
     flag = "--train" if args.train else "--train-domain"
-    command = f"python -m gan_ext.metrics.classifier {flag} --out {os.path.relpath(out)}"
+    command = f"python -m gan_ext.metrics.retrain {flag} --out {os.path.relpath(out)}"
     for opt, value, default in (("--epochs", args.epochs, None), ("--seed", args.seed, 0),
                                 ("--n", args.n if args.train_domain else 10000, 10000)):
         if value != default:
@@ -207,3 +226,7 @@ def main(argv=None) -> int:
     meta = save_weights(model, out, info, command)
     log(f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256']})")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
