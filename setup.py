@@ -1,8 +1,9 @@
 """Build gan_ext._C with torch.utils.cpp_extension.
 
-CPU sources (csrc/*.cpp, csrc/cpu/*.cpp) are always built, with OpenMP so that
-at::parallel_for uses every core. CUDA sources (csrc/cuda/*.cu) are built when
-torch is a CUDA build and a toolkit is found, or when FORCE_CUDA=1.
+CPU sources (every csrc/**/*.cpp: the module, each op's schemas + autograd and
+its cpu.cpp) are always built, with OpenMP so that at::parallel_for uses every
+core. CUDA sources (every csrc/**/*.cu: each op's cuda.cu) are built when torch
+is a CUDA build and a toolkit is found, or when FORCE_CUDA=1.
 """
 import glob
 import os
@@ -39,8 +40,8 @@ def _simd_flags():
 
 
 def _extension():
-    cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cu = sorted(glob.glob("csrc/cuda/*.cu"))
+    cpp = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    cu = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
     cxx = ["-O3", "-std=c++20", *openmp]
     cxx += _simd_flags()

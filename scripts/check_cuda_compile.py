@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compile-only check of every csrc/cuda/*.cu with nvcc, for sm_80 and sm_90.
+"""Compile-only check of every csrc/**/*.cu with nvcc, for sm_80 and sm_90.
 
 Works on a machine without a GPU and with a CPU-only torch: the include paths
 are built from the installed torch package directly, because
@@ -69,9 +69,21 @@ def torch_flags() -> list[str]:
     ]
 
 
+def default_sources() -> list[str]:
+    """Every CUDA source of the extension, as setup.py globs them."""
+    return sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))
+
+
+def object_name(src: str) -> str:
+    """The object file's name: every op's kernel file is called cuda.cu, so the
+    name is made from the path (relative to the repository)."""
+    rel = os.path.relpath(os.path.abspath(src), ROOT)
+    return rel.replace(os.sep, "_") + ".o"
+
+
 def compile_one(nvcc: str, src: str, outdir: str, flags: list[str], threads: int,
                 verbose: bool) -> tuple[str, bool, float, str]:
-    obj = os.path.join(outdir, os.path.basename(src) + ".o")
+    obj = os.path.join(outdir, object_name(src))
     cmd = [nvcc, "-c", src, "-o", obj, "-std=c++20", "-Xcompiler", "-fPIC", *flags]
     for arch in ARCHS:
         cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
@@ -90,7 +102,7 @@ def compile_one(nvcc: str, src: str, outdir: str, flags: list[str], threads: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="*", help="sources to check (default: csrc/cuda/*.cu)")
+    parser.add_argument("files", nargs="*", help="sources to check (default: csrc/**/*.cu)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print ptxas resource usage and any warnings of files that compile")
     args = parser.parse_args(argv)
@@ -100,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA compile check skipped: nvcc is absent (not on PATH, in $CUDA_HOME/bin "
               "or /usr/local/cuda/bin)")
         return SKIPPED
-    files = args.files or sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    files = args.files or default_sources()
     if not files:
-        print("CUDA compile check: no csrc/cuda/*.cu sources, nothing to do")
+        print("CUDA compile check: no csrc/**/*.cu sources, nothing to do")
         return 0
     try:
         flags = torch_flags()

@@ -51,7 +51,7 @@ NORM_ACTS = (("relu", 0.01, False), ("leaky_relu", 0.2, True), ("leaky_relu", 0.
 # merged by a finalize kernel on a GPU the size of an H100/H200.
 SPLIT_CASES = (("batch", (2, 3, 256, 256), "nchw"), ("batch", (16, 64, 64, 64), "channels_last"),
                ("instance", (64, 32, 8, 8), "nchw"), ("instance", (2, 3, 512, 512), "nchw"))
-# Shapes the one-block-per-group kernels take in training (csrc/norm_act_plan.h,
+# Shapes the one-block-per-group kernels take in training (csrc/ops/norm_act/plan.h,
 # takes_group_blocks): batch norm, and instance norm with the last block's
 # grad_weight/grad_bias merge by a warp (< 32 samples) and by the block.
 GROUP_BLOCK_CASES = (("batch", (4, 100, 8, 8), "nchw"), ("instance", (2, 64, 16, 16), "nchw"),

@@ -3,6 +3,8 @@
 Runs scripts/check_cuda_compile.py (nvcc -c against the installed torch's
 headers); skipped where nvcc is absent.
 """
+import glob
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,3 +26,22 @@ def test_cuda_sources_compile():
     if proc.returncode == SKIPPED:
         pytest.skip(output.splitlines()[-1] if output else "nvcc is absent")
     assert proc.returncode == 0, f"CUDA sources failed to compile (exit {proc.returncode}):\n{output}"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("check_cuda_compile", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_default_sources_are_every_op_kernel():
+    """The check covers each op's cuda.cu (csrc/ops/<op>/), and the objects of
+    files that share a name do not overwrite each other."""
+    script = _script()
+    files = script.default_sources()
+    op_kernels = sorted(glob.glob(os.path.join(ROOT, "csrc", "ops", "*", "cuda.cu")))
+    assert len(op_kernels) >= 7, op_kernels
+    assert set(op_kernels) <= set(files)
+    names = [script.object_name(f) for f in files]
+    assert len(set(names)) == len(names), names

@@ -1,4 +1,4 @@
-// CUDA kernels of act_dropout and act_dropout_backward (csrc/dropout.h).
+// CUDA kernels of act_dropout and act_dropout_backward (ops/act_dropout/dropout.h).
 //
 // One thread makes one Philox block q at a time (grid-stride) and handles its
 // four elements 32 (q / 8) + 8 k + q % 8, k = 0..3: a warp covers four whole
@@ -26,9 +26,9 @@
 #include <optional>
 #include <tuple>
 
-#include "device_common.cuh"
-#include "dropout.h"
-#include "philox.h"
+#include "common/device_common.cuh"
+#include "ops/act_dropout/dropout.h"
+#include "common/philox.h"
 
 namespace gan_ext {
 namespace {
@@ -39,9 +39,11 @@ constexpr index_t kMaxBlocks = 8192;
 // NaN out, as torch.relu and the CPU kernel's vec::maximum.
 template <typename acc_t>
 __device__ __forceinline__ acc_t activate(acc_t x, int act, acc_t slope) {
-  if (act == 1) return x <= acc_t(0) ? acc_t(0) : x;
-  if (act == 2) return x > acc_t(0) ? x : x * slope;
-  return x;
+  switch (static_cast<Activation>(act)) {
+    case Activation::ReLU: return x <= acc_t(0) ? acc_t(0) : x;
+    case Activation::LeakyReLU: return x > acc_t(0) ? x : x * slope;
+    default: return x;
+  }
 }
 
 // At out = NaN this is 0 (relu) or slope (leaky), as the CPU kernel's blendv;
@@ -49,9 +51,11 @@ __device__ __forceinline__ acc_t activate(acc_t x, int act, acc_t slope) {
 // not select).
 template <typename acc_t>
 __device__ __forceinline__ acc_t act_grad(acc_t out, int act, acc_t slope) {
-  if (act == 1) return out > acc_t(0) ? acc_t(1) : acc_t(0);
-  if (act == 2) return out > acc_t(0) ? acc_t(1) : slope;
-  return acc_t(1);
+  switch (static_cast<Activation>(act)) {
+    case Activation::ReLU: return out > acc_t(0) ? acc_t(1) : acc_t(0);
+    case Activation::LeakyReLU: return out > acc_t(0) ? acc_t(1) : slope;
+    default: return acc_t(1);
+  }
 }
 
 // Calls f(i, mult) for every element i of this thread's Philox blocks

@@ -1,6 +1,6 @@
-// Launch plans of the norm_act CUDA kernels (csrc/cuda/norm_act.cu), in plain
+// Launch plans of the norm_act CUDA kernels (ops/norm_act/cuda.cu), in plain
 // C++: the CPU build exposes them as gan_ext::_norm_act_plan_planes/_rows
-// (csrc/norm_act_plan.cpp), so the tests check index coverage and grid sizes
+// (ops/norm_act/plan.cpp), so the tests check index coverage and grid sizes
 // without a GPU, and a GPU check can print the plan of any shape.
 //
 // Two generations, selected per call (GAN_EXT_CUDA_NORM_ACT=legacy, see
@@ -25,7 +25,7 @@ namespace plan {
 
 using index_t = int64_t;
 
-constexpr int kThreads = 256;  // block size (csrc/cuda/device_common.cuh checks it matches)
+constexpr int kThreads = 256;  // block size (common/device_common.cuh checks it matches)
 constexpr int kWarpSize = 32;
 constexpr int kUnroll = 4;     // vectors in flight per thread in the plane kernels
 // Partials per channel of a channels_last reduction: each split is one more

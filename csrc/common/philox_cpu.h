@@ -1,4 +1,4 @@
-// Philox-4x32-10 blocks on the CPU (csrc/philox.h): with AVX2, eight blocks
+// Philox-4x32-10 blocks on the CPU (common/philox.h): with AVX2, eight blocks
 // per vector; otherwise (or where lo(q) wraps past 2^32 inside a vector, which
 // carries into hi(q)) one at a time. Used by the reparameterization noise and
 // the dropout mask.
@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "philox.h"
+#include "common/philox.h"
 
 namespace gan_ext {
 namespace {
@@ -32,7 +32,7 @@ inline void mulhilo8(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
 template <int64_t N>
 inline void philox_blocks(uint64_t q0, int64_t count, uint64_t seed, uint64_t offset,
                           uint32_t (*w)[N]) {
-  // The counter is (offset / 4, q) (csrc/philox.h): lanes differ in c2 = lo(q).
+  // The counter is (offset / 4, q) (common/philox.h): lanes differ in c2 = lo(q).
   const uint64_t step = offset >> 2;
   const uint32_t s0 = static_cast<uint32_t>(step), s1 = static_cast<uint32_t>(step >> 32);
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);

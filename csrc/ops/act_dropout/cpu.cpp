@@ -1,4 +1,4 @@
-// CPU kernels of act_dropout and act_dropout_backward (csrc/dropout.h).
+// CPU kernels of act_dropout and act_dropout_backward (ops/act_dropout/dropout.h).
 //
 // Work goes in chunks of kChunk elements (whole 32-element groups): a chunk
 // makes its keep multipliers (0 or 1/(1-p)) from Philox into an L1 buffer,
@@ -19,9 +19,9 @@
 #include <algorithm>
 #include <mutex>
 
-#include "dropout.h"
-#include "philox_cpu.h"
-#include "vec_io.h"
+#include "ops/act_dropout/dropout.h"
+#include "common/philox_cpu.h"
+#include "common/vec_io.h"
 
 namespace gan_ext {
 namespace {
@@ -53,18 +53,22 @@ void keep_mult(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, uint32_t t
 template <typename O>
 inline Vectorized<O> activate(const Vectorized<O>& x, int64_t act, const Vectorized<O>& slope) {
   const Vectorized<O> zero(O(0));
-  if (act == 1) return at::vec::maximum(x, zero);
-  if (act == 2) return Vectorized<O>::blendv(x * slope, x, x > zero);
-  return x;
+  switch (static_cast<Activation>(act)) {
+    case Activation::ReLU: return at::vec::maximum(x, zero);
+    case Activation::LeakyReLU: return Vectorized<O>::blendv(x * slope, x, x > zero);
+    default: return x;
+  }
 }
 
-// d act / d x, read from the output (csrc/dropout.h).
+// d act / d x, read from the output (ops/act_dropout/dropout.h).
 template <typename O>
 inline Vectorized<O> act_grad(const Vectorized<O>& out, int64_t act, const Vectorized<O>& slope) {
   const Vectorized<O> zero(O(0)), one(O(1));
-  if (act == 1) return Vectorized<O>::blendv(zero, one, out > zero);
-  if (act == 2) return Vectorized<O>::blendv(slope, one, out > zero);
-  return one;
+  switch (static_cast<Activation>(act)) {
+    case Activation::ReLU: return Vectorized<O>::blendv(zero, one, out > zero);
+    case Activation::LeakyReLU: return Vectorized<O>::blendv(slope, one, out > zero);
+    default: return one;
+  }
 }
 
 struct Rng {
@@ -75,7 +79,7 @@ Rng draw_seed(const c10::optional<at::Generator>& generator) {
   auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
       generator, at::detail::getDefaultCPUGenerator());
   std::lock_guard<std::mutex> lock(gen->mutex_);
-  // As csrc/cpu/reparam.cpp: what Tensor.random_() draws for int64.
+  // As ops/reparameterize/cpu.cpp: what Tensor.random_() draws for int64.
   return {gen->random64() & 0x7FFFFFFFFFFFFFFFull, 0};
 }
 

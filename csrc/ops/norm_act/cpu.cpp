@@ -37,8 +37,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "norm_act.h"
-#include "vec_io.h"
+#include "ops/norm_act/checks.h"
+#include "common/vec_io.h"
 
 namespace gan_ext {
 namespace {
@@ -69,12 +69,12 @@ inline void prefetch_run_for_write(T* p, int64_t len) {
 }
 
 // ------------------------------------------------------------- activations
-template <int ACT, typename O>
+template <Activation ACT, typename O>
 inline Vectorized<O> activate(const Vectorized<O>& z, const Vectorized<O>& slope) {
   const Vectorized<O> zero(O(0));
-  if constexpr (ACT == 1) {
+  if constexpr (ACT == Activation::ReLU) {
     return at::vec::maximum(z, zero);  // propagates NaN
-  } else if constexpr (ACT == 2) {
+  } else if constexpr (ACT == Activation::LeakyReLU) {
     return Vectorized<O>::blendv(z * slope, z, z > zero);
   } else {
     return z;
@@ -82,15 +82,15 @@ inline Vectorized<O> activate(const Vectorized<O>& z, const Vectorized<O>& slope
 }
 
 // dy masked by the activation's derivative at pre-activation sign `v` (v > 0).
-template <int ACT, typename O>
+template <Activation ACT, typename O>
 inline Vectorized<O> mask_grad(const Vectorized<O>& dy, const Vectorized<O>& v,
                                const Vectorized<O>& slope) {
   const Vectorized<O> zero(O(0));
-  if constexpr (ACT == 1) {
+  if constexpr (ACT == Activation::ReLU) {
     // torch.relu's backward passes the gradient unless the output is <= 0:
     // at a NaN pre-activation it passes (leaky_relu's takes the slope).
     return Vectorized<O>::blendv(dy, zero, v <= zero);
-  } else if constexpr (ACT == 2) {
+  } else if constexpr (ACT == Activation::LeakyReLU) {
     return Vectorized<O>::blendv(dy * slope, dy, v > zero);
   } else {
     return dy;
@@ -100,10 +100,10 @@ inline Vectorized<O> mask_grad(const Vectorized<O>& dy, const Vectorized<O>& v,
 // Runs f with the activation as a compile-time constant.
 template <typename F>
 inline void dispatch_activation(int64_t act, F&& f) {
-  switch (act) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    default: f(std::integral_constant<int, 0>{}); break;
+  switch (static_cast<Activation>(act)) {
+    case Activation::ReLU: f(std::integral_constant<Activation, Activation::ReLU>{}); break;
+    case Activation::LeakyReLU: f(std::integral_constant<Activation, Activation::LeakyReLU>{}); break;
+    default: f(std::integral_constant<Activation, Activation::Identity>{}); break;
   }
 }
 
@@ -303,7 +303,7 @@ inline Vectorized<O> coef(const O* base, int64_t i, int64_t w, bool per_lane) {
   return per_lane ? Vectorized<O>::loadu(base + i, w) : Vectorized<O>(base[0]);
 }
 
-template <typename T, typename O, int ACT>
+template <typename T, typename O, Activation ACT>
 void affine_act(const T* x, T* y, const Shape& s, const O* scale, const O* shift, O slope_) {
   constexpr int64_t V = Vectorized<O>::size();
   const Vectorized<O> slope(slope_);
@@ -330,7 +330,7 @@ struct BackwardCoefs {
 
 // u = the value whose centred product with dz is reduced: x itself, or the
 // output with the leaky_relu inverted. v = the value whose sign gives the mask.
-template <int ACT, bool SAVED_OUT, typename O>
+template <Activation ACT, bool SAVED_OUT, typename O>
 inline void u_and_v(const Vectorized<O>& s, const Vectorized<O>& ms, const Vectorized<O>& mb,
                     const Vectorized<O>& inv_slope, Vectorized<O>& u, Vectorized<O>& v) {
   if constexpr (SAVED_OUT) {
@@ -344,7 +344,7 @@ inline void u_and_v(const Vectorized<O>& s, const Vectorized<O>& ms, const Vecto
 }
 
 // channels_last: per-(n, c) sums of dz and dz * (u - center).
-template <typename T, typename O, int ACT, bool SAVED_OUT>
+template <typename T, typename O, Activation ACT, bool SAVED_OUT>
 void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoefs<O>& cf, O slope_,
                      O* sum_dz, O* sum_dzu) {
   constexpr int64_t V = Vectorized<O>::size();
@@ -392,7 +392,7 @@ void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoe
   });
 }
 
-template <typename T, typename O, int ACT, bool SAVED_OUT>
+template <typename T, typename O, Activation ACT, bool SAVED_OUT>
 void backward_elementwise(const T* dy, const T* sv, T* dx, const Shape& s, const BackwardCoefs<O>& cf,
                           O slope_, bool use_input_stats) {
   constexpr int64_t V = Vectorized<O>::size();
@@ -434,7 +434,7 @@ struct Groups {
   }
 };
 
-template <typename T, typename O, int ACT>
+template <typename T, typename O, Activation ACT>
 inline void affine_act_run(const T* x, T* y, int64_t len, O scale_, O shift_, const Vectorized<O>& slope) {
   constexpr int64_t V = Vectorized<O>::size();
   const Vectorized<O> scale(scale_), shift(shift_);
@@ -445,7 +445,7 @@ inline void affine_act_run(const T* x, T* y, int64_t len, O scale_, O shift_, co
 }
 
 // Forward with input statistics: stats, then normalize, per group.
-template <typename T, typename O, int ACT>
+template <typename T, typename O, Activation ACT>
 void forward_nchw_groups(const T* x, T* y, const Groups& gs, const O* gamma, const O* beta, O eps,
                          O slope_, O* mean, O* var, O* invstd) {
   const Vectorized<O> slope(slope_);
@@ -471,7 +471,7 @@ void forward_nchw_groups(const T* x, T* y, const Groups& gs, const O* gamma, con
 
 // Backward: per group, sums of dz and dz*(u - centre), then dx. Writes the
 // group's sum(dz) and sum(dz * xhat) for grad_bias / grad_weight.
-template <typename T, typename O, int ACT, bool SAVED_OUT>
+template <typename T, typename O, Activation ACT, bool SAVED_OUT>
 void backward_nchw_groups(const T* dy, const T* sv, T* dx, const Groups& gs, bool use_input_stats,
                           const O* gamma, const O* beta, const O* mean, const O* invstd, O slope_,
                           O* group_dz, O* group_dzx) {
@@ -700,6 +700,125 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
 }
 
 // --------------------------------------------------------------- backward op
+// Runs f(act, saved_out) with both as compile-time constants. Only an
+// invertible leaky_relu saves its output (check_norm_act_backward_args), so
+// the other activations are not instantiated with saved_out.
+template <typename F>
+inline void dispatch_backward(int64_t activation, bool saved_is_output, F&& f) {
+  dispatch_activation(activation, [&](auto act) {
+    if (saved_is_output) {
+      if constexpr (decltype(act)::value == Activation::LeakyReLU) f(act, std::true_type{});
+    } else {
+      f(act, std::false_type{});
+    }
+  });
+}
+
+// What both layouts of the backward read and write, the parameters in opmath.
+template <typename scalar_t, typename O>
+struct BackwardArgs {
+  const scalar_t* dy;
+  const scalar_t* sv;  // the saved input, or output (saved_is_output)
+  scalar_t* dx;
+  const O* mean;
+  const O* invstd;
+  const O* gamma;  // effective_gamma
+  const O* beta;
+  O slope;
+  int64_t activation;
+  bool saved_is_output, use_input_stats, instance, per_sample;
+};
+
+// NCHW: one pass per group of planes, which accumulates grad_weight/grad_bias.
+template <typename scalar_t, typename O>
+void backward_nchw(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O* gb) {
+  const Groups gs{s.N, s.C, s.HW, a.per_sample};
+  std::vector<O> gdz(gs.count()), gdzx(gs.count());
+  dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
+    backward_nchw_groups<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
+        a.dy, a.sv, a.dx, gs, a.use_input_stats, a.gamma, a.beta, a.mean, a.invstd, a.slope,
+        gdz.data(), gdzx.data());
+  });
+  for (int64_t g = 0; g < gs.count(); ++g) {
+    gw[gs.channel(g)] += gdzx[g];
+    gb[gs.channel(g)] += gdz[g];
+  }
+}
+
+// The per-(n, c) coefficients the channels_last reduction pass reads.
+template <typename scalar_t, typename O>
+BackwardCoefs<O> channels_last_coefs(const BackwardArgs<scalar_t, O>& a, int64_t N, int64_t C) {
+  BackwardCoefs<O> cf;
+  for (auto* v : {&cf.k, &cf.a, &cf.b, &cf.mscale, &cf.mshift, &cf.center}) v->assign(N * C, O(0));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = n * C + c, g = a.per_sample ? i : c;
+      cf.mscale[i] = a.gamma[c] * a.invstd[g];
+      cf.mshift[i] = a.beta[c] - a.mean[g] * a.gamma[c] * a.invstd[g];
+      cf.center[i] = a.saved_is_output ? a.beta[c] : a.mean[g];
+      cf.k[i] = a.gamma[c] * a.invstd[g];
+    }
+  }
+  return cf;
+}
+
+// Training: the gradient through the batch statistics, as dx's a and b
+// coefficients, from the reduced sums of dz and dz * xhat.
+template <typename scalar_t, typename O>
+void add_stat_grad_coefs(const BackwardArgs<scalar_t, O>& a, const Shape& s,
+                         const std::vector<O>& sdz, const std::vector<O>& sdzx, const O* gw,
+                         const O* gb, BackwardCoefs<O>& cf) {
+  const int64_t N = s.N, C = s.C;
+  const O M = static_cast<O>(a.instance ? s.HW : N * s.HW);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = n * C + c, g = a.per_sample ? i : c;
+      const O group_dz = a.per_sample ? sdz[i] : gb[c];
+      const O group_dzx = a.per_sample ? sdzx[i] : gw[c];
+      const O k = cf.k[i];
+      if (a.saved_is_output) {
+        cf.a[i] = -k * group_dzx / (M * a.gamma[c]);
+        cf.b[i] = -k * group_dz / M - cf.a[i] * a.beta[c];
+      } else {
+        cf.a[i] = -k * a.invstd[g] * group_dzx / M;
+        cf.b[i] = -k * group_dz / M - cf.a[i] * a.mean[g];
+      }
+    }
+  }
+}
+
+// channels_last: a reduction pass over blocks of rows, then one elementwise
+// pass, with per-(n, c) coefficients.
+template <typename scalar_t, typename O>
+void backward_channels_last(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O* gb) {
+  const int64_t N = s.N, C = s.C;
+  BackwardCoefs<O> cf = channels_last_coefs(a, N, C);
+  std::vector<O> sdz(N * C, O(0)), sdzu(N * C, O(0));
+  dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
+    backward_reduce<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
+        a.dy, a.sv, s, cf, a.slope, sdz.data(), sdzu.data());
+  });
+  // sum(dz * xhat) per (n, c): xhat = (x - mean) * invstd or (z - beta) / gamma.
+  std::vector<O> sdzx(N * C);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = n * C + c, g = a.per_sample ? i : c;
+      sdzx[i] = a.saved_is_output ? sdzu[i] / a.gamma[c] : sdzu[i] * a.invstd[g];
+    }
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      gw[c] += sdzx[n * C + c];
+      gb[c] += sdz[n * C + c];
+    }
+  }
+  if (a.use_input_stats) add_stat_grad_coefs(a, s, sdz, sdzx, gw, gb, cf);
+  dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
+    backward_elementwise<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
+        a.dy, a.sv, a.dx, s, cf, a.slope, a.use_input_stats);
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     const at::Tensor& grad_out_, const at::Tensor& saved_, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean_, const at::Tensor& invstd_,
@@ -728,110 +847,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     using O = at::opmath_type<scalar_t>;
     const at::Tensor mean_o = mean_.to(c10::CppTypeToScalarType<O>::value).contiguous();
     const at::Tensor invstd_o = invstd_.to(c10::CppTypeToScalarType<O>::value).contiguous();
-    const O* mean = mean_o.const_data_ptr<O>();
-    const O* invstd = invstd_o.const_data_ptr<O>();
     const auto gamma = effective_gamma<O>(weight, C, activation, negative_slope);
     const auto beta = param_or<O>(bias, C, O(0));
-    const O slope = static_cast<O>(negative_slope);
-    const scalar_t* dy = grad_out.const_data_ptr<scalar_t>();
-    const scalar_t* sv = saved.const_data_ptr<scalar_t>();
+    const BackwardArgs<scalar_t, O> args{grad_out.const_data_ptr<scalar_t>(),
+                                         saved.const_data_ptr<scalar_t>(),
+                                         grad_input.mutable_data_ptr<scalar_t>(),
+                                         mean_o.const_data_ptr<O>(),
+                                         invstd_o.const_data_ptr<O>(),
+                                         gamma.data(),
+                                         beta.data(),
+                                         static_cast<O>(negative_slope),
+                                         activation,
+                                         saved_is_output,
+                                         use_input_stats,
+                                         instance,
+                                         per_sample};
     const auto popts = saved.options().dtype(c10::CppTypeToScalarType<O>::value);
     grad_weight = at::zeros({C}, popts);
     grad_bias = at::zeros({C}, popts);
     O* gw = grad_weight.mutable_data_ptr<O>();
     O* gb = grad_bias.mutable_data_ptr<O>();
-
-    if (!s.channels_last) {
-      const Groups gs{N, C, HW, per_sample};
-      std::vector<O> gdz(gs.count()), gdzx(gs.count());
-      scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>();
-      dispatch_activation(activation, [&](auto act) {
-        constexpr int A = decltype(act)::value;
-        if (saved_is_output) {
-          if constexpr (A == 2)
-            backward_nchw_groups<scalar_t, O, A, true>(dy, sv, dx, gs, use_input_stats, gamma.data(),
-                                                       beta.data(), mean, invstd, slope, gdz.data(),
-                                                       gdzx.data());
-        } else {
-          backward_nchw_groups<scalar_t, O, A, false>(dy, sv, dx, gs, use_input_stats, gamma.data(),
-                                                      beta.data(), mean, invstd, slope, gdz.data(),
-                                                      gdzx.data());
-        }
-      });
-      for (int64_t g = 0; g < gs.count(); ++g) {
-        gw[gs.channel(g)] += gdzx[g];
-        gb[gs.channel(g)] += gdz[g];
-      }
-      return;
-    }
-
-    // channels_last: a reduction pass over blocks of rows, then one
-    // elementwise pass, with per-(n, c) coefficients.
-    BackwardCoefs<O> cf;
-    for (auto* v : {&cf.k, &cf.a, &cf.b, &cf.mscale, &cf.mshift, &cf.center}) v->assign(N * C, O(0));
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = n * C + c, g = per_sample ? i : c;
-        cf.mscale[i] = gamma[c] * invstd[g];
-        cf.mshift[i] = beta[c] - mean[g] * gamma[c] * invstd[g];
-        cf.center[i] = saved_is_output ? beta[c] : mean[g];
-        cf.k[i] = gamma[c] * invstd[g];
-      }
-    }
-    std::vector<O> sdz(N * C, O(0)), sdzu(N * C, O(0));
-    if (saved.numel() > 0) {
-      dispatch_activation(activation, [&](auto act) {
-        constexpr int A = decltype(act)::value;
-        if (saved_is_output) {
-          if constexpr (A == 2) backward_reduce<scalar_t, O, A, true>(dy, sv, s, cf, slope, sdz.data(), sdzu.data());
-        } else {
-          backward_reduce<scalar_t, O, A, false>(dy, sv, s, cf, slope, sdz.data(), sdzu.data());
-        }
-      });
-    }
-    // sum(dz * xhat) per (n, c): xhat = (x - mean) * invstd or (z - beta) / gamma.
-    std::vector<O> sdzx(N * C);
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = n * C + c, g = per_sample ? i : c;
-        sdzx[i] = saved_is_output ? sdzu[i] / gamma[c] : sdzu[i] * invstd[g];
-      }
-    }
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        gw[c] += sdzx[n * C + c];
-        gb[c] += sdz[n * C + c];
-      }
-    }
-    if (use_input_stats) {
-      const O M = static_cast<O>(instance ? HW : N * HW);
-      for (int64_t n = 0; n < N; ++n) {
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t i = n * C + c, g = per_sample ? i : c;
-          const O group_dz = per_sample ? sdz[i] : gb[c];
-          const O group_dzx = per_sample ? sdzx[i] : gw[c];
-          const O k = cf.k[i];
-          if (saved_is_output) {
-            cf.a[i] = -k * group_dzx / (M * gamma[c]);
-            cf.b[i] = -k * group_dz / M - cf.a[i] * beta[c];
-          } else {
-            cf.a[i] = -k * invstd[g] * group_dzx / M;
-            cf.b[i] = -k * group_dz / M - cf.a[i] * mean[g];
-          }
-        }
-      }
-    }
-    if (saved.numel() > 0) {
-      dispatch_activation(activation, [&](auto act) {
-        constexpr int A = decltype(act)::value;
-        scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>();
-        if (saved_is_output) {
-          if constexpr (A == 2)
-            backward_elementwise<scalar_t, O, A, true>(dy, sv, dx, s, cf, slope, use_input_stats);
-        } else {
-          backward_elementwise<scalar_t, O, A, false>(dy, sv, dx, s, cf, slope, use_input_stats);
-        }
-      });
+    if (s.channels_last) {
+      backward_channels_last(args, s, gw, gb);
+    } else {
+      backward_nchw(args, s, gw, gb);
     }
   });
   if (grad_weight.scalar_type() != pdtype) {

@@ -45,9 +45,9 @@
 #include <tuple>
 #include <utility>
 
-#include "device_common.cuh"
-#include "norm_act.h"
-#include "norm_act_plan.h"
+#include "common/device_common.cuh"
+#include "ops/norm_act/checks.h"
+#include "ops/norm_act/plan.h"
 
 namespace gan_ext {
 namespace {
@@ -321,30 +321,33 @@ struct Affine {
 // grid, so the branches cost a few predicated instructions in a memory-bound loop.
 template <typename acc_t>
 struct Act {
+  // An int rather than the int64 Activation: the struct is a kernel argument.
+  static constexpr int kReLU = static_cast<int>(Activation::ReLU);
+  static constexpr int kLeakyReLU = static_cast<int>(Activation::LeakyReLU);
   int kind;
   acc_t slope;
 
   __device__ __forceinline__ acc_t forward(acc_t z) const {
-    if (kind == 1) return z < acc_t(0) ? acc_t(0) : z;  // NaN propagates, like torch.relu
-    if (kind == 2) return z > acc_t(0) ? z : z * slope;
+    if (kind == kReLU) return z < acc_t(0) ? acc_t(0) : z;  // NaN propagates, like torch.relu
+    if (kind == kLeakyReLU) return z > acc_t(0) ? z : z * slope;
     return z;
   }
 
   __device__ __forceinline__ acc_t backward(acc_t z, acc_t dy) const {
     // As torch's backward at a NaN pre-activation: relu passes dy (its mask is
     // "output <= 0"), leaky_relu takes the slope; the CPU kernel does the same.
-    if (kind == 1) return z <= acc_t(0) ? acc_t(0) : dy;
-    if (kind == 2) return z > acc_t(0) ? dy : dy * slope;
+    if (kind == kReLU) return z <= acc_t(0) ? acc_t(0) : dy;
+    if (kind == kLeakyReLU) return z > acc_t(0) ? dy : dy * slope;
     return dy;
   }
 };
 
 // In-place update of the running statistics and num_batches_tracked (schema in
-// csrc/gan_ext.cpp), done by block 0 of the forward's elementwise kernel: that
+// ops/norm_act/norm_act.cpp), done by block 0 of the forward's elementwise kernel: that
 // kernel starts after the statistics are final, so the update needs no launch
 // of its own, and a single block sums instance norm's per-sample statistics in
 // a fixed order. The arithmetic is update_running_stats' in
-// csrc/cpu/norm_act.cpp: double, samples summed in order, unbiased variance,
+// ops/norm_act/cpu.cpp: double, samples summed in order, unbiased variance,
 // no NaN fix-up. Every pointer may be null (nothing to do for it).
 template <typename scalar_t>
 struct RunningUpdate {
@@ -630,7 +633,7 @@ struct BackwardSums {
 };
 
 // ================================================================ NCHW
-// PlaneGeometry (csrc/norm_act_plan.h): group g has `segs` runs of hwv vectors.
+// PlaneGeometry (ops/norm_act/plan.h): group g has `segs` runs of hwv vectors.
 struct PlaneUnit {
   index_t group, split, begin, end;  // vectors [begin, end) of the group's flattened runs
   int rank;                          // thread rank in the team
@@ -884,7 +887,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<scalar_t>)
 }
 
 // ------------------------------------------------- one block per group
-// plan_group_blocks (csrc/norm_act_plan.h): block g is group g, whole, so
+// plan_group_blocks (ops/norm_act/plan.h): block g is group g, whole, so
 // each direction is one kernel that re-reads its group from L2 for the second
 // half. Deterministic: fixed walk, fixed block merge tree, and the cross-block
 // work (running statistics; instance norm's grad_weight/grad_bias over the
@@ -942,7 +945,7 @@ __global__ void __launch_bounds__(kThreads, kGroupBackwardMinBlocks<scalar_t>)
 }
 
 // ================================================================ NHWC
-// RowGeometry (csrc/norm_act_plan.h): batch b is `rows` rows of C contiguous
+// RowGeometry (ops/norm_act/plan.h): batch b is `rows` rows of C contiguous
 // channels; group (b, c) has index b * C + c, the n * C + c order of instance
 // statistics and plain c otherwise.
 struct RowUnit {
@@ -1345,6 +1348,108 @@ Affine<scalar_t> make_affine(const at::Tensor* weight, const at::Tensor* bias, b
   return a;
 }
 
+// The statistics outputs of a use_input_stats forward, unsplit (no partials,
+// no block counter): what the split plans start from.
+template <typename acc_t>
+StatsOut<acc_t> stats_out(const at::Tensor& mean, const at::Tensor& var, const at::Tensor& invstd,
+                          const Layout& lay, double eps) {
+  StatsOut<acc_t> so{};
+  so.mean = mean.mutable_data_ptr<acc_t>();
+  so.var = var.mutable_data_ptr<acc_t>();
+  so.invstd = invstd.mutable_data_ptr<acc_t>();
+  so.partial = nullptr;
+  so.partial_stride = 0;
+  so.count = static_cast<acc_t>(lay.count());
+  so.eps = static_cast<acc_t>(eps);
+  so.blocks_done = nullptr;
+  so.groups = lay.groups();
+  so.splits = 1;
+  return so;
+}
+
+// One-block-per-group forward: statistics, normalization and the running
+// update in one launch.
+template <typename scalar_t, int VEC>
+void forward_group_blocks(const scalar_t* xp, scalar_t* yp, const at::Tensor& x, const Layout& lay,
+                          const StatsOut<acc_type<scalar_t>>& so,
+                          const RunningUpdate<scalar_t>& update, const Affine<scalar_t>& affine,
+                          const Act<acc_type<scalar_t>>& act, cudaStream_t stream) {
+  at::Tensor counter;
+  unsigned int* blocks_done = nullptr;
+  if (update.count != nullptr || update.mean != nullptr || update.var != nullptr) {
+    counter = at::empty({1}, x.options().dtype(at::kInt));
+    blocks_done = reinterpret_cast<unsigned int*>(counter.mutable_data_ptr<int32_t>());
+    C10_CUDA_CHECK(cudaMemsetAsync(blocks_done, 0, sizeof(unsigned int), stream));
+  }
+  const PlaneGeometry geo = lay.group_plan(VEC);
+  plane_group_forward_kernel<scalar_t, VEC><<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
+      xp, yp, geo, so, update, blocks_done, affine, act);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The statistics pass: per-group mean/var/invstd into `so`, split over blocks
+// by the plan (partials merged by the last block, or by stats_finalize_kernel
+// on the legacy paths).
+template <typename scalar_t, int VEC>
+void forward_stats(const scalar_t* xp, const at::Tensor& mean, const Layout& lay,
+                   StatsOut<acc_type<scalar_t>> so, int device, cudaStream_t stream) {
+  using acc_t = acc_type<scalar_t>;
+  const index_t groups = so.groups;
+  at::Tensor partial;
+  index_t splits = 1;
+  // Partials (and, default paths, the block counter behind them) for a split plan.
+  auto prepare = [&](index_t plan_splits) {
+    splits = so.splits = plan_splits;
+    if (splits == 1) return;
+    const index_t n = 3 * groups * splits;
+    partial = at::empty({n + (lay.legacy ? 0 : 1)}, mean.options());
+    so.partial = partial.mutable_data_ptr<acc_t>();
+    so.partial_stride = groups * splits;
+    if (!lay.legacy) {
+      so.blocks_done = reinterpret_cast<unsigned int*>(so.partial + n);
+      C10_CUDA_CHECK(cudaMemsetAsync(so.blocks_done, 0, sizeof(unsigned int), stream));
+    }
+  };
+  if (!lay.channels_last) {
+    auto kernel = plane_stats_kernel<scalar_t, VEC>;
+    const PlaneGeometry geo = lay.plane_plan(VEC, wave_blocks(kernel, device));
+    prepare(geo.splits);
+    kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    auto kernel = row_stats_kernel<scalar_t, VEC>;
+    const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave_blocks(kernel, device));
+    prepare(geo.splits);
+    kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (splits > 1 && lay.legacy) {
+    stats_finalize_kernel<acc_t><<<grid_size(ceil_div(groups, kWarps)), kThreads, 0, stream>>>(
+        so, groups, splits);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// The normalize + affine + activation pass.
+template <typename scalar_t, int VEC>
+void forward_apply(const scalar_t* xp, scalar_t* yp, const Layout& lay,
+                   const ForwardStats<scalar_t>& stats, const Affine<scalar_t>& affine,
+                   const Act<acc_type<scalar_t>>& act, int device, cudaStream_t stream) {
+  if (!lay.channels_last) {
+    auto kernel = plane_forward_kernel<scalar_t, VEC>;
+    const index_t wave = wave_blocks(kernel, device);
+    const PlaneGeometry geo = lay.plane_plan(VEC, wave);
+    kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    auto kernel = row_forward_kernel<scalar_t, VEC>;
+    const index_t wave = wave_blocks(kernel, device);
+    const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
+    kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
                   const at::Tensor* weight, const at::Tensor* bias, bool use_input_stats,
@@ -1366,91 +1471,17 @@ void forward_impl(const at::Tensor& x, const at::Tensor& out, const Layout& lay,
   with_vec<scalar_t>(vectorize, [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
     if (lay.group_blocks(sizeof(scalar_t), use_input_stats)) {
-      StatsOut<acc_t> so{};
-      so.mean = mean.mutable_data_ptr<acc_t>();
-      so.var = var.mutable_data_ptr<acc_t>();
-      so.invstd = invstd.mutable_data_ptr<acc_t>();
-      so.count = static_cast<acc_t>(lay.count());
-      so.eps = static_cast<acc_t>(eps);
-      so.groups = lay.groups();
-      so.splits = 1;
-      const RunningUpdate<scalar_t>& update = stats.update;
-      at::Tensor counter;
-      unsigned int* blocks_done = nullptr;
-      if (update.count != nullptr || update.mean != nullptr || update.var != nullptr) {
-        counter = at::empty({1}, x.options().dtype(at::kInt));
-        blocks_done = reinterpret_cast<unsigned int*>(counter.mutable_data_ptr<int32_t>());
-        C10_CUDA_CHECK(cudaMemsetAsync(blocks_done, 0, sizeof(unsigned int), stream));
-      }
-      const PlaneGeometry geo = lay.group_plan(VEC);
-      plane_group_forward_kernel<scalar_t, VEC><<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(
-          xp, yp, geo, so, update, blocks_done, affine, act);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      forward_group_blocks<scalar_t, VEC>(xp, yp, x, lay, stats_out<acc_t>(mean, var, invstd, lay, eps),
+                                          stats.update, affine, act, stream);
       return;
     }
-    // ---- statistics pass
     if (use_input_stats) {
-      StatsOut<acc_t> so;
-      so.mean = mean.mutable_data_ptr<acc_t>();
-      so.var = var.mutable_data_ptr<acc_t>();
-      so.invstd = invstd.mutable_data_ptr<acc_t>();
-      so.partial = nullptr;
-      so.partial_stride = 0;
-      so.count = static_cast<acc_t>(lay.count());
-      so.eps = static_cast<acc_t>(eps);
-      so.blocks_done = nullptr;
-      const index_t groups = lay.groups();
-      so.groups = groups;
-      at::Tensor partial;
-      index_t splits = 1;
-      // Partials (and, default paths, the block counter behind them) for a split plan.
-      auto prepare = [&](index_t plan_splits) {
-        splits = so.splits = plan_splits;
-        if (splits == 1) return;
-        const index_t n = 3 * groups * splits;
-        partial = at::empty({n + (lay.legacy ? 0 : 1)}, mean.options());
-        so.partial = partial.mutable_data_ptr<acc_t>();
-        so.partial_stride = groups * splits;
-        if (!lay.legacy) {
-          so.blocks_done = reinterpret_cast<unsigned int*>(so.partial + n);
-          C10_CUDA_CHECK(cudaMemsetAsync(so.blocks_done, 0, sizeof(unsigned int), stream));
-        }
-      };
-      if (!lay.channels_last) {
-        auto kernel = plane_stats_kernel<scalar_t, VEC>;
-        const PlaneGeometry geo = lay.plane_plan(VEC, wave_blocks(kernel, device));
-        prepare(geo.splits);
-        kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      } else {
-        auto kernel = row_stats_kernel<scalar_t, VEC>;
-        const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave_blocks(kernel, device));
-        prepare(geo.splits);
-        kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, geo, so);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if (splits > 1 && lay.legacy) {
-        stats_finalize_kernel<acc_t><<<grid_size(ceil_div(groups, kWarps)), kThreads, 0, stream>>>(
-            so, groups, splits);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+      forward_stats<scalar_t, VEC>(xp, mean, lay, stats_out<acc_t>(mean, var, invstd, lay, eps),
+                                   device, stream);
     }
-    // ---- normalize + affine + activation
     stats.mean = mean.const_data_ptr<acc_t>();
     stats.invstd = invstd.const_data_ptr<acc_t>();
-    if (!lay.channels_last) {
-      auto kernel = plane_forward_kernel<scalar_t, VEC>;
-      const index_t wave = wave_blocks(kernel, device);
-      const PlaneGeometry geo = lay.plane_plan(VEC, wave);
-      kernel<<<grid_size(plane_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      auto kernel = row_forward_kernel<scalar_t, VEC>;
-      const index_t wave = wave_blocks(kernel, device);
-      const RowGeometry geo = lay.row_plan(VEC, kRowUnroll<VEC>, wave);
-      kernel<<<grid_size(row_blocks(geo)), kThreads, 0, stream>>>(xp, yp, geo, stats, affine, act);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    forward_apply<scalar_t, VEC>(xp, yp, lay, stats, affine, act, device, stream);
   });
 }
 

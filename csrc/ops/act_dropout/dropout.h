@@ -1,6 +1,6 @@
 // gan_ext::act_dropout: activation + inverted dropout in one pass, with the
 // keep mask drawn in-kernel from the counter-based Philox stream of
-// csrc/philox.h. Shared by the CPU kernel, the CUDA kernel and (as a formula)
+// common/philox.h. Shared by the CPU kernel, the CUDA kernel and (as a formula)
 // the pure-PyTorch twin (gan_ext/reference.py, `dropout_keep`).
 //
 // The mask is never stored: backward regenerates it from (seed, offset), which
@@ -33,7 +33,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "philox.h"
+#include "common/checks.h"
+#include "common/philox.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -44,9 +45,13 @@ namespace dropout {
 
 constexpr int64_t kGroup = 32;  // elements per group of 8 Philox blocks
 
+// 2^23: the resolution of the 23-bit uniform a Philox word gives (word >> 9).
+constexpr uint32_t kUniformSteps = 1u << 23;
+
 inline uint32_t threshold(double p) {
-  const double t = std::ceil(p * 8388608.0 - 0.5);
-  return t <= 0.0 ? 0u : (t >= 8388608.0 ? 8388608u : static_cast<uint32_t>(t));
+  const double steps = static_cast<double>(kUniformSteps);
+  const double t = std::ceil(p * steps - 0.5);
+  return t <= 0.0 ? 0u : (t >= steps ? kUniformSteps : static_cast<uint32_t>(t));
 }
 
 inline double scale(double p) { return p >= 1.0 ? 0.0 : 1.0 / (1.0 - p); }
@@ -63,12 +68,9 @@ C10_HOST_DEVICE inline bool keep(uint32_t word, uint32_t thr) { return (word >> 
 
 inline void check_act_dropout_args(const at::Tensor& input, int64_t activation,
                                    double negative_slope, double p) {
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "input must be a floating point tensor (float32, float64, bfloat16 or float16), "
-                   "got ", c10::toString(input.scalar_type()));
-  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
-                    "activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ", activation);
-  TORCH_CHECK_VALUE(activation != 2 || (std::isfinite(negative_slope) && negative_slope >= 0.0),
+  check_float_dtype(input, "input");
+  check_activation(activation);
+  TORCH_CHECK_VALUE(activation != static_cast<int64_t>(Activation::LeakyReLU) || (std::isfinite(negative_slope) && negative_slope >= 0.0),
                     "negative_slope must be a finite number >= 0 for leaky_relu (the backward "
                     "reads the sign of the output), got ", negative_slope);
   TORCH_CHECK_VALUE(std::isfinite(p) && p >= 0.0 && p <= 1.0,

@@ -1,6 +1,6 @@
 // CPU kernels of reparameterize, reparameterize_kl and reparameterize_backward.
 //
-// The noise is the counter-based stream of csrc/philox.h: element i's eps
+// The noise is the counter-based stream of common/philox.h: element i's eps
 // depends only on (seed, offset, i), so tasks make their own noise in any
 // order. With AVX2, Philox runs on 8 blocks per vector and the float
 // Box-Muller uses the range-specialised log/sincos of fast_math.h (SLEEF's
@@ -33,11 +33,11 @@
 #include <mutex>
 #include <vector>
 
-#include "fast_math.h"
-#include "philox.h"
-#include "philox_cpu.h"
-#include "reparam.h"
-#include "vec_io.h"
+#include "common/fast_math.h"
+#include "common/philox.h"
+#include "common/philox_cpu.h"
+#include "ops/reparameterize/checks.h"
+#include "common/vec_io.h"
 
 namespace gan_ext {
 namespace {

@@ -1,5 +1,5 @@
 // gan_ext::_norm_act_plan_planes / _rows / _group: the launch plans of the
-// norm_act CUDA kernels (csrc/norm_act_plan.h), computed on the host of any
+// norm_act CUDA kernels (ops/norm_act/plan.h), computed on the host of any
 // build. Debug ops: the tests check the plans' index coverage and grid sizes on
 // the CPU, and a GPU check can print the plan of a shape it measures.
 #include <c10/util/Optional.h>
@@ -7,7 +7,7 @@
 
 #include <vector>
 
-#include "norm_act_plan.h"
+#include "ops/norm_act/plan.h"
 
 namespace gan_ext {
 namespace {

@@ -12,9 +12,9 @@
 #include <cstdint>
 #include <tuple>
 
-namespace gan_ext {
+#include "common/checks.h"
 
-enum class Activation : int64_t { Identity = 0, ReLU = 1, LeakyReLU = 2 };
+namespace gan_ext {
 
 // With an invertible leaky_relu the backward recovers the normalized input
 // from the output, which divides by the affine weight. Weights are therefore
@@ -25,8 +25,6 @@ constexpr double kMinAbsWeight = 1e-5;
 inline bool output_is_invertible(int64_t activation, double negative_slope) {
   return activation == static_cast<int64_t>(Activation::LeakyReLU) && negative_slope > 0;
 }
-
-inline const char* dtype_name(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
 
 inline void check_param(const c10::optional<at::Tensor>& p, const char* name, const at::Tensor& input,
                         int64_t C) {
@@ -44,14 +42,9 @@ inline void check_param(const c10::optional<at::Tensor>& p, const char* name, co
                    " is also accepted for float16/bfloat16 input)");
 }
 
-inline void check_activation(int64_t activation) {
-  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
-                    "activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ", activation);
-}
-
 inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-// The running-statistics update of the forward (see the schema in gan_ext.cpp).
+// The running-statistics update of the forward (see the schema in norm_act.cpp).
 // reference.py's check_running_update_args raises the same messages.
 inline void check_running_update_args(const at::Tensor& input,
                                       const c10::optional<at::Tensor>& running_mean,
@@ -84,9 +77,7 @@ inline std::tuple<int64_t, int64_t, int64_t> check_norm_act_args(
     c10::optional<double> momentum, double eps, int64_t activation) {
   TORCH_CHECK_VALUE(input.dim() == 4, "input must be a 4-D (N, C, H, W) tensor, got a ",
                     input.dim(), "-D tensor of shape ", input.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "input must be a floating point tensor (float32, float64, bfloat16 or float16), got ",
-                   dtype_name(input));
+  check_float_dtype(input, "input");
   check_activation(activation);
   // As torch: eps = 0 is allowed except for batch statistics in training (a
   // channel of zero variance then gives inf/NaN, as there).

@@ -7,15 +7,13 @@
 
 #include <cstdint>
 
-#include "losses.h"
+#include "common/losses.h"
 
 namespace gan_ext {
 
 inline void check_reparameterize_args(const at::Tensor& mu, const at::Tensor& logvar, bool kl,
                                       int64_t reduction) {
-  TORCH_CHECK_TYPE(at::isFloatingType(mu.scalar_type()),
-                   "mu must be a floating point tensor (float32, float64, bfloat16 or float16), got ",
-                   loss_dtype_name(mu));
+  check_float_dtype(mu, "mu");
   check_same_dtype(logvar, "logvar", mu, "mu");
   check_same_device(logvar, "logvar", mu, "mu");
   check_same_shape(logvar, "logvar", mu, "mu");

@@ -2,7 +2,7 @@
 // reparameterize_backward.
 //
 // Semantics: gan_ext/reference.py (reparameterize, kl_divergence,
-// reparameterize_kl); the noise is csrc/philox.h: element i (row-major) gets
+// reparameterize_kl); the noise is common/philox.h: element i (row-major) gets
 // normal i % P of Philox block q = i / P, P = 4 in float (float/half/bfloat16)
 // and 2 in double, from the generator's (seed, offset) unpacked in-kernel
 // (CUDA-graph safe). Each thread makes whole Philox blocks.
@@ -63,9 +63,9 @@
 #include <type_traits>
 #include <utility>
 
-#include "philox.h"
-#include "device_common.cuh"
-#include "reparam.h"
+#include "common/philox.h"
+#include "common/device_common.cuh"
+#include "ops/reparameterize/checks.h"
 
 namespace gan_ext {
 namespace {
@@ -596,7 +596,7 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cuda(
     check_same_device(*gz_in, "grad_z", mu, "mu");
     check_same_shape(*gz_in, "grad_z", mu, "mu");
     TORCH_CHECK_TYPE(at::isFloatingType(gz_in->scalar_type()),
-                     "grad_z must be a floating point tensor, got ", loss_dtype_name(*gz_in));
+                     "grad_z must be a floating point tensor, got ", dtype_name(*gz_in));
   }
   ScalarKind gk_kind = ScalarKind::Float;
   index_t B = 0, D = 1;
