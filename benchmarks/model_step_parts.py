@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a model step's speed-up comes from: the fused kernels, channels_last
 weights, or PyTorch's fused Adam. Times one training step of each model case
-in the five builds of ``gan_ext.bench_models.VARIANTS``, interleaved (one rep
+in the five builds of ``gan_ext.bench.models.VARIANTS``, interleaved (one rep
 of every build per round, so machine noise hits all alike), and prints the
 median of each with its ratio to "plain" (> 1: faster than plain).
 
@@ -21,7 +21,7 @@ import time
 import torch
 
 from gan_ext import bench, retain_freed_memory
-from gan_ext.bench_models import VARIANTS, variant_step
+from gan_ext.bench.models import VARIANTS, variant_step
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from .train.options import DEFAULTS, DEMO_STEPS
+from ..train.options import DEFAULTS, DEMO_STEPS
 
 PROG = "gan-ext"
 
@@ -109,8 +109,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 def _bench_run(args: argparse.Namespace) -> int:
     import torch
 
-    from . import bench
-    from .memory import retain_freed_memory
+    from .. import bench
+    from ..memory import retain_freed_memory
 
     retain_freed_memory()  # both sides of every ratio run in this process with it
 
@@ -201,7 +201,7 @@ def _one_line_warnings() -> None:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train.options import MODELS, defaults_text
+    from ..train.options import MODELS, defaults_text
     p.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(MODELS)}")
     g = p.add_argument_group("data and length")
     g.add_argument("--data", metavar="DIR", default=None,
@@ -292,7 +292,7 @@ def _nonneg_int(s: str) -> int:
 
 
 def _seed(s: str) -> int:
-    from .train.options import MAX_SEED
+    from ..train.options import MAX_SEED
     n = _nonneg_int(s)
     if n > MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {n}")
@@ -319,8 +319,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from .train import MODELS, TrainOptions, TrainingInterrupted, fit
-    from .train.loop import CheckpointSaveError, TrainingDiverged
+    from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
+    from ..train.loop import CheckpointSaveError, TrainingDiverged
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     _one_line_warnings()
@@ -411,7 +411,7 @@ def _check_image_name(path: str) -> None:
 
 
 def _sample_run(args: argparse.Namespace) -> int:
-    from .train import sample_checkpoint
+    from ..train import sample_checkpoint
     _one_line_warnings()
     _apply_threads(args)
     _check_image_name(args.out)
@@ -436,7 +436,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_run(args: argparse.Namespace) -> int:
-    from .train import evaluate_checkpoint
+    from ..train import evaluate_checkpoint
     _one_line_warnings()
     _apply_threads(args)
     metrics, log = evaluate_checkpoint(args.checkpoint, n=args.n, device=args.device,
@@ -531,7 +531,7 @@ COMMANDS: Dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
@@ -580,6 +580,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

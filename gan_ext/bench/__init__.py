@@ -200,7 +200,7 @@ def _eager_block(case: Case) -> nn.Module:
 
 
 def _fused_block(case: Case) -> nn.Module:
-    from . import nn as gnn  # the public layers, so the benchmark exercises them
+    from .. import nn as gnn  # the public layers, so the benchmark exercises them
 
     C = case.shape[1]
     if case.block == "bn_relu":
@@ -275,7 +275,7 @@ def _loss_fn(case: Case, impl: str) -> Callable[..., Tuple[torch.Tensor, ...]]:
     """The loss as fused op ("fused") or as plain torch.nn.functional code; returns a tuple of outputs."""
     import torch.nn.functional as F
 
-    from . import ops
+    from .. import ops
 
     b = case.block
     if impl == "fused":
@@ -362,7 +362,7 @@ def prepare(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.floa
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     device = torch.device(device)
     if case.is_model:
-        from . import bench_models
+        from . import models as bench_models
 
         return bench_models.prepare(case, impl, device, dtype, seed)
     if case.is_loss:
@@ -429,7 +429,7 @@ def saved_bytes(case: Case, impl: str, device="cpu", dtype: torch.dtype = torch.
                          "do not report their saved tensors to saved_tensors_hooks")
     device = torch.device(device)
     if case.is_model:
-        from . import bench_models
+        from . import models as bench_models
 
         return bench_models.saved_bytes(case, impl, device, dtype, seed)
     train_case = case if case.mode == "fwd+bwd" else Case(case.block, case.shape, case.layout, "fwd+bwd")
@@ -538,7 +538,7 @@ def time_case(case: Case, impls: Sequence[str] = ("fused", "eager"), device="cpu
 def fused_path(device="cpu") -> str:
     """What the 'fused' side really runs on ``device``: the compiled kernel or
     the pure-PyTorch reference (so a table is never misread)."""
-    from . import _backend
+    from .. import _backend
 
     dev = torch.device(device).type
     if not _backend.extension_loaded:

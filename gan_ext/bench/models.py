@@ -16,8 +16,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from . import _backend
-from .bench import CompileUnavailable, Case, Prepared, _sync_fn
+from .. import _backend
+from . import CompileUnavailable, Case, Prepared, _sync_fn
 
 __all__ = ["prepare", "saved_bytes", "d_step_saved_bytes", "VARIANTS", "variant_step"]
 
@@ -29,8 +29,8 @@ def _build(case: Case, fused: bool, device: torch.device, dtype: torch.dtype, se
     ``channels_last`` and ``fused_adam`` override the build's own choices
     (None: the gan_ext build takes both, the plain build neither), for
     :func:`variant_step`."""
-    from .models import cyclegan, dcgan, gan, vae
-    from .models._common import make_adam
+    from ..models import cyclegan, dcgan, gan, vae
+    from ..models._common import make_adam
 
     def adam_like(opt):
         if fused_adam is None:
