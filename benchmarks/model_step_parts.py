@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma list of {', '.join(VARIANTS)}; the first is the baseline")
     args = ap.parse_args()
+    if args.reps < 1 or args.warmup < 0:
+        ap.error(f"--reps must be at least 1 and --warmup at least 0, got {args.reps} and {args.warmup}")
     retained = retain_freed_memory()
     names = args.variants.split(",")
     for n in names:
