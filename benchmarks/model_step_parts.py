@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Where a model step's speed-up comes from: the fused kernels, channels_last
 weights, or PyTorch's fused Adam. Times one training step of each model case
-in the five builds of ``gan_ext.bench_models.VARIANTS``, interleaved (one rep
-of every build per round, so machine noise hits all alike), and prints the
-median of each with its ratio to "plain" (> 1: faster than plain).
+in the five builds of ``gan_ext.bench.models.VARIANTS`` with the timing loop of
+``gan-ext bench`` (warm-up, then one rep of every build per round, so machine
+noise hits all alike), and prints the median of each with its ratio to
+"plain" (> 1: faster than plain).
 
     python benchmarks/model_step_parts.py                       # all five model cases
     python benchmarks/model_step_parts.py -k dcgan28 --reps 20
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from gan_ext import bench, retain_freed_memory
-from gan_ext.bench_models import VARIANTS, variant_step
+from gan_ext.bench import sync_fn
+from gan_ext.bench.models import VARIANTS, variant_step
+from gan_ext.bench.timing import interleaved
 
 
 def main() -> None:
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma list of {', '.join(VARIANTS)}; the first is the baseline")
     args = ap.parse_args()
+    if args.reps < 1 or args.warmup < 0:
+        ap.error(f"--reps must be at least 1 and --warmup at least 0, got {args.reps} and {args.warmup}")
     retained = retain_freed_memory()
     names = args.variants.split(",")
     for n in names:
@@ -45,15 +49,8 @@ def main() -> None:
           f"median of {args.reps} interleaved rounds; ratio = {names[0]} / variant")
     for case in cases:
         steps = {n: variant_step(case, n, dev, torch.float32, seed=0) for n in names}
-        for _ in range(args.warmup):
-            for s in steps.values():
-                s()
-        times = {n: [] for n in names}
-        for _ in range(args.reps):
-            for n, s in steps.items():
-                t0 = time.perf_counter()
-                s()
-                times[n].append(time.perf_counter() - t0)
+        # A step lasts milliseconds or more: one call per repetition.
+        times, _ = interleaved(steps, sync_fn(dev), args.reps, args.warmup, min_rep_seconds=0.0)
         med = {n: statistics.median(t) for n, t in times.items()}
         cells = "  ".join(f"{n} {med[n] * 1e3:.1f} ms ({med[names[0]] / med[n]:.2f}x)" for n in names)
         print(f"{case.group}: {cells}", flush=True)

@@ -1336,7 +1336,7 @@ def _instance_prepare(torch, c: dict, impl: str, device, dtype):
     from torch import nn
 
     import gan_ext
-    from gan_ext.bench import CompileUnavailable, Prepared, _sync_fn
+    from gan_ext.bench import CompileUnavailable, Prepared, sync_fn
 
     C = c["shape"][1]
     mf = torch.channels_last if c["layout"] == "channels_last" else torch.contiguous_format
@@ -1363,7 +1363,7 @@ def _instance_prepare(torch, c: dict, impl: str, device, dtype):
         def step():
             with torch.no_grad():
                 runner(x)
-    p = Prepared(None, impl, m, step, _sync_fn(device))
+    p = Prepared(None, impl, m, step, sync_fn(device))
     if impl == "compile":
         try:
             step()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import gan_ext
 from gan_ext import _backend
+from gan_ext.memory import saved_tensor_bytes  # noqa: F401  (the memory tests import it from here)
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -133,20 +134,3 @@ def cuda_kernels(fn) -> list[str]:
         fn()
         torch.cuda.synchronize()
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
-def saved_tensor_bytes(fn) -> int:
-    """Bytes kept alive for backward by fn(): unique storages seen by the
-    saved-tensor pack hook (a tensor saved twice, or an output saved by one op
-    and the input of the next, counts once)."""
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[(s.device, s.data_ptr())] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(storages.values())

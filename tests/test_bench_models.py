@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_ext import bench, bench_models
+from gan_ext import bench
+from gan_ext.bench import models as bench_models
 
 from conftest import requires_fused
 

@@ -450,12 +450,12 @@ def test_threads_option_sets_torch_threads(tmp_path):
 
 
 def test_bench_warns_on_a_busy_machine(monkeypatch):
-    share = cli._cpu_busy_fraction(0.05)
+    share = cli.bench._cpu_busy_fraction(0.05)
     assert 0.0 <= share <= 1.0
-    monkeypatch.setattr(cli, "_cpu_busy_fraction", lambda seconds=0.5: 0.5)
-    assert "50%" in cli._machine_busy()
-    monkeypatch.setattr(cli, "_cpu_busy_fraction", lambda seconds=0.5: 0.05)
-    assert cli._machine_busy() is None
+    monkeypatch.setattr(cli.bench, "_cpu_busy_fraction", lambda seconds=0.5: 0.5)
+    assert "50%" in cli.bench._machine_busy()
+    monkeypatch.setattr(cli.bench, "_cpu_busy_fraction", lambda seconds=0.5: 0.05)
+    assert cli.bench._machine_busy() is None
 
 
 def test_every_subcommand_option_has_help():

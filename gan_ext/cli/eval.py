@@ -1,0 +1,50 @@
+"""``gan-ext eval``: the model family's metrics for a checkpoint."""
+from __future__ import annotations
+
+import argparse
+
+from ..train import evaluate_checkpoint
+from .common import (PROG, Command, apply_threads, bounded_int, device_argument, one_line_warnings,
+                     print_metrics, threads_argument)
+
+# Upper bound of --n: the metrics hold every sample in memory (10**12 would
+# fail deep inside torch).
+MAX_EVAL_N = 200_000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a run's checkpoint.pt (or its folder), or the generator files "
+                        "'gan-ext sample' accepts")
+    p.add_argument("--n", type=bounded_int(MAX_EVAL_N), default=10000,
+                   help="generated samples / test images (default 10000)")
+    p.add_argument("--fid-backend", choices=("torch-fidelity", "clean-fid"), default=None,
+                   help="also an Inception FID through that package (must be installed)")
+    device_argument(p)
+    threads_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    one_line_warnings()
+    apply_threads(args)
+    metrics, log = evaluate_checkpoint(args.checkpoint, n=args.n, device=args.device,
+                                       fid_backend=args.fid_backend,
+                                       report=lambda m: (print(f"metrics of {args.checkpoint}:"),
+                                                         print_metrics(m)))
+    if log is not None:
+        print(f"appended to {log}")
+    return 0
+
+
+COMMAND = Command(
+    help="the model family's metrics for a checkpoint",
+    description="GANs: classifier Inception Score, MNIST-FID and class coverage (with "
+                "mode-collapse warnings); VAE: test negative ELBO (nats/image); AE: test "
+                "MSE; CycleGAN: digit accuracy of translations and the domain score; "
+                "pix2pix: test L1. Printed and appended to the run's metrics.jsonl.",
+    examples=(f"  {PROG} eval runs/dcgan/checkpoint.pt\n"
+              f"  {PROG} eval runs/vae/checkpoint.pt --n 10000\n"
+              f"  {PROG} eval runs/dcgan --n 2000 --fid-backend clean-fid"),
+    add_arguments=add_arguments,
+    run=run,
+)

@@ -1,0 +1,140 @@
+"""``gan-ext train``: train a model of the zoo (:func:`gan_ext.train.fit`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
+from ..train.loop import CheckpointSaveError, TrainingDiverged
+from ..train.options import DEFAULTS, DEMO_STEPS, defaults_text
+from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
+                     print_metrics, seed, threads_argument)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(MODELS)}")
+    g = p.add_argument_group("data and length")
+    g.add_argument("--data", metavar="DIR", default=None,
+                   help="gan/dcgan/ae/dae/vae: a folder of images; cyclegan: the official layout "
+                        "(trainA/ trainB/ testA/ testB/); pix2pix: an aligned dataset (DIR/train/"
+                        "*.jpg, A|B side by side). Default: MNIST (offline), for cyclegan the "
+                        "offline MNIST pair (plain vs coloured digits, 32x32), for pix2pix MNIST "
+                        "edges -> digits (32x32)")
+    g.add_argument("--mnist-dir", metavar="DIR", default=None,
+                   help="an existing folder with the MNIST IDX files, or where to download them "
+                        "(default: the gan_ext cache, else the offline copy)")
+    g.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                   help="stop after N iterations (G steps for GANs) instead of whole epochs")
+    g.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                   help="epochs (cyclegan/pix2pix: at the constant learning rate). Defaults: "
+                        + defaults_text("epochs"))
+    g.add_argument("--decay-epochs", type=nonneg_int, default=None, metavar="N",
+                   help="cyclegan/pix2pix: then linear decay of the learning rate to 0 over N "
+                        f"epochs (default: {defaults_text('decay_epochs')})")
+    g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help=f"default: {defaults_text('batch_size')}")
+    g.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="train on at most N images (default: all; on the default data "
+                        f"{defaults_text('limit')})")
+    g.add_argument("--image-size", type=positive_int, default=None, metavar="S",
+                   help="dcgan: 28/32/64 (MNIST: 32, digits padded by 2, or 28; --data: default "
+                        "64); cyclegan: default 32 on the MNIST pair, 128 with --data; gan and "
+                        "pix2pix (a power of two, default 256): with --data only")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="gan/dcgan with --data: 1 (grey) or 3 (RGB; dcgan default)")
+    g.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
+                   help="pix2pix with --data: which half of each image is the input (default "
+                        "AtoB)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="DIR", default=None, help="run folder (default: runs/MODEL)")
+    g.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out exactly where its checkpoint stopped. A "
+                        "resume may change the length (--steps/--epochs/--decay-epochs: the new "
+                        "total; --epochs alone replaces a saved --steps) and how the run is "
+                        "carried out (--sample-every, --log-every, --checkpoint-every, "
+                        "--eval-n, --no-progress, --device, --amp, --backend, --threads, "
+                        "--mnist-dir); any other option that differs from the saved run is "
+                        "refused")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run already in --out (its checkpoint, samples, metrics "
+                        "and curves are deleted first); without it such a folder is refused")
+    g.add_argument("--seed", type=seed, default=None, help="random seed (default 0)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="default auto: cuda when available")
+    threads_argument(g)
+    g.add_argument("--amp", action="store_true", default=None,
+                   help="bf16 autocast (CUDA only; refused on the CPU)")
+    g.add_argument("--backend", choices=("fused", "reference"), default=None,
+                   help="gan_ext kernels (default) or the pure-PyTorch reference ops")
+    g.add_argument("--sample-every", type=positive_int, default=None, metavar="N",
+                   help="write samples/step_N.png and redraw losses.png every N steps "
+                        "(default 500)")
+    g.add_argument("--log-every", type=positive_int, default=None, metavar="N",
+                   help="append mean losses to metrics.jsonl every N steps (default 50); with "
+                        "--no-progress also print them")
+    g.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+                   help="save checkpoint.pt every N steps (default 1000; also at the end, on "
+                        "Ctrl-C and on SIGTERM)")
+    g.add_argument("--eval-n", type=nonneg_int, default=None, metavar="N",
+                   help="samples/test images for the final evaluation (default 2000; 0: skip)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar: a log line every --log-every steps instead")
+    g = p.add_argument_group("model")
+    g.add_argument("--k", type=positive_int, default=None,
+                   help="gan/dcgan/cgan: discriminator steps per generator step (default 1)")
+    g.add_argument("--g-loss", choices=("non-saturating", "minimax"), default=None,
+                   help="gan/dcgan/cgan: -log D(G(z)) (default) or the paper's log(1 - D(G(z)))")
+    g.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                   help="gan/dcgan/cgan: one-sided, real label = 1 - EPS (e.g. 0.1)")
+    g.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term (default 1)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the paper's; 2e-4 GANs, 1e-3 AE/VAE)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    one_line_warnings()
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    opts = TrainOptions(**given)
+    try:
+        result = fit(opts, explicit=list(given))
+    except TrainingInterrupted as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return e.exit_code
+    except (TrainingDiverged, CheckpointSaveError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    print(f"done: {result['step']} steps, epoch {result['epoch']}")
+    for name, path in result["paths"].items():
+        print(f"  {name}: {path}")
+    if result["metrics"]:
+        print("metrics:")
+        print_metrics(result["metrics"])
+    return 0
+
+
+COMMAND = Command(
+    help="train a model (gan, dcgan, cgan, ae, dae, vae, cyclegan, pix2pix)",
+    description="Train MODEL, offline by default (MNIST; for cyclegan the MNIST pair, "
+                "plain vs coloured digits, with a CPU-sized CycleGAN: ngf 32, 6 residual "
+                "blocks; for pix2pix MNIST edges -> digits). The run folder (runs/MODEL or "
+                "--out) gets config.json, checkpoint.pt (atomic; --resume continues "
+                "exactly), samples/step_N.png, samples.png, losses.png and metrics.jsonl. "
+                "Ctrl-C or SIGTERM saves a checkpoint and exits with code 130 or 143. A "
+                "NaN/inf loss stops the run (exit 1) and keeps the last finite checkpoint. "
+                "Without --steps the defaults are the quality configuration (dcgan: "
+                f"{DEFAULTS['dcgan']['epochs']} epochs, ~28 min on 2 CPU cores).",
+    examples=(f"  {PROG} train dcgan --steps {DEMO_STEPS}         # make demo: ~4 min on 2 CPU cores\n"
+              f"  {PROG} train dcgan                      # {DEFAULTS['dcgan']['epochs']} epochs of MNIST\n"
+              f"  {PROG} train dcgan --steps 3000 --resume # continue the run to step 3000\n"
+              f"  {PROG} train dcgan --overwrite          # start runs/dcgan afresh\n"
+              f"  {PROG} train gan --k 2 --g-loss minimax --label-smoothing 0.1\n"
+              f"  {PROG} train cgan --epochs 2 --out runs/cgan2\n"
+              f"  {PROG} train vae --beta 4\n"
+              f"  {PROG} train cyclegan --epochs 5 --decay-epochs 5\n"
+              f"  {PROG} train cyclegan --data datasets/horse2zebra --image-size 128\n"
+              f"  {PROG} train pix2pix --data datasets/facades --batch-size 1"),
+    add_arguments=add_arguments,
+    run=run,
+)
