@@ -1,0 +1,71 @@
+"""Binary cross-entropy on logits, ``torch.ops.gan_ext.bce_with_logits`` (and
+its ``_with_grad`` form): the functional form, the pure-PyTorch twin, the fake
+kernels, the twin op of the double backward and the op spec."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from ._common import (bce, check_pair_args, check_tensor, dense_pair_like, reduce, reduction_code,
+                      register_twin, scalar_like, stats_dtype)
+
+__all__ = ["bce_with_logits"]
+
+OP = "bce_with_logits"
+KERNELS = ("bce_with_logits", "bce_with_logits_with_grad", "scale_loss_grads")
+
+_lib = torch.ops.gan_ext
+
+
+def bce_with_logits(input: Tensor, target: Tensor, reduction: str = "mean",
+                    weight: Optional[Tensor] = None,
+                    pos_weight: Optional[Tensor] = None) -> Tensor:
+    """``F.binary_cross_entropy_with_logits(input, target)`` with its gradient
+    computed in the forward pass: the VAE reconstruction term on decoder logits
+    (``reduction="sum"`` is the classic VAE objective). Shapes and dtypes of
+    input and target must match.
+
+    ``weight``, ``pos_weight`` and ``reduction="none"`` are computed as
+    torch computes them, by ``F.binary_cross_entropy_with_logits`` itself (not
+    fused: a per-element result or weights leave nothing for a fused pass to
+    save over PyTorch's own elementwise kernel)."""
+    check_tensor(input, "input")
+    check_tensor(target, "target")
+    if weight is not None or pos_weight is not None or reduction == "none":
+        reduction_code(reduction, allow_none=True)
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            input, target, weight=weight, pos_weight=pos_weight, reduction=reduction)
+    r = reduction_code(reduction)
+    fn = _lib.bce_with_logits if _backend.use_fused(input, OP) else bce_with_logits_ref
+    return fn(input, target, r)
+
+
+def bce_with_logits_ref(input: Tensor, target: Tensor, reduction: int) -> Tensor:
+    """Twin of ``torch.ops.gan_ext.bce_with_logits``."""
+    check_pair_args(input, "input", target, "target", reduction)
+    sd = stats_dtype(input.dtype)
+    return reduce(bce(input.to(sd), target.to(sd)), reduction).to(input.dtype)
+
+
+def _register() -> None:
+    @torch.library.register_fake("gan_ext::bce_with_logits")
+    def _bce_fake(input, target, reduction):
+        check_pair_args(input, "input", target, "target", reduction)
+        return scalar_like(input)
+
+    @torch.library.register_fake("gan_ext::bce_with_logits_with_grad")
+    def _bce_with_grad_fake(input, target, reduction, grad_target):
+        check_pair_args(input, "input", target, "target", reduction)
+        gi, gt = dense_pair_like(input, target)
+        return scalar_like(input), gi, (gt if grad_target else input.new_empty((0,)))
+
+    register_twin("bce_with_logits_twin(Tensor input, Tensor target, int reduction) -> Tensor",
+                  __name__, "bce_with_logits_ref")
+
+
+if _backend.extension_loaded:
+    _register()
+_backend.register_op(OP, KERNELS)
