@@ -23,9 +23,10 @@ from .ops.gan_loss import (GAN_MODES, HINGE, LSGAN, MINIMAX, VANILLA, _check_lab
                            check_d_loss_args, check_g_loss_args, d_loss_ref as d_loss,
                            g_loss_ref as g_loss)
 from .ops.l1_loss import cycle_l1_loss_ref as cycle_l1_loss, l1_loss_ref as l1_loss  # noqa: F401
+from .ops._norm_act_backward import (invert_activation, norm_act_backward,  # noqa: F401
+                                     norm_act_backward_with_stats)
 from .ops.norm_act import (MIN_ABS_WEIGHT, activate, check_norm_act_args,  # noqa: F401
-                           check_running_update_args, effective_weight, invert_activation,
-                           norm_act, norm_act_backward, norm_act_backward_with_stats,
+                           check_running_update_args, effective_weight, norm_act,
                            output_is_invertible)
 from .ops.reparameterize import (check_reparameterize_args, kl_divergence_ref as kl_divergence,  # noqa: F401
                                  normal_noise, reparameterize_kl_given_noise,

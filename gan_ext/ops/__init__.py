@@ -20,6 +20,8 @@ from ._common import (_code, activation_code, check_tensor as _check_tensor,  # 
 OP_MODULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in (
     "norm_act", "gan_loss", "bce_with_logits", "l1_loss", "reparameterize", "act_dropout"))
 
+from . import _norm_act_backward  # noqa: E402,F401  (norm_act_backward's fake kernel, twin op)
+
 if _backend.extension_loaded:
     register_scale_loss_grads_fake()
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from ._spec import BadInput, OpSpec, Sample, leaf
 from ._common import (LEAKY_RELU, RELU, activation_code, check_activation, check_float,
                       check_tensor, stats_dtype)
 from ._philox import generator_seed_offset, philox_blocks
@@ -143,6 +144,75 @@ def _register() -> None:
     @torch.library.register_fake("gan_ext::act_dropout_backward")
     def _act_dropout_backward_fake(grad, out, rng, activation, negative_slope, p):
         return torch.empty_like(out)
+
+
+
+# --------------------------------------------------------------------- spec
+_ACTS = {"identity": (0, 0.0), "relu": (1, 0.0), "leaky0.2": (2, 0.2)}
+_ACT_NAMES = {0: "identity", 1: "relu", 2: "leaky_relu"}
+
+
+def _away_from_zero(shape, dtype, device, layout):
+    # relu/leaky_relu are not differentiable at 0.
+    x = torch.randn(shape, dtype=torch.float64)
+    return leaf(x + 0.1 * torch.sign(x), dtype, device, layout, True)
+
+
+def _samples(dtype, device, layout):
+    out = [Sample(f"{name}-p{p}", (_away_from_zero((5, 13), dtype, device, layout), code, slope, p))
+           for name, (code, slope) in _ACTS.items() for p in (0.0, 0.3, 1.0)]
+    out.append(Sample("leaky0.2-p0.5-generator",
+                      (_away_from_zero((4, 40), dtype, device, layout), 2, 0.2, 0.5),
+                      {"generator": torch.Generator(device=device)}))
+    return out
+
+
+def _public(s):
+    x, act, slope, p = s.args
+    return act_dropout(x, _ACT_NAMES[act], slope, p, **s.kwargs)
+
+
+def _opchecks(device):
+    L = torch.ops.gan_ext
+
+    def x(grad, shape=(6, 50)):
+        return torch.randn(shape, device=device).requires_grad_(grad)
+    # test_aot_dispatch_dynamic reseeds only the default generator.
+    no_aot = ("test_schema", "test_autograd_registration", "test_faketensor")
+    return {
+        "leaky": (L.act_dropout.default, (x(True), 2, 0.2, 0.3), {}),
+        "relu-4d": (L.act_dropout.default, (x(True, (2, 3, 4, 5)), 1, 0.0, 0.5), {}),
+        "identity-p0": (L.act_dropout.default, (x(True), 0, 0.0, 0.0), {}),
+        "nograd-generator": (L.act_dropout.default, (x(False), 2, 0.2, 0.3),
+                             {"generator": torch.Generator(device=device).manual_seed(1)}, no_aot),
+        "backward": (L.act_dropout_backward.default,
+                     (torch.randn(6, 50, device=device), torch.randn(6, 50, device=device),
+                      torch.tensor([123, 0], dtype=torch.int64, device=device), 2, 0.2, 0.3), {}),
+    }
+
+
+def _bad(name, make, error, match):
+    return BadInput(name, lambda d: Sample(name, make(d)), error, match)
+
+
+SPECS = (OpSpec(
+    "act_dropout", act_dropout_ref, _samples, _public, random=True,
+    opchecks=_opchecks,
+    bad_inputs=(
+        _bad("int-input", lambda d: (torch.ones(4, dtype=torch.int64, device=d), 1, 0.0, 0.5),
+             TypeError, "input must be a floating point tensor"),
+        _bad("p-above-1", lambda d: (torch.randn(4, device=d), 1, 0.0, 1.5), ValueError,
+             "dropout probability p must be in [0, 1], got 1.5"),
+        _bad("p-nan", lambda d: (torch.randn(4, device=d), 1, 0.0, float("nan")), ValueError,
+             "dropout probability p must be in [0, 1]"),
+        _bad("negative-slope", lambda d: (torch.randn(4, device=d), 2, -0.2, 0.5), ValueError,
+             "negative_slope must be a finite number >= 0"),
+        _bad("activation-code", lambda d: (torch.randn(4, device=d), 3, 0.0, 0.5), ValueError,
+             "activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got 3")),
+    nan_sample=lambda d: Sample("nan", (torch.tensor([1.0] * 40 + [float("nan")], device=d),
+                                        2, 0.2, 0.0)),
+    empty_samples=lambda d: [Sample("p0.5", (torch.randn(0, 5, device=d), 2, 0.2, 0.5))],
+    bench_shapes={"gan-mlp": (64, 1024)}),)
 
 
 if _backend.extension_loaded:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from ._spec import BadInput, OpSpec, Sample, away_from_kinks, leaf
 from ._common import (_code, bce, check_float, check_loss_reduction,
                       check_not_empty_for_mean, check_tensor, reduce, reduction_code,
                       register_twin, scalar_like, dense_like, stats_dtype)
@@ -179,6 +180,163 @@ def _register() -> None:
                   "float fake_label, int reduction) -> Tensor", __name__, "d_loss_ref")
     register_twin("g_loss_twin(Tensor fake_logits, int mode, float real_label, float fake_label, "
                   "int reduction) -> Tensor", __name__, "g_loss_ref")
+
+
+
+# -------------------------------------------------------------------- specs
+# Labels per mode: one-sided label smoothing for vanilla, the LSGAN paper's
+# a=-1/b=1 for the discriminator, a non-default fake label for minimax (which
+# must be the label it uses).
+_D_LABELS = {"vanilla": (0.9, 0.0), "lsgan": (1.0, -1.0), "hinge": (1.0, 0.0)}
+_G_LABELS = {"vanilla": (0.9, 0.0), "minimax": (1.0, 0.1), "lsgan": (0.8, 0.0), "hinge": (1.0, 0.0)}
+_MODE_NAMES = {v: k for k, v in GAN_MODES.items()}
+_RED_NAMES = {1: "mean", 2: "sum"}
+
+
+def _logits(shape, dtype, device, layout="contiguous", scale=1.5):
+    return leaf(away_from_kinks(scale * torch.randn(*shape, dtype=torch.float64)), dtype, device,
+                layout, True)
+
+
+def _d_samples(dtype, device, layout):
+    """Different shapes (and batch sizes) for real and fake: reduced separately."""
+    return [Sample(f"{mode}-{red}", (_logits((5, 1), dtype, device, layout),
+                                     _logits((3, 1, 4, 4), dtype, device, layout),
+                                     GAN_MODES[mode], *_D_LABELS[mode], code))
+            for mode in _D_MODES for code, red in _RED_NAMES.items()]
+
+
+def _g_samples(dtype, device, layout):
+    return [Sample(f"{mode}-{red}", (_logits((3, 1, 4, 4), dtype, device, layout),
+                                     GAN_MODES[mode], *_G_LABELS[mode], code))
+            for mode in _G_MODES for code, red in _RED_NAMES.items()]
+
+
+def _torch_term(x, kind, label, reduction):
+    F = torch.nn.functional
+    r = _RED_NAMES[reduction]
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(x, torch.full_like(x, label), reduction=r)
+    if kind == "square":
+        return F.mse_loss(x, torch.full_like(x, label), reduction=r)
+    t = {"hinge_real": torch.relu(1 - x), "hinge_fake": torch.relu(1 + x), "neg": -x}[kind]
+    return t.mean() if r == "mean" else t.sum()
+
+
+def _d_torch(real, fake, mode, real_label, fake_label, reduction):
+    kr, kf = {VANILLA: ("bce", "bce"), LSGAN: ("square", "square"),
+              HINGE: ("hinge_real", "hinge_fake")}[mode]
+    return _torch_term(real, kr, real_label, reduction) + _torch_term(fake, kf, fake_label, reduction)
+
+
+def _g_torch(fake, mode, real_label, fake_label, reduction):
+    if mode == MINIMAX:
+        return -_torch_term(fake, "bce", fake_label, reduction)
+    kind, label = {VANILLA: ("bce", real_label), LSGAN: ("square", real_label),
+                   HINGE: ("neg", 0.0)}[mode]
+    return _torch_term(fake, kind, label, reduction)
+
+
+def _d_public(s):
+    r, f, m, rl, fl, red = s.args
+    return d_loss(r, f, _MODE_NAMES[m], rl, fl, _RED_NAMES[red])
+
+
+def _g_public(s):
+    f, m, rl, fl, red = s.args
+    if m == MINIMAX:
+        return g_loss(f, "vanilla", rl, fl, _RED_NAMES[red], minimax=True)
+    return g_loss(f, _MODE_NAMES[m], rl, fl, _RED_NAMES[red])
+
+
+def _t(device, *shape, grad=False, dtype=torch.float32, layout="contiguous"):
+    return leaf(torch.randn(*shape, dtype=torch.float64), dtype, device, layout, grad)
+
+
+def _d_opchecks(device):
+    L = torch.ops.gan_ext
+    return {
+        "d_loss-vanilla": (L.d_loss.default, (_t(device, 5, 1, grad=True),
+                                              _t(device, 3, 1, 4, 4, grad=True), 0, 0.9, 0.0, 1)),
+        "d_loss-hinge-nograd": (L.d_loss.default, (_t(device, 6), _t(device, 6), 2, 1.0, 0.0, 2)),
+        "d_loss_with_grad-lsgan-cl": (L.d_loss_with_grad.default,
+                                      (_t(device, 2, 3, 4, 4, layout="channels_last"),
+                                       _t(device, 5, 1), 1, 1.0, -1.0, 1)),
+        # The losses' shared backward op.
+        "scale_loss_grads-both": (L.scale_loss_grads.default,
+                                  (torch.tensor(-0.5, device=device), _t(device, 5, 1),
+                                   _t(device, 2, 3, 4, 4, layout="channels_last"))),
+        "scale_loss_grads-second-strided": (L.scale_loss_grads.default,
+                                            (torch.tensor(3.0, device=device), None,
+                                             _t(device, 4, 3, 5, layout="strided"))),
+    }
+
+
+def _g_opchecks(device):
+    L = torch.ops.gan_ext
+    return {
+        "g_loss-minimax": (L.g_loss.default, (_t(device, 3, 1, 4, 4, grad=True), 3, 1.0, 0.1, 1)),
+        "g_loss_with_grad-hinge": (L.g_loss_with_grad.default, (_t(device, 7), 2, 1.0, 0.0, 2)),
+    }
+
+
+def _bad(name, make, error, match):
+    return BadInput(name, lambda device: Sample(name, make(device)), error, match)
+
+
+def _f(device, *shape, dtype=torch.float32):
+    return torch.randn(*shape, device=device).to(dtype)
+
+
+_D_BAD = (
+    _bad("int-logits", lambda d: (torch.ones(4, dtype=torch.int64, device=d), _f(d, 4), 0, 1.0, 0.0, 1),
+         TypeError, "real_logits must be a floating point tensor"),
+    _bad("dtype-mismatch", lambda d: (_f(d, 4), _f(d, 4, dtype=torch.float64), 0, 1.0, 0.0, 1),
+         TypeError, "but fake_logits has dtype"),
+    _bad("mode-code", lambda d: (_f(d, 4), _f(d, 4), 3, 1.0, 0.0, 1), ValueError,
+         "mode must be 0 ('vanilla'), 1 ('lsgan') or 2 ('hinge') for d_loss"),
+    _bad("reduction-code", lambda d: (_f(d, 4), _f(d, 4), 0, 1.0, 0.0, 0), ValueError,
+         "reduction must be 1 ('mean') or 2 ('sum')"),
+    _bad("bce-label", lambda d: (_f(d, 4), _f(d, 4), 0, 1.5, 0.0, 1), ValueError,
+         "real_label must lie in [0, 1]"),
+    _bad("lsgan-label-inf", lambda d: (_f(d, 4), _f(d, 4), 1, 1.0, float("inf"), 1), ValueError,
+         "fake_label must be finite"),
+    _bad("empty-mean", lambda d: (_f(d, 4), _f(d, 0), 0, 1.0, 0.0, 1), ValueError,
+         "fake_logits is empty"),
+)
+_G_BAD = (
+    _bad("int-logits", lambda d: (torch.ones(4, dtype=torch.int32, device=d), 0, 1.0, 0.0, 1),
+         TypeError, "fake_logits must be a floating point tensor"),
+    _bad("mode-code", lambda d: (_f(d, 4), 4, 1.0, 0.0, 1), ValueError,
+         "mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 3 ('minimax') for g_loss"),
+    _bad("minimax-label", lambda d: (_f(d, 4), 3, 1.0, -0.1, 2), ValueError,
+         "fake_label must lie in [0, 1]"),
+    _bad("empty-mean", lambda d: (_f(d, 0, 1), 0, 1.0, 0.0, 1), ValueError, "fake_logits is empty"),
+)
+
+
+def _nan(t):
+    t = t.detach().clone()
+    t.view(-1)[t.numel() // 2] = float("nan")
+    return t
+
+
+def _specs():
+    return (
+        OpSpec("d_loss", d_loss_ref, _d_samples, _d_public, baseline=_d_torch,
+               bad_inputs=_D_BAD, opchecks=_d_opchecks,
+               nan_sample=lambda d: Sample("nan", (_nan(_f(d, 37)), _f(d, 5), 2, 1.0, 0.0, 1)),
+               empty_samples=lambda d: [Sample("sum", (_f(d, 0), _f(d, 0, 1), 0, 1.0, 0.0, 2))],
+               bench_shapes={"dcgan": (64, 1), "patchgan": (1, 1, 30, 30)}),
+        OpSpec("g_loss", g_loss_ref, _g_samples, _g_public, baseline=_g_torch,
+               bad_inputs=_G_BAD, opchecks=_g_opchecks,
+               nan_sample=lambda d: Sample("nan", (_nan(_f(d, 37)), 1, 1.0, 0.0, 1)),
+               empty_samples=lambda d: [Sample("sum", (_f(d, 0), 0, 1.0, 0.0, 2))],
+               bench_shapes={"dcgan": (64, 1), "patchgan": (1, 1, 30, 30)}),
+    )
+
+
+SPECS = _specs()
 
 
 if _backend.extension_loaded:

@@ -1,6 +1,7 @@
-"""Batch/instance norm + activation: ``torch.ops.gan_ext.norm_act`` (and its
-backward op), the functional forms, the pure-PyTorch twin, the fake kernels,
-the twin op of the double backward and the op spec."""
+"""Batch/instance norm + activation: ``torch.ops.gan_ext.norm_act``, the
+functional forms, the pure-PyTorch twin, the fake kernel and the op spec. Its
+backward op's twin, fake kernel and the twin op of the double backward are in
+_norm_act_backward.py (this file would otherwise pass 450 lines)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,8 +10,9 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import (LEAKY_RELU, RELU, activation_code, check_activation, check_tensor,
-                      register_twin, stats_dtype)
+from ._spec import BadInput, OpSpec, Sample, leaf
+from ._common import (IDENTITY, LEAKY_RELU, RELU, activation_code, check_activation, check_tensor,
+                      stats_dtype)
 
 __all__ = ["batch_norm_act", "instance_norm_act"]
 
@@ -214,88 +216,6 @@ def norm_act(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     return out, mean, invstd, var
 
 
-def invert_activation(y: Tensor, activation: int, negative_slope: float) -> Tensor:
-    if activation == LEAKY_RELU:
-        return torch.where(y >= 0, y, y / negative_slope)
-    return y
-def norm_act_backward(grad_out: Tensor, saved: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                      mean: Tensor, invstd: Tensor, use_input_stats: bool, instance: bool,
-                      activation: int, negative_slope: float, saved_is_output: bool):
-    """Twin of ``torch.ops.gan_ext.norm_act_backward``; analytic, in stats precision."""
-    xhat, z, gamma, rs = _normalized(saved, weight, bias, mean, invstd, instance, use_input_stats,
-                                     activation, negative_slope, saved_is_output)
-    dy = grad_out.to(stats_dtype(saved.dtype))
-    if activation == RELU:
-        # torch.relu's backward masks where the output is <= 0, so a NaN
-        # pre-activation passes the gradient (as both kernels do).
-        dz = torch.where(z <= 0, torch.zeros_like(dy), dy)
-    elif activation == LEAKY_RELU:
-        dz = torch.where(z > 0, dy, dy * negative_slope)
-    else:
-        dz = dy
-    grad_bias = dz.sum(dim=(0, 2, 3))
-    grad_weight = (dz * xhat).sum(dim=(0, 2, 3))
-    if use_input_stats:
-        dims = (2, 3) if instance else (0, 2, 3)
-        m = saved.shape[2] * saved.shape[3] * (1 if instance else saved.shape[0])
-        sum_dz = dz.sum(dim=dims, keepdim=True)
-        sum_dz_xhat = (dz * xhat).sum(dim=dims, keepdim=True)
-        grad_input = gamma * rs * (dz - sum_dz / m - xhat * sum_dz_xhat / m)
-    else:
-        grad_input = dz * gamma * rs
-    gdt = weight.dtype if weight is not None else saved.dtype
-    return grad_input.to(saved.dtype), grad_weight.to(gdt), grad_bias.to(gdt)
-
-
-def norm_act_backward_with_stats(grad_out: Optional[Tensor], grad_mean: Optional[Tensor],
-                                 grad_invstd: Optional[Tensor], saved: Tensor,
-                                 weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
-                                 invstd: Tensor, use_input_stats: bool, instance: bool,
-                                 activation: int, negative_slope: float, saved_is_output: bool):
-    """:func:`norm_act_backward` plus the input gradient that reaches the op's
-    ``mean`` and ``invstd`` outputs (with input statistics they are functions
-    of the input: d mean / dx = 1/M, d invstd / dx = -invstd^2 xhat / M over
-    each group of M values). Such gradients only arise in a double backward,
-    where the first derivative depends on mean and invstd. Differentiable in
-    every argument: csrc/autograd.cpp calls it (through the op
-    gan_ext::norm_act_backward_twin) when a backward runs with create_graph."""
-    if grad_out is None:
-        grad_out = torch.zeros_like(saved)
-    gi, gw, gb = norm_act_backward(grad_out, saved, weight, bias, mean, invstd, use_input_stats,
-                                   instance, activation, negative_slope, saved_is_output)
-    if not use_input_stats or (grad_mean is None and grad_invstd is None):
-        return gi, gw, gb
-    sd = stats_dtype(saved.dtype)
-    m = saved.shape[2] * saved.shape[3] * (1 if instance else saved.shape[0])
-    extra = torch.zeros((), dtype=sd, device=saved.device)
-    if grad_mean is not None:
-        extra = extra + _per_channel(grad_mean.to(sd), saved, instance, True) / m
-    if grad_invstd is not None:
-        xhat, _, _, rs = _normalized(saved, weight, bias, mean, invstd, instance, True, activation,
-                                     negative_slope, saved_is_output)
-        extra = extra - _per_channel(grad_invstd.to(sd), saved, instance, True) * rs * rs * xhat / m
-    return (gi.to(sd) + extra).to(saved.dtype), gw, gb
-
-
-def _normalized(saved: Tensor, weight, bias, mean: Tensor, invstd: Tensor, instance: bool,
-                per_sample: bool, activation: int, negative_slope: float, saved_is_output: bool):
-    """(xhat, z, gamma, invstd) in stats precision, broadcastable against saved:
-    xhat = (x - mean) * invstd and the pre-activation z = xhat * gamma + beta,
-    from the saved input or (In-Place ABN) the saved output inverted."""
-    sd = stats_dtype(saved.dtype)
-    C = saved.shape[1]
-    w = effective_weight(weight, activation, negative_slope)
-    gamma = (w.to(sd) if w is not None else torch.ones(C, dtype=sd, device=saved.device)).reshape(1, C, 1, 1)
-    beta = (bias.to(sd) if bias is not None else torch.zeros(C, dtype=sd, device=saved.device)).reshape(1, C, 1, 1)
-    rs = _per_channel(invstd, saved, instance, per_sample)
-    s = saved.to(sd)
-    if saved_is_output:
-        z = invert_activation(s, activation, negative_slope)
-        return (z - beta) / gamma, z, gamma, rs
-    xhat = (s - _per_channel(mean, saved, instance, per_sample)) * rs
-    return xhat, xhat * gamma + beta, gamma, rs
-
-
 # ------------------------------------------------------- fake kernels, twin op
 def _kernel_memory_format(t: torch.Tensor) -> torch.memory_format:
     # Mirrors use_channels_last() in the C++ norm_act checks.
@@ -307,7 +227,8 @@ def _kernel_memory_format(t: torch.Tensor) -> torch.memory_format:
 def _register() -> None:
     # Autograd of norm_act is registered in C++: the Python register_autograd
     # wrapper cost more per call than eager BatchNorm2d+ReLU on small tensors.
-    # norm_act_backward stays a separate op with its own fake kernel.
+    # norm_act_backward stays a separate op; its fake kernel, twin and twin op
+    # are in _norm_act_backward.py.
     @torch.library.register_fake("gan_ext::norm_act")
     def _norm_act_fake(input, weight, bias, running_mean, running_var, num_batches_tracked,
                        use_input_stats, instance, momentum, eps, activation, negative_slope):
@@ -322,23 +243,163 @@ def _register() -> None:
         stats = [input.new_empty((n,), dtype=sd) for _ in range(3)]
         return (out, *stats)
 
-    @torch.library.register_fake("gan_ext::norm_act_backward")
-    def _norm_act_backward_fake(grad_out, saved, weight, bias, mean, invstd, use_input_stats,
-                                instance, activation, negative_slope, saved_is_output):
-        grad_input = torch.empty(saved.shape, dtype=saved.dtype, device=saved.device,
-                                 memory_format=_kernel_memory_format(saved))
-        pdt = weight.dtype if weight is not None else saved.dtype
-        C = saved.shape[1]
-        return grad_input, saved.new_empty((C,), dtype=pdt), saved.new_empty((C,), dtype=pdt)
 
-    # The first derivative (grad_input, grad_weight, grad_bias) from the
-    # gradients reaching the outputs out, mean and invstd.
-    register_twin(
-        "norm_act_backward_twin(Tensor? grad_out, Tensor? grad_mean, Tensor? grad_invstd, "
-        "Tensor saved, Tensor? weight, Tensor? bias, Tensor mean, Tensor invstd, "
-        "bool use_input_stats, bool instance, int activation, float negative_slope, "
-        "bool saved_is_output) -> (Tensor, Tensor, Tensor)",
-        __name__, "norm_act_backward_with_stats")
+# --------------------------------------------------------------------- spec
+_ACTS = {"identity": (IDENTITY, 0.01), "relu": (RELU, 0.01), "leaky0.2": (LEAKY_RELU, 0.2)}
+_ACT_NAMES = {IDENTITY: "identity", RELU: "relu", LEAKY_RELU: "leaky_relu"}
+_MOMENTUM, _EPS = 0.1, 1e-5
+
+
+def _params(C, dtype, device, affine="full", requires_grad=True):
+    """Weight away from 0 (the leaky_relu path clamps |w| >= 1e-5), both signs."""
+    w = b = None
+    if affine in ("full", "weight"):
+        sign = torch.where(torch.arange(C) % 3 == 1, -1, 1)
+        w = leaf((torch.rand(C, dtype=torch.float64) + 0.5) * sign, dtype, device,
+                 requires_grad=requires_grad)
+    if affine == "full":
+        b = leaf(0.5 * torch.randn(C, dtype=torch.float64), dtype, device, requires_grad=requires_grad)
+    return w, b
+
+
+def _running(C, dtype, device):
+    return (leaf(0.3 * torch.randn(C, dtype=torch.float64), dtype, device),
+            leaf(0.5 + torch.rand(C, dtype=torch.float64), dtype, device))
+
+
+def _sample(name, shape, dtype, device, layout, norm, mode, act, affine="full", pdtype=None):
+    C = shape[1]
+    x = leaf(torch.randn(shape, dtype=torch.float64), dtype, device, layout, True)
+    # float32 parameters and statistics for half/bfloat16 input, as the layers keep them.
+    pdtype = pdtype or (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+    w, b = _params(C, pdtype, device, affine)
+    rm, rv = _running(C, pdtype, device)
+    code, slope = _ACTS[act]
+    return Sample(name, (x, w, b, rm, rv, None, mode == "train", norm == "instance", _MOMENTUM,
+                         _EPS, code, slope))
+
+
+def _samples(dtype, device, layout):
+    """C = 19, not a multiple of any vector width: the scalar tails run."""
+    return [_sample(f"{norm}-{mode}-{act}", (3, 19, 5, 7), dtype, device, layout, norm, mode, act)
+            for norm in ("batch", "instance") for mode in ("train", "eval") for act in _ACTS]
+
+
+def _grad_samples(device):
+    out = [_sample(f"{norm}-{mode}-{act}-{layout}", (2, 3, 4, 4), torch.float64, device, layout,
+                   norm, mode, act)
+           for norm in ("batch", "instance") for mode in ("train", "eval") for act in _ACTS
+           for layout in ("contiguous", "channels_last")]
+    out += [_sample(f"{norm}-{mode}-{act}-affine_{affine}", (2, 3, 4, 4), torch.float64, device,
+                    "contiguous", norm, mode, act, affine)
+            for norm in ("batch", "instance") for mode in ("train", "eval")
+            for act in ("identity", "leaky0.2") for affine in ("none", "weight")]
+    return out
+
+
+def _gradgrad_samples(device):
+    # A second derivative costs a Jacobian per input: the training cases, where
+    # the statistics depend on the input (tests/test_double_backward.py has more).
+    return [s for s in _grad_samples(device)
+            if s.name.endswith("-contiguous") and "-train-" in s.name and "relu" not in s.name]
+
+
+def _public(s):
+    x, w, b, rm, rv, _, uis, instance, momentum, eps, act, slope = s.args
+    if instance:
+        return instance_norm_act(x, rm, rv, w, b, uis, momentum, eps, _ACT_NAMES[act], slope)
+    return batch_norm_act(x, rm, rv, w, b, uis, momentum, eps, _ACT_NAMES[act], slope)
+
+
+def _torch(x, w, b, rm, rv, nbt, uis, instance, momentum, eps, act, slope):
+    F = torch.nn.functional
+    if instance:
+        y = F.instance_norm(x, rm, rv, w, b, uis, momentum, eps)
+    else:
+        y = F.batch_norm(x, rm, rv, w, b, uis, momentum, eps)
+    return activate(y, act, slope)
+
+
+def _opchecks(device):
+    L = torch.ops.gan_ext
+    out = {}
+    for case in ("batch-train-cl-leaky", "instance-train-relu-noaffine", "batch-eval-identity",
+                 "instance-eval-bf16", "batch-train-cumulative", "batch-train-nostats"):
+        norm, mode = case.split("-")[:2]
+        dtype = torch.bfloat16 if "bf16" in case else torch.float32
+        layout = "channels_last" if "-cl-" in case else "contiguous"
+        act = "leaky0.2" if "leaky" in case else "relu" if "relu" in case else "identity"
+        x = leaf(torch.randn(2, 5, 4, 3, dtype=torch.float64), dtype, device, layout,
+                 dtype == torch.float32)
+        w, b = _params(5, torch.float32, device, "none" if "noaffine" in case else "full")
+        rm, rv = _running(5, torch.float32, device) if "nostats" not in case else (None, None)
+        # The counter with every batch-norm training case: its in-place update is checked too.
+        nbt = torch.tensor(3, device=device) if norm == "batch" and mode == "train" else None
+        momentum = None if "cumulative" in case else _MOMENTUM
+        out[f"forward-{case}"] = (L.norm_act.default,
+                                  (x, w, b, rm, rv, nbt, mode == "train", norm == "instance",
+                                   momentum, _EPS, *_ACTS[act]))
+    for saved_is_output in (False, True):
+        x = leaf(torch.randn(3, 19, 5, 7, dtype=torch.float64), torch.float32, device, "channels_last")
+        w, b = _params(19, torch.float32, device, requires_grad=False)
+        o, mean, invstd, _ = norm_act(x, w, b, None, None, None, True, False, _MOMENTUM, _EPS,
+                                      LEAKY_RELU, 0.2)
+        g = leaf(torch.randn(x.shape, dtype=torch.float64), torch.float32, device, "channels_last")
+        out[f"backward-saved_{'output' if saved_is_output else 'input'}"] = (
+            L.norm_act_backward.default,
+            (g, o if saved_is_output else x, w, b, mean, invstd, True, False, LEAKY_RELU, 0.2,
+             saved_is_output))
+    return out
+
+
+def _bad(name, make, error, match):
+    return BadInput(name, lambda d: Sample(name, make(d)), error, match)
+
+
+def _x(d, *shape, dtype=torch.float32):
+    return torch.randn(*shape, device=d).to(dtype)
+
+
+def _nan_input(d):
+    x = _x(d, 2, 3, 5, 7)
+    x[1, 2, 3, 4] = float("nan")
+    return x
+
+
+def _args(x, w=None, uis=True, instance=False, eps=_EPS, act=RELU, nbt=None, momentum=_MOMENTUM,
+          rm=None, rv=None):
+    return (x, w, None, rm, rv, nbt, uis, instance, momentum, eps, act, 0.01)
+
+
+SPECS = (OpSpec(
+    "norm_act", norm_act, _samples, _public, outputs=(0, 1, 2, 3), baseline=_torch,
+    layouts=("contiguous", "channels_last", "strided"), grad_samples=_grad_samples,
+    gradgrad_samples=_gradgrad_samples,
+    gradcheck=dict(eps=1e-6, atol=1e-6, rtol=1e-5), opchecks=_opchecks,
+    bad_inputs=(
+        _bad("3d-input", lambda d: _args(_x(d, 2, 3, 4)), ValueError,
+             "input must be a 4-D (N, C, H, W) tensor, got a 3-D tensor"),
+        _bad("int-input", lambda d: _args(torch.ones(2, 3, 4, 4, dtype=torch.int64, device=d)),
+             TypeError, "input must be a floating point tensor"),
+        _bad("weight-size", lambda d: _args(_x(d, 2, 3, 4, 4), w=_x(d, 4)), ValueError,
+             "weight must be a 1-D tensor of size 3"),
+        _bad("weight-dtype", lambda d: _args(_x(d, 2, 3, 4, 4), w=_x(d, 3, dtype=torch.float64)),
+             TypeError, "must match (float32 weight is also accepted"),
+        _bad("eps0-batch-train", lambda d: _args(_x(d, 2, 3, 4, 4), eps=0.0), ValueError,
+             "eps must be positive for batch norm in training"),
+        _bad("one-value-per-channel", lambda d: _args(_x(d, 1, 3, 1, 1)), ValueError,
+             "Expected more than 1 value per channel"),
+        _bad("activation-code", lambda d: _args(_x(d, 2, 3, 4, 4), act=3), ValueError,
+             "activation must be 0 (identity), 1 (relu) or 2 (leaky_relu), got 3"),
+        _bad("nbt-dtype", lambda d: _args(_x(d, 2, 3, 4, 4), nbt=torch.zeros((), device=d)),
+             TypeError, "num_batches_tracked must be a one-element int64 tensor"),
+        _bad("cumulative-without-nbt", lambda d: _args(_x(d, 2, 3, 4, 4), momentum=None,
+                                                       rm=_x(d, 3), rv=_x(d, 3).abs()),
+             ValueError, "momentum=None (a cumulative average) requires num_batches_tracked")),
+    nan_sample=lambda d: Sample("nan", _args(_nan_input(d))),
+    empty_samples=lambda d: [Sample("N0-eval", _args(_x(d, 0, 3, 4, 4), uis=False, rm=_x(d, 3),
+                                                     rv=_x(d, 3).abs() + 0.5))],
+    bench_shapes={"dcgan-64": (64, 128, 16, 16), "cyclegan-instance": (1, 256, 64, 64)}),)
 
 
 if _backend.extension_loaded:

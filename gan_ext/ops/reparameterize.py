@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from ._spec import BadInput, OpSpec, Sample, leaf
 from ._common import (MEAN, NONE, SUM, check_float, check_same, check_tensor, reduction_code,
                       register_twin, stats_dtype)
 from ._philox import generator_seed_offset, philox_blocks
@@ -166,6 +167,109 @@ def _register() -> None:
     # z and the KL for a given eps (the noise the forward drew, recovered from z).
     register_twin("reparameterize_kl_twin(Tensor mu, Tensor logvar, Tensor eps, bool with_kl, "
                   "int reduction) -> (Tensor, Tensor)", __name__, "reparameterize_kl_given_noise")
+
+
+
+# -------------------------------------------------------------------- specs
+_RED_NAMES = {0: "none", 1: "mean", 2: "sum"}
+_SHAPES = {"3x4": (3, 4), "2x3x2": (2, 3, 2)}
+
+
+def _mu_logvar(shape, dtype, device, layout="contiguous", requires_grad=True):
+    mu = leaf(torch.randn(shape, dtype=torch.float64), dtype, device, layout, requires_grad)
+    lv = leaf(0.5 * torch.randn(shape, dtype=torch.float64), dtype, device, layout, requires_grad)
+    return mu, lv
+
+
+def _z_samples(dtype, device, layout):
+    out = [Sample(name, _mu_logvar(shape, dtype, device, layout)) for name, shape in _SHAPES.items()]
+    out.append(Sample("3x4-generator", _mu_logvar((3, 4), dtype, device, layout),
+                      {"generator": torch.Generator(device=device)}))
+    return out
+
+
+def _kl_samples(dtype, device, layout):
+    out = [Sample(f"{name}-{red}", (*_mu_logvar(shape, dtype, device, layout), code))
+           for name, shape in _SHAPES.items() for code, red in _RED_NAMES.items()]
+    # One output used: backward gets an undefined gradient for the other.
+    out += [Sample(f"3x4-sum-{which}-only", (*_mu_logvar((3, 4), dtype, device, layout), 2),
+                   grad_outputs=(i,)) for i, which in enumerate(("z", "kl"))]
+    out.append(Sample("3x4-mean-generator", (*_mu_logvar((3, 4), dtype, device, layout), 1),
+                      {"generator": torch.Generator(device=device)}))
+    return out
+
+
+# test_aot_dispatch_dynamic reseeds only the default generator between its
+# eager and traced runs: an explicit generator has advanced by then.
+_NO_AOT = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+def _opchecks(device):
+    L = torch.ops.gan_ext
+    mu, lv = _mu_logvar((3, 4), torch.float32, device, requires_grad=False)
+    z, gz = torch.randn(3, 4, device=device), torch.randn(3, 4, device=device)
+    return {
+        "reparameterize": (L.reparameterize.default, _mu_logvar((3, 4), torch.float32, device), {}),
+        "reparameterize-nograd-generator": (
+            L.reparameterize.default, (mu, lv),
+            {"generator": torch.Generator(device=device).manual_seed(1)}, _NO_AOT),
+        "reparameterize_kl-none": (L.reparameterize_kl.default,
+                                   (*_mu_logvar((3, 4), torch.float32, device), 0), {}),
+        "reparameterize_kl-mean": (L.reparameterize_kl.default,
+                                   (*_mu_logvar((3, 4), torch.float32, device), 1), {}),
+        "reparameterize_kl-sum-4d": (L.reparameterize_kl.default,
+                                     (*_mu_logvar((2, 3, 2, 2), torch.float32, device), 2), {}),
+        "backward-z-only": (L.reparameterize_backward.default, (gz, None, z, mu, lv, 1), {}),
+        "backward-kl-only": (L.reparameterize_backward.default,
+                             (None, torch.tensor(0.7, device=device), z, mu, lv, 1), {}),
+        "backward-both-none": (L.reparameterize_backward.default,
+                               (gz, torch.randn(3, device=device), z, mu, lv, 0), {}),
+    }
+
+
+def _bad(name, make, error, match):
+    return BadInput(name, lambda d: Sample(name, make(d)), error, match)
+
+
+def _r(d, *shape, dtype=torch.float32):
+    return torch.randn(*shape, device=d).to(dtype)
+
+
+def _nan_mu(d):
+    mu = _r(d, 3, 7)
+    mu[1, 5] = float("nan")
+    return mu
+
+
+SPECS = (
+    OpSpec("reparameterize", reparameterize_ref, _z_samples,
+           lambda s: reparameterize(*s.args, **s.kwargs), random=True,
+           gradcheck=dict(eps=1e-6, atol=1e-7, rtol=1e-5),
+           bad_inputs=(
+               _bad("int-mu", lambda d: (torch.ones(3, 4, dtype=torch.int64, device=d), _r(d, 3, 4)),
+                    TypeError, "mu must be a floating point tensor"),
+               _bad("shape-mismatch", lambda d: (_r(d, 3, 4), _r(d, 4, 3)), ValueError,
+                    "logvar has shape [4, 3] but mu has shape [3, 4]")),
+           nan_sample=lambda d: Sample("nan", (_nan_mu(d), _r(d, 3, 7))),
+           empty_samples=lambda d: [Sample("0x4", (_r(d, 0, 4), _r(d, 0, 4)))],
+           opchecks=_opchecks, bench_shapes={"vae-mnist": (128, 20)}),
+    OpSpec("reparameterize_kl", reparameterize_kl_ref, _kl_samples,
+           lambda s: reparameterize_kl(s.args[0], s.args[1], _RED_NAMES[s.args[2]], **s.kwargs),
+           outputs=(0, 1), grad_outputs=(0, 1), random=True,
+           bad_inputs=(
+               _bad("1d-mu", lambda d: (_r(d, 4), _r(d, 4), 1), ValueError,
+                    "mu must have a batch dimension and a latent dimension"),
+               _bad("reduction-code", lambda d: (_r(d, 2, 4), _r(d, 2, 4), 3), ValueError,
+                    "reduction must be 0 ('none'), 1 ('mean') or 2 ('sum')"),
+               _bad("batch0-mean", lambda d: (_r(d, 0, 4), _r(d, 0, 4), 1), ValueError,
+                    "mu has batch size 0"),
+               _bad("dtype-mismatch", lambda d: (_r(d, 2, 4), _r(d, 2, 4, dtype=torch.float64), 1),
+                    TypeError, "but mu has dtype")),
+           nan_sample=lambda d: Sample("nan", (_nan_mu(d), _r(d, 3, 7), 1)),
+           empty_samples=lambda d: [Sample(f"0x4-{red}", (_r(d, 0, 4), _r(d, 0, 4), code))
+                                    for code, red in ((0, "none"), (2, "sum"))],
+           bench_shapes={"vae-mnist": (128, 20)}),
+)
 
 
 if _backend.extension_loaded:
