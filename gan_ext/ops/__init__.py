@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 
 from .. import _backend
-from ._common import (_code, activation_code, check_tensor as _check_tensor,  # noqa: F401
-                      reduction_code, register_scale_loss_grads_fake)
+# _code, reduction_code and gan_loss's privates below: gan_ext.nn.GANLoss validates with them.
+from ._common import (_code, activation_code, reduction_code,  # noqa: F401
+                      register_scale_loss_grads_fake)
 
 # The index: every op module, in the order the tests list them.
 OP_MODULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in (
