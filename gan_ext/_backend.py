@@ -1,9 +1,10 @@
-"""Loads gan_ext._C and decides, per call, whether a fused kernel or the
-pure-PyTorch twin (gan_ext.reference) runs.
+"""Loads gan_ext._C and decides, per call and per op, whether a fused kernel
+or the pure-PyTorch twin (gan_ext.reference) runs.
 
-The choice is one module-level flag so that the per-call cost is a couple of
-attribute reads: the ops are also called on tiny tensors, where Python overhead
-is what a benchmark sees.
+The choice is a set of op names per device type, rebuilt when the backend
+switches, so that the per-call cost is a couple of attribute reads and a set
+lookup: the ops are also called on tiny tensors, where Python overhead is what
+a benchmark sees.
 """
 from __future__ import annotations
 
@@ -29,18 +30,32 @@ except Exception as e:  # an undefined symbol from an ABI mismatch, a wrong torc
     load_error = f"{type(e).__name__}: {e}"
 
 
-def _compiled_devices() -> frozenset:
-    """Device types with a registered kernel for gan_ext::norm_act."""
+# Device types whose kernels are probed, as (dispatch key, Tensor.device.type).
+_DEVICE_KEYS = (("CPU", "cpu"), ("CUDA", "cuda"))
+
+
+def kernel_devices(kernels) -> frozenset:
+    """Device types on which every one of `kernels` (op names in the gan_ext
+    namespace) has a registered kernel, as the dispatcher says: an op built
+    without its CUDA kernel is never sent to CUDA, whatever the other ops have."""
     if _C is None:
         return frozenset()
     devs = set()
-    for key, dev in (("CPU", "cpu"), ("CUDA", "cuda")):
-        if torch._C._dispatch_has_kernel_for_dispatch_key("gan_ext::norm_act", key):
-            devs.add(dev)
+    for key, dev in _DEVICE_KEYS:
+        try:
+            if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"gan_ext::{k}", key)
+                   for k in kernels):
+                devs.add(dev)
+        except RuntimeError:  # "operator ... does not exist": an op missing from this build
+            return frozenset()
     return frozenset(devs)
 
 
-compiled_devices = _compiled_devices()
+# Per op (the name gan_ext.ops passes to use_fused), the device types with
+# kernels; filled by register_op as the op modules are imported.
+op_devices: dict[str, frozenset] = {}
+# Device types on which every registered op has a kernel (gan_ext.info, the tests).
+compiled_devices = frozenset(dev for _, dev in _DEVICE_KEYS) if _C is not None else frozenset()
 extension_loaded = _C is not None
 
 _warned = False
@@ -71,18 +86,29 @@ def _initial_backend() -> str:
     return requested
 
 
-# The live switch, and per device type whether it sends ops to a kernel. The
-# flags are what gan_ext.ops reads on every call: Tensor.is_cpu is a few times
+# The live switch, and per device type the ops it sends to a kernel. The sets
+# are what gan_ext.ops reads on every call: Tensor.is_cpu is a few times
 # cheaper than building Tensor.device, which was ~0.5 us of a ~6 us loss call.
 backend = _initial_backend()
-_fused_cpu = _fused_cuda = False
+_fused_cpu = _fused_cuda = _fused_every = frozenset()
 
 
 def _set(name: str) -> None:
-    global backend, _fused_cpu, _fused_cuda
+    global backend, _fused_cpu, _fused_cuda, _fused_every
     backend = name
-    _fused_cpu = name == "fused" and "cpu" in compiled_devices
-    _fused_cuda = name == "fused" and "cuda" in compiled_devices
+    on = name == "fused"
+    _fused_every = compiled_devices if on else frozenset()
+    _fused_cpu = frozenset(op for op, devs in op_devices.items() if on and "cpu" in devs)
+    _fused_cuda = frozenset(op for op, devs in op_devices.items() if on and "cuda" in devs)
+
+
+def register_op(op: str, kernels) -> None:
+    """Called once per op module: `op` runs fused on the devices where all of
+    its `kernels` (forward, backward and helper ops) are registered."""
+    global compiled_devices
+    op_devices[op] = kernel_devices(kernels)
+    compiled_devices = compiled_devices & op_devices[op]
+    _set(backend)
 
 
 _set(backend)
@@ -102,15 +128,19 @@ def get_backend() -> str:
     return backend
 
 
-def use_fused(t: torch.Tensor) -> bool:
-    """True when the fused kernel should run for a tensor on t's device.
+def use_fused(t: torch.Tensor, op: str | None = None) -> bool:
+    """True when the fused kernel of `op` should run for a tensor on t's
+    device; without `op`, when every registered op has a kernel there.
 
     Under a torch.func transform (grad, vjp, jacrev, vmap, ...) the twin runs
     instead: the kernels' autograd is C++, which functorch cannot transform,
     while the twin is plain PyTorch ops that every transform (and vmap's
     batching rules) handles. Under torch.compile the check is skipped (a
     compiled graph is not transformed this way)."""
-    return ((_fused_cpu and t.is_cpu) or (_fused_cuda and t.is_cuda)) and not _transformed()
+    if op is None:
+        return ((t.is_cpu and "cpu" in _fused_every) or (t.is_cuda and "cuda" in _fused_every)) \
+            and not _transformed()
+    return ((t.is_cpu and op in _fused_cpu) or (t.is_cuda and op in _fused_cuda)) and not _transformed()
 
 
 _is_compiling = torch.compiler.is_compiling

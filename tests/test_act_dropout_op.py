@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd import gradcheck
 
 import gan_ext
 from gan_ext import ops
@@ -41,64 +40,6 @@ def keep_of_next_call(device, seed, numel, p):
     s, o = ref.generator_seed_offset(torch.device(device))
     torch.manual_seed(seed)
     return ref.dropout_keep(numel, p, device, s, o)
-
-
-# ------------------------------------------------------------------- gradcheck
-@pytest.mark.parametrize("act,slope", ACTS, ids=ACT_IDS)
-@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
-def test_gradcheck(device, act, slope, p):
-    # Away from 0, where relu/leaky are not differentiable; reseeded so every
-    # evaluation sees the same mask.
-    x = torch.randn(5, 13, dtype=torch.float64, device=device)
-    x = (x + 0.1 * torch.sign(x)).requires_grad_()
-
-    def fn(t):
-        torch.manual_seed(11)
-        return ops.act_dropout(t, act, slope, p)
-
-    with _fused(device):
-        assert gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-def test_gradcheck_with_generator(device):
-    x = (torch.randn(4, 40, dtype=torch.float64, device=device) + 0.05).requires_grad_()
-
-    def fn(t):
-        return ops.act_dropout(t, "leaky_relu", 0.2, 0.5,
-                               generator=torch.Generator(device=device).manual_seed(5))
-
-    with _fused(device):
-        assert gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-# -------------------------------------------------------------------- opcheck
-def _opcheck_cases(device):
-    def x(grad, shape=(6, 50)):
-        return torch.randn(shape, device=device).requires_grad_(grad)
-    out = torch.randn(6, 50, device=device)
-    return {
-        "leaky": (L.act_dropout.default, (x(True), 2, 0.2, 0.3), {}),
-        "relu-4d": (L.act_dropout.default, (x(True, (2, 3, 4, 5)), 1, 0.0, 0.5), {}),
-        "identity-p0": (L.act_dropout.default, (x(True), 0, 0.0, 0.0), {}),
-        "nograd-generator": (L.act_dropout.default, (x(False), 2, 0.2, 0.3),
-                             {"generator": torch.Generator(device=device).manual_seed(1)}),
-        "backward": (L.act_dropout_backward.default,
-                     (torch.randn(6, 50, device=device), out,
-                      torch.tensor([123, 0], dtype=torch.int64, device=device), 2, 0.2, 0.3), {}),
-    }
-
-
-@pytest.mark.parametrize("case", list(_opcheck_cases("cpu")))
-def test_opcheck(device, case):
-    skip_unless_fused_on(device)
-    op, args, kwargs = _opcheck_cases(device)[case]
-    if "generator" in kwargs:
-        # test_aot_dispatch_dynamic reseeds only the default generator.
-        torch.library.opcheck(op, args, kwargs,
-                              test_utils=("test_schema", "test_autograd_registration",
-                                          "test_faketensor"))
-    else:
-        torch.library.opcheck(op, args, kwargs)
 
 
 # -------------------------------------------------------------- torch.compile

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.autograd import gradcheck
 
 import gan_ext
 from gan_ext import ops
 from gan_ext import reference as ref
 from gan_ext.nn import GANLoss
+from gan_ext.ops._spec import away_from_kinks, l1_pair
 
 from conftest import (LOW_PRECISION, assert_within_2x_of_torch, cuda_kernels, requires_cuda,
                       requires_fused, skip_unless_fused_on, to_layout)
@@ -30,24 +30,6 @@ G_LABELS = {"vanilla": (0.9, 0.0), "minimax": (1.0, 0.1), "lsgan": (0.8, 0.0), "
 
 
 # ------------------------------------------------------------------ helpers
-def away_from_kinks(x: torch.Tensor, kinks=(-1.0, 1.0), margin: float = 0.1) -> torch.Tensor:
-    """Moves every value closer than `margin` to a kink out to 2*margin from it,
-    on the same side (hinge terms have kinks at +-1; finite differences across
-    one would not match the one-sided derivative)."""
-    for k in kinks:
-        d = x - k
-        x = torch.where(d.abs() < margin, k + torch.where(d >= 0, 2 * margin, -2 * margin), x)
-    return x
-
-
-def l1_pair(shape):
-    """(a, b) in float64 with |a - b| >= 0.1 everywhere: no ties, so the L1
-    gradient is well defined (and survives rounding to bf16/f16)."""
-    a = torch.randn(shape, dtype=torch.float64)
-    sign = torch.where(torch.rand(shape) < 0.5, -1.0, 1.0).double()
-    return a, a + sign * (0.1 + torch.rand(shape, dtype=torch.float64))
-
-
 def leaf(values64, dtype, device, layout="nchw", requires_grad=False):
     """A leaf with the given values, dtype and layout (the leaf itself has the layout)."""
     x = to_layout(values64.to(device=device, dtype=dtype), layout).detach()
@@ -134,186 +116,6 @@ def loss_and_grads(fn, inputs, reduction):
     loss = fn(*inputs, reduction)
     grads = torch.autograd.grad(loss, inputs)
     return loss.detach(), [g.detach() for g in grads]
-
-
-def _fused(device):
-    skip_unless_fused_on(device)
-    return gan_ext.use_backend("fused")
-
-
-# ------------------------------------------------------------------- gradcheck
-# float64, through the public functional API with the fused backend: the
-# analytic gradients the *_with_grad kernels compute in the forward pass
-# against finite differences.
-GC = dict(eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("mode", D_MODES)
-def test_gradcheck_d_loss(device, mode, reduction):
-    """Different shapes (and batch sizes) for real and fake: reduced separately."""
-    rl, fl = D_LABELS[mode]
-    real = leaf(away_from_kinks(1.5 * torch.randn(5, 1, dtype=torch.float64)), torch.float64,
-                device, requires_grad=True)
-    fake = leaf(away_from_kinks(1.5 * torch.randn(3, 1, 4, 4, dtype=torch.float64)),
-                torch.float64, device, requires_grad=True)
-    with _fused(device):
-        assert gradcheck(lambda r, f: ops.d_loss(r, f, mode, rl, fl, reduction), (real, fake),
-                         **GC)
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("mode", G_MODES)
-def test_gradcheck_g_loss(device, mode, reduction):
-    rl, fl = G_LABELS[mode]
-    m, minimax = ("vanilla", True) if mode == "minimax" else (mode, False)
-    fake = leaf(1.5 * torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.float64, device,
-                requires_grad=True)
-    with _fused(device):
-        assert gradcheck(lambda f: ops.g_loss(f, m, rl, fl, reduction, minimax=minimax), (fake,),
-                         **GC)
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("grad_target", [False, True], ids=["input", "input+target"])
-def test_gradcheck_bce_with_logits(device, reduction, grad_target):
-    x = leaf(2 * torch.randn(4, 3, 5, dtype=torch.float64), torch.float64, device,
-             requires_grad=True)
-    y = leaf(0.1 + 0.8 * torch.rand(4, 3, 5, dtype=torch.float64), torch.float64, device,
-             requires_grad=grad_target)
-    with _fused(device):
-        assert gradcheck(lambda a, b: ops.bce_with_logits(a, b, reduction), (x, y), **GC)
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gradcheck_l1_loss(device, reduction):
-    a, b = (leaf(t, torch.float64, device, requires_grad=True) for t in l1_pair((3, 2, 4, 5)))
-    with _fused(device):
-        assert gradcheck(lambda x, y: ops.l1_loss(x, y, reduction), (a, b), **GC)
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gradcheck_cycle_l1_loss(device, reduction):
-    """Weights (10, 5) and pairs of different shapes."""
-    a1, b1 = (leaf(t, torch.float64, device, requires_grad=True) for t in l1_pair((2, 3, 4, 4)))
-    a2, b2 = (leaf(t, torch.float64, device, requires_grad=True) for t in l1_pair((3, 5)))
-    with _fused(device):
-        assert gradcheck(lambda *t: ops.cycle_l1_loss(*t, 10.0, 5.0, reduction), (a1, b1, a2, b2),
-                         **GC)
-
-
-@pytest.mark.parametrize("which", ["input", "target"])
-def test_gradcheck_cycle_l1_loss_one_side(device, which):
-    """Only one tensor of each pair requires grad (the cycle target is usually
-    the real image): l1_loss_backward's grad_input/grad_target flags."""
-    p1, p2 = l1_pair((2, 3, 4)), l1_pair((2, 3, 4))
-    i = 0 if which == "input" else 1
-    t = [leaf(v, torch.float64, device, requires_grad=(k % 2 == i)) for k, v in
-         enumerate([*p1, *p2])]
-    with _fused(device):
-        assert gradcheck(lambda *a: ops.cycle_l1_loss(*a, 10.0, 5.0, "mean"), tuple(t), **GC)
-
-
-# -------------------------------------------------------------------- opcheck
-def _opcheck_cases(device):
-    """(op, args) for every loss op; the ops without autograd (*_with_grad and
-    l1_loss_backward) get inputs that do not require grad."""
-    def t(*shape, grad=False, scale=1.0, layout="nchw"):
-        return leaf(scale * torch.randn(*shape, dtype=torch.float64), torch.float32, device,
-                    layout, grad)
-
-    a, b = (leaf(v, torch.float32, device) for v in l1_pair((2, 3, 4, 4)))
-    ag, bg = a.clone().requires_grad_(), b.clone().requires_grad_()
-    return {
-        "d_loss-vanilla": (L.d_loss.default, (t(5, 1, grad=True), t(3, 1, 4, 4, grad=True), 0,
-                                              0.9, 0.0, 1)),
-        "d_loss-hinge-nograd": (L.d_loss.default, (t(6), t(6), 2, 1.0, 0.0, 2)),
-        "d_loss_with_grad-lsgan-cl": (L.d_loss_with_grad.default,
-                                      (t(2, 3, 4, 4, layout="channels_last"), t(5, 1), 1, 1.0,
-                                       -1.0, 1)),
-        "g_loss-minimax": (L.g_loss.default, (t(3, 1, 4, 4, grad=True), 3, 1.0, 0.1, 1)),
-        "g_loss_with_grad-hinge": (L.g_loss_with_grad.default, (t(7), 2, 1.0, 0.0, 2)),
-        "bce_with_logits": (L.bce_with_logits.default,
-                            (t(4, 5, grad=True, scale=2.0),
-                             torch.rand(4, 5, device=device).requires_grad_(), 1)),
-        "bce_with_logits_with_grad-target": (L.bce_with_logits_with_grad.default,
-                                             (t(4, 5), torch.rand(4, 5, device=device), 2, True)),
-        "bce_with_logits_with_grad-input": (L.bce_with_logits_with_grad.default,
-                                            (t(4, 5), torch.rand(4, 5, device=device), 1, False)),
-        "l1_loss": (L.l1_loss.default, (ag, bg, 1)),
-        "cycle_l1_loss": (L.cycle_l1_loss.default, (ag, b, ag.detach().clone().requires_grad_(),
-                                                    bg, 10.0, 5.0, 2)),
-        "l1_loss_backward-both": (L.l1_loss_backward.default,
-                                  (torch.tensor(1.5, device=device), a, b, 10.0, 1, True, True)),
-        "l1_loss_backward-target": (L.l1_loss_backward.default,
-                                    (torch.tensor(0.5, device=device), a, b, 5.0, 2, False, True)),
-        "scale_loss_grads-both": (L.scale_loss_grads.default,
-                                  (torch.tensor(-0.5, device=device), t(5, 1),
-                                   t(2, 3, 4, 4, layout="channels_last"))),
-        "scale_loss_grads-second-strided": (L.scale_loss_grads.default,
-                                            (torch.tensor(3.0, device=device), None,
-                                             t(4, 3, 5, layout="strided"))),
-    }
-
-
-OPCHECK_IDS = list(_opcheck_cases("cpu"))
-
-
-@pytest.mark.parametrize("case", OPCHECK_IDS)
-def test_opcheck(device, case):
-    skip_unless_fused_on(device)
-    op, args = _opcheck_cases(device)[case]
-    torch.library.opcheck(op, args)
-
-
-# -------------------------------------------------------------- torch.compile
-@pytest.mark.compile
-@requires_fused
-def test_compile_gan_loss_d_and_g_with_backward():
-    """GANLoss.d_loss + g_loss in one fullgraph-compiled step, forward and backward."""
-    crit = GANLoss("vanilla", real_label=0.9)
-
-    def step(real, fake):
-        return crit.d_loss(real, fake) + 0.5 * crit.g_loss(fake)
-
-    def run(fn):
-        torch.manual_seed(1)
-        real = torch.randn(5, 1, requires_grad=True)
-        fake = torch.randn(3, 1, 4, 4, requires_grad=True)
-        loss = fn(real, fake)
-        loss.backward()
-        return loss.detach(), real.grad, fake.grad
-
-    with gan_ext.use_backend("fused"):
-        torch._dynamo.reset()
-        got, want = run(torch.compile(step, fullgraph=True)), run(step)
-    for a, e in zip(got, want):
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.compile
-@requires_fused
-def test_compile_l1_cycle_bce_with_backward():
-    def step(a1, b1, a2, b2, x, y):
-        return (ops.l1_loss(a1, b1) + ops.cycle_l1_loss(a1, b1, a2, b2, 10.0, 5.0, "sum")
-                + ops.bce_with_logits(x, y, "sum"))
-
-    def run(fn):
-        torch.manual_seed(2)
-        a1, b1 = (leaf(v, torch.float32, "cpu", requires_grad=True) for v in l1_pair((2, 3, 4, 4)))
-        a2, b2 = (leaf(v, torch.float32, "cpu", requires_grad=i == 0)
-                  for i, v in enumerate(l1_pair((3, 5))))
-        x = torch.randn(4, 6, requires_grad=True)
-        y = torch.rand(4, 6, requires_grad=True)
-        loss = fn(a1, b1, a2, b2, x, y)
-        loss.backward()
-        return loss.detach(), a1.grad, b1.grad, a2.grad, x.grad, y.grad
-
-    with gan_ext.use_backend("fused"):
-        torch._dynamo.reset()
-        got, want = run(torch.compile(step, fullgraph=True)), run(step)
-    for a, e in zip(got, want):
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------------------------------------- parity

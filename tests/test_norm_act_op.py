@@ -172,41 +172,6 @@ def _clone(t):
     return None if t is None else t.clone()
 
 
-# -------------------------------------------------------------------- opcheck
-@requires_fused
-@pytest.mark.parametrize("case", ["batch-train-cl-leaky", "instance-train-relu-noaffine",
-                                  "batch-eval-identity", "instance-eval-bf16",
-                                  "batch-train-cumulative", "batch-train-nostats"])
-def test_opcheck_forward(case):
-    norm, mode = case.split("-")[:2]
-    dtype = torch.bfloat16 if "bf16" in case else torch.float32
-    layout = "channels_last" if "-cl-" in case else "nchw"
-    act, slope = (("leaky_relu", 0.2) if "leaky" in case else ("relu", 0.01) if "relu" in case
-                  else ("identity", 0.01))
-    C = 5
-    x = make_input((2, C, 4, 3), dtype, layout=layout, requires_grad=dtype == torch.float32)
-    w, b = _params(C, torch.float32, "cpu", affine="none" if "noaffine" in case else "full",
-                   requires_grad=True)
-    rm, rv = _running(C, torch.float32, "cpu") if "nostats" not in case else (None, None)
-    # The counter with every batch-norm training case: its in-place update is checked too.
-    nbt = torch.tensor(3) if norm == "batch" and mode == "train" else None
-    momentum = None if "cumulative" in case else MOMENTUM
-    torch.library.opcheck(torch.ops.gan_ext.norm_act.default,
-                          (x, w, b, rm, rv, nbt, mode == "train", norm == "instance", momentum, EPS,
-                           CODE[act], slope))
-
-
-@requires_fused
-@pytest.mark.parametrize("saved_is_output", [False, True])
-def test_opcheck_backward(saved_is_output):
-    x, w, b, rm, rv, out, mean, invstd, g, uis, inst = _backward_case(
-        torch.float32, "cpu", "channels_last", "batch", "leaky_relu", 0.2, "train")
-    saved = out if saved_is_output else x
-    torch.library.opcheck(torch.ops.gan_ext.norm_act_backward.default,
-                          (g, saved, w, b, mean, invstd, uis, inst, CODE["leaky_relu"], 0.2,
-                           saved_is_output))
-
-
 # -------------------------------------------------------------- torch.compile
 @pytest.mark.compile
 @pytest.mark.parametrize("backend_name", BACKENDS)
