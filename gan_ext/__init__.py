@@ -1,7 +1,7 @@
 """gan_ext: fused CPU/CUDA kernels, layers and models for generative models."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from ._backend import get_backend, set_backend, use_backend  # noqa: E402
 from . import ops, reference  # noqa: E402

@@ -3,14 +3,13 @@ from __future__ import annotations
 import torch
 
 from . import _backend
+from ._version import __version__
 
 
 def info() -> dict:
     """What was built and what runs: used by ``gan-ext info``."""
-    import gan_ext
-
     return {
-        "gan_ext": gan_ext.__version__,
+        "gan_ext": __version__,
         "extension_loaded": _backend.extension_loaded,
         "load_error": _backend.load_error,
         "compiled_backends": sorted(_backend.compiled_devices),

@@ -1,5 +1,5 @@
 """torch.ops.gan_ext.act_dropout / act_dropout_backward (activation + dropout
-with an in-kernel Philox mask, csrc/dropout.h), the reference twin, the
+with an in-kernel Philox mask, csrc/ops/act_dropout/dropout.h), the reference twin, the
 functional form, nn.ActDropout and its place in gan_ext.fuse."""
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_layout_of_output_and_grad(backend, device, shape_id, shape, layout, p):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_kernel_mask_equals_twin_mask(device, dtype):
-    """The kernel's mask is the stream of csrc/dropout.h, element for element,
+    """The kernel's mask is the stream of csrc/ops/act_dropout/dropout.h, element for element,
     across chunk and group boundaries and a ragged tail."""
     x = torch.rand(3 * 1024 + 45, dtype=dtype, device=device) + 0.5  # all positive
     for p in (0.1, 0.5, 0.9):
@@ -200,7 +200,7 @@ def test_empty_with_p_returns_the_generator_state(device, impl):
 
 # NaN at every lane of the CPU kernel's vectors (up to 16 wide) in the first
 # chunk, and at every position of the vector loop's tail in the last, partial
-# chunk (1024-element chunks, csrc/cpu/act_dropout.cpp): 61 = 3 * 16 + 13.
+# chunk (1024-element chunks, csrc/ops/act_dropout/cpu.cpp): 61 = 3 * 16 + 13.
 NAN_N = 1024 + 61
 NAN_POSITIONS = list(range(16)) + list(range(1024 + 48, NAN_N))
 

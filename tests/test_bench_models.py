@@ -1,4 +1,4 @@
-"""The whole-step model benchmarks (gan_ext.bench_models): every case builds
+"""The whole-step model benchmarks (gan_ext.bench.models): every case builds
 and runs one step on each side, and the memory claim of the fused
 discriminator holds. No timing here: speed lives in benchmarks/."""
 from __future__ import annotations

@@ -4,7 +4,7 @@ Gradient penalties (WGAN-GP, R1, path length) differentiate a gradient:
 ``torch.autograd.grad(..., create_graph=True)`` then a backward of it. The
 fused ops' first-order backward runs fused kernels; with create_graph the C++
 autograd takes the first derivative from the differentiable twins instead
-(gan_ext/_twin_ops.py). Checked here: gradgradcheck in float64 for every op,
+(registered by each gan_ext/ops/<op>.py). Checked here: gradgradcheck in float64 for every op,
 train and eval, batch and instance norm, every activation (leaky_relu with a
 positive slope is the In-Place ABN mode, which keeps only the output), both
 layouts; and the penalties through the fused DCGAN and PatchGAN

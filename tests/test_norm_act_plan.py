@@ -1,8 +1,8 @@
-"""The launch plans of the norm_act CUDA kernels (csrc/norm_act_plan.h), checked
+"""The launch plans of the norm_act CUDA kernels (csrc/ops/norm_act/plan.h), checked
 on the CPU through the debug ops gan_ext::_norm_act_plan_planes / _rows.
 
 The coverage checks walk every thread of every block the way the kernels do
-(plane_unit + PlaneCursor, row_unit in csrc/cuda/norm_act.cu) and require each
+(plane_unit + PlaneCursor, row_unit in csrc/ops/norm_act/cuda.cu) and require each
 vector of the tensor to be visited exactly once."""
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def plan_group(shape, elem_size, channels_last, instance, vec, use_input_stats=T
 
 def test_group_block_rule_takes_the_target_shapes():
     """>= 100 NCHW groups of 256 elements .. 256 KB, training only, never legacy
-    nor channels_last (csrc/norm_act_plan.h, takes_group_blocks)."""
+    nor channels_last (csrc/ops/norm_act/plan.h, takes_group_blocks)."""
     taken = [((64, 128, 16, 16), 4, False), ((64, 256, 8, 8), 4, False), ((64, 512, 4, 4), 4, False),
              ((64, 128, 16, 16), 2, False), ((64, 128, 32, 32), 4, False),  # exactly 256 KB
              ((16, 64, 128, 128), 4, True), ((16, 64, 128, 128), 8, True), ((4, 100, 8, 8), 4, False)]

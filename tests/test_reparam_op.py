@@ -1,5 +1,5 @@
 """torch.ops.gan_ext.reparameterize / reparameterize_kl / reparameterize_backward,
-the in-kernel Philox noise (csrc/philox.h), the reference twins and the
+the in-kernel Philox noise (csrc/common/philox.h), the reference twins and the
 functional forms in gan_ext.ops."""
 from __future__ import annotations
 
@@ -399,7 +399,7 @@ def _cpu_generator_drawing_seed_zero():
 
 
 def _box_muller(words, double):
-    """The normals of one Philox block (csrc/philox.h), in Python floats."""
+    """The normals of one Philox block (csrc/common/philox.h), in Python floats."""
     if double:
         u = [((words[0] << 21 ^ words[1] >> 11) + 0.5) * 2.0 ** -53,
              ((words[2] << 21 ^ words[3] >> 11) + 0.5) * 2.0 ** -53]
@@ -450,7 +450,7 @@ def test_kernel_noise_equals_twin_noise(device, dtype, kl):
 def test_kernel_noise_is_philox_box_muller(device, dtype):
     """The first values of the kernel's eps, rebuilt in Python scalars from the
     KAT-checked Philox: ties the C++ Philox and Box-Muller to the definition in
-    csrc/philox.h (not only to the twin)."""
+    csrc/common/philox.h (not only to the twin)."""
     skip_unless_fused_on(device)
     zeros = torch.zeros(2, 5, dtype=dtype, device=device)
     seed, offset = seed_of_next_call(device, 31)

@@ -12,8 +12,8 @@
 // Second derivatives. A backward run with create_graph=True (gradient
 // penalties) has grad mode on inside backward: then every Function here takes
 // its first derivative from a differentiable twin op instead of the fused
-// kernels (gan_ext/_twin_ops.py: the pure-PyTorch twins as
-// CompositeImplicitAutograd kernels), so autograd records it and can
+// kernels (each gan_ext/ops/<op>.py registers its pure-PyTorch twin as a
+// CompositeImplicitAutograd op, ops/_common.py:register_twin), so autograd records it and can
 // differentiate it again. The first-order path is unchanged.
 #pragma once
 

@@ -57,7 +57,7 @@ def norm_act_backward_with_stats(grad_out: Optional[Tensor], grad_mean: Optional
     of the input: d mean / dx = 1/M, d invstd / dx = -invstd^2 xhat / M over
     each group of M values). Such gradients only arise in a double backward,
     where the first derivative depends on mean and invstd. Differentiable in
-    every argument: csrc/autograd.cpp calls it (through the op
+    every argument: csrc/ops/norm_act/norm_act.cpp calls it (through the op
     gan_ext::norm_act_backward_twin) when a backward runs with create_graph."""
     if grad_out is None:
         grad_out = torch.zeros_like(saved)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import __version__
+from .._version import __version__
 from .._backend import get_backend, set_backend
 from ..data import InMemoryLoader
 from ..memory import retain_freed_memory

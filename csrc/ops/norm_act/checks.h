@@ -129,7 +129,7 @@ inline void check_norm_act_backward_args(const at::Tensor& grad_out, const at::T
 
 // The memory layout a kernel works in and returns: channels_last only for input
 // that is channels_last and not also plain contiguous; everything else is made
-// NCHW-contiguous. gan_ext/_ops.py mirrors this rule in the fake kernels.
+// NCHW-contiguous. gan_ext/ops/norm_act.py mirrors this rule in the fake kernels.
 inline bool use_channels_last(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
