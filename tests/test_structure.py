@@ -245,14 +245,22 @@ def test_op_folder_holds_one_op(op):
                 assert not _implemented(_read(os.path.join(dirpath, f))), os.path.join(dirpath, f)
 
 
+def _defined_anywhere() -> List[str]:
+    return [n for op in OP_FOLDERS for n in _defined(_read(os.path.join(OPS_DIR, op, f"{op}.cpp")))]
+
+
 @pytest.mark.parametrize("op", OP_FOLDERS)
 def test_op_folder_has_its_python_side(op):
-    """Every op's schemas get fake kernels from Python (torch.compile): the
-    dispatcher knows a Meta/fake implementation for each one."""
+    """csrc/ops/<op>/ pairs with gan_ext/ops/<op>.py, listed in the ops index
+    with its kernels and what it gives gan_ext.reference; every schema of the
+    folder gets a fake kernel from Python (torch.compile)."""
     import torch
 
-    import gan_ext  # noqa: F401  (loads _C and the op modules)
-    from gan_ext import _backend
+    from gan_ext import _backend, ops
+    module = {m.__name__: m for m in ops.OP_MODULES}.get(f"gan_ext.ops.{op}")
+    assert module is not None, f"gan_ext/ops/{op}.py is missing from gan_ext.ops.OP_MODULES"
+    assert module.OP == op and module.KERNELS and module.REFERENCE
+    assert set(module.KERNELS) <= set(_defined_anywhere())
     if not _backend.extension_loaded:
         pytest.skip("gan_ext._C is not built")
     for name in _defined(_read(os.path.join(OPS_DIR, op, f"{op}.cpp"))):

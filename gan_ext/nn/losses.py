@@ -27,13 +27,13 @@ class GANLoss(nn.Module):
         super().__init__()
         # Validate eagerly (a typo should fail at construction, not at step 1000):
         # the functional forms run the same checks on every call.
-        ops._code(mode, ops.gan_loss.GAN_MODES, ops._D_MODES, "mode")
+        ops.choice_code(mode, ops.gan_loss.GAN_MODES, ops.D_MODES, "mode")
         ops.reduction_code(reduction)
-        ops._check_hinge_labels(mode, real_label, fake_label)
+        ops.check_hinge_labels(mode, real_label, fake_label)
         if minimax and mode != "vanilla":
             raise ValueError(f"minimax=True is the BCE ('vanilla') generator loss; got mode={mode!r}")
         for name, v in (("real_label", real_label), ("fake_label", fake_label)):
-            ops.gan_loss._check_label(float(v), name, ops.gan_loss.GAN_MODES[mode])
+            ops.gan_loss.check_label(float(v), name, ops.gan_loss.GAN_MODES[mode])
         self.mode, self.reduction, self.minimax = mode, reduction, bool(minimax)
         self.real_label, self.fake_label = float(real_label), float(fake_label)
 

@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import importlib
 
-from .. import _backend
-# _code, reduction_code and gan_loss's privates below: gan_ext.nn.GANLoss validates with them.
-from ._common import (_code, activation_code, reduction_code,  # noqa: F401
-                      register_scale_loss_grads_fake)
+# choice_code, reduction_code and the GAN mode checks: gan_ext.nn.GANLoss validates with them.
+from ._common import activation_code, choice_code, reduction_code  # noqa: F401
 
 # The index: every op module, in the order the tests list them.
 OP_MODULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in (
-    "norm_act", "gan_loss", "bce_with_logits", "l1_loss", "reparameterize", "act_dropout"))
+    "norm_act", "gan_loss", "bce_with_logits", "l1_loss", "reparameterize", "act_dropout",
+    "scale_loss_grads"))
 
 from . import _norm_act_backward  # noqa: E402,F401  (norm_act_backward's fake kernel, twin op)
-
-if _backend.extension_loaded:
-    register_scale_loss_grads_fake()
 
 # After the modules: a function of the same name as its module (bce_with_logits,
 # l1_loss, reparameterize, act_dropout) then wins the package attribute, as in
 # torchvision.ops; reach a module through OP_MODULES or importlib.
 from .act_dropout import act_dropout  # noqa: E402
 from .bce_with_logits import bce_with_logits  # noqa: E402
-from .gan_loss import _D_MODES, _G_MODES, _check_hinge_labels, d_loss, g_loss  # noqa: E402,F401
+from .gan_loss import D_MODES, G_MODES, check_hinge_labels, d_loss, g_loss  # noqa: E402,F401
 from .l1_loss import cycle_l1_loss, l1_loss  # noqa: E402
 from .norm_act import batch_norm_act, instance_norm_act  # noqa: E402
 from .reparameterize import kl_divergence, reparameterize, reparameterize_kl  # noqa: E402

@@ -21,7 +21,7 @@ _FLOAT_DTYPES = "float32, float64, bfloat16 or float16"
 
 
 # ------------------------------------------------------- string -> code (wrappers)
-def _code(value, table: dict, allowed, what: str) -> int:
+def choice_code(value, table: dict, allowed, what: str) -> int:
     if value in allowed:
         return table[value]
     raise ValueError(f"{what} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
@@ -38,7 +38,7 @@ def activation_code(activation: str) -> int:
 
 def reduction_code(reduction: str, allow_none: bool = False) -> int:
     allowed = ("none", "mean", "sum") if allow_none else ("mean", "sum")
-    return _code(reduction, REDUCTIONS, allowed, "reduction")
+    return choice_code(reduction, REDUCTIONS, allowed, "reduction")
 
 
 def check_tensor(t, name: str = "input") -> None:
@@ -92,16 +92,6 @@ def check_pair_args(a, an, b, bn, reduction) -> None:
     check_float(b, bn)
     check_same(a, an, b, bn)
     check_not_empty_for_mean(a, an, reduction)
-
-
-def check_scale_loss_grads_args(grad, saved_a, saved_b) -> None:
-    """Twin of check_scale_loss_grads_args in the C++ loss checks."""
-    check_float(grad, "grad")
-    if grad.numel() != 1:
-        raise ValueError(f"grad must hold the loss's gradient (one value), got shape {list(grad.shape)}")
-    for s, name in ((saved_a, "saved_a"), (saved_b, "saved_b")):
-        if s is not None:
-            check_same(s, name, grad, "grad", shape=False)
 
 
 # ------------------------------------------------------------ loss twins' pieces
@@ -170,12 +160,3 @@ def register_twin(schema: str, module: str, fn: str) -> None:
     call.__name__ = name
     _twin_lib.define(schema)
     _twin_lib.impl(name, call, "CompositeImplicitAutograd")
-
-
-def register_scale_loss_grads_fake() -> None:
-    """The losses' shared backward op (every loss's first derivative scales
-    what its forward saved): registered once, by gan_ext.ops."""
-    @torch.library.register_fake("gan_ext::scale_loss_grads")
-    def _scale_loss_grads_fake(grad, saved_a, saved_b):
-        check_scale_loss_grads_args(grad, saved_a, saved_b)
-        return tuple(grad.new_empty((0,)) if s is None else dense_like(s) for s in (saved_a, saved_b))

@@ -215,6 +215,10 @@ SPECS = (OpSpec(
     bench_shapes={"gan-mlp": (64, 1024)}),)
 
 
+# What gan_ext.reference exposes from this module: the twin under the op's
+# name, and the checks and helpers the tests use.
+REFERENCE = {"act_dropout": act_dropout_ref, **{f.__name__: f for f in (check_act_dropout_args, dropout_keep, dropout_scale, dropout_threshold)}}
+
 if _backend.extension_loaded:
     _register()
 _backend.register_op(OP, KERNELS)

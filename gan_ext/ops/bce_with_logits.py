@@ -123,6 +123,10 @@ SPECS = (OpSpec(
     bench_shapes={"vae-mnist": (128, 784)}),)
 
 
+# What gan_ext.reference exposes from this module: the twin under the op's
+# name, and the checks and helpers the tests use.
+REFERENCE = {"bce_with_logits": bce_with_logits_ref}
+
 if _backend.extension_loaded:
     _register()
 _backend.register_op(OP, KERNELS)

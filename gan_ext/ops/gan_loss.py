@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _backend
 from ._spec import BadInput, OpSpec, Sample, away_from_kinks, leaf
-from ._common import (_code, bce, check_float, check_loss_reduction,
+from ._common import (choice_code, bce, check_float, check_loss_reduction,
                       check_not_empty_for_mean, check_tensor, reduce, reduction_code,
                       register_twin, scalar_like, dense_like, stats_dtype)
 
@@ -21,14 +21,14 @@ KERNELS = ("d_loss", "d_loss_with_grad", "g_loss", "g_loss_with_grad", "scale_lo
 # Codes shared with the C++ loss checks.
 GAN_MODES = {"vanilla": 0, "lsgan": 1, "hinge": 2, "minimax": 3}
 VANILLA, LSGAN, HINGE, MINIMAX = 0, 1, 2, 3
-_D_MODES = ("vanilla", "lsgan", "hinge")
-_G_MODES = ("vanilla", "lsgan", "hinge", "minimax")
+D_MODES = ("vanilla", "lsgan", "hinge")
+G_MODES = ("vanilla", "lsgan", "hinge", "minimax")
 
 _lib = torch.ops.gan_ext
 
 
 # ------------------------------------------------------------------ wrappers
-def _check_hinge_labels(mode: str, real_label: float, fake_label: float) -> None:
+def check_hinge_labels(mode: str, real_label: float, fake_label: float) -> None:
     if mode == "hinge" and (real_label != 1.0 or fake_label != 0.0):
         raise ValueError("real_label and fake_label have no meaning for the hinge loss; leave them "
                          f"at 1.0 and 0.0 (got {real_label} and {fake_label})")
@@ -49,8 +49,8 @@ def d_loss(real_logits: Tensor, fake_logits: Tensor, mode: str = "vanilla", real
     """
     check_tensor(real_logits, "real_logits")
     check_tensor(fake_logits, "fake_logits")
-    m = _code(mode, GAN_MODES, _D_MODES, "mode")
-    _check_hinge_labels(mode, real_label, fake_label)
+    m = choice_code(mode, GAN_MODES, D_MODES, "mode")
+    check_hinge_labels(mode, real_label, fake_label)
     r = reduction_code(reduction)
     fn = _lib.d_loss if _backend.use_fused(real_logits, OP) else d_loss_ref
     return fn(real_logits, fake_logits, m, float(real_label), float(fake_label), r)
@@ -66,19 +66,19 @@ def g_loss(fake_logits: Tensor, mode: str = "vanilla", real_label: float = 1.0,
     ``mean((fake - real_label)^2)``; ``hinge``: ``-mean(fake)``.
     """
     check_tensor(fake_logits, "fake_logits")
-    m = _code(mode, GAN_MODES, _G_MODES, "mode")
+    m = choice_code(mode, GAN_MODES, G_MODES, "mode")
     if minimax:
         if mode != "vanilla":
             raise ValueError(f"minimax=True is the BCE ('vanilla') generator loss; got mode={mode!r}")
         m = MINIMAX
-    _check_hinge_labels(mode, real_label, fake_label)
+    check_hinge_labels(mode, real_label, fake_label)
     r = reduction_code(reduction)
     fn = _lib.g_loss if _backend.use_fused(fake_logits, OP) else g_loss_ref
     return fn(fake_logits, m, float(real_label), float(fake_label), r)
 
 
 # --------------------------------------------------------------------- twins
-def _check_label(v: float, name: str, mode: int) -> None:
+def check_label(v: float, name: str, mode: int) -> None:
     if mode in (VANILLA, MINIMAX):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1] for the BCE ('vanilla') loss, got {v}")
@@ -99,8 +99,8 @@ def check_d_loss_args(real, fake, mode, real_label, fake_label, reduction) -> No
     if real.device != fake.device:
         raise ValueError(f"real_logits is on {real.device} but fake_logits is on {fake.device}; they "
                          "must be on the same device")
-    _check_label(real_label, "real_label", mode)
-    _check_label(fake_label, "fake_label", mode)
+    check_label(real_label, "real_label", mode)
+    check_label(fake_label, "fake_label", mode)
     check_not_empty_for_mean(real, "real_logits", reduction)
     check_not_empty_for_mean(fake, "fake_logits", reduction)
 
@@ -112,8 +112,8 @@ def check_g_loss_args(fake, mode, real_label, fake_label, reduction) -> None:
                          f"g_loss, got {mode}")
     check_loss_reduction(reduction)
     check_float(fake, "fake_logits")
-    _check_label(real_label, "real_label", mode)
-    _check_label(fake_label, "fake_label", mode)
+    check_label(real_label, "real_label", mode)
+    check_label(fake_label, "fake_label", mode)
     check_not_empty_for_mean(fake, "fake_logits", reduction)
 
 
@@ -203,13 +203,13 @@ def _d_samples(dtype, device, layout):
     return [Sample(f"{mode}-{red}", (_logits((5, 1), dtype, device, layout),
                                      _logits((3, 1, 4, 4), dtype, device, layout),
                                      GAN_MODES[mode], *_D_LABELS[mode], code))
-            for mode in _D_MODES for code, red in _RED_NAMES.items()]
+            for mode in D_MODES for code, red in _RED_NAMES.items()]
 
 
 def _g_samples(dtype, device, layout):
     return [Sample(f"{mode}-{red}", (_logits((3, 1, 4, 4), dtype, device, layout),
                                      GAN_MODES[mode], *_G_LABELS[mode], code))
-            for mode in _G_MODES for code, red in _RED_NAMES.items()]
+            for mode in G_MODES for code, red in _RED_NAMES.items()]
 
 
 def _torch_term(x, kind, label, reduction):
@@ -338,6 +338,10 @@ def _specs():
 
 SPECS = _specs()
 
+
+# What gan_ext.reference exposes from this module: the twin under the op's
+# name, and the checks and helpers the tests use.
+REFERENCE = {"d_loss": d_loss_ref, "g_loss": g_loss_ref, "GAN_MODES": GAN_MODES, "VANILLA": VANILLA, "LSGAN": LSGAN, "HINGE": HINGE, "MINIMAX": MINIMAX, **{f.__name__: f for f in (check_label, check_d_loss_args, check_g_loss_args)}}
 
 if _backend.extension_loaded:
     _register()

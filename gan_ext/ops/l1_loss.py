@@ -178,6 +178,10 @@ SPECS = (
 )
 
 
+# What gan_ext.reference exposes from this module: the twin under the op's
+# name, and the checks and helpers the tests use.
+REFERENCE = {"l1_loss": l1_loss_ref, "cycle_l1_loss": cycle_l1_loss_ref}
+
 if _backend.extension_loaded:
     _register()
 _backend.register_op(OP, KERNELS)

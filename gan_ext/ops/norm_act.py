@@ -402,6 +402,10 @@ SPECS = (OpSpec(
     bench_shapes={"dcgan-64": (64, 128, 16, 16), "cyclegan-instance": (1, 256, 64, 64)}),)
 
 
+# What gan_ext.reference exposes from this module: the twin under the op's
+# name, and the checks and helpers the tests use.
+REFERENCE = {"norm_act": norm_act, "MIN_ABS_WEIGHT": MIN_ABS_WEIGHT, **{f.__name__: f for f in (activate, check_norm_act_args, check_running_update_args, effective_weight, output_is_invertible)}}
+
 if _backend.extension_loaded:
     _register()
 _backend.register_op(OP, KERNELS)

@@ -272,6 +272,10 @@ SPECS = (
 )
 
 
+# What gan_ext.reference exposes from this module: the twin under the op's
+# name, and the checks and helpers the tests use.
+REFERENCE = {"reparameterize": reparameterize_ref, "reparameterize_kl": reparameterize_kl_ref, "kl_divergence": kl_divergence_ref, **{f.__name__: f for f in (check_reparameterize_args, normal_noise, reparameterize_kl_given_noise)}}
+
 if _backend.extension_loaded:
     _register()
 _backend.register_op(OP, KERNELS)
