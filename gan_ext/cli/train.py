@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default auto: cuda when available")
     threads_argument(g)
     g.add_argument("--amp", action="store_true", default=None,
-                   help="bf16 autocast (CUDA only; refused on the CPU)")
+                   help="bf16 autocast on CUDA, or on a CPU with avx512_bf16 or AMX (other CPUs train "
+                        "in float32, with a note); samples and evaluation run in float32")
     g.add_argument("--backend", choices=("fused", "reference"), default=None,
                    help="gan_ext kernels (default) or the pure-PyTorch reference ops")
     g.add_argument("--sample-every", type=positive_int, default=None, metavar="N",

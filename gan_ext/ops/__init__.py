@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
+from .. import _backend
+
 # choice_code, reduction_code and the GAN mode checks: gan_ext.nn.GANLoss validates with them.
 from ._common import activation_code, choice_code, reduction_code  # noqa: F401
 
@@ -21,6 +25,16 @@ OP_MODULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in (
     "scale_loss_grads"))
 
 from . import _norm_act_backward  # noqa: E402,F401  (norm_act_backward's fake kernel, twin op)
+
+# Under autocast the losses and the KL run in float32, as torch's own losses do (autocast's
+# float32 list): bf16 logits beside a float32 target would be refused, and a bf16 loss value
+# keeps 3 digits. Their inputs are logits and latents, small next to the activations.
+AUTOCAST_FLOAT32 = ("d_loss", "d_loss_with_grad", "g_loss", "g_loss_with_grad", "bce_with_logits",
+                    "l1_loss", "cycle_l1_loss", "reparameterize_kl")
+if _backend.extension_loaded:
+    for _op in AUTOCAST_FLOAT32:
+        for _device in ("cpu", "cuda"):
+            torch.library.register_autocast(f"gan_ext::{_op}", _device, torch.float32)
 
 # After the modules: a function of the same name as its module (bce_with_logits,
 # l1_loss, reparameterize, act_dropout) then wins the package attribute, as in

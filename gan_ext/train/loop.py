@@ -27,6 +27,7 @@ from .._version import __version__
 from .._backend import get_backend, set_backend
 from ..data import InMemoryLoader
 from ..memory import retain_freed_memory
+from .amp import autocast, use_amp
 from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
 from .checkpoint import FORMAT, atomic_save, rng_state, set_rng_state
 from .grid import save_grid
@@ -124,18 +125,6 @@ def fit(opts: TrainOptions, explicit: Optional[Sequence[str]] = None,
         return run.finish()
 
 
-def _autocast(opts: TrainOptions, explicit: set, device: torch.device,
-              log: Callable[[str], None]) -> bool:
-    """Whether the steps run under bf16 autocast: --amp, on CUDA only."""
-    if opts.amp and device.type != "cuda":
-        if "amp" in explicit:
-            raise ValueError("--amp (bf16 autocast) needs CUDA and this run is on the CPU; "
-                             "drop --amp or use --device cuda")
-        log("note: the run was trained with --amp on CUDA; it continues on the CPU without it")
-        return False
-    return bool(opts.amp)
-
-
 class _Run:
     """One run in progress, from the built trainer to the final evaluation:
     the state its steps, saves, grids and curves share."""
@@ -149,7 +138,7 @@ class _Run:
         if opts.threads is not None:
             torch.set_num_threads(opts.threads)
         self.device = device = resolve_device(opts.device)
-        self.amp = _autocast(opts, explicit, device, log)
+        self.amp = use_amp(opts.amp, device, log)
         set_backend(opts.backend)
 
         seed_everything(opts.seed)
@@ -293,7 +282,7 @@ class _Run:
                 self.epoch += 1
                 trainer.end_epoch()
             group.append(tuple(t.to(self.device, non_blocking=True) for t in b))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with autocast(self.device, self.amp):
             stats = trainer.step(group)
         self.step += 1
         self.pending.append((self.step, stats))

@@ -113,7 +113,7 @@ class TrainOptions:
     resume: bool = False
     seed: int = 0
     device: str = "auto"
-    amp: bool = False                    # bf16 autocast (CUDA only)
+    amp: bool = False                    # bf16 autocast (CUDA, or a CPU with native bf16)
     backend: str = "fused"
     k: int = 1                           # GANs: D steps per G step
     g_loss: str = "non-saturating"       # GANs: "non-saturating" | "minimax"
