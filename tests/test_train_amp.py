@@ -108,3 +108,39 @@ def test_resume_with_amp_is_exact(tmp_path, native_bf16):
     _fit(_opts("dcgan", tmp_path / "fp32", steps=4, amp=False))
     c = torch.load(tmp_path / "fp32" / "checkpoint.pt", weights_only=False)
     assert c["history"] != a["history"]
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_losses_under_autocast_run_in_float32_on_both_backends(backend):
+    import gan_ext
+    from gan_ext import ops
+    torch.manual_seed(0)
+    logits = torch.randn(8, 6).bfloat16()          # what a Linear gives under autocast
+    target = torch.rand(8, 6)                      # float32 data
+    calls = {
+        "d_loss": lambda a, b: ops.d_loss(a, b),
+        "g_loss": lambda a, b: ops.g_loss(a),
+        "bce_with_logits": lambda a, b: ops.bce_with_logits(a, b, reduction="sum"),
+        "l1_loss": lambda a, b: ops.l1_loss(a, b),
+        "cycle_l1_loss": lambda a, b: ops.cycle_l1_loss(a, b, a, b, 10.0, 5.0),
+        "kl": lambda a, b: ops.reparameterize_kl(a, b.log())[1],
+    }
+    previous = gan_ext.get_backend()
+    gan_ext.set_backend(backend)
+    try:
+        for name, call in calls.items():
+            want = call(logits.float(), target)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = call(logits, target)
+            assert got.dtype == torch.float32, name
+            torch.testing.assert_close(got, want, msg=name)
+            with pytest.raises(TypeError, match="dtype"):   # outside autocast: still refused
+                ops.l1_loss(logits, target)
+    finally:
+        gan_ext.set_backend(previous)
+
+
+def test_loss_on_meta_tensors_is_not_an_autocast_question():
+    from gan_ext import ops
+    x = torch.empty(4, 3, device="meta")
+    assert ops.l1_loss(x, x).device.type == "meta"

@@ -20,6 +20,18 @@ NONE, MEAN, SUM = 0, 1, 2
 _FLOAT_DTYPES = "float32, float64, bfloat16 or float16"
 
 
+# ------------------------------------------------------- autocast (loss wrappers)
+def autocast_float32(*tensors):
+    """The tensors as autocast gives them to the loss ops (float32; registered
+    in gan_ext/ops/__init__.py), so the twins see what the kernels see: under
+    autocast both backends compute the loss in float32, and bf16 logits may
+    meet a float32 target. Unchanged outside autocast."""
+    device = tensors[0].device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return tensors  # meta has no autocast: asking would raise
+    return tuple(t.float() if t.is_floating_point() else t for t in tensors)
+
+
 # ------------------------------------------------------- string -> code (wrappers)
 def choice_code(value, table: dict, allowed, what: str) -> int:
     if value in allowed:

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from .. import _backend
 from ._spec import BadInput, OpSpec, Sample, leaf
-from ._common import (bce, check_pair_args, check_tensor, dense_pair_like, reduce, reduction_code,
-                      register_twin, scalar_like, stats_dtype)
+from ._common import (autocast_float32, bce, check_pair_args, check_tensor, dense_pair_like,
+                      reduce, reduction_code, register_twin, scalar_like, stats_dtype)
 
 __all__ = ["bce_with_logits"]
 
@@ -40,6 +40,7 @@ def bce_with_logits(input: Tensor, target: Tensor, reduction: str = "mean",
         return torch.nn.functional.binary_cross_entropy_with_logits(
             input, target, weight=weight, pos_weight=pos_weight, reduction=reduction)
     r = reduction_code(reduction)
+    input, target = autocast_float32(input, target)
     fn = _lib.bce_with_logits if _backend.use_fused(input, OP) else bce_with_logits_ref
     return fn(input, target, r)
 

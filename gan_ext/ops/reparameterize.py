@@ -13,8 +13,8 @@ from torch import Tensor
 
 from .. import _backend
 from ._spec import BadInput, OpSpec, Sample, leaf
-from ._common import (MEAN, NONE, SUM, check_float, check_same, check_tensor, reduction_code,
-                      register_twin, stats_dtype)
+from ._common import (MEAN, NONE, SUM, autocast_float32, check_float, check_same, check_tensor,
+                      reduction_code, register_twin, stats_dtype)
 from ._philox import generator_seed_offset, philox_blocks
 
 __all__ = ["reparameterize", "reparameterize_kl", "kl_divergence"]
@@ -44,6 +44,7 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, reduction: str = "mean",
     check_tensor(mu, "mu")
     check_tensor(logvar, "logvar")
     r = reduction_code(reduction, allow_none=True)
+    mu, logvar = autocast_float32(mu, logvar)
     fn = _lib.reparameterize_kl if _backend.use_fused(mu, OP) else reparameterize_kl_ref
     return fn(mu, logvar, r, generator=generator)
 
