@@ -120,7 +120,7 @@ def fit(opts: TrainOptions, explicit: Optional[Sequence[str]] = None,
         remove_stale_temporaries(run_dir, log)
         retain_freed_memory()
         opts, ckpt = open_run(opts, explicit, run_dir, log)   # restore
-        run = _Run(opts, explicit, ckpt, run_dir, log)
+        run = _Run(opts, ckpt, run_dir, log)
         run.train()
         return run.finish()
 
@@ -129,7 +129,7 @@ class _Run:
     """One run in progress, from the built trainer to the final evaluation:
     the state its steps, saves, grids and curves share."""
 
-    def __init__(self, opts: TrainOptions, explicit: set, ckpt: Optional[dict], run_dir: str,
+    def __init__(self, opts: TrainOptions, ckpt: Optional[dict], run_dir: str,
                  log: Callable[[str], None]) -> None:
         self.opts, self.run_dir, self.log = opts, run_dir, log
         self.ckpt_path = os.path.join(run_dir, CHECKPOINT)
