@@ -3,7 +3,9 @@ reported, what the environment variables force, and the op suite under every
 variant this CPU can run."""
 from __future__ import annotations
 
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -32,6 +34,18 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
     full.update(env)
     return subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
+
+
+def test_every_cpu_kernel_file_registers_only_when_selected():
+    """Each cpu.cpp is compiled once per variant: a registration block without
+    the guard would register three copies, the last overriding the others."""
+    files = sorted(glob.glob(os.path.join(ROOT, "csrc", "ops", "*", "cpu.cpp")))
+    assert files
+    for path in files:
+        with open(path) as f:
+            src = f.read()
+        blocks = re.findall(r"TORCH_LIBRARY_IMPL\(gan_ext, CPU, m\) \{\n\s*(\S+)", src)
+        assert blocks == ["GAN_EXT_REGISTER_IF_SELECTED();"], path
 
 
 _PRINT = "import gan_ext; print(gan_ext.info()['cpu_capability'])"
