@@ -2,7 +2,8 @@
 
 CPU sources (every csrc/**/*.cpp: the module, each op's schemas + autograd and
 its cpu.cpp) are always built, with OpenMP so that at::parallel_for uses every
-core. CUDA sources (every csrc/**/*.cu: each op's cuda.cu) are built when torch
+core; each cpu.cpp once per CPU variant (baseline, AVX2, AVX-512; the baseline
+alone with GAN_EXT_PORTABLE=1), chosen at load time (csrc/cpu_dispatch.cpp). CUDA sources (every csrc/**/*.cu: each op's cuda.cu) are built when torch
 is a CUDA build and a toolkit is found, or when FORCE_CUDA=1.
 """
 import glob
@@ -23,28 +24,67 @@ def _want_cuda() -> bool:
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
-def _simd_flags():
-    """at::vec::Vectorized picks its AVX2 implementation from CPU_CAPABILITY_AVX2;
-    without it the header falls back to a generic array type. Enable AVX2+FMA on
-    x86-64 hosts that have it (every GPU host does); GAN_EXT_PORTABLE=1 opts out."""
-    if os.environ.get("GAN_EXT_PORTABLE", "0") == "1" or not sys.platform.startswith("linux"):
-        return []
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return []
-    if all(f" {f}" in flags for f in ("avx2", "fma", "f16c")):
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    return []
+# The CPU kernel variants (csrc/common/cpu_capability.h): name, GAN_EXT_CPU_VARIANT,
+# and the gcc flags of ATen's own variants. ATen's vec headers pick the vector
+# width from CPU_CAPABILITY_AVX2 / _AVX512 and name their inline namespace
+# after CPU_CAPABILITY, so the three copies of at::vec never collide.
+_VARIANTS = (
+    ("default", 0, ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]),
+    ("avx2", 1, ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]),
+    ("avx512", 2, ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                   "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]),
+)
+
+
+def _variants():
+    """Every variant on x86-64 Linux, whatever the build host runs: the choice
+    happens at load time. GAN_EXT_PORTABLE=1 (or another platform) builds the
+    baseline alone."""
+    import platform
+
+    if (os.environ.get("GAN_EXT_PORTABLE", "0") == "1" or not sys.platform.startswith("linux")
+            or platform.machine() not in ("x86_64", "AMD64")):
+        return _VARIANTS[:1]
+    return _VARIANTS
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """Compiles each csrc/ops/*/cpu.cpp once per variant, with that variant's
+    flags, into its own folder, then links those objects with the rest.
+    setuptools gives one set of flags to every source of an extension, so the
+    variant objects are compiled here, through the same (ninja) compiler
+    torch's BuildExtension has set up: the same include paths, ABI and
+    limited-API flags, with or without ninja, and in `pip install -e .`."""
+
+    def build_extension(self, ext):
+        variant_sources = getattr(ext, "gan_ext_variant_sources", [])
+        objects = []
+        for name, level, flags in _variants():
+            cxx = ext.extra_compile_args["cxx"] + flags + [f"-DGAN_EXT_CPU_VARIANT={level}"]
+            objects += self.compiler.compile(
+                variant_sources,
+                output_dir=os.path.join(self.build_temp, f"cpu_{name}"),
+                macros=ext.define_macros,
+                include_dirs=ext.include_dirs,
+                debug=self.debug,
+                extra_postargs={**ext.extra_compile_args, "cxx": cxx},
+                depends=ext.depends,
+            )
+        # Baseline objects first: the linker keeps the first copy of an inline
+        # function (c10, std) that several variants instantiate, so code shared
+        # with the baseline is never taken from an AVX-512 object.
+        ext.extra_objects = objects + [o for o in ext.extra_objects if o not in objects]
+        super().build_extension(ext)
 
 
 def _extension():
     cpp = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    kernels = sorted(glob.glob("csrc/ops/*/cpu.cpp"))
+    cpp = [f for f in cpp if f not in kernels]
     cu = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
     cxx = ["-O3", "-std=c++20", *openmp]
-    cxx += _simd_flags()
+    cxx += [f"-DGAN_EXT_MAX_CPU_CAPABILITY={_variants()[-1][1]}"]
     link = [*openmp]
     use_cuda = _want_cuda()
     if use_cuda:
@@ -55,21 +95,25 @@ def _extension():
         ext_cls = cpp_extension.CppExtension
         sources = cpp
         extra = {"cxx": cxx}
-    print(f"gan_ext build: CPU sources {len(cpp)}, CUDA sources {len(cu) if use_cuda else 0} "
+    print(f"gan_ext build: CPU sources {len(cpp)} + {len(kernels)} kernels x "
+          f"{'/'.join(v[0] for v in _variants())}, CUDA sources {len(cu) if use_cuda else 0} "
           f"({'built' if use_cuda else 'skipped: no CUDA torch/toolkit and FORCE_CUDA!=1'})",
           file=sys.stderr)
-    return ext_cls(
+    ext = ext_cls(
         "gan_ext._C",
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args=extra,
         extra_link_args=link,
+        depends=kernels,  # so that a kernel edit alone still relinks
         py_limited_api=True,
     )
+    ext.gan_ext_variant_sources = kernels
+    return ext
 
 
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -6,11 +6,33 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/cpu_capability.h"
+
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "gan_ext kernels (ops live in torch.ops.gan_ext)", -1, nullptr};
-  return PyModule_Create(&module_def);
+  // A bad GAN_EXT_CPU_CAPABILITY left every CPU kernel unregistered: the
+  // import fails with the reason rather than running something else.
+  const char* error = gan_ext::cpu::load_error();
+  if (*error != '\0') {
+    PyErr_SetString(PyExc_ValueError, error);
+    return nullptr;
+  }
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+  const char* warning = gan_ext::cpu::load_warning();
+  if (*warning != '\0' && PyErr_WarnEx(PyExc_RuntimeWarning, warning, 1) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  // Which CPU variant registered (gan_ext._backend.cpu_capability, `gan-ext info`).
+  if (PyModule_AddStringConstant(
+          m, "cpu_capability", gan_ext::cpu::capability_name(gan_ext::cpu::selected_capability())) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }
 }
 

@@ -25,6 +25,8 @@ try:
 except ModuleNotFoundError:
     _C = None
     load_error = "gan_ext._C is not built"
+except ValueError:  # a bad GAN_EXT_CPU_CAPABILITY: the user's setting, not a reason to fall back
+    raise
 except Exception as e:  # an undefined symbol from an ABI mismatch, a wrong torch, ...
     _C = None
     load_error = f"{type(e).__name__}: {e}"
@@ -57,6 +59,9 @@ op_devices: dict[str, frozenset] = {}
 # Device types on which every registered op has a kernel (gan_ext.info, the tests).
 compiled_devices = frozenset(dev for _, dev in _DEVICE_KEYS) if _C is not None else frozenset()
 extension_loaded = _C is not None
+# The CPU kernel variant that registered (default, avx2, avx512), chosen at load
+# from the CPU, ATEN_CPU_CAPABILITY and GAN_EXT_CPU_CAPABILITY (csrc/cpu_dispatch.cpp).
+cpu_capability: str | None = getattr(_C, "cpu_capability", None)
 
 _warned = False
 

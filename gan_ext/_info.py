@@ -13,6 +13,7 @@ def info() -> dict:
         "extension_loaded": _backend.extension_loaded,
         "load_error": _backend.load_error,
         "compiled_backends": sorted(_backend.compiled_devices),
+        "cpu_capability": _backend.cpu_capability,
         "active_backend": _backend.backend,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,

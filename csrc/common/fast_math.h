@@ -12,15 +12,20 @@
 // (what at::vec calls) cost 2-4x more here, which is most of a BCE loss pass
 // and of a Box-Muller transform.
 //
-// Only compiled with AVX2 (CPU_CAPABILITY_AVX2, set by setup.py); the kernels
-// fall back to at::vec's SLEEF calls otherwise.
+// Only compiled in the AVX2 and AVX-512 variants (GAN_EXT_AVX2_INTRINSICS,
+// common/cpu_capability.h); the baseline kernels use at::vec's SLEEF calls.
+// The two variants compile these inline functions with different flags, so
+// each gets its own copy in ATen's per-variant namespace name CPU_CAPABILITY.
 #pragma once
 
-#if defined(CPU_CAPABILITY_AVX2)
+#include "common/cpu_capability.h"
+
+#if defined(GAN_EXT_AVX2_INTRINSICS)
 #include <immintrin.h>
 
 namespace gan_ext {
 namespace fastmath {
+inline namespace CPU_CAPABILITY {
 
 inline __m256 fmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 inline __m256 set1(float v) { return _mm256_set1_ps(v); }
@@ -128,6 +133,7 @@ inline void sincos_turns(__m256 u, __m256& c, __m256& s) {
   s = _mm256_xor_ps(ss, neg_s);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace fastmath
 }  // namespace gan_ext
 #endif

@@ -43,6 +43,8 @@ inline void vbce(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>& 
   using V = Vectorized<O>;
   const V zero(O(0)), one(O(1));
   V e, lp;
+  // AVX2 only: fast_math.h is 256-bit, a Vectorized<float> of the AVX-512
+  // variant is not, so that variant keeps SLEEF's 512-bit calls.
 #if defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<O, float>) {
     // exp(-|x|) and log1p of it on their known ranges (fast_math.h): the

@@ -4,7 +4,9 @@
 // the dropout mask.
 #pragma once
 
-#if defined(CPU_CAPABILITY_AVX2)
+#include "common/cpu_capability.h"
+
+#if defined(GAN_EXT_AVX2_INTRINSICS)
 #include <immintrin.h>
 #endif
 
@@ -17,7 +19,7 @@ namespace {
 
 constexpr int kLanes = 8;
 
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(GAN_EXT_AVX2_INTRINSICS)
 // Eight 32x32 -> 64-bit products of AVX2 lanes: even lanes via mul_epu32, odd
 // lanes shifted down first; hi/lo words are blended back into lane order.
 inline void mulhilo8(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
@@ -37,7 +39,7 @@ inline void philox_blocks(uint64_t q0, int64_t count, uint64_t seed, uint64_t of
   const uint32_t s0 = static_cast<uint32_t>(step), s1 = static_cast<uint32_t>(step >> 32);
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   int64_t base = 0;
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(GAN_EXT_AVX2_INTRINSICS)
   // hi(q) (c3) only changes past 2^32 blocks; from a group whose lanes would
   // wrap lo(q) (a carry into c3) on, the scalar path below takes over.
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kM0));

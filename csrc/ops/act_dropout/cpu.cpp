@@ -22,6 +22,7 @@
 #include "ops/act_dropout/dropout.h"
 #include "common/philox_cpu.h"
 #include "common/vec_io.h"
+#include "common/cpu_capability.h"
 
 namespace gan_ext {
 namespace {
@@ -174,6 +175,7 @@ at::Tensor act_dropout_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  GAN_EXT_REGISTER_IF_SELECTED();
   m.impl("act_dropout", &act_dropout_cpu);
   m.impl("act_dropout_backward", &act_dropout_backward_cpu);
 }

@@ -16,6 +16,7 @@
 #include "common/loss_cpu.h"
 #include "common/losses.h"
 #include "common/vec_io.h"
+#include "common/cpu_capability.h"
 
 namespace gan_ext {
 namespace {
@@ -89,6 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bce_with_logits_with_grad_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  GAN_EXT_REGISTER_IF_SELECTED();
   m.impl("bce_with_logits", &bce_with_logits_cpu);
   m.impl("bce_with_logits_with_grad", &bce_with_logits_with_grad_cpu);
 }

@@ -17,6 +17,7 @@
 #include "common/loss_cpu.h"
 #include "common/vec_io.h"
 #include "ops/gan_loss/checks.h"
+#include "common/cpu_capability.h"
 
 namespace gan_ext {
 namespace {
@@ -172,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor> g_loss_with_grad_cpu(const at::Tensor& fake, 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  GAN_EXT_REGISTER_IF_SELECTED();
   m.impl("d_loss", &d_loss_cpu);
   m.impl("d_loss_with_grad", &d_loss_with_grad_cpu);
   m.impl("g_loss", &g_loss_cpu);

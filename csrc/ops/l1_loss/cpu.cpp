@@ -16,6 +16,7 @@
 #include "common/loss_cpu.h"
 #include "common/losses.h"
 #include "common/vec_io.h"
+#include "common/cpu_capability.h"
 
 namespace gan_ext {
 namespace {
@@ -123,6 +124,7 @@ std::tuple<at::Tensor, at::Tensor> l1_loss_backward_cpu(const at::Tensor& grad,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  GAN_EXT_REGISTER_IF_SELECTED();
   m.impl("l1_loss", &l1_loss_cpu);
   m.impl("cycle_l1_loss", &cycle_l1_loss_cpu);
   m.impl("l1_loss_backward", &l1_loss_backward_cpu);

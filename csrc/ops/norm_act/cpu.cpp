@@ -39,6 +39,7 @@
 
 #include "ops/norm_act/checks.h"
 #include "common/vec_io.h"
+#include "common/cpu_capability.h"
 
 namespace gan_ext {
 namespace {
@@ -883,6 +884,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  GAN_EXT_REGISTER_IF_SELECTED();
   m.impl("norm_act", &norm_act_cpu);
   m.impl("norm_act_backward", &norm_act_backward_cpu);
 }

@@ -23,7 +23,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#if defined(CPU_CAPABILITY_AVX2)
+#include "common/cpu_capability.h"
+#if defined(GAN_EXT_AVX2_INTRINSICS)
 #include <immintrin.h>
 #endif
 
@@ -59,7 +60,7 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* 
   const int64_t q0 = e0 / 4, q1 = (e0 + n + 3) / 4, nb = q1 - q0;  // nb <= kNoiseChunk/4 + 1
   const int64_t skip = e0 - 4 * q0;
   philox_blocks(static_cast<uint64_t>(q0), nb, seed, offset, w);
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(GAN_EXT_AVX2_INTRINSICS)
   // Eight blocks per step: pair A = words (0, 1), pair B = words (2, 3); the
   // 4x8 results are transposed into element order 4q + (cA, sA, cB, sB).
   // Padding blocks (zeroed words) give valid uniforms and are never copied out.
@@ -457,6 +458,7 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  GAN_EXT_REGISTER_IF_SELECTED();
   m.impl("reparameterize", &reparameterize_cpu);
   m.impl("reparameterize_kl", &reparameterize_kl_cpu);
   m.impl("reparameterize_backward", &reparameterize_backward_cpu);

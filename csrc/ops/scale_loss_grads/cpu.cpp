@@ -17,6 +17,7 @@
 
 #include "common/losses.h"
 #include "ops/scale_loss_grads/checks.h"
+#include "common/cpu_capability.h"
 
 namespace gan_ext {
 namespace {
@@ -44,6 +45,7 @@ std::tuple<at::Tensor, at::Tensor> scale_loss_grads_cpu(const at::Tensor& grad,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gan_ext, CPU, m) {
+  GAN_EXT_REGISTER_IF_SELECTED();
   m.impl("scale_loss_grads", &scale_loss_grads_cpu);
 }
 
