@@ -34,12 +34,12 @@ inline void mulhilo8(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
 template <int64_t N>
 inline void philox_blocks(uint64_t q0, int64_t count, uint64_t seed, uint64_t offset,
                           uint32_t (*w)[N]) {
+  int64_t base = 0;
+#if defined(GAN_EXT_AVX2_INTRINSICS)
   // The counter is (offset / 4, q) (common/philox.h): lanes differ in c2 = lo(q).
   const uint64_t step = offset >> 2;
   const uint32_t s0 = static_cast<uint32_t>(step), s1 = static_cast<uint32_t>(step >> 32);
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
-  int64_t base = 0;
-#if defined(GAN_EXT_AVX2_INTRINSICS)
   // hi(q) (c3) only changes past 2^32 blocks; from a group whose lanes would
   // wrap lo(q) (a carry into c3) on, the scalar path below takes over.
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kM0));
