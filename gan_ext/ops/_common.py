@@ -7,6 +7,7 @@ reject the same input with the same text.
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -30,6 +31,16 @@ def autocast_float32(*tensors):
     if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
         return tensors  # meta has no autocast: asking would raise
     return tuple(t.float() if t.is_floating_point() else t for t in tensors)
+
+
+def autocast_like_op(twin, n: int):
+    """``twin`` as its op runs under autocast: the first ``n`` (tensor)
+    arguments cast by :func:`autocast_float32`. The fused op gets the same cast
+    from its registered autocast kernel, so only the twin path pays for it."""
+    @functools.wraps(twin)
+    def call(*args, **kwargs):
+        return twin(*autocast_float32(*args[:n]), *args[n:], **kwargs)
+    return call
 
 
 # ------------------------------------------------------- string -> code (wrappers)

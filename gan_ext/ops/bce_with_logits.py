@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _backend
 from ._spec import BadInput, OpSpec, Sample, leaf
-from ._common import (autocast_float32, bce, check_pair_args, check_tensor, dense_pair_like,
+from ._common import (autocast_like_op, bce, check_pair_args, check_tensor, dense_pair_like,
                       reduce, reduction_code, register_twin, scalar_like, stats_dtype)
 
 __all__ = ["bce_with_logits"]
@@ -40,8 +40,7 @@ def bce_with_logits(input: Tensor, target: Tensor, reduction: str = "mean",
         return torch.nn.functional.binary_cross_entropy_with_logits(
             input, target, weight=weight, pos_weight=pos_weight, reduction=reduction)
     r = reduction_code(reduction)
-    input, target = autocast_float32(input, target)
-    fn = _lib.bce_with_logits if _backend.use_fused(input, OP) else bce_with_logits_ref
+    fn = _lib.bce_with_logits if _backend.use_fused(input, OP) else _bce_twin
     return fn(input, target, r)
 
 
@@ -123,6 +122,9 @@ SPECS = (OpSpec(
     empty_samples=lambda d: [Sample("sum", (torch.randn(0, 3, device=d), torch.rand(0, 3, device=d), 2))],
     bench_shapes={"vae-mnist": (128, 784)}),)
 
+
+# The twins as the wrappers call them: cast as the op's autocast kernel casts.
+_bce_twin = autocast_like_op(bce_with_logits_ref, 2)
 
 # What gan_ext.reference exposes from this module: the twin under the op's
 # name, and the checks and helpers the tests use.

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _backend
 from ._spec import BadInput, OpSpec, Sample, away_from_kinks, leaf
-from ._common import (autocast_float32, choice_code, bce, check_float, check_loss_reduction,
+from ._common import (autocast_like_op, choice_code, bce, check_float, check_loss_reduction,
                       check_not_empty_for_mean, check_tensor, reduce, reduction_code,
                       register_twin, scalar_like, dense_like, stats_dtype)
 
@@ -52,8 +52,7 @@ def d_loss(real_logits: Tensor, fake_logits: Tensor, mode: str = "vanilla", real
     m = choice_code(mode, GAN_MODES, D_MODES, "mode")
     check_hinge_labels(mode, real_label, fake_label)
     r = reduction_code(reduction)
-    real_logits, fake_logits = autocast_float32(real_logits, fake_logits)
-    fn = _lib.d_loss if _backend.use_fused(real_logits, OP) else d_loss_ref
+    fn = _lib.d_loss if _backend.use_fused(real_logits, OP) else _d_loss_twin
     return fn(real_logits, fake_logits, m, float(real_label), float(fake_label), r)
 
 
@@ -74,8 +73,7 @@ def g_loss(fake_logits: Tensor, mode: str = "vanilla", real_label: float = 1.0,
         m = MINIMAX
     check_hinge_labels(mode, real_label, fake_label)
     r = reduction_code(reduction)
-    fake_logits, = autocast_float32(fake_logits)
-    fn = _lib.g_loss if _backend.use_fused(fake_logits, OP) else g_loss_ref
+    fn = _lib.g_loss if _backend.use_fused(fake_logits, OP) else _g_loss_twin
     return fn(fake_logits, m, float(real_label), float(fake_label), r)
 
 
@@ -340,6 +338,10 @@ def _specs():
 
 SPECS = _specs()
 
+
+# The twins as the wrappers call them: cast as the op's autocast kernel casts.
+_d_loss_twin = autocast_like_op(d_loss_ref, 2)
+_g_loss_twin = autocast_like_op(g_loss_ref, 1)
 
 # What gan_ext.reference exposes from this module: the twin under the op's
 # name, and the checks and helpers the tests use.

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .. import _backend
 from ._spec import BadInput, OpSpec, Sample, l1_pair, leaf
-from ._common import (autocast_float32, check_pair_args, check_same, check_tensor,
+from ._common import (autocast_like_op, check_pair_args, check_same, check_tensor,
                       dense_pair_like, reduce, reduction_code, register_twin, scalar_like, stats_dtype)
 
 __all__ = ["l1_loss", "cycle_l1_loss"]
@@ -29,8 +29,7 @@ def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     if reduction == "none":
         return torch.nn.functional.l1_loss(input, target, reduction="none")
     r = reduction_code(reduction)
-    input, target = autocast_float32(input, target)
-    fn = _lib.l1_loss if _backend.use_fused(input, OP) else l1_loss_ref
+    fn = _lib.l1_loss if _backend.use_fused(input, OP) else _l1_twin
     return fn(input, target, r)
 
 
@@ -41,8 +40,7 @@ def cycle_l1_loss(input1: Tensor, target1: Tensor, input2: Tensor, target2: Tens
     for t, n in ((input1, "input1"), (target1, "target1"), (input2, "input2"), (target2, "target2")):
         check_tensor(t, n)
     r = reduction_code(reduction)
-    input1, target1, input2, target2 = autocast_float32(input1, target1, input2, target2)
-    fn = _lib.cycle_l1_loss if _backend.use_fused(input1, OP) else cycle_l1_loss_ref
+    fn = _lib.cycle_l1_loss if _backend.use_fused(input1, OP) else _cycle_l1_twin
     return fn(input1, target1, input2, target2, float(weight1), float(weight2), r)
 
 
@@ -179,6 +177,10 @@ SPECS = (
            bench_shapes={"cyclegan": (1, 3, 256, 256)}),
 )
 
+
+# The twins as the wrappers call them: cast as the op's autocast kernel casts.
+_l1_twin = autocast_like_op(l1_loss_ref, 2)
+_cycle_l1_twin = autocast_like_op(cycle_l1_loss_ref, 4)
 
 # What gan_ext.reference exposes from this module: the twin under the op's
 # name, and the checks and helpers the tests use.
