@@ -3,6 +3,7 @@
 // partial count for tails.
 #pragma once
 
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstdint>
@@ -19,6 +20,17 @@ inline Vectorized<O> vload(const T* p, int64_t n = Vectorized<O>::size()) {
   constexpr int64_t V = Vectorized<O>::size();
   if constexpr (std::is_same_v<T, O>) {
     return n == V ? Vectorized<O>::loadu(p) : Vectorized<O>::loadu(p, n);
+  } else if constexpr (std::is_same_v<O, float> && at::vec::is_reduced_floating_point_v<T>) {
+    // bfloat16 / half: ATen's widening load (vector instructions in the AVX2
+    // and AVX-512 variants) for a full vector, the element loop for a tail.
+    if (n == V) {
+      Vectorized<float> out;
+      at::vec::load_to_float<T>(p, out);
+      return out;
+    }
+    alignas(64) O buf[V];
+    for (int64_t i = 0; i < V; ++i) buf[i] = i < n ? static_cast<O>(p[i]) : O(0);
+    return Vectorized<O>::loadu(buf);
   } else {
     alignas(64) O buf[V];
     for (int64_t i = 0; i < V; ++i) buf[i] = i < n ? static_cast<O>(p[i]) : O(0);
@@ -35,6 +47,9 @@ inline void vstore(T* p, const Vectorized<O>& v, int64_t n = Vectorized<O>::size
     } else {
       v.store(p, n);
     }
+  } else if constexpr (std::is_same_v<O, float> && at::vec::is_reduced_floating_point_v<T>) {
+    // Rounded to nearest even (NaN stays NaN), as the element loop's cast.
+    at::vec::convert_from_float<T>(v, v).store(p, static_cast<int>(n));
   } else {
     alignas(64) O buf[V];
     v.store(buf);

@@ -48,8 +48,12 @@ using at::vec::Vectorized;
 
 // ~16 KiB of float per block: a block's second pass re-reads it from L1.
 constexpr int64_t kBlockElems = 4096;
-// Values per channels_last block of rows (see Shape::block_rows).
-constexpr int64_t kRowBlockElems = 32768;
+// channels_last reductions (RowChunks): values per chunk (one parallel task),
+// per sub-block (walked twice from L1), and the most partial values all
+// chunks together may keep (the chunk count is capped for very wide rows).
+constexpr int64_t kChunkElems = 32768;
+constexpr int64_t kSubBlockElems = 4096;
+constexpr int64_t kMaxPartialElems = 1 << 16;
 // Minimum work per parallel task, in elements.
 constexpr int64_t kGrainElems = 32768;
 
@@ -112,14 +116,41 @@ inline void dispatch_activation(int64_t act, F&& f) {
 struct Shape {
   int64_t N, C, HW;
   bool channels_last;
+  bool per_sample;  // statistics per (n, c): instance norm with input statistics
   int64_t planes() const { return N * C; }
-  // Rows of a channels_last sample per block. Larger than kBlockElems: a
-  // block's partials are a C-vector, and small blocks made the per-call
-  // partial buffers big enough (hundreds of KiB) to be mmapped, and page
-  // faulted, on every call. A block of 32768 values is still re-read from L2.
-  int64_t block_rows() const { return std::max<int64_t>(1, kRowBlockElems / std::max<int64_t>(C, 1)); }
-  int64_t blocks_per_sample() const { return (HW + block_rows() - 1) / block_rows(); }
   int64_t plane_grain() const { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1)); }
+  // Coefficient sets: one C-vector per sample (per_sample), else one for all;
+  // entry n * C + c (or c) is statistics group g, as mean/invstd index them.
+  int64_t segments() const { return per_sample ? N : 1; }
+  // Rows (pixels) reduced together in channels_last: a sample's, or all.
+  int64_t segment_rows() const { return per_sample ? HW : N * HW; }
+};
+
+// channels_last reductions walk segments of rows (a row = one pixel, C
+// contiguous values): all N*HW rows for batch statistics, a sample's HW rows
+// for per-(n, c) statistics. A segment is cut into chunks of whole rows sized
+// by the shape alone, so the order of every sum is fixed whatever the thread
+// count; one parallel task per chunk. A chunk is walked in L1-sized
+// sub-blocks, in which a strip of channels keeps its accumulators in
+// registers while it runs down the sub-block's rows; each chunk leaves one
+// C-vector of partials, merged per segment in chunk order.
+struct RowChunks {
+  int64_t C, seg_rows, rows, per_seg, sub;
+  explicit RowChunks(const Shape& s)
+      : C(std::max<int64_t>(s.C, 1)), seg_rows(s.segment_rows()) {
+    rows = std::max<int64_t>(1, kChunkElems / C);
+    per_seg = std::max<int64_t>(1, (seg_rows + rows - 1) / rows);
+    const int64_t cap = std::max<int64_t>(1, kMaxPartialElems / (s.segments() * C));
+    if (per_seg > cap) {
+      rows = (seg_rows + cap - 1) / cap;
+      per_seg = (seg_rows + rows - 1) / rows;
+    }
+    sub = std::max<int64_t>(1, kSubBlockElems / C);
+  }
+  int64_t segment(int64_t t) const { return t / per_seg; }
+  int64_t begin(int64_t t) const { return segment(t) * seg_rows + (t % per_seg) * rows; }
+  int64_t end(int64_t t) const { return std::min((segment(t) + 1) * seg_rows, begin(t) + rows); }
+  int64_t rows_of(int64_t j) const { return std::min(rows, seg_rows - j * rows); }  // j-th of a segment
 };
 
 // --------------------------------------------------------- statistics pass
@@ -235,98 +266,167 @@ inline void planes_mean_m2(const T* x, int64_t runs, int64_t HW, int64_t stride,
   m2 = q;
 }
 
-// channels_last: per-(n, c) mean and M2 over H*W. Outputs have N*C entries.
-template <typename T, typename O>
-void plane_stats(const T* x, const Shape& s, O* mean, O* m2) {
-  // NCHW input takes forward_nchw_groups instead.
-  TORCH_INTERNAL_ASSERT(s.channels_last);
-  // channels_last: per-block C-vectors of (mean, m2), then merge per sample.
+// channels_last reductions run down a sub-block's rows one tile of up to
+// kTileStrips vectors of channels at a time, the tile's accumulators in
+// registers: with C <= kTileStrips * V (64 floats at AVX-512) a tile is the
+// whole row and the sub-block is read in memory order; wider rows read
+// kTileStrips adjacent cache lines per row. f(NT, c, w_last) gets the tile's
+// strip count as a compile-time constant, its first channel and the width of
+// its last strip (V but at the end of an odd C).
+constexpr int kTileStrips = 4;
+template <typename O, typename F>
+inline void for_each_tile(int64_t C, F&& f) {
   constexpr int64_t V = Vectorized<O>::size();
-  const int64_t C = s.C, R = s.block_rows(), B = s.blocks_per_sample();
-  std::vector<O> bmean(s.N * B * C), bm2(s.N * B * C);
-  at::parallel_for(0, s.N * B, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / B, r0 = (t % B) * R, r1 = std::min(s.HW, r0 + R);
-      const T* xs = x + (n * s.HW) * C;
-      O* mu = bmean.data() + t * C;
-      O* q = bm2.data() + t * C;
-      const O inv_rows = O(1) / static_cast<O>(r1 - r0);
-      for (int64_t c = 0; c < C; c += V) {
-        const int64_t w = std::min(V, C - c);
-        // Sum around the block's first row: a channel's rows are summed in one
-        // lane, and around a large mean that sum would lose the low digits.
-        const Vectorized<O> shift = vload<T, O>(xs + r0 * C + c, w);
-        Vectorized<O> acc(O(0));
-        for (int64_t r = r0; r < r1; ++r) acc += vload<T, O>(xs + r * C + c, w) - shift;
-        const Vectorized<O> m = at::vec::fmadd(acc, Vectorized<O>(inv_rows), shift);
-        Vectorized<O> acc2(O(0));
-        for (int64_t r = r0; r < r1; ++r) {
-          const auto d = vload<T, O>(xs + r * C + c, w) - m;
-          acc2 = at::vec::fmadd(d, d, acc2);
-        }
-        m.store(mu + c, w);
-        acc2.store(q + c, w);
+  int64_t c = 0;
+  for (; c + kTileStrips * V <= C; c += kTileStrips * V) f(std::integral_constant<int, kTileStrips>{}, c, V);
+  const int64_t rest = C - c;
+  if (rest == 0) return;
+  const int64_t w_last = rest - ((rest - 1) / V) * V;
+  switch ((rest + V - 1) / V) {
+    case 1: f(std::integral_constant<int, 1>{}, c, w_last); break;
+    case 2: f(std::integral_constant<int, 2>{}, c, w_last); break;
+    default: f(std::integral_constant<int, 3>{}, c, w_last); break;
+  }
+}
+
+// channels_last: mean and M2 per channel of a chunk's `rows` rows (C-vectors
+// mean, m2). Each sub-block is reduced two-pass while it sits in L1 (mean,
+// then squared deviations) and merged into the chunk's with Chan's update.
+template <typename T, typename O>
+void chunk_mean_m2(const T* x, int64_t rows, int64_t C, int64_t sub, O* mean, O* m2) {
+  constexpr int64_t V = Vectorized<O>::size();
+  int64_t n = 0;
+  for (int64_t b0 = 0; b0 < rows; b0 += sub) {
+    const int64_t nb = std::min(sub, rows - b0);
+    const T* xb = x + b0 * C;
+    const O tot = static_cast<O>(n + nb);
+    const Vectorized<O> inv(O(1) / static_cast<O>(nb));
+    const Vectorized<O> f(static_cast<O>(nb) / tot), g(static_cast<O>(n) * static_cast<O>(nb) / tot);
+    for_each_tile<O>(C, [&](auto nt, int64_t c, int64_t w_last) {
+      constexpr int NT = decltype(nt)::value;
+      auto width = [&](int j) { return j == NT - 1 ? w_last : V; };
+      // Sums around the sub-block's first row: a channel's rows are summed in
+      // one lane, and around a large mean that sum would lose the low digits.
+      Vectorized<O> shift[NT], acc[NT], mb[NT];
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) {
+        shift[j] = vload<T, O>(xb + c + j * V, width(j));
+        acc[j] = Vectorized<O>(O(0));
       }
-    }
+      for (int64_t r = 1; r < nb; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; ++j) acc[j] += vload<T, O>(xb + r * C + c + j * V, width(j)) - shift[j];
+      }
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) {
+        mb[j] = at::vec::fmadd(acc[j], inv, shift[j]);
+        acc[j] = Vectorized<O>(O(0));
+      }
+      for (int64_t r = 0; r < nb; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; ++j) {
+          const auto d = vload<T, O>(xb + r * C + c + j * V, width(j)) - mb[j];
+          acc[j] = at::vec::fmadd(d, d, acc[j]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) {
+        O* pm = mean + c + j * V;
+        O* pq = m2 + c + j * V;
+        const int64_t w = width(j);
+        if (n == 0) {
+          mb[j].store(pm, w);
+          acc[j].store(pq, w);
+        } else {
+          const auto mu = Vectorized<O>::loadu(pm, w);
+          const auto delta = mb[j] - mu;
+          at::vec::fmadd(delta, f, mu).store(pm, w);
+          (Vectorized<O>::loadu(pq, w) + acc[j] + delta * delta * g).store(pq, w);
+        }
+      }
+    });
+    n += nb;
+  }
+}
+
+// channels_last: mean and M2 per statistics group (s.segments() * C entries).
+template <typename T, typename O>
+void channels_last_stats(const T* x, const Shape& s, O* mean, O* m2) {
+  const RowChunks ch(s);
+  const int64_t C = s.C, tasks = s.segments() * ch.per_seg;
+  std::vector<O> pmean(tasks * C), pm2(tasks * C);
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      chunk_mean_m2<T, O>(x + ch.begin(t) * C, ch.end(t) - ch.begin(t), C, ch.sub,
+                          pmean.data() + t * C, pm2.data() + t * C);
   });
-  std::vector<int64_t> counts(B);
-  for (int64_t b = 0; b < B; ++b) counts[b] = std::min(R, s.HW - b * R);
-  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n)
-      chan_merge_rows<O>(bmean.data() + n * B * C, bm2.data() + n * B * C, counts.data(), B, C,
-                         mean + n * C, m2 + n * C);
-  });
+  std::vector<int64_t> counts(ch.per_seg);
+  for (int64_t j = 0; j < ch.per_seg; ++j) counts[j] = ch.rows_of(j);
+  for (int64_t seg = 0; seg < s.segments(); ++seg) {
+    const int64_t base = seg * ch.per_seg * C;
+    chan_merge_rows<O>(pmean.data() + base, pm2.data() + base, counts.data(), ch.per_seg, C,
+                       mean + seg * C, m2 + seg * C);
+  }
 }
 
 // ------------------------------------------------------- elementwise passes
-// Calls body(p, xp_offset, len) per NCHW plane, or body(n, row_offset, C) per
-// channels_last row, in parallel, with per-(n, c) coefficients indexed by the
-// callee. Keeps the two layout loops in one place for forward and backward.
+// Calls body(off, len, cb, per_lane) over the whole tensor, in parallel: per
+// NCHW plane (len = HW values sharing coefficient cb; per_lane false) or per
+// channels_last row (C values, coefficients cb..cb+C-1; per_lane true).
+// per_lane is a std::bool_constant, so each layout's loop is compiled apart.
 template <typename F>
 void for_each_run(const Shape& s, F&& body) {
   if (!s.channels_last) {
     at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) body(p, /*coef_base=*/p, p * s.HW, s.HW, /*per_lane=*/false);
+      for (int64_t p = p0; p < p1; ++p)
+        body(p * s.HW, s.HW, s.per_sample ? p : p % s.C, std::false_type{});
     });
   } else {
-    const int64_t rows = s.N * s.HW;
     const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(s.C, 1));
-    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) body(r, (r / s.HW) * s.C, r * s.C, s.C, /*per_lane=*/true);
+    at::parallel_for(0, s.N * s.HW, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        body(r * s.C, s.C, s.per_sample ? (r / s.HW) * s.C : 0, std::true_type{});
     });
   }
 }
 
-// Coefficient vector for lane offset i: broadcast for NCHW planes, loaded per
-// channel for channels_last rows.
-template <typename O>
-inline Vectorized<O> coef(const O* base, int64_t i, int64_t w, bool per_lane) {
-  return per_lane ? Vectorized<O>::loadu(base + i, w) : Vectorized<O>(base[0]);
+// Coefficient vector for lane offset i: per channel in a channels_last row,
+// broadcast over an NCHW plane.
+template <bool PER_LANE, typename O>
+inline Vectorized<O> coef(const O* base, int64_t i, int64_t w) {
+  if constexpr (PER_LANE) {
+    return Vectorized<O>::loadu(base + i, w);
+  } else {
+    return Vectorized<O>(base[0]);
+  }
 }
 
 template <typename T, typename O, Activation ACT>
 void affine_act(const T* x, T* y, const Shape& s, const O* scale, const O* shift, O slope_) {
   constexpr int64_t V = Vectorized<O>::size();
   const Vectorized<O> slope(slope_);
-  for_each_run(s, [&](int64_t, int64_t cb, int64_t off, int64_t len, bool per_lane) {
+  for_each_run(s, [&](int64_t off, int64_t len, int64_t cb, auto per_lane) {
+    constexpr bool L = decltype(per_lane)::value;
     const T* xp = x + off;
     T* yp = y + off;
     for (int64_t i = 0; i < len; i += V) {
       const int64_t w = std::min(V, len - i);
-      const auto z = at::vec::fmadd(vload<T, O>(xp + i, w), coef(scale + cb, i, w, per_lane),
-                                    coef(shift + cb, i, w, per_lane));
+      const auto z = at::vec::fmadd(vload<T, O>(xp + i, w), coef<L>(scale + cb, i, w),
+                                    coef<L>(shift + cb, i, w));
       vstore<T, O>(yp + i, activate<ACT>(z, slope), w);
     }
   });
 }
 
 // --------------------------------------------------------- backward helpers
-// Per-(n, c) coefficients of the backward elementwise pass.
+// Per-group coefficients of the channels_last backward and of the eval
+// elementwise pass (s.segments() * C each):
+//   dx = k * dz + a * u + b,  pre-activation sign v = u * k + kshift (saved input)
+// where k = gamma * invstd; center is what u is centred on in the reduction:
+// the mean (saved input) or beta (saved output).
 template <typename O>
 struct BackwardCoefs {
-  std::vector<O> k, a, b;        // dx = k*dz + a*u + b
-  std::vector<O> mscale, mshift;  // pre-activation sign: x*mscale + mshift (saved input)
-  std::vector<O> center;          // reduction centre: mean (saved input) or beta (saved output)
+  std::vector<O> k, a, b, kshift, center;
 };
 
 // u = the value whose centred product with dz is reduced: x itself, or the
@@ -344,53 +444,70 @@ inline void u_and_v(const Vectorized<O>& s, const Vectorized<O>& ms, const Vecto
   }
 }
 
-// channels_last: per-(n, c) sums of dz and dz * (u - center).
+// channels_last: per-group sums of dz and dz * (u - center) (segments * C).
 template <typename T, typename O, Activation ACT, bool SAVED_OUT>
 void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoefs<O>& cf, O slope_,
                      O* sum_dz, O* sum_dzu) {
   constexpr int64_t V = Vectorized<O>::size();
   const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
-  // Partial sums over `rows` x `width` values at `off`, with per-channel
-  // coefficients at `cb` (NCHW: one plane segment, rows = 1, broadcast coefs;
-  // channels_last: a block of rows of C, one lane per channel).
-  auto accumulate = [&](int64_t cb, int64_t off, int64_t i, int64_t w, bool per_lane,
-                        Vectorized<O>& a0, Vectorized<O>& a1) {
-    Vectorized<O> u, v;
-    u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), coef(cf.mscale.data() + cb, i, w, per_lane),
-                            coef(cf.mshift.data() + cb, i, w, per_lane), inv_slope, u, v);
-    const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
-    a0 += dz;
-    a1 = at::vec::fmadd(dz, u - coef(cf.center.data() + cb, i, w, per_lane), a1);
-  };
-  // NCHW input takes backward_nchw_groups instead.
-  TORCH_INTERNAL_ASSERT(s.channels_last);
-  const int64_t C = s.C, R = s.block_rows(), B = s.blocks_per_sample();
-  std::vector<O> bd(s.N * B * C), bdu(s.N * B * C);
-  at::parallel_for(0, s.N * B, 1, [&](int64_t t0, int64_t t1) {
+  TORCH_INTERNAL_ASSERT(s.channels_last);  // NCHW input takes backward_nchw_groups
+  const RowChunks ch(s);
+  const int64_t C = s.C, tasks = s.segments() * ch.per_seg;
+  std::vector<O> pd(tasks * C), pu(tasks * C);
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / B, r0 = (t % B) * R, r1 = std::min(s.HW, r0 + R);
-      for (int64_t i = 0; i < C; i += V) {
-        const int64_t w = std::min(V, C - i);
-        Vectorized<O> a0(O(0)), a1(O(0));
-        for (int64_t r = r0; r < r1; ++r) accumulate(n * C, (n * s.HW + r) * C, i, w, true, a0, a1);
-        a0.store(bd.data() + t * C + i, w);
-        a1.store(bdu.data() + t * C + i, w);
+      const int64_t cb = ch.segment(t) * C, r0 = ch.begin(t), r1 = ch.end(t);
+      O* od = pd.data() + t * C;
+      O* ou = pu.data() + t * C;
+      const O* k = cf.k.data() + cb;
+      const O* ks = cf.kshift.data() + cb;
+      const O* ctr = cf.center.data() + cb;
+      for (int64_t b0 = r0; b0 < r1; b0 += ch.sub) {
+        const int64_t b1 = std::min(r1, b0 + ch.sub);
+        for_each_tile<O>(C, [&](auto nt, int64_t c, int64_t w_last) {
+          constexpr int NT = decltype(nt)::value;
+          auto width = [&](int j) { return j == NT - 1 ? w_last : V; };
+          Vectorized<O> kv[NT], ksv[NT], cv[NT], ad[NT], au[NT];
+#pragma GCC unroll 4
+          for (int j = 0; j < NT; ++j) {
+            const int64_t o = c + j * V, w = width(j);
+            kv[j] = Vectorized<O>::loadu(k + o, w);
+            ksv[j] = Vectorized<O>::loadu(ks + o, w);
+            cv[j] = Vectorized<O>::loadu(ctr + o, w);
+            ad[j] = b0 == r0 ? Vectorized<O>(O(0)) : Vectorized<O>::loadu(od + o, w);
+            au[j] = b0 == r0 ? Vectorized<O>(O(0)) : Vectorized<O>::loadu(ou + o, w);
+          }
+          for (int64_t r = b0; r < b1; ++r) {
+#pragma GCC unroll 4
+            for (int j = 0; j < NT; ++j) {
+              const int64_t o = r * C + c + j * V, w = width(j);
+              Vectorized<O> u, v;
+              u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + o, w), kv[j], ksv[j], inv_slope, u, v);
+              const auto dz = mask_grad<ACT>(vload<T, O>(dy + o, w), v, slope);
+              ad[j] += dz;
+              au[j] = at::vec::fmadd(dz, u - cv[j], au[j]);
+            }
+          }
+#pragma GCC unroll 4
+          for (int j = 0; j < NT; ++j) {
+            ad[j].store(od + c + j * V, width(j));
+            au[j].store(ou + c + j * V, width(j));
+          }
+        });
       }
     }
   });
-  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        O d = 0, du = 0;
-        for (int64_t b = 0; b < B; ++b) {
-          d += bd[(n * B + b) * C + c];
-          du += bdu[(n * B + b) * C + c];
-        }
-        sum_dz[n * C + c] = d;
-        sum_dzu[n * C + c] = du;
-      }
+  // Chunks merged per segment, in chunk order.
+  std::fill(sum_dz, sum_dz + s.segments() * C, O(0));
+  std::fill(sum_dzu, sum_dzu + s.segments() * C, O(0));
+  for (int64_t t = 0; t < tasks; ++t) {
+    O* d = sum_dz + ch.segment(t) * C;
+    O* u = sum_dzu + ch.segment(t) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      d[c] += pd[t * C + c];
+      u[c] += pu[t * C + c];
     }
-  });
+  }
 }
 
 template <typename T, typename O, Activation ACT, bool SAVED_OUT>
@@ -398,22 +515,38 @@ void backward_elementwise(const T* dy, const T* sv, T* dx, const Shape& s, const
                           O slope_, bool use_input_stats) {
   constexpr int64_t V = Vectorized<O>::size();
   const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
-  for_each_run(s, [&](int64_t, int64_t cb, int64_t off, int64_t len, bool per_lane) {
-    for (int64_t i = 0; i < len; i += V) {
-      const int64_t w = std::min(V, len - i);
-      Vectorized<O> u, v;
-      u_and_v<ACT, SAVED_OUT>(vload<T, O>(sv + off + i, w), coef(cf.mscale.data() + cb, i, w, per_lane),
-                              coef(cf.mshift.data() + cb, i, w, per_lane), inv_slope, u, v);
-      const auto dz = mask_grad<ACT>(vload<T, O>(dy + off + i, w), v, slope);
-      const auto k = coef(cf.k.data() + cb, i, w, per_lane);
-      // Running statistics: a = b = 0, and 0 * u is NaN at an infinite input.
-      const auto g = use_input_stats
-                         ? at::vec::fmadd(k, dz, at::vec::fmadd(coef(cf.a.data() + cb, i, w, per_lane),
-                                                                u, coef(cf.b.data() + cb, i, w, per_lane)))
-                         : k * dz;
-      vstore<T, O>(dx + off + i, g, w);
-    }
-  });
+  const O* const k_ = cf.k.data();
+  const O* const ks_ = cf.kshift.data();
+  const O* const a_ = cf.a.data();
+  const O* const b_ = cf.b.data();
+  auto run = [&](auto input_stats) {
+    constexpr bool STATS = decltype(input_stats)::value;
+    for_each_run(s, [&](int64_t off, int64_t len, int64_t cb, auto per_lane) {
+      constexpr bool L = decltype(per_lane)::value;
+      const T* svp = sv + off;
+      const T* dyp = dy + off;
+      T* dxp = dx + off;
+      const O *kp = k_ + cb, *ksp = ks_ + cb, *ap = a_ + cb, *bp = b_ + cb;
+      for (int64_t i = 0; i < len; i += V) {
+        const int64_t w = std::min(V, len - i);
+        const auto k = coef<L>(kp, i, w);
+        Vectorized<O> u, v;
+        u_and_v<ACT, SAVED_OUT>(vload<T, O>(svp + i, w), k, coef<L>(ksp, i, w), inv_slope, u, v);
+        const auto dz = mask_grad<ACT>(vload<T, O>(dyp + i, w), v, slope);
+        // Running statistics: a = b = 0, and 0 * u is NaN at an infinite input.
+        if constexpr (STATS) {
+          vstore<T, O>(dxp + i, at::vec::fmadd(k, dz, at::vec::fmadd(coef<L>(ap, i, w), u, coef<L>(bp, i, w))), w);
+        } else {
+          vstore<T, O>(dxp + i, k * dz, w);
+        }
+      }
+    });
+  };
+  if (use_input_stats) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
 }
 
 // ----------------------------------------------- NCHW, one group at a time
@@ -633,7 +766,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
   const int64_t G = per_sample ? N * C : C;
   const auto sopts = input.options().dtype(stats_dtype(input));
   at::Tensor mean_t = at::empty({G}, sopts), invstd_t = at::empty({G}, sopts), var_t = at::empty({G}, sopts);
-  const Shape s{N, C, HW, fmt == at::MemoryFormat::ChannelsLast};
+  const Shape s{N, C, HW, fmt == at::MemoryFormat::ChannelsLast, per_sample};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "norm_act_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
@@ -663,29 +796,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
       });
       return;
     } else {
-      std::vector<O> pm(N * C), pq(N * C);
-      plane_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, pm.data(), pq.data());
-      if (per_sample) {
-        for (int64_t g = 0; g < G; ++g) {
-          mean[g] = pm[g];
-          var[g] = pq[g] / static_cast<O>(HW);
-        }
-      } else {
-        const std::vector<int64_t> counts(N, HW);
-        chan_merge_rows<O>(pm.data(), pq.data(), counts.data(), N, C, mean, var);
-        for (int64_t c = 0; c < C; ++c) var[c] /= static_cast<O>(N * HW);
-      }
+      channels_last_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, mean, var);
+      for (int64_t g = 0; g < G; ++g) var[g] /= static_cast<O>(s.segment_rows());
     }
     for (int64_t g = 0; g < G; ++g) invstd[g] = O(1) / std::sqrt(var[g] + static_cast<O>(eps));
     if (input.numel() == 0) return;
 
-    std::vector<O> scale(N * C), shift(N * C);
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t g = per_sample ? n * C + c : c;
-        scale[n * C + c] = gamma[c] * invstd[g];
-        shift[n * C + c] = beta[c] - mean[g] * gamma[c] * invstd[g];
-      }
+    // y = act(x * scale + shift) per group (G = s.segments() * C entries).
+    std::vector<O> scale(G), shift(G);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t c = g % C;
+      scale[g] = gamma[c] * invstd[g];
+      shift[g] = beta[c] - mean[g] * scale[g];
     }
     dispatch_activation(activation, [&](auto act) {
       affine_act<scalar_t, O, decltype(act)::value>(input.const_data_ptr<scalar_t>(),
@@ -746,74 +868,38 @@ void backward_nchw(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O*
   }
 }
 
-// The per-(n, c) coefficients the channels_last reduction pass reads.
-template <typename scalar_t, typename O>
-BackwardCoefs<O> channels_last_coefs(const BackwardArgs<scalar_t, O>& a, int64_t N, int64_t C) {
-  BackwardCoefs<O> cf;
-  for (auto* v : {&cf.k, &cf.a, &cf.b, &cf.mscale, &cf.mshift, &cf.center}) v->assign(N * C, O(0));
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = n * C + c, g = a.per_sample ? i : c;
-      cf.mscale[i] = a.gamma[c] * a.invstd[g];
-      cf.mshift[i] = a.beta[c] - a.mean[g] * a.gamma[c] * a.invstd[g];
-      cf.center[i] = a.saved_is_output ? a.beta[c] : a.mean[g];
-      cf.k[i] = a.gamma[c] * a.invstd[g];
-    }
-  }
-  return cf;
-}
-
-// Training: the gradient through the batch statistics, as dx's a and b
-// coefficients, from the reduced sums of dz and dz * xhat.
-template <typename scalar_t, typename O>
-void add_stat_grad_coefs(const BackwardArgs<scalar_t, O>& a, const Shape& s,
-                         const std::vector<O>& sdz, const std::vector<O>& sdzx, const O* gw,
-                         const O* gb, BackwardCoefs<O>& cf) {
-  const int64_t N = s.N, C = s.C;
-  const O M = static_cast<O>(a.instance ? s.HW : N * s.HW);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = n * C + c, g = a.per_sample ? i : c;
-      const O group_dz = a.per_sample ? sdz[i] : gb[c];
-      const O group_dzx = a.per_sample ? sdzx[i] : gw[c];
-      const O k = cf.k[i];
-      if (a.saved_is_output) {
-        cf.a[i] = -k * group_dzx / (M * a.gamma[c]);
-        cf.b[i] = -k * group_dz / M - cf.a[i] * a.beta[c];
-      } else {
-        cf.a[i] = -k * a.invstd[g] * group_dzx / M;
-        cf.b[i] = -k * group_dz / M - cf.a[i] * a.mean[g];
-      }
-    }
-  }
-}
-
-// channels_last: a reduction pass over blocks of rows, then one elementwise
-// pass, with per-(n, c) coefficients.
+// channels_last: a reduction pass over chunks of rows, then one elementwise
+// pass, with per-group coefficients (s.segments() * C).
 template <typename scalar_t, typename O>
 void backward_channels_last(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O* gb) {
-  const int64_t N = s.N, C = s.C;
-  BackwardCoefs<O> cf = channels_last_coefs(a, N, C);
-  std::vector<O> sdz(N * C, O(0)), sdzu(N * C, O(0));
+  const int64_t C = s.C, G = s.segments() * C;
+  BackwardCoefs<O> cf;
+  for (auto* v : {&cf.k, &cf.a, &cf.b, &cf.kshift, &cf.center}) v->resize(G);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t c = g % C;
+    cf.k[g] = a.gamma[c] * a.invstd[g];
+    cf.kshift[g] = a.beta[c] - a.mean[g] * cf.k[g];
+    cf.center[g] = a.saved_is_output ? a.beta[c] : a.mean[g];
+  }
+  std::vector<O> sdz(G), sdzu(G);
   dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
     backward_reduce<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
         a.dy, a.sv, s, cf, a.slope, sdz.data(), sdzu.data());
   });
-  // sum(dz * xhat) per (n, c): xhat = (x - mean) * invstd or (z - beta) / gamma.
-  std::vector<O> sdzx(N * C);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = n * C + c, g = a.per_sample ? i : c;
-      sdzx[i] = a.saved_is_output ? sdzu[i] / a.gamma[c] : sdzu[i] * a.invstd[g];
-    }
+  // Per group: sum(dz * xhat), xhat = (x - mean) * invstd or (z - beta) / gamma;
+  // then grad_weight/grad_bias, and with batch statistics the gradient through
+  // them as dx's a and b coefficients.
+  const O M = static_cast<O>(s.segment_rows());
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t c = g % C;
+    const O sdzx = a.saved_is_output ? sdzu[g] / a.gamma[c] : sdzu[g] * a.invstd[g];
+    gw[c] += sdzx;
+    gb[c] += sdz[g];
+    if (!a.use_input_stats) continue;
+    const O k = cf.k[g];
+    cf.a[g] = a.saved_is_output ? -k * sdzx / (M * a.gamma[c]) : -k * a.invstd[g] * sdzx / M;
+    cf.b[g] = -k * sdz[g] / M - cf.a[g] * (a.saved_is_output ? a.beta[c] : a.mean[g]);
   }
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      gw[c] += sdzx[n * C + c];
-      gb[c] += sdz[n * C + c];
-    }
-  }
-  if (a.use_input_stats) add_stat_grad_coefs(a, s, sdz, sdzx, gw, gb, cf);
   dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
     backward_elementwise<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
         a.dy, a.sv, a.dx, s, cf, a.slope, a.use_input_stats);
@@ -837,7 +923,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
   const at::Tensor grad_out = grad_out_.contiguous(fmt);
   at::Tensor grad_input = at::empty(saved.sizes(), saved.options().memory_format(fmt));
   const auto pdtype = defined(weight) ? weight->scalar_type() : saved.scalar_type();
-  const Shape s{N, C, HW, fmt == at::MemoryFormat::ChannelsLast};
+  const Shape s{N, C, HW, fmt == at::MemoryFormat::ChannelsLast, per_sample};
   if (saved.numel() == 0) {  // sums of nothing; never read the (NaN) statistics of no values
     const auto popts = saved.options().dtype(pdtype);
     return {grad_input, at::zeros({C}, popts), at::zeros({C}, popts)};
