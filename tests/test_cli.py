@@ -12,6 +12,7 @@ import torch
 
 import gan_ext
 from gan_ext import bench, cli
+from gan_ext.bench.timing import MIN_FLOOR_BYTES
 
 
 def test_info_json_reports_the_build(capsys):
@@ -53,7 +54,8 @@ def test_bench_quick_filtered_prints_a_ratio_row():
     r = _run("bench", "--quick", "-k", "bn_lrelu", "--reps", "1", "--warmup", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     row = [line for line in r.stdout.splitlines() if line.startswith("bn_lrelu 64x256x8x8")]
-    assert len(row) == 1 and row[0].rstrip().split()[-2].endswith("x"), r.stdout
+    assert len(row) == 1 and row[0].split()[6].endswith("x"), r.stdout
+    assert row[0].rstrip().endswith("%"), r.stdout  # the memory-floor column
 
 
 @pytest.mark.parametrize("case", bench.cases(quick=True), ids=lambda c: c.id)
@@ -63,7 +65,7 @@ def test_every_quick_case_prints_a_timed_row(case):
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("device cpu") and "median of 1 reps" in lines[0], lines
     assert lines[1].split() == ["case", "fused", "ms", "eager", "ms", "eager/fused", "saved", "MiB",
-                                "f/e"], lines
+                                "f/e", "floor", "ms", "floor", "%"], lines
     assert lines[2].startswith(case.group + " "), lines
     cells = lines[2][len(case.group):].split()
     fused_ms, eager_ms, ratio = float(cells[0]), float(cells[1]), cells[2]
@@ -72,11 +74,24 @@ def test_every_quick_case_prints_a_timed_row(case):
     assert fused_ms == pytest.approx(result.median("fused") * 1e3, abs=1e-3)
     assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(eager_ms / fused_ms, rel=0.02,
                                                                        abs=0.01), lines[2]
+    rest = cells[3:]
     if case.mode == "fwd+bwd":  # the memory column: fused/eager MiB kept for backward
-        assert set(result.saved) == {"fused", "eager"} and len(cells) == 4, lines[2]
-        assert cells[3] == f"{result.saved['fused'] / 2**20:.1f}/{result.saved['eager'] / 2**20:.1f}"
+        assert set(result.saved) == {"fused", "eager"}, lines[2]
+        assert rest.pop(0) == f"{result.saved['fused'] / 2**20:.1f}/{result.saved['eager'] / 2**20:.1f}"
     else:
-        assert not result.saved and len(cells) == 3, lines[2]
+        assert not result.saved, lines[2]
+    # The memory floor: the bandwidth-bound cases (norm + activation, no
+    # convolution) whose tensors are large enough for a copy to time memory;
+    # the copy it is measured from is not reported as an impl.
+    assert set(result.seconds) == {"fused", "eager"}
+    floor = case.spec.floor(case, torch.float32)
+    assert (floor is None) == case.block.startswith("convT"), case
+    if floor is None or floor[1] < MIN_FLOOR_BYTES:
+        assert result.floor is None and rest == [], lines[2]
+    else:
+        assert result.floor is not None and result.floor > 0, lines[2]
+        assert rest == [f"{result.floor * 1e3:.3f}", f"{result.floor_percent():.0f}%"], lines[2]
+        assert result.floor_percent() == pytest.approx(100 * result.floor / result.median("fused"))
     assert not result.errors and lines[3].startswith("ratio = other median / fused median")
 
 

@@ -5,8 +5,9 @@ shapes of the DCGAN generator and discriminator at batch 64.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar, List, Tuple
+from typing import Callable, ClassVar, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from ..memory import saved_tensor_bytes
 from .registry import LAYOUTS, Block, Case, Prepared, Stream, compiled, memory_format, register, sync_fn
 
 __all__ = ["LayerBlock", "LEAKY_SLOPE", "GENERATOR_SHAPES", "DISCRIMINATOR_SHAPES", "CONVT_SHAPES",
-           "CASES", "QUICK_CASES"]
+           "CYCLEGAN_SHAPES", "CASES", "QUICK_CASES"]
 
 # DCGAN (Radford et al.) at batch 64: the generator's BatchNorm+ReLU inputs and
 # the discriminator's BatchNorm+LeakyReLU(0.2) inputs.
@@ -24,6 +25,7 @@ GENERATOR_SHAPES = ((64, 512, 4, 4), (64, 256, 8, 8), (64, 128, 16, 16), (64, 64
 DISCRIMINATOR_SHAPES = ((64, 128, 16, 16), (64, 256, 8, 8), (64, 512, 4, 4))
 # Input of the generator's ConvTranspose2d(128, 64, 4, 2, 1) + BN + ReLU block.
 CONVT_SHAPES = ((64, 128, 16, 16),)
+CYCLEGAN_SHAPES = ((1, 64, 256, 256), (1, 128, 128, 128), (1, 256, 64, 64))
 
 LEAKY_SLOPE = 0.2
 
@@ -41,6 +43,12 @@ class LayerBlock(Block):
     fused: Callable[[int], nn.Module]
     eager: Callable[[int], nn.Module]
     output_shape: Callable[[Tuple[int, ...]], Tuple[int, ...]] = _same_shape
+    # Passes over the input a norm + activation must make per mode, when the
+    # tensor does not stay in cache between passes: statistics need a read
+    # before the normalizing read + write (3); eval is one read + write (2);
+    # the backward reads dy and the saved tensor for its sums, then again to
+    # write dx (5). None: not bandwidth-bound (the convolution blocks).
+    floor_passes: Optional[Tuple[Tuple[str, int], ...]] = (("fwd", 3), ("eval", 2), ("fwd+bwd", 8))
 
     def module(self, case: Case, impl: str, device: torch.device, dtype: torch.dtype,
                seed: int) -> nn.Module:
@@ -90,6 +98,13 @@ class LayerBlock(Block):
         return saved_tensor_bytes(lambda: module(x))
 
 
+    def floor(self, case: Case, dtype: torch.dtype) -> Optional[Tuple[int, int]]:
+        if self.floor_passes is None:
+            return None
+        nbytes = math.prod(case.shape) * dtype.itemsize
+        return dict(self.floor_passes)[case.mode] * nbytes, nbytes
+
+
 def _randomize_norms(module: nn.Module, gen: torch.Generator) -> None:
     """Non-trivial affine parameters and running statistics (fresh ones are
     1/0/0/1, which would make eval mode an identity-like special case)."""
@@ -125,13 +140,20 @@ register(LayerBlock(
                                                activation="relu"),
     eager=lambda C: nn.Sequential(nn.ConvTranspose2d(C, C // 2, 4, 2, 1, bias=False),
                                   nn.BatchNorm2d(C // 2), nn.ReLU(inplace=True)),
-    output_shape=_convT_output))
+    output_shape=_convT_output, floor_passes=None))
+# CycleGAN's norm: InstanceNorm2d without affine parameters or running
+# statistics (the official networks.py), then ReLU; at its generator's shapes.
+register(LayerBlock(
+    "in_relu", "InstanceNorm2d + ReLU (CycleGAN: no affine, no running statistics)",
+    fused=lambda C: gnn.InstanceNormAct2d(C, activation="relu"),
+    eager=lambda C: nn.Sequential(nn.InstanceNorm2d(C), nn.ReLU(inplace=True))))
 
 
 def _suite() -> List[Case]:
     cases = []
     for block, shapes, modes in (("bn_relu", GENERATOR_SHAPES, ("fwd", "fwd+bwd")),
                                  ("bn_lrelu", DISCRIMINATOR_SHAPES, ("fwd", "fwd+bwd")),
+                                 ("in_relu", CYCLEGAN_SHAPES, ("fwd", "fwd+bwd")),
                                  ("convT_bn_relu", CONVT_SHAPES, ("fwd+bwd", "eval"))):
         for shape in shapes:
             for layout in LAYOUTS:

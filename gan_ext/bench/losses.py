@@ -5,8 +5,9 @@ the models use.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Tuple
+from typing import Callable, ClassVar, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,20 @@ class FunctionBlock(Block):
                 with torch.no_grad():
                     fn(**inputs)
         return Prepared(case, impl, nn.Module(), step, sync_fn(device))
+
+    def floor(self, case: Case, dtype: torch.dtype) -> Optional[Tuple[int, int]]:
+        """Compulsory traffic: every operand read and every output written once;
+        for fwd+bwd also each output's gradient read and each operand gradient
+        written once (what no implementation can avoid moving)."""
+        inputs = self.inputs(case, torch.device("cpu"), dtype, seed=0)
+        with torch.no_grad():
+            outputs = self.eager(**{k: v.detach() for k, v in inputs.items()})
+        one = math.prod(case.shape) * dtype.itemsize
+        out_bytes = sum(o.numel() * dtype.itemsize for o in outputs)
+        total = len(inputs) * one + out_bytes
+        if case.mode == "fwd+bwd":
+            total += out_bytes + sum(one for t in inputs.values() if t.requires_grad)
+        return total, one
 
     def saved_bytes(self, case: Case, impl: str, device: torch.device, dtype: torch.dtype,
                     seed: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Iterator, Tuple, TypeVar
+from typing import Callable, ClassVar, Dict, Iterator, Optional, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -71,6 +71,14 @@ class Block:
                     seed: int) -> int:
         """Bytes a training forward of ``impl`` ("fused" or "eager") keeps for backward."""
         raise NotImplementedError
+
+    def floor(self, case: "Case", dtype: torch.dtype) -> Optional[Tuple[int, int]]:
+        """The memory floor of a bandwidth-bound case: (bytes the fused step
+        must move, bytes of the tensor a reference copy moves), or None where
+        the case is not bandwidth-bound (a convolution). The timing loop copies
+        a tensor of the second size, interleaved with the steps, and the floor
+        is the first size at that copy's bandwidth (see ``timing.time_case``)."""
+        return None
 
 
 BLOCKS: Dict[str, Block] = {}

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, TextIO
 import torch
 
 from .. import _backend
+from .._info import cpu_name
 from .registry import Case
 from .timing import Result, time_case
 
@@ -45,13 +46,16 @@ def run(selected: Sequence[Case], device="cpu", dtype: torch.dtype = torch.float
     """Time every case and print one table row per case as it finishes."""
     impls = ("fused", "eager", "compile") if compile else ("fused", "eager")
     device = torch.device(device)
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    threads = ""
+    if device.type == "cpu":
+        variant = f", {_backend.cpu_capability} kernels" if _backend.cpu_capability else ""
+        threads = f" ({cpu_name()}{variant}), {torch.get_num_threads()} threads"
     print(f"device {device}{threads} | dtype {str(dtype).replace('torch.', '')} | "
           f"fused = {fused_path(device)} | median of {reps} reps", file=out)
     cols = ["case", "fused ms", "eager ms", "eager/fused"]
     if compile:
         cols += ["compile ms", "compile/fused"]
-    cols.append("saved MiB f/e")
+    cols += ["saved MiB f/e", "floor ms", "floor %"]
     w0 = max([len(cols[0])] + [len(c.group) for c in selected])
     widths = [w0] + [max(len(c), 9) for c in cols[1:]]
 
@@ -68,6 +72,8 @@ def run(selected: Sequence[Case], device="cpu", dtype: torch.dtype = torch.float
         if compile:
             cells += [_fmt_ms(r.median("compile")), _fmt_ratio(r.ratio("compile"))]
         cells.append(_fmt_mib(r.saved))
+        pct = r.floor_percent()
+        cells += [_fmt_ms(r.floor) if r.floor is not None else "", f"{pct:.0f}%" if pct is not None else ""]
         print(line(cells).rstrip(), file=out)
         out.flush()
         for impl, err in r.errors.items():
@@ -76,6 +82,8 @@ def run(selected: Sequence[Case], device="cpu", dtype: torch.dtype = torch.float
         results.append(r)
     print("ratio = other median / fused median (> 1: fused is faster); "
           "saved MiB f/e = memory kept for backward, fused/eager", file=out)
+    print("floor = the bytes the case must move (see Block.floor) at the bandwidth of a copy of its "
+          "tensor timed in the same interleaved loop; floor % = floor / fused median", file=out)
     for n in notes:
         print(f"note: compile: {n}", file=out)
     return results

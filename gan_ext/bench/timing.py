@@ -18,7 +18,11 @@ import torch
 
 from .registry import Case, CompileUnavailable, Prepared, prepare, saved_bytes
 
-__all__ = ["Result", "interleaved", "time_case"]
+__all__ = ["Result", "interleaved", "time_case", "MIN_FLOOR_BYTES"]
+
+# Cases whose tensors are smaller than this get no memory floor: they are
+# bound by per-call overhead, and so is a copy of that size.
+MIN_FLOOR_BYTES = 256 << 10
 
 
 @dataclass
@@ -28,6 +32,12 @@ class Result:
     errors: Dict[str, str] = field(default_factory=dict)            # impl -> why it did not run
     saved: Dict[str, int] = field(default_factory=dict)             # impl -> bytes saved for backward
     number: int = 1                                                 # calls per timed repetition
+    floor: Optional[float] = None   # memory floor, seconds: floor bytes at the interleaved copy's bandwidth
+
+    def floor_percent(self) -> Optional[float]:
+        """The floor as % of the fused median (100: fused runs at the floor)."""
+        t = self.median("fused")
+        return 100.0 * self.floor / t if self.floor is not None and t else None
 
     def median(self, impl: str) -> Optional[float]:
         t = self.seconds.get(impl)
@@ -45,12 +55,14 @@ def _check_counts(reps: int, warmup: int) -> None:
 
 
 def interleaved(steps: Mapping[str, Callable[[], None]], sync: Callable[[], None], reps: int,
-                warmup: int, min_rep_seconds: float) -> Tuple[Dict[str, List[float]], int]:
+                warmup: int, min_rep_seconds: float,
+                references: Sequence[str] = ()) -> Tuple[Dict[str, List[float]], int]:
     """({name: per-call seconds of each repetition}, calls per repetition).
 
     A repetition runs a step ``number`` times, with ``number`` chosen after
     warm-up so that a repetition of the fastest step lasts ``min_rep_seconds``
-    (timer and launch jitter would dominate single calls of the small shapes).
+    (timer and launch jitter would dominate single calls of the small shapes);
+    the steps named in ``references`` are timed alike but not counted there.
     """
     _check_counts(reps, warmup)
     for step in steps.values():
@@ -60,7 +72,9 @@ def interleaved(steps: Mapping[str, Callable[[], None]], sync: Callable[[], None
 
     # Calibrate the calls per repetition on the fastest step.
     fastest = math.inf
-    for step in steps.values():
+    for name, step in steps.items():
+        if name in references:  # a reference (the floor's copy) does not set the count
+            continue
         sync()
         t0 = time.perf_counter()
         step()
@@ -97,8 +111,22 @@ def time_case(case: Case, impls: Sequence[str] = ("fused", "eager"), device="cpu
     if not prepared:
         return result
     sync = next(iter(prepared.values())).sync
-    result.seconds, result.number = interleaved(
-        {impl: p.step for impl, p in prepared.items()}, sync, reps, warmup, min_rep_seconds)
+    steps = {impl: p.step for impl, p in prepared.items()}
+    floor = case.spec.floor(case, dtype)
+    if floor is not None and floor[1] < MIN_FLOOR_BYTES:
+        floor = None  # a copy this small times the call, not the memory
+    if floor is not None:
+        # The reference copy runs inside the same interleaved loop, so that it
+        # meets the same caches and clocks as the steps it is the floor of.
+        src = torch.randn(floor[1] // dtype.itemsize, device=device).to(dtype)
+        dst = torch.empty_like(src)
+        steps["copy"] = lambda: dst.copy_(src)
+    result.seconds, result.number = interleaved(steps, sync, reps, warmup, min_rep_seconds,
+                                                references=("copy",))
+    copy_times = result.seconds.pop("copy", None)
+    if floor is not None and copy_times:
+        bandwidth = 2 * floor[1] / statistics.median(copy_times)  # a copy reads and writes
+        result.floor = floor[0] / bandwidth
 
     if measure_memory and case.mode == "fwd+bwd":
         for impl in prepared:
