@@ -1,15 +1,17 @@
 // CPU kernels of gan_ext::norm_act and gan_ext::norm_act_backward.
 //
 // Every normalization here reduces over "groups": a channel c for batch norm,
-// a (sample n, channel c) pair for instance norm. Both layouts are handled by
-// first producing per-(n, c) partial results and then combining them:
-//   * NCHW: each (n, c) plane is a contiguous run of H*W values; one task per
-//     plane (several planes per task when planes are small).
-//   * channels_last: each pixel is a contiguous row of C values; rows of one
-//     sample are cut into blocks of ~kBlockElems values, each block yields a
-//     C-vector of partials, and the blocks of a sample are merged in a fixed
-//     order, so results do not depend on how threads were scheduled.
-// Batch norm then merges the N partials of each channel.
+// a (sample n, channel c) pair for instance norm. Statistics (forward) and the
+// sums of the backward are reduced first, then one elementwise pass applies
+// per-group coefficients. The reductions read the tensor in one of two ways:
+//   * in memory order, in tasks whose size depends on the shape alone, each
+//     leaving partials that are merged in a fixed order (so results never
+//     depend on the thread count): channels_last (RowChunks: chunks of whole
+//     rows, a row being one pixel's C values) and NCHW batch statistics with
+//     planes of at least kSequentialPlaneElems values (one partial per plane);
+//   * by group (NCHW instance statistics, small NCHW planes): a task reduces a
+//     group's planes and runs the elementwise pass on them while they are in
+//     L2 (see nchw_by_groups).
 //
 // Variance: every block/plane is reduced two-pass while it sits in L1
 // (mean first, then the sum of squared deviations), and blocks are combined
@@ -369,6 +371,18 @@ void channels_last_stats(const T* x, const Shape& s, O* mean, O* m2) {
   }
 }
 
+// NCHW, batch statistics, read in memory order: per-plane mean and M2 (one
+// task per run of planes), merged per channel in sample order.
+template <typename T, typename O>
+void nchw_batch_stats(const T* x, const Shape& s, O* mean, O* m2) {
+  std::vector<O> pm(s.planes()), pq(s.planes());
+  at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) planes_mean_m2<T, O>(x + p * s.HW, 1, s.HW, s.HW, pm[p], pq[p]);
+  });
+  const std::vector<int64_t> counts(s.N, s.HW);  // row n of pm/pq: sample n's C planes
+  chan_merge_rows<O>(pm.data(), pq.data(), counts.data(), s.N, s.C, mean, m2);
+}
+
 // ------------------------------------------------------- elementwise passes
 // Calls body(off, len, cb, per_lane) over the whole tensor, in parallel: per
 // NCHW plane (len = HW values sharing coefficient cb; per_lane false) or per
@@ -444,13 +458,59 @@ inline void u_and_v(const Vectorized<O>& s, const Vectorized<O>& ms, const Vecto
   }
 }
 
+// NCHW, batch statistics: per-plane sums of dz and dz * (u - center), read in
+// memory order (one task per run of planes), then summed per channel in
+// sample order.
+template <typename T, typename O, Activation ACT, bool SAVED_OUT>
+void backward_reduce_planes(const T* dy, const T* sv, const Shape& s, const BackwardCoefs<O>& cf,
+                            O slope_, O* sum_dz, O* sum_dzu) {
+  constexpr int64_t V = Vectorized<O>::size();
+  const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
+  TORCH_INTERNAL_ASSERT(!s.per_sample);  // per-sample NCHW takes backward_nchw_groups
+  const int64_t C = s.C, HW = s.HW;
+  std::vector<O> pd(s.planes()), pu(s.planes());
+  at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % C;
+      const Vectorized<O> k(cf.k[c]), ks(cf.kshift[c]), ctr(cf.center[c]);
+      const T* svp = sv + p * HW;
+      const T* dyp = dy + p * HW;
+      Vectorized<O> d0(O(0)), d1(O(0)), u0(O(0)), u1(O(0));
+      auto step = [&](int64_t i, int64_t w, Vectorized<O>& ad, Vectorized<O>& au) {
+        Vectorized<O> u, v;
+        u_and_v<ACT, SAVED_OUT>(vload<T, O>(svp + i, w), k, ks, inv_slope, u, v);
+        const auto dz = mask_grad<ACT>(vload<T, O>(dyp + i, w), v, slope);
+        ad += dz;
+        au = at::vec::fmadd(dz, u - ctr, au);
+      };
+      int64_t i = 0;
+      for (; i + 2 * V <= HW; i += 2 * V) {
+        step(i, V, d0, u0);
+        step(i + V, V, d1, u1);
+      }
+      for (; i < HW; i += V) step(i, std::min(V, HW - i), d0, u0);
+      pd[p] = vsum(d0 + d1);
+      pu[p] = vsum(u0 + u1);
+    }
+  });
+  std::fill(sum_dz, sum_dz + C, O(0));
+  std::fill(sum_dzu, sum_dzu + C, O(0));
+  for (int64_t p = 0; p < s.planes(); ++p) {
+    sum_dz[p % C] += pd[p];
+    sum_dzu[p % C] += pu[p];
+  }
+}
+
 // channels_last: per-group sums of dz and dz * (u - center) (segments * C).
 template <typename T, typename O, Activation ACT, bool SAVED_OUT>
 void backward_reduce(const T* dy, const T* sv, const Shape& s, const BackwardCoefs<O>& cf, O slope_,
                      O* sum_dz, O* sum_dzu) {
   constexpr int64_t V = Vectorized<O>::size();
   const Vectorized<O> slope(slope_), inv_slope(SAVED_OUT ? O(1) / slope_ : O(1));
-  TORCH_INTERNAL_ASSERT(s.channels_last);  // NCHW input takes backward_nchw_groups
+  if (!s.channels_last) {
+    backward_reduce_planes<T, O, ACT, SAVED_OUT>(dy, sv, s, cf, slope_, sum_dz, sum_dzu);
+    return;
+  }
   const RowChunks ch(s);
   const int64_t C = s.C, tasks = s.segments() * ch.per_seg;
   std::vector<O> pd(tasks * C), pu(tasks * C);
@@ -749,6 +809,21 @@ void update_running_stats(const c10::optional<at::Tensor>& running_mean,
   }
 }
 
+// NCHW input: which of the two schemes reduces it.
+//   * groups (forward_nchw_groups / backward_nchw_groups): one task per
+//     channel reduces the channel's N planes, C*HW apart, and runs the
+//     elementwise pass while they are still in L2: one read from memory.
+//     Instance statistics (a group is one contiguous plane) and small planes,
+//     where a pass in memory order would pay a horizontal sum per few values.
+//   * two passes in memory order (nchw_batch_stats / backward_reduce_planes,
+//     then the elementwise pass): batch statistics with planes of at least
+//     kSequentialPlaneElems values. Measured on a 2-core Zen 5 VM (issue 15),
+//     the groups' strided runs reach ~16-19 GB/s from memory where sequential
+//     passes reach the copy bandwidth: at (64, 64, 32, 32) the backward took
+//     5.0 ms by groups and 3.6 ms in memory order, cold caches.
+constexpr int64_t kSequentialPlaneElems = 256;
+inline bool nchw_by_groups(const Shape& s) { return s.per_sample || s.HW < kSequentialPlaneElems; }
+
 // ---------------------------------------------------------------- forward op
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
     const at::Tensor& input_, const c10::optional<at::Tensor>& weight,
@@ -787,7 +862,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
       // twin (var_mean of an empty set) give, and invstd NaN with them.
       std::fill(mean, mean + G, std::numeric_limits<O>::quiet_NaN());
       std::fill(var, var + G, std::numeric_limits<O>::quiet_NaN());
-    } else if (!s.channels_last) {
+    } else if (!s.channels_last && nchw_by_groups(s)) {
       dispatch_activation(activation, [&](auto act) {
         forward_nchw_groups<scalar_t, O, decltype(act)::value>(
             input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
@@ -795,6 +870,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
             static_cast<O>(negative_slope), mean, var, invstd);
       });
       return;
+    } else if (!s.channels_last) {
+      nchw_batch_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, mean, var);
+      for (int64_t c = 0; c < C; ++c) var[c] /= static_cast<O>(s.segment_rows());
     } else {
       channels_last_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, mean, var);
       for (int64_t g = 0; g < G; ++g) var[g] /= static_cast<O>(s.segment_rows());
@@ -868,10 +946,11 @@ void backward_nchw(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O*
   }
 }
 
-// channels_last: a reduction pass over chunks of rows, then one elementwise
-// pass, with per-group coefficients (s.segments() * C).
+// Memory order (channels_last, NCHW batch statistics with large planes): a
+// reduction pass, then one elementwise pass, with per-group coefficients
+// (s.segments() * C).
 template <typename scalar_t, typename O>
-void backward_channels_last(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O* gb) {
+void backward_two_pass(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O* gb) {
   const int64_t C = s.C, G = s.segments() * C;
   BackwardCoefs<O> cf;
   for (auto* v : {&cf.k, &cf.a, &cf.b, &cf.kshift, &cf.center}) v->resize(G);
@@ -954,8 +1033,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     grad_bias = at::zeros({C}, popts);
     O* gw = grad_weight.mutable_data_ptr<O>();
     O* gb = grad_bias.mutable_data_ptr<O>();
-    if (s.channels_last) {
-      backward_channels_last(args, s, gw, gb);
+    if (s.channels_last || !nchw_by_groups(s)) {
+      backward_two_pass(args, s, gw, gb);
     } else {
       backward_nchw(args, s, gw, gb);
     }
