@@ -43,9 +43,9 @@ inline void vbce(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>& 
   using V = Vectorized<O>;
   const V zero(O(0)), one(O(1));
   V e, lp;
-  // AVX2 only: fast_math.h is 256-bit, a Vectorized<float> of the AVX-512
-  // variant is not, so that variant keeps SLEEF's 512-bit calls.
-#if defined(CPU_CAPABILITY_AVX2)
+  // fast_math.h has __m256 and __m512 overloads: a Vectorized<float> is
+  // either, in the AVX2 and AVX-512 variants.
+#if defined(GAN_EXT_AVX2_INTRINSICS)
   if constexpr (std::is_same_v<O, float>) {
     // exp(-|x|) and log1p of it on their known ranges (fast_math.h): the
     // general SLEEF calls were ~90% of a BCE pass.
@@ -58,7 +58,7 @@ inline void vbce(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>& 
     lp = e.log1p();
   }
   V inv;
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(GAN_EXT_AVX2_INTRINSICS)
   if constexpr (std::is_same_v<O, float>) {
     inv = V(fastmath::reciprocal(one + e));
   } else

@@ -74,14 +74,8 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* 
     const __m256i v = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), 9);
     return _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(v), half), scale);
   };
-  for (int64_t b = 0; b < nb8; b += kLanes) {
-    __m256 c[2], sn[2];
-    for (int j = 0; j < 2; ++j) {
-      const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(m2, fastmath::log_unit(uniforms(&w[2 * j][b]))));
-      fastmath::sincos_turns(uniforms(&w[2 * j + 1][b]), c[j], sn[j]);
-      c[j] = _mm256_mul_ps(r, c[j]);
-      sn[j] = _mm256_mul_ps(r, sn[j]);
-    }
+  // Blocks b .. b+7 from pair A's (c[0], sn[0]) and pair B's (c[1], sn[1]).
+  auto store8 = [&](int64_t b, const __m256* c, const __m256* sn) {
     const __m256 x0 = _mm256_unpacklo_ps(c[0], sn[0]), x1 = _mm256_unpackhi_ps(c[0], sn[0]);
     const __m256 y0 = _mm256_unpacklo_ps(c[1], sn[1]), y1 = _mm256_unpackhi_ps(c[1], sn[1]);
     const __m256 z0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(x0), _mm256_castps_pd(y0)));
@@ -93,6 +87,42 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* 
     _mm256_store_ps(o + 8, _mm256_permute2f128_ps(z2, z3, 0x20));
     _mm256_store_ps(o + 16, _mm256_permute2f128_ps(z0, z1, 0x31));
     _mm256_store_ps(o + 24, _mm256_permute2f128_ps(z2, z3, 0x31));
+  };
+  int64_t b = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  // Sixteen blocks per step: the transform in 512-bit lanes, the transpose
+  // on each 256-bit half.
+  const __m512 half16 = _mm512_set1_ps(0.5f), scale16 = _mm512_set1_ps(1.1920928955078125e-07f);
+  const __m512 m2_16 = _mm512_set1_ps(-2.0f);
+  auto uniforms16 = [&](const uint32_t* p) {
+    const __m512i v = _mm512_srli_epi32(_mm512_loadu_si512(reinterpret_cast<const void*>(p)), 9);
+    return _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(v), half16), scale16);
+  };
+  for (; b + 2 * kLanes <= nb8; b += 2 * kLanes) {
+    __m512 c[2], sn[2];
+    for (int j = 0; j < 2; ++j) {
+      const __m512 r = _mm512_sqrt_ps(_mm512_mul_ps(m2_16, fastmath::log_unit(uniforms16(&w[2 * j][b]))));
+      fastmath::sincos_turns(uniforms16(&w[2 * j + 1][b]), c[j], sn[j]);
+      c[j] = _mm512_mul_ps(r, c[j]);
+      sn[j] = _mm512_mul_ps(r, sn[j]);
+    }
+    const __m256 lo_c[2] = {_mm512_castps512_ps256(c[0]), _mm512_castps512_ps256(c[1])};
+    const __m256 lo_s[2] = {_mm512_castps512_ps256(sn[0]), _mm512_castps512_ps256(sn[1])};
+    const __m256 hi_c[2] = {_mm512_extractf32x8_ps(c[0], 1), _mm512_extractf32x8_ps(c[1], 1)};
+    const __m256 hi_s[2] = {_mm512_extractf32x8_ps(sn[0], 1), _mm512_extractf32x8_ps(sn[1], 1)};
+    store8(b, lo_c, lo_s);
+    store8(b + kLanes, hi_c, hi_s);
+  }
+#endif
+  for (; b < nb8; b += kLanes) {
+    __m256 c[2], sn[2];
+    for (int j = 0; j < 2; ++j) {
+      const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(m2, fastmath::log_unit(uniforms(&w[2 * j][b]))));
+      fastmath::sincos_turns(uniforms(&w[2 * j + 1][b]), c[j], sn[j]);
+      c[j] = _mm256_mul_ps(r, c[j]);
+      sn[j] = _mm256_mul_ps(r, sn[j]);
+    }
+    store8(b, c, sn);
   }
   std::memcpy(out, full + skip, static_cast<size_t>(n) * sizeof(float));
 #else
