@@ -1,8 +1,9 @@
 """The CPU kernel's reduction schemes (csrc/ops/norm_act/cpu.cpp), each taken
 on purpose: channels_last row chunks (register tiles of up to 4 vectors with a
 partial last strip, several chunks per segment with a short last one, sub-blocks),
-NCHW batch statistics in memory order (planes of >= 256 values) and by channel
-group (smaller planes, instance statistics). Fused op vs the float64 twin in
+NCHW batch statistics in memory order (planes of >= 256 values), as wide rows
+(smaller planes, one row of C*HW lanes per sample) and by channel group
+(instance statistics; small planes with more lanes than wide rows take). Fused op vs the float64 twin in
 float64 (tight) and float32, forward and backward, plus gradcheck at a shape of
 each scheme."""
 from __future__ import annotations
@@ -21,11 +22,14 @@ CODE = ref.ACTIVATIONS
 PATHS = [
     ((2, 70, 9, 7), "channels_last", "row chunks: 2 full tiles + a 6-wide strip (float32)"),
     ((3, 130, 5, 5), "channels_last", "row chunks: tiles of 4, 4 and 1 strips, strip tail"),
+    ((2, 60, 6, 5), "channels_last", "row chunks: a last tile of 4 strips, the 4th partial"),
     ((4, 3, 70, 80), "channels_last", "row chunks: C < one vector, 3 chunks, the last short"),
     ((3, 64, 33, 20), "channels_last", "row chunks: 2 chunks per sample, the last short"),
     ((3, 5, 17, 19), "nchw", "memory order: planes of 323 values (batch)"),
     ((2, 4, 16, 16), "nchw", "memory order: planes of exactly 256 values (batch)"),
-    ((4, 6, 15, 17), "nchw", "groups: planes of 255 values"),
+    ((4, 6, 15, 17), "nchw", "wide rows: planes of 255 values, 1530 lanes"),
+    ((3, 19, 5, 7), "nchw", "wide rows: 665 lanes, a last tile of 4 strips"),
+    ((2, 70, 16, 15), "nchw", "groups: planes of 240 values, too many lanes for wide rows"),
 ]
 IDS = [f"{'x'.join(map(str, s))}-{l}" for s, l, _ in PATHS]
 
@@ -75,9 +79,10 @@ def test_fused_matches_twin_on_every_path(shape, layout, why, dtype, norm, act, 
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("shape,layout", [((2, 3, 16, 16), "nchw"), ((1, 70, 2, 3), "channels_last"),
+@pytest.mark.parametrize("shape,layout", [((2, 3, 16, 16), "nchw"), ((3, 5, 3, 4), "nchw"),
+                                          ((1, 70, 2, 3), "channels_last"),
                                           ((2, 9, 3, 2), "channels_last")],
-                         ids=["nchw-memory-order", "cl-tiles", "cl-instance-chunks"])
+                         ids=["nchw-memory-order", "nchw-wide-rows", "cl-tiles", "cl-instance-chunks"])
 def test_gradcheck_on_each_scheme(shape, layout, mode):
     skip_unless_fused_on("cpu")
     C = shape[1]

@@ -7,11 +7,12 @@
 //   * in memory order, in tasks whose size depends on the shape alone, each
 //     leaving partials that are merged in a fixed order (so results never
 //     depend on the thread count): channels_last (RowChunks: chunks of whole
-//     rows, a row being one pixel's C values) and NCHW batch statistics with
-//     planes of at least kSequentialPlaneElems values (one partial per plane);
-//   * by group (NCHW instance statistics, small NCHW planes): a task reduces a
-//     group's planes and runs the elementwise pass on them while they are in
-//     L2 (see nchw_by_groups).
+//     rows, a row being one pixel's C values), NCHW batch statistics with
+//     planes of at least kSequentialPlaneElems values (one partial per plane)
+//     and with smaller planes (as row chunks of one sample's C*HW values);
+//   * by group (NCHW instance statistics): a task reduces a group's planes and
+//     runs the elementwise pass on them while they are in L2 (see
+//     nchw_by_groups).
 //
 // Variance: every block/plane is reduced two-pass while it sits in L1
 // (mean first, then the sum of squared deviations), and blocks are combined
@@ -284,10 +285,12 @@ inline void for_each_tile(int64_t C, F&& f) {
   const int64_t rest = C - c;
   if (rest == 0) return;
   const int64_t w_last = rest - ((rest - 1) / V) * V;
-  switch ((rest + V - 1) / V) {
+  static_assert(kTileStrips == 4, "the tail cases below");
+  switch ((rest + V - 1) / V) {  // 1 .. kTileStrips strips, the last w_last wide
     case 1: f(std::integral_constant<int, 1>{}, c, w_last); break;
     case 2: f(std::integral_constant<int, 2>{}, c, w_last); break;
-    default: f(std::integral_constant<int, 3>{}, c, w_last); break;
+    case 3: f(std::integral_constant<int, 3>{}, c, w_last); break;
+    default: f(std::integral_constant<int, 4>{}, c, w_last); break;
   }
 }
 
@@ -809,20 +812,41 @@ void update_running_stats(const c10::optional<at::Tensor>& running_mean,
   }
 }
 
-// NCHW input: which of the two schemes reduces it.
-//   * groups (forward_nchw_groups / backward_nchw_groups): one task per
-//     channel reduces the channel's N planes, C*HW apart, and runs the
-//     elementwise pass while they are still in L2: one read from memory.
-//     Instance statistics (a group is one contiguous plane) and small planes,
-//     where a pass in memory order would pay a horizontal sum per few values.
-//   * two passes in memory order (nchw_batch_stats / backward_reduce_planes,
-//     then the elementwise pass): batch statistics with planes of at least
-//     kSequentialPlaneElems values. Measured on a 2-core Zen 5 VM (issue 15),
-//     the groups' strided runs reach ~16-19 GB/s from memory where sequential
-//     passes reach the copy bandwidth: at (64, 64, 32, 32) the backward took
-//     5.0 ms by groups and 3.6 ms in memory order, cold caches.
+// NCHW input: which scheme reduces it.
+//   * batch statistics, planes of at least kSequentialPlaneElems values: two
+//     passes in memory order (nchw_batch_stats / backward_reduce_planes, then
+//     the elementwise pass), one partial per plane.
+//   * batch statistics, smaller planes (4x4, 8x8): the tensor as channels_last
+//     rows, one row per sample of C*HW values with a lane per (c, hw)
+//     (wide_shape): the row-chunk kernels with coefficients repeated HW times,
+//     lane results folded per channel. A pass per plane would pay a horizontal
+//     sum every few values. Up to kMaxWideLanes lanes, so that the chunks'
+//     partials stay small and there are chunks for every core.
+//   * instance statistics, and small planes with too many lanes: by group
+//     (forward_nchw_groups / backward_nchw_groups): a task reduces a group's
+//     planes and runs the elementwise pass while they are still in L2.
+// Measured on a 2-core Zen 5 VM (issue 15): a group's strided runs read
+// memory at ~16-19 GB/s where passes in memory order reach the copy
+// bandwidth; at (64, 64, 32, 32) the backward took 5.0 ms by groups and 3.6 ms
+// in memory order, with cold caches.
 constexpr int64_t kSequentialPlaneElems = 256;
-inline bool nchw_by_groups(const Shape& s) { return s.per_sample || s.HW < kSequentialPlaneElems; }
+constexpr int64_t kMaxWideLanes = kMaxPartialElems / 4;
+inline bool nchw_wide_rows(const Shape& s) {
+  return !s.channels_last && !s.per_sample && s.HW < kSequentialPlaneElems && s.C * s.HW <= kMaxWideLanes;
+}
+inline bool nchw_by_groups(const Shape& s) {
+  return !s.channels_last && (s.per_sample || (s.HW < kSequentialPlaneElems && !nchw_wide_rows(s)));
+}
+// The NCHW tensor as N channels_last rows of C*HW lanes.
+inline Shape wide_shape(const Shape& s) { return Shape{1, s.C * s.HW, s.N, true, false}; }
+
+// Per-lane values of a wide shape from per-channel ones: each repeated HW times.
+template <typename O>
+std::vector<O> repeat_lanes(const O* v, int64_t C, int64_t HW) {
+  std::vector<O> out(C * HW);
+  for (int64_t c = 0; c < C; ++c) std::fill(out.begin() + c * HW, out.begin() + (c + 1) * HW, v[c]);
+  return out;
+}
 
 // ---------------------------------------------------------------- forward op
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
@@ -870,6 +894,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
             static_cast<O>(negative_slope), mean, var, invstd);
       });
       return;
+    } else if (nchw_wide_rows(s)) {
+      // Per-lane (c, hw) mean and M2 over the N samples, merged per channel.
+      const Shape ws = wide_shape(s);
+      std::vector<O> lm(ws.C), lq(ws.C);
+      channels_last_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), ws, lm.data(), lq.data());
+      for (int64_t c = 0; c < C; ++c) {
+        O n = 0, mu = 0, q = 0;
+        for (int64_t i = 0; i < HW; ++i) chan_merge<O>(n, mu, q, static_cast<O>(N), lm[c * HW + i], lq[c * HW + i]);
+        mean[c] = mu;
+        var[c] = q / static_cast<O>(N * HW);
+      }
     } else if (!s.channels_last) {
       nchw_batch_stats<scalar_t, O>(input.const_data_ptr<scalar_t>(), s, mean, var);
       for (int64_t c = 0; c < C; ++c) var[c] /= static_cast<O>(s.segment_rows());
@@ -887,9 +922,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
       scale[g] = gamma[c] * invstd[g];
       shift[g] = beta[c] - mean[g] * scale[g];
     }
+    // Small NCHW planes (in training or eval): the elementwise pass over wide rows too.
+    const bool wide = nchw_wide_rows(s);
+    if (wide) {
+      scale = repeat_lanes(scale.data(), C, HW);
+      shift = repeat_lanes(shift.data(), C, HW);
+    }
     dispatch_activation(activation, [&](auto act) {
       affine_act<scalar_t, O, decltype(act)::value>(input.const_data_ptr<scalar_t>(),
-                                                    out.mutable_data_ptr<scalar_t>(), s, scale.data(),
+                                                    out.mutable_data_ptr<scalar_t>(),
+                                                    wide ? wide_shape(s) : s, scale.data(),
                                                     shift.data(), static_cast<O>(negative_slope));
     });
   });
@@ -946,9 +988,8 @@ void backward_nchw(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O*
   }
 }
 
-// Memory order (channels_last, NCHW batch statistics with large planes): a
-// reduction pass, then one elementwise pass, with per-group coefficients
-// (s.segments() * C).
+// Memory order (channels_last, NCHW batch statistics): a reduction pass, then
+// one elementwise pass, with per-group coefficients (s.segments() * C).
 template <typename scalar_t, typename O>
 void backward_two_pass(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw, O* gb) {
   const int64_t C = s.C, G = s.segments() * C;
@@ -960,10 +1001,23 @@ void backward_two_pass(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw
     cf.kshift[g] = a.beta[c] - a.mean[g] * cf.k[g];
     cf.center[g] = a.saved_is_output ? a.beta[c] : a.mean[g];
   }
-  std::vector<O> sdz(G), sdzu(G);
+  // Small NCHW planes run as wide rows (nchw_wide_rows): the kernels see E
+  // lanes per group, with the group's coefficients repeated.
+  const bool wide = nchw_wide_rows(s);
+  const Shape ks = wide ? wide_shape(s) : s;
+  const int64_t E = wide ? s.HW : 1;
+  BackwardCoefs<O> wcf;
+  const BackwardCoefs<O>* kcf = &cf;
+  if (wide) {
+    wcf.k = repeat_lanes(cf.k.data(), G, E);
+    wcf.kshift = repeat_lanes(cf.kshift.data(), G, E);
+    wcf.center = repeat_lanes(cf.center.data(), G, E);
+    kcf = &wcf;
+  }
+  std::vector<O> ldz(G * E), ldzu(G * E);
   dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
     backward_reduce<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
-        a.dy, a.sv, s, cf, a.slope, sdz.data(), sdzu.data());
+        a.dy, a.sv, ks, *kcf, a.slope, ldz.data(), ldzu.data());
   });
   // Per group: sum(dz * xhat), xhat = (x - mean) * invstd or (z - beta) / gamma;
   // then grad_weight/grad_bias, and with batch statistics the gradient through
@@ -971,17 +1025,26 @@ void backward_two_pass(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw
   const O M = static_cast<O>(s.segment_rows());
   for (int64_t g = 0; g < G; ++g) {
     const int64_t c = g % C;
-    const O sdzx = a.saved_is_output ? sdzu[g] / a.gamma[c] : sdzu[g] * a.invstd[g];
+    O sdz = 0, sdzu = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      sdz += ldz[g * E + e];
+      sdzu += ldzu[g * E + e];
+    }
+    const O sdzx = a.saved_is_output ? sdzu / a.gamma[c] : sdzu * a.invstd[g];
     gw[c] += sdzx;
-    gb[c] += sdz[g];
+    gb[c] += sdz;
     if (!a.use_input_stats) continue;
     const O k = cf.k[g];
     cf.a[g] = a.saved_is_output ? -k * sdzx / (M * a.gamma[c]) : -k * a.invstd[g] * sdzx / M;
-    cf.b[g] = -k * sdz[g] / M - cf.a[g] * (a.saved_is_output ? a.beta[c] : a.mean[g]);
+    cf.b[g] = -k * sdz / M - cf.a[g] * (a.saved_is_output ? a.beta[c] : a.mean[g]);
+  }
+  if (wide) {
+    wcf.a = repeat_lanes(cf.a.data(), G, E);
+    wcf.b = repeat_lanes(cf.b.data(), G, E);
   }
   dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
     backward_elementwise<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
-        a.dy, a.sv, a.dx, s, cf, a.slope, a.use_input_stats);
+        a.dy, a.sv, a.dx, ks, *kcf, a.slope, a.use_input_stats);
   });
 }
 
