@@ -57,6 +57,11 @@ constexpr int64_t kBlockElems = 4096;
 constexpr int64_t kChunkElems = 32768;
 constexpr int64_t kSubBlockElems = 4096;
 constexpr int64_t kMaxPartialElems = 1 << 16;
+// Rows per sub-block however wide the rows: a tile's accumulators are loaded
+// and stored once per sub-block, so wide rows (the NCHW small-plane scheme:
+// C*HW lanes) still amortize them over several rows (whose second read, in
+// the forward, then comes from L2).
+constexpr int64_t kMinSubRows = 8;
 // Minimum work per parallel task, in elements.
 constexpr int64_t kGrainElems = 32768;
 
@@ -148,7 +153,7 @@ struct RowChunks {
       rows = (seg_rows + cap - 1) / cap;
       per_seg = (seg_rows + rows - 1) / rows;
     }
-    sub = std::max<int64_t>(1, kSubBlockElems / C);
+    sub = std::max<int64_t>(kMinSubRows, kSubBlockElems / C);
   }
   int64_t segment(int64_t t) const { return t / per_seg; }
   int64_t begin(int64_t t) const { return segment(t) * seg_rows + (t % per_seg) * rows; }
@@ -393,16 +398,27 @@ void nchw_batch_stats(const T* x, const Shape& s, O* mean, O* m2) {
 // per_lane is a std::bool_constant, so each layout's loop is compiled apart.
 template <typename F>
 void for_each_run(const Shape& s, F&& body) {
+  // The coefficient index advances with the loop (no division per plane or
+  // row: at 4x4 planes a 64-bit division cost as much as the plane's values).
   if (!s.channels_last) {
     at::parallel_for(0, s.planes(), s.plane_grain(), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p)
-        body(p * s.HW, s.HW, s.per_sample ? p : p % s.C, std::false_type{});
+      int64_t c = p0 % s.C;
+      for (int64_t p = p0; p < p1; ++p) {
+        body(p * s.HW, s.HW, s.per_sample ? p : c, std::false_type{});
+        if (++c == s.C) c = 0;
+      }
     });
   } else {
     const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(s.C, 1));
     at::parallel_for(0, s.N * s.HW, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        body(r * s.C, s.C, s.per_sample ? (r / s.HW) * s.C : 0, std::true_type{});
+      int64_t n = r0 / s.HW, i = r0 % s.HW;
+      for (int64_t r = r0; r < r1; ++r) {
+        body(r * s.C, s.C, s.per_sample ? n * s.C : 0, std::true_type{});
+        if (++i == s.HW) {
+          i = 0;
+          ++n;
+        }
+      }
     });
   }
 }
@@ -818,9 +834,9 @@ void update_running_stats(const c10::optional<at::Tensor>& running_mean,
 //     the elementwise pass), one partial per plane.
 //   * batch statistics, smaller planes (4x4, 8x8): the tensor as channels_last
 //     rows, one row per sample of C*HW values with a lane per (c, hw)
-//     (wide_shape): the row-chunk kernels with coefficients repeated HW times,
-//     lane results folded per channel. A pass per plane would pay a horizontal
-//     sum every few values. Up to kMaxWideLanes lanes, so that the chunks'
+//     (wide_shape): the row-chunk reductions with coefficients repeated HW
+//     times, lane results folded per channel (a reduction per plane would pay
+//     a horizontal sum every few values); the elementwise pass per plane. Up to kMaxWideLanes lanes, so that the chunks'
 //     partials stay small and there are chunks for every core.
 //   * instance statistics, and small planes with too many lanes: by group
 //     (forward_nchw_groups / backward_nchw_groups): a task reduces a group's
@@ -922,16 +938,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(
       scale[g] = gamma[c] * invstd[g];
       shift[g] = beta[c] - mean[g] * scale[g];
     }
-    // Small NCHW planes (in training or eval): the elementwise pass over wide rows too.
-    const bool wide = nchw_wide_rows(s);
-    if (wide) {
-      scale = repeat_lanes(scale.data(), C, HW);
-      shift = repeat_lanes(shift.data(), C, HW);
-    }
     dispatch_activation(activation, [&](auto act) {
       affine_act<scalar_t, O, decltype(act)::value>(input.const_data_ptr<scalar_t>(),
-                                                    out.mutable_data_ptr<scalar_t>(),
-                                                    wide ? wide_shape(s) : s, scale.data(),
+                                                    out.mutable_data_ptr<scalar_t>(), s, scale.data(),
                                                     shift.data(), static_cast<O>(negative_slope));
     });
   });
@@ -1001,8 +1010,8 @@ void backward_two_pass(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw
     cf.kshift[g] = a.beta[c] - a.mean[g] * cf.k[g];
     cf.center[g] = a.saved_is_output ? a.beta[c] : a.mean[g];
   }
-  // Small NCHW planes run as wide rows (nchw_wide_rows): the kernels see E
-  // lanes per group, with the group's coefficients repeated.
+  // Small NCHW planes are reduced as wide rows (nchw_wide_rows): the reduction
+  // sees E lanes per group, with the group's coefficients repeated.
   const bool wide = nchw_wide_rows(s);
   const Shape ks = wide ? wide_shape(s) : s;
   const int64_t E = wide ? s.HW : 1;
@@ -1038,13 +1047,11 @@ void backward_two_pass(const BackwardArgs<scalar_t, O>& a, const Shape& s, O* gw
     cf.a[g] = a.saved_is_output ? -k * sdzx / (M * a.gamma[c]) : -k * a.invstd[g] * sdzx / M;
     cf.b[g] = -k * sdz / M - cf.a[g] * (a.saved_is_output ? a.beta[c] : a.mean[g]);
   }
-  if (wide) {
-    wcf.a = repeat_lanes(cf.a.data(), G, E);
-    wcf.b = repeat_lanes(cf.b.data(), G, E);
-  }
+  // The elementwise pass in the tensor's own layout: per NCHW plane, the
+  // coefficients are one broadcast value, not a row of repeated lanes.
   dispatch_backward(a.activation, a.saved_is_output, [&](auto act, auto saved_out) {
     backward_elementwise<scalar_t, O, decltype(act)::value, decltype(saved_out)::value>(
-        a.dy, a.sv, a.dx, ks, *kcf, a.slope, a.use_input_stats);
+        a.dy, a.sv, a.dx, s, cf, a.slope, a.use_input_stats);
   });
 }
 
