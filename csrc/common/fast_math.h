@@ -50,6 +50,8 @@ struct W8 {
   static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
   static F rcp(F a) { return _mm256_rcp_ps(a); }
+  static F sqrt(F a) { return _mm256_sqrt_ps(a); }
+  static I load_bits(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const I*>(p)); }
   static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static I to_int(F a) { return _mm256_cvtps_epi32(a); }
   static F to_float(I a) { return _mm256_cvtepi32_ps(a); }
@@ -88,6 +90,8 @@ struct W16 {
   // rcp14: a 14-bit estimate where AVX2's has 12; the Newton step below
   // brings either within 2 ulp.
   static F rcp(F a) { return _mm512_rcp14_ps(a); }
+  static F sqrt(F a) { return _mm512_sqrt_ps(a); }
+  static I load_bits(const void* p) { return _mm512_loadu_si512(p); }
   static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static I to_int(F a) { return _mm512_cvtps_epi32(a); }
   static F to_float(I a) { return _mm512_cvtepi32_ps(a); }

@@ -68,13 +68,23 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* 
   const int64_t nb8 = (nb + kLanes - 1) / kLanes * kLanes;
   for (int k = 0; k < 4; ++k)
     for (int64_t b = nb; b < nb8; ++b) w[k][b] = 0;
-  const __m256 half = _mm256_set1_ps(0.5f), scale = _mm256_set1_ps(1.1920928955078125e-07f);
-  const __m256 m2 = _mm256_set1_ps(-2.0f);
-  auto uniforms = [&](const uint32_t* p) {  // philox::uniform23 on 8 words
-    const __m256i v = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), 9);
-    return _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(v), half), scale);
+  // Box-Muller on the blocks at b, one vector of S's width: pair A = words
+  // (0, 1), pair B = words (2, 3); c[j], sn[j] = r cos, r sin of pair j.
+  auto transform = [&](auto width, int64_t b, auto* c, auto* sn) {
+    using S = decltype(width);
+    auto uniform = [&](const uint32_t* p) {  // philox::uniform23 on a vector of words
+      return S::mul(S::add(S::to_float(S::shr(S::load_bits(p), 9)), S::set1(0.5f)),
+                    S::set1(1.1920928955078125e-07f));
+    };
+    for (int j = 0; j < 2; ++j) {
+      const auto r = S::sqrt(S::mul(S::set1(-2.0f), fastmath::log_unit(uniform(&w[2 * j][b]))));
+      fastmath::sincos_turns(uniform(&w[2 * j + 1][b]), c[j], sn[j]);
+      c[j] = S::mul(r, c[j]);
+      sn[j] = S::mul(r, sn[j]);
+    }
   };
-  // Blocks b .. b+7 from pair A's (c[0], sn[0]) and pair B's (c[1], sn[1]).
+  // The 4x8 results of blocks b .. b+7 transposed into element order
+  // 4q + (cA, sA, cB, sB).
   auto store8 = [&](int64_t b, const __m256* c, const __m256* sn) {
     const __m256 x0 = _mm256_unpacklo_ps(c[0], sn[0]), x1 = _mm256_unpackhi_ps(c[0], sn[0]);
     const __m256 y0 = _mm256_unpacklo_ps(c[1], sn[1]), y1 = _mm256_unpackhi_ps(c[1], sn[1]);
@@ -90,22 +100,11 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* 
   };
   int64_t b = 0;
 #if defined(CPU_CAPABILITY_AVX512)
-  // Sixteen blocks per step: the transform in 512-bit lanes, the transpose
-  // on each 256-bit half.
-  const __m512 half16 = _mm512_set1_ps(0.5f), scale16 = _mm512_set1_ps(1.1920928955078125e-07f);
-  const __m512 m2_16 = _mm512_set1_ps(-2.0f);
-  auto uniforms16 = [&](const uint32_t* p) {
-    const __m512i v = _mm512_srli_epi32(_mm512_loadu_si512(reinterpret_cast<const void*>(p)), 9);
-    return _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(v), half16), scale16);
-  };
+  // Sixteen blocks per step: the transform in 512-bit lanes, the transpose on
+  // each 256-bit half.
   for (; b + 2 * kLanes <= nb8; b += 2 * kLanes) {
     __m512 c[2], sn[2];
-    for (int j = 0; j < 2; ++j) {
-      const __m512 r = _mm512_sqrt_ps(_mm512_mul_ps(m2_16, fastmath::log_unit(uniforms16(&w[2 * j][b]))));
-      fastmath::sincos_turns(uniforms16(&w[2 * j + 1][b]), c[j], sn[j]);
-      c[j] = _mm512_mul_ps(r, c[j]);
-      sn[j] = _mm512_mul_ps(r, sn[j]);
-    }
+    transform(fastmath::W16{}, b, c, sn);
     const __m256 lo_c[2] = {_mm512_castps512_ps256(c[0]), _mm512_castps512_ps256(c[1])};
     const __m256 lo_s[2] = {_mm512_castps512_ps256(sn[0]), _mm512_castps512_ps256(sn[1])};
     const __m256 hi_c[2] = {_mm512_extractf32x8_ps(c[0], 1), _mm512_extractf32x8_ps(c[1], 1)};
@@ -116,12 +115,7 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* 
 #endif
   for (; b < nb8; b += kLanes) {
     __m256 c[2], sn[2];
-    for (int j = 0; j < 2; ++j) {
-      const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(m2, fastmath::log_unit(uniforms(&w[2 * j][b]))));
-      fastmath::sincos_turns(uniforms(&w[2 * j + 1][b]), c[j], sn[j]);
-      c[j] = _mm256_mul_ps(r, c[j]);
-      sn[j] = _mm256_mul_ps(r, sn[j]);
-    }
+    transform(fastmath::W8{}, b, c, sn);
     store8(b, c, sn);
   }
   std::memcpy(out, full + skip, static_cast<size_t>(n) * sizeof(float));
@@ -139,12 +133,29 @@ inline void noise(int64_t e0, int64_t n, uint64_t seed, uint64_t offset, float* 
     u2[2 * b + 1] = philox::uniform23(w[3][b]);
   }
   for (int64_t k = np; k < npad; ++k) u1[k] = u2[k] = 0.5f;
-  const V m2(-2.0f), tp(philox::kTwoPiF);
+  // cos and sin of 2 pi u2 with u2 reduced exactly, in turns, to a quadrant q
+  // and an angle a in [-pi/4, pi/4] (as fast_math's sincos_turns): the angle
+  // 2 pi u2 itself, rounded to float, would be off by up to 4.8e-7 near
+  // u2 = 1, i.e. 2.6e-6 in z at r = 5.5.
+  const V m2(-2.0f), four(4.0f), quarter_turn(1.57079632679489662f);
+  alignas(64) float rv[W], qv[W], cv[W], sv[W];
   for (int64_t k = 0; k < npad; k += W) {
     const V r = (m2 * V::loadu(u1 + k).log()).sqrt();
-    const V t = tp * V::loadu(u2 + k);
-    (r * t.cos()).store(zc + k);
-    (r * t.sin()).store(zs + k);
+    const V w4 = four * V::loadu(u2 + k);
+    const V q = w4.round();
+    const V a = (w4 - q) * quarter_turn;  // w4 - q is exact
+    r.store(rv);
+    q.store(qv);
+    a.cos().store(cv);
+    a.sin().store(sv);
+    for (int64_t l = 0; l < W; ++l) {
+      // Quadrant q mod 4: 0 (c, s), 1 (-s, c), 2 (-c, -s), 3 (s, -c).
+      const int quadrant = static_cast<int>(qv[l]) & 3;
+      const float c = quadrant == 0 ? cv[l] : quadrant == 1 ? -sv[l] : quadrant == 2 ? -cv[l] : sv[l];
+      const float sn = quadrant == 0 ? sv[l] : quadrant == 1 ? cv[l] : quadrant == 2 ? -sv[l] : -cv[l];
+      zc[k + l] = rv[l] * c;
+      zs[k + l] = rv[l] * sn;
+    }
   }
   for (int64_t i = 0; i < n; ++i) {
     const int64_t j = i + skip;  // index within the generated run
