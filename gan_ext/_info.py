@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import Optional
 
 import torch
 
@@ -9,19 +10,25 @@ from . import _backend
 from ._version import __version__
 
 
+def cpuinfo_field(name: str, path: str = "/proc/cpuinfo") -> Optional[str]:
+    """The value of the first ``name : value`` line of /proc/cpuinfo (Linux),
+    or None where there is no such file (macOS, Windows) or no such line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() == name:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
 def cpu_name() -> str:
     """The CPU model (/proc/cpuinfo's "model name" on Linux) and its logical
     core count, for the header of every timing table."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name or platform.processor() or platform.machine() or 'unknown CPU'}, {os.cpu_count()} cores"
+    name = cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def info() -> dict:

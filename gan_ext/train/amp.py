@@ -10,6 +10,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .._info import cpuinfo_field
+
 __all__ = ["cpu_has_bf16", "use_amp", "autocast"]
 
 _CPUINFO_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -18,14 +20,8 @@ _CPUINFO_FLAGS = ("avx512_bf16", "amx_bf16")
 def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> Optional[set]:
     """The CPU flags the Linux kernel reports, or None where there is no
     /proc/cpuinfo (macOS, Windows) or it has no flags line."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
+    flags = cpuinfo_field("flags", path)
+    return None if flags is None else set(flags.split())
 
 
 def cpu_has_bf16() -> bool:
