@@ -247,7 +247,7 @@ def test_crafted_huge_model_config_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["sample", "x.pt", "--n", str(10 ** 12)], "at most 10,000"),
+    (["sample", "x.pt", "--n", str(10 ** 12)], "at most 200,000"),
     (["eval", "x.pt", "--n", str(10 ** 12)], "at most 200,000"),
     (["sample", "x.pt", "--seed", str(2 ** 64)], "2**63 - 1"),
     (["train", "gan", "--seed", str(2 ** 64)], "2**63 - 1"),

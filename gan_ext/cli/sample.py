@@ -10,8 +10,10 @@ from ..train import sample_checkpoint
 from .common import (PROG, Command, UsageError, apply_threads, bounded_int, device_argument,
                      one_line_warnings, positive_int, seed, threads_argument)
 
-# Upper bound of --n: a grid of more images is not a picture.
+# Upper bounds of --n: a grid of more images is not a picture; a .pt file of
+# raw samples may hold as many as `gan-ext eval` draws.
 MAX_SAMPLE_N = 10_000
+MAX_TENSOR_N = 200_000
 
 
 def _labels(s: str) -> List[int]:
@@ -30,10 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a run's checkpoint.pt (or its folder), an official CycleGAN/pix2pix "
                         "generator file such as latest_net_G_A.pth, or a pytorch/examples "
                         "DCGAN generator such as netG_epoch_24.pth")
-    p.add_argument("--n", type=bounded_int(MAX_SAMPLE_N), default=64,
-                   help="number of samples (default 64)")
+    p.add_argument("--n", type=bounded_int(MAX_TENSOR_N), default=64,
+                   help=f"number of samples (default 64; at most {MAX_SAMPLE_N} in a picture)")
     p.add_argument("-o", "--out", default="grid.png",
-                   help="the grid image; its extension sets the format (default grid.png)")
+                   help="the grid image, its extension sets the format (default grid.png; "
+                        "ring/grid: a scatter plot); FILE.pt: the raw samples as a tensor "
+                        "(torch.load), e.g. for your own metrics")
     p.add_argument("--interpolate", action="store_true",
                    help="GAN/VAE/AE: rows of latent interpolations (cgan: one class per row)")
     p.add_argument("--label", type=_labels, default=None, metavar="C[,C...]",
@@ -58,13 +62,18 @@ def _check_image_name(path: str) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext not in Image.registered_extensions():
         what = f"its extension {ext!r} is not an image format" if ext else "it has no extension"
-        raise UsageError(f"-o {path!r}: {what}; give a file name such as grid.png")
+        raise UsageError(f"-o {path!r}: {what}; give a file name such as grid.png (or "
+                         "samples.pt for the raw samples)")
 
 
 def run(args: argparse.Namespace) -> int:
     one_line_warnings()
     apply_threads(args)
-    _check_image_name(args.out)
+    if not args.out.lower().endswith(".pt"):
+        _check_image_name(args.out)
+        if args.n > MAX_SAMPLE_N:
+            raise UsageError(f"--n {args.n}: a picture holds at most {MAX_SAMPLE_N} samples; "
+                             "write them to a .pt file (-o samples.pt) instead")
     path = sample_checkpoint(args.checkpoint, args.out, n=args.n, interpolate=args.interpolate,
                              inputs=args.input, seed=args.seed, device=args.device,
                              direction=args.direction, image_size=args.image_size,
@@ -83,6 +92,7 @@ COMMAND = Command(
               f"  {PROG} sample runs/vae/checkpoint.pt --interpolate -o interp.png\n"
               f"  {PROG} sample runs/cgan/checkpoint.pt --n 100\n"
               f"  {PROG} sample runs/cgan/checkpoint.pt --label 3 --n 16\n"
+              f"  {PROG} sample runs/grid --n 2500 -o grid_samples.pt   # raw (2500, 2) tensor\n"
               f"  {PROG} sample netG_epoch_24.pth --n 64   # a pytorch/examples DCGAN\n"
               f"  {PROG} sample runs/cyclegan/checkpoint.pt --input my_digits/ --direction BtoA\n"
               f"  {PROG} sample latest_net_G_A.pth --input horse.jpg -o zebra.png"),

@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="save checkpoint.pt every N steps (default 1000; also at the end, on "
                         "Ctrl-C and on SIGTERM)")
     g.add_argument("--eval-n", type=nonneg_int, default=None, metavar="N",
-                   help="samples/test images for the final evaluation (default 2000; 0: skip)")
+                   help="samples/test images for the final evaluation (default 2000; ring/grid "
+                        "2500, stacked-mnist 26000; 0: skip)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar: a log line every --log-every steps instead")
     g = p.add_argument_group("model")
@@ -90,6 +91,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term (default 1)")
     g.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the paper's; 2e-4 GANs, 1e-3 AE/VAE)")
+    g = p.add_argument_group("mode collapse: the benchmarks' settings and the cures (gan, dcgan, "
+                             "ring, grid, stacked-mnist; cgan: --unrolled and --ema only)")
+    g.add_argument("--arch", choices=("unrolled", "veegan"), default=None,
+                   help="stacked-mnist: the Unrolled-GAN paper's small DCGAN (default) or "
+                        "VEEGAN/PacGAN's")
+    g.add_argument("--d-width", type=float, default=None, metavar="F",
+                   help="stacked-mnist --arch unrolled: D's widths as a fraction of G's "
+                        "(default 0.25; the papers: 0.25, 0.5)")
+    g.add_argument("--pack", type=positive_int, default=None, metavar="M",
+                   help="PacGAN: D judges M samples concatenated (2-4); a batch is "
+                        "--batch-size packs of M samples")
+    g.add_argument("--minibatch-stddev", action="store_true", default=None,
+                   help="ProGAN's minibatch standard deviation feature map in D (group 4)")
+    g.add_argument("--minibatch-discrimination", metavar="B,C", default=None,
+                   help="Salimans et al.'s minibatch discrimination before D's logit: B "
+                        "kernels of dimension C (e.g. 100,5)")
+    g.add_argument("--feature-matching", action="store_true", default=None,
+                   help="G matches the mean of D's last features on real data (Salimans et al.)")
+    g.add_argument("--unrolled", type=nonneg_int, default=None, metavar="K",
+                   help="G trains against D after K look-ahead Adam steps (Metz et al.), "
+                        "differentiating through them")
+    g.add_argument("--unrolled-first-order", action="store_true", default=None,
+                   help="with --unrolled: the look-ahead D as constants (no second derivatives)")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="sample and evaluate with an exponential moving average of G's weights "
+                        "(e.g. 0.999)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    help="train a model (gan, dcgan, cgan, ae, dae, vae, cyclegan, pix2pix)",
+    help=f"train a model ({', '.join(MODELS)})",
     description="Train MODEL, offline by default (MNIST; for cyclegan the MNIST pair, "
                 "plain vs coloured digits, with a CPU-sized CycleGAN: ngf 32, 6 residual "
                 "blocks; for pix2pix MNIST edges -> digits). The run folder (runs/MODEL or "
@@ -131,6 +158,8 @@ COMMAND = Command(
               f"  {PROG} train dcgan --steps 3000 --resume # continue the run to step 3000\n"
               f"  {PROG} train dcgan --overwrite          # start runs/dcgan afresh\n"
               f"  {PROG} train gan --k 2 --g-loss minimax --label-smoothing 0.1\n"
+              f"  {PROG} train grid --pack 4                # a mode-collapse benchmark, cured\n"
+              f"  {PROG} train stacked-mnist --unrolled 5 --d-width 0.5\n"
               f"  {PROG} train cgan --epochs 2 --out runs/cgan2\n"
               f"  {PROG} train vae --beta 4\n"
               f"  {PROG} train cyclegan --epochs 5 --decay-epochs 5\n"

@@ -8,6 +8,9 @@ see :mod:`gan_ext.metrics.classifier`) stands in for Inception-v3:
     frechet_distance     the float64, scipy-free Frechet distance of two Gaussians
     class_coverage       which digits the samples are: the mode-collapse report
     classifier_accuracy  how recognisable conditional samples are
+    mixture_modes        modes covered / high-quality samples / reverse KL on the
+                         2-D ring and grid mixtures (the mode-collapse papers')
+    stacked_mnist_modes  modes covered of 1,000 and KL to uniform on stacked MNIST
 
 and per model family: ``vae_test_nelbo``, ``ae_test_mse``,
 ``translation_scores`` / ``digit_accuracy_of_mnist_like`` (CycleGAN on
@@ -39,6 +42,9 @@ _EXPORTS = {
     "frechet_distance": "fid", "feature_stats": "fid", "reference_stats": "fid",
     "mnist_fid": "fid",
     "inception_score": "scores", "class_log_probs": "scores", "classifier_accuracy": "scores",
+    "Mixture": "modes", "RING": "modes", "GRID": "modes", "MIXTURES": "modes",
+    "mixture_modes": "modes", "kl_to_uniform": "modes", "stacked_mnist": "modes",
+    "stacked_mnist_modes": "modes",
 }
 __all__ = list(_EXPORTS)
 
@@ -65,4 +71,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .families import (ae_test_mse, digit_accuracy_of_mnist_like, pix2pix_l1,
                            translation_scores, vae_test_nelbo)
     from .fid import feature_stats, frechet_distance, mnist_fid, reference_stats
+    from .modes import (GRID, MIXTURES, RING, Mixture, kl_to_uniform, mixture_modes,
+                        stacked_mnist, stacked_mnist_modes)
     from .scores import class_log_probs, classifier_accuracy, inception_score

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..nn import BatchNormAct2d
 from ._checks import check_images, check_int, check_latent
 from ._common import init_normal_
+from . import cures
 from .gan import GAN, TrainConfig
 
 __all__ = ["DCGANConfig", "Generator", "Discriminator", "DCGAN", "IMAGE_SIZES", "run_generator",
@@ -178,5 +179,14 @@ class DCGAN(GAN):
     config_class = DCGANConfig
 
     def build(self, c: DCGANConfig, fused: bool):
-        return (Generator(c.nz, c.ngf, c.nc, c.image_size, fused=fused),
-                Discriminator(c.nc, c.ndf, c.image_size, fused=fused))
+        G = Generator(c.nz, c.ngf, c.nc, c.image_size, fused=fused)
+        if not cures.d_cured(c):
+            return G, Discriminator(c.nc, c.ndf, c.image_size, fused=fused)
+        # The mode-collapse cures: the same body (input channels times the pack), a new head.
+        layers, width = discriminator_layers(c.nc * c.pack, c.ndf, c.image_size, fused,
+                                             head=False)
+        base, _ = check_image_size(c.image_size)
+        body = nn.Sequential(*layers)
+        init_normal_(body)
+        return G, cures.CuredDiscriminator(body, (c.nc, c.image_size, c.image_size),
+                                           (width, base, base), **cures.d_options(c))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..nn import ActDropout, GANLoss
 from ._checks import check_choice, check_images, check_int, check_ints, check_latent, check_real
 from ._common import apply_channels_last, make_adam
+from . import cures
 
 __all__ = ["TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step"]
 
@@ -37,6 +38,14 @@ class TrainConfig:
     real_label: float = 1.0        # 0.9: one-sided label smoothing
     lr: float = 2e-4               # Adam, as in DCGAN
     betas: Tuple[float, float] = (0.5, 0.999)
+    # Cures for mode collapse (gan_ext.models.cures): D-side, then G-side.
+    pack: int = 1                  # PacGAN: D judges this many samples at once
+    minibatch_stddev: int = 0      # ProGAN's group stddev feature map (group size); 0: off
+    minibatch_discrimination: Optional[Tuple[int, int]] = None   # (num_kernels, kernel_dim)
+    feature_matching: bool = False # G matches the mean of D's last features on real data
+    unrolled: int = 0              # G trains against D after this many look-ahead steps
+    unrolled_first_order: bool = False   # the look-ahead's D as constants (no 2nd derivative)
+    ema: Optional[float] = None    # decay of G's moving average, used for sampling
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSS_MODES)
@@ -47,6 +56,7 @@ class TrainConfig:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
         for i, b in enumerate(self.betas):
             check_real(f"betas[{i}]", b, 0, 1, high_open=True)
+        cures.check_cures(self)
         self.make_loss()  # validates loss, minimax and real_label now, not at step 1
 
     def make_loss(self) -> GANLoss:
@@ -107,20 +117,30 @@ class MLPDiscriminator(nn.Module):
         self.img_shape = check_ints("img_shape", img_shape)
         negative_slope = check_real("negative_slope", negative_slope, 0)
         dropout = check_real("dropout", dropout, 0, 1, high_open=True)
-        layers, width = [], math.prod(self.img_shape)
-        for h in check_ints("hidden", hidden, allow_empty=True):
-            if fused:
-                act_drop = [ActDropout("leaky_relu", negative_slope, dropout), nn.Identity()]
-            else:
-                act_drop = [nn.LeakyReLU(negative_slope, inplace=True), nn.Dropout(dropout)]
-            layers += [nn.Linear(width, h), *act_drop]
-            width = h
+        layers, width = mlp_d_layers(math.prod(self.img_shape), hidden, negative_slope, dropout,
+                                     fused)
         layers.append(nn.Linear(width, 1))
         self.main = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         check_images(x, self.img_shape, who=type(self).__name__)
         return self.main(x.flatten(1))  # (B, 1) logit
+
+
+def mlp_d_layers(in_features: int, hidden: Sequence[int], negative_slope: float, dropout: float,
+                 fused: bool) -> Tuple[list, int]:
+    """[Linear, LeakyReLU, Dropout] per hidden width (with ``fused`` the
+    activation + dropout as one ActDropout and an Identity); the layers and
+    the last width."""
+    layers, width = [], in_features
+    for h in check_ints("hidden", hidden, allow_empty=True):
+        if fused:
+            act_drop = [ActDropout("leaky_relu", negative_slope, dropout), nn.Identity()]
+        else:
+            act_drop = [nn.LeakyReLU(negative_slope, inplace=True), nn.Dropout(dropout)]
+        layers += [nn.Linear(width, h), *act_drop]
+        width = h
+    return layers, width
 
 
 # ------------------------------------------------------------ training step
@@ -204,7 +224,9 @@ def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: G
 
 
 def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLoss,
-                    fake: Tensor, y_fake: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+                    fake: Tensor, y_fake: Optional[Tensor], objective=None,
+                    real: Optional[Tensor] = None, y_real: Optional[Tensor] = None
+                    ) -> Tuple[Tensor, Tensor]:
     """One G update on fakes scored by the current D, whose trainable
     parameters are frozen meanwhile (and only those are unfrozen after);
     (loss, D(fake))."""
@@ -212,8 +234,11 @@ def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLo
     for p in frozen:
         p.requires_grad_(False)
     try:
-        d_gen = players.score(fake, y_fake)
-        loss_g = loss.g_loss(d_gen)
+        if objective is None:
+            d_gen = players.score(fake, y_fake)
+            loss_g = loss.g_loss(d_gen)
+        else:
+            loss_g, d_gen = objective(players, fake, y_fake, real, y_real)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -226,8 +251,8 @@ def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLo
 def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, real: Batches, loss: GANLoss, *,
                k: Optional[int] = None, labels: Optional[Batches] = None,
-               sample_z: Optional[Callable[[int, torch.device], Tensor]] = None
-               ) -> Dict[str, Tensor]:
+               sample_z: Optional[Callable[[int, torch.device], Tensor]] = None,
+               g_objective: Optional[Callable] = None) -> Dict[str, Tensor]:
     """One iteration of Algorithm 1: ``k`` discriminator updates, each on its own
     real batch, then one generator update.
 
@@ -242,6 +267,10 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             drawn uniformly from ``range(G.num_classes)``.
         sample_z: ``sample_z(batch_size, device) -> z``; default N(0, I) of
             shape (B, G.nz) in the dtype of ``real``.
+        g_objective: ``(players, fake, y_fake, real, y_real) -> (loss_g, d_gen)``
+            in place of ``loss.g_loss(D(fake))`` (feature matching, unrolled
+            D: :func:`gan_ext.models.cures.generator_objective`); ``real`` is
+            the last D step's batch.
 
     The generator step reuses the last D step's fakes (as pytorch/examples
     dcgan does), scored by the updated D. D's parameters are frozen during
@@ -263,7 +292,7 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             fake, y_fake = players.generate(x.size(0), x.device)             # (B, C, H, W)
         loss_d, d_real, d_fake = _discriminator_step(players, opt_d, loss, x, y, fake, y_fake)
         d_losses.append(loss_d)
-    loss_g, d_gen = _generator_step(players, opt_g, loss, fake, y_fake)
+    loss_g, d_gen = _generator_step(players, opt_g, loss, fake, y_fake, g_objective, x, y)
 
     with torch.no_grad():
         prob = torch.sigmoid if loss.mode == "vanilla" else (lambda t: t)
@@ -290,14 +319,21 @@ class GAN(nn.Module):
                             f"got {type(config).__name__}")
         self.config = config
         self.G, self.D = self.build(config, fused)
+        # G's moving average (cures.ema_update after each G step) samples for the trainers.
+        self.G_ema = cures.make_ema(self.G) if config.ema is not None else None
         self.loss = config.make_loss()
         self.fused = bool(fused)
         self.channels_last = apply_channels_last(self, channels_last, fused)
 
     def build(self, c: GANConfig, fused: bool) -> Tuple[nn.Module, nn.Module]:
-        return (MLPGenerator(c.nz, c.img_shape, c.g_hidden, c.negative_slope, fused=fused),
-                MLPDiscriminator(c.img_shape, c.d_hidden, c.negative_slope, c.dropout,
-                                 fused=fused))
+        G = MLPGenerator(c.nz, c.img_shape, c.g_hidden, c.negative_slope, fused=fused)
+        if not cures.d_cured(c):
+            return G, MLPDiscriminator(c.img_shape, c.d_hidden, c.negative_slope, c.dropout,
+                                       fused=fused)
+        layers, width = mlp_d_layers(math.prod(c.img_shape) * c.pack, c.d_hidden,
+                                     c.negative_slope, c.dropout, fused)
+        return G, cures.CuredDiscriminator(nn.Sequential(nn.Flatten(), *layers), c.img_shape,
+                                           (width,), **cures.d_options(c))
 
     def make_optimizers(self) -> Tuple[torch.optim.Adam, torch.optim.Adam]:
         c = self.config
@@ -308,8 +344,17 @@ class GAN(nn.Module):
                    opt_d: torch.optim.Optimizer, labels: Optional[Batches] = None
                    ) -> Dict[str, Tensor]:
         """:func:`train_step` with ``k = config.k`` (``real``: a list of k batches when k > 1)."""
-        return train_step(self.G, self.D, opt_g, opt_d, real, self.loss, k=self.config.k,
-                          labels=labels)
+        c = self.config
+        stats = train_step(self.G, self.D, opt_g, opt_d, real, self.loss, k=c.k, labels=labels,
+                           g_objective=cures.generator_objective(c, self.loss, opt_d))
+        if self.G_ema is not None:
+            cures.ema_update(self.G_ema, self.G, c.ema)
+        return stats
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator that samples: G's moving average with ``ema``, else G."""
+        return self.G_ema if self.G_ema is not None else self.G
 
     def forward(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         return self.G(z) if labels is None else self.G(z, labels)

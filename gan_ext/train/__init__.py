@@ -3,7 +3,7 @@ train|sample|eval``): one shared loop (:func:`fit`) and one small trainer per
 family (:data:`TRAINERS`)."""
 # The trainer modules register their trainers (base.register) when imported:
 # importing them here fills TRAINERS before anything can look a model up.
-from . import autoencoder, gan, translation  # noqa: F401  (registers the trainers)
+from . import autoencoder, gan, modes, translation  # noqa: F401  (registers the trainers)
 from .base import TRAINERS, Trainer, register, trainer_class
 from .checkpoint import (FORMAT, CheckpointError, atomic_save, load_checkpoint, rng_state,
                          set_rng_state)

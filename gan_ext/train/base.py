@@ -56,6 +56,15 @@ class Trainer:
     def default_limit(self) -> Optional[int]:
         return DEFAULTS[self.name].get("limit")
 
+    @property
+    def default_eval_n(self) -> int:
+        return DEFAULTS[self.name].get("eval_n", 2000)
+
+    @property
+    def batch_multiple(self) -> int:
+        """Samples the loader puts in each batch entry (PacGAN: the pack size)."""
+        return 1
+
     # ------------------------------------------------------------- family API
     @property
     def batches_per_step(self) -> int:
@@ -128,6 +137,12 @@ class Trainer:
                 return self.evaluate(n)
         finally:
             self.model.train(was)
+
+    def write_picture(self, samples: Tensor, path: str, nrow: int = 8) -> str:
+        """The picture of ``samples`` (what :meth:`sample_grid` or ``sample``
+        returned): an image grid; the 2-D benchmarks draw a scatter plot."""
+        from .grid import save_grid
+        return save_grid(samples, path, nrow=nrow)
 
     def grid(self) -> Tuple[Tensor, int]:
         was = self.model.training

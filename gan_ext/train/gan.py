@@ -14,6 +14,7 @@ from ..data import MNIST_CLASSES, MNIST_SIZE, load_image_folder, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
 from . import _data
 from .base import Trainer, register
+from .options import mbd_sizes
 from .latents import EVAL_STREAM, GRID_STREAM, interpolation_latents, slerp, stream
 
 __all__ = ["GANTrainer", "DCGANTrainer", "CGANTrainer", "slerp", "interpolation_latents",
@@ -43,7 +44,12 @@ class GANTrainer(Trainer):
     def train_config_kwargs(self) -> Dict[str, Any]:
         """The TrainConfig fields every GAN family takes from the options."""
         o = self.opts
-        common = dict(k=o.k, minimax=o.g_loss == "minimax", real_label=1.0 - o.label_smoothing)
+        common = dict(k=o.k, minimax=o.g_loss == "minimax", real_label=1.0 - o.label_smoothing,
+                      pack=o.pack, minibatch_stddev=4 if o.minibatch_stddev else 0,
+                      minibatch_discrimination=(mbd_sizes(o.minibatch_discrimination)
+                                                if o.minibatch_discrimination else None),
+                      feature_matching=o.feature_matching, unrolled=o.unrolled,
+                      unrolled_first_order=o.unrolled_first_order, ema=o.ema)
         if o.lr is not None:
             common["lr"] = o.lr
         return common
@@ -63,6 +69,10 @@ class GANTrainer(Trainer):
     @property
     def batches_per_step(self) -> int:
         return self.model.config.k
+
+    @property
+    def batch_multiple(self) -> int:
+        return self.model.config.pack
 
     @property
     def conditional(self) -> bool:
@@ -95,9 +105,9 @@ class GANTrainer(Trainer):
             zi = z[i:i + GENERATE_BATCH].to(self.device)
             if self.conditional:
                 li = labels[i:i + GENERATE_BATCH].to(self.device)
-                out.append(self.model.G(zi, li).float().cpu())
+                out.append(self.model.sampler(zi, li).float().cpu())
             else:
-                out.append(self.model.G(zi).float().cpu())
+                out.append(self.model.sampler(zi).float().cpu())
         return torch.cat(out)                                             # (N, C, H, W) in [-1, 1]
 
     def sample_grid(self):

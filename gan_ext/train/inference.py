@@ -20,13 +20,14 @@ from ..models import (DCGAN, DCGANConfig, ResnetGenerator, UnetGenerator,
                       load_official_state_dict)
 from . import _data
 from .base import trainer_class
-from .checkpoint import FORMAT, CheckpointError, check_complete, check_config_sizes, read_torch_file
+from .checkpoint import (FORMAT, CheckpointError, atomic_save, check_complete, check_config_sizes,
+                         read_torch_file)
 from .gan import GENERATE_BATCH, gan_metrics
 from .grid import interleave_rows, save_grid
 from .latents import EXAMPLES_DCGAN_EVAL_SEED, FID_BACKEND_SEED
 from .loop import resolve_device
 from .monitor import append_jsonl
-from .options import MODELS, TrainOptions
+from .options import DEFAULTS, MODELS, TrainOptions
 from .translation import translate
 
 __all__ = ["load_trained", "sample_checkpoint", "evaluate_checkpoint", "load_images",
@@ -176,12 +177,23 @@ def load_images(path: str, image_size: int, channels: int) -> Tensor:
 
 
 # ------------------------------------------------------------------ commands
+def save_samples(samples: Tensor, out: str, nrow: int, write_picture=None) -> str:
+    """``out`` ending in ``.pt``: the raw samples as a tensor file (atomic);
+    else the picture (``write_picture(samples, out, nrow)``, default a grid)."""
+    if out.lower().endswith(".pt"):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        atomic_save(samples.detach().cpu().contiguous(), out)
+        return out
+    return (write_picture or save_grid)(samples, out, nrow=nrow)
+
+
 def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = False,
                       inputs: Optional[str] = None, seed: int = 0, device: str = "auto",
                       direction: str = "AtoB", image_size: Optional[int] = None,
                       labels: Optional[Sequence[int]] = None) -> str:
-    """Writes a grid image to ``out``; returns its path. ``labels``: cgan
-    classes to sample, one row each."""
+    """Writes a grid image to ``out`` (a scatter plot for the 2-D benchmarks;
+    the raw samples as a tensor when ``out`` ends in ``.pt``); returns its
+    path. ``labels``: cgan classes to sample, one row each."""
     path = _checkpoint_path(path)
     raw = read_torch_file(path)
     g = torch.Generator().manual_seed(seed)
@@ -193,7 +205,7 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         dev = resolve_device(device)
         G, cfg = examples_dcgan_generator(raw, dev)
         images = _examples_dcgan_samples(G, cfg.nz, n, g, dev)
-        return save_grid(images, out, nrow=max(1, math.isqrt(n - 1) + 1))
+        return save_samples(images, out, nrow=max(1, math.isqrt(n - 1) + 1))
     if _is_official_generator(raw):
         if inputs is None:
             raise ValueError("an official generator file translates images: pass --input "
@@ -205,6 +217,8 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         with torch.no_grad():
             y = translate(G, x, dev, batch=8)
         per = min(8, len(x))
+        if out.lower().endswith(".pt"):
+            return save_samples(y, out, per)
         return save_grid(interleave_rows([x, y], per), out, nrow=per)
     trainer, ckpt = load_trained(path, device, raw)
     _refuse(labels is not None and trainer.name != "cgan", "--label", "cgan")
@@ -226,13 +240,15 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         if labels is not None:
             kw["labels"] = labels
         images, nrow = trainer.sample(n, interpolate, g, inputs=x, **kw)
-    return save_grid(images, out, nrow=nrow)
+    return save_samples(images, out, nrow, getattr(trainer, "write_picture", None))
 
 
 def _refuse(given: bool, option: str, what: str) -> None:
     if given:
         raise ValueError(f"{option} applies to {what} only")
 
+
+DEFAULT_EVAL_N = 10_000   # `gan-ext eval` without --n, where the model has no protocol count
 
 # Below these sample counts a metric is biased (IS low, FID high): issue 13
 # reports one DCGAN run at IS 6.3 from 200 samples and 7.0 from 2,000.
@@ -248,13 +264,15 @@ def _sample_size_warnings(metrics: Dict[str, Any], n: int) -> None:
             f"--n {need} or more, and compare scores only at the same --n")
 
 
-def evaluate_checkpoint(path: str, n: int = 10000, device: str = "auto",
+def evaluate_checkpoint(path: str, n: Optional[int] = None, device: str = "auto",
                         fid_backend: Optional[str] = None,
                         report: Optional[Callable[[Dict[str, Any]], Any]] = None
                         ) -> Tuple[Dict[str, Any], Optional[str]]:
     """The family's metrics, handed to ``report`` first, then appended to the
     run's metrics.jsonl. Returns (metrics, metrics.jsonl path, or None when
-    the folder is not writable: a warning says so)."""
+    the folder is not writable: a warning says so). ``n``: samples or test
+    images; None: the model's protocol count (ring/grid 2,500, stacked-mnist
+    26,000), else 10,000."""
     path = _checkpoint_path(path)
     raw = read_torch_file(path)
     if _is_official_generator(raw):
@@ -262,12 +280,15 @@ def evaluate_checkpoint(path: str, n: int = 10000, device: str = "auto",
                          "the test images of its own dataset, which the file does not name; "
                          "translate them with 'gan-ext sample FILE --input DIR'")
     if _is_examples_dcgan(raw):
+        n = DEFAULT_EVAL_N if n is None else n
         metrics = _evaluate_examples_dcgan(raw, n, device)
         _sample_size_warnings(metrics, n)
         if report is not None:
             report(metrics)
         return metrics, None
     trainer, ckpt = load_trained(path, device, raw)
+    if n is None:
+        n = DEFAULTS[trainer.name].get("eval_n", DEFAULT_EVAL_N)
     metrics = trainer.run_eval(n)
     if fid_backend is not None:
         metrics[f"fid_{fid_backend}"] = _backend_fid(trainer, fid_backend, n)

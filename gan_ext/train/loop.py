@@ -30,7 +30,6 @@ from ..memory import retain_freed_memory
 from .amp import autocast, use_amp
 from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
 from .checkpoint import FORMAT, atomic_save, rng_state, set_rng_state
-from .grid import save_grid
 from .monitor import MetricsLog, Progress, json_safe, plot_losses
 from .options import TrainOptions, check_applicable
 from .resume import drop_records_after, open_run
@@ -145,7 +144,9 @@ class _Run:
         self.trainer = trainer = trainer_class(opts.model)(opts, device)
         trainer.build(ckpt["model_config"] if ckpt else None)
         data = trainer.train_data()
-        self.batch_size = batch_size = opts.batch_size or trainer.default_batch_size
+        # batch_multiple: samples per batch entry (PacGAN's packs of M samples).
+        self.batch_size = batch_size = ((opts.batch_size or trainer.default_batch_size)
+                                        * trainer.batch_multiple)
         if len(data[0]) < batch_size:
             raise ValueError(f"the training set has {len(data[0])} images, fewer than "
                              f"--batch-size {batch_size}; lower --batch-size or add data")
@@ -220,7 +221,7 @@ class _Run:
 
     def write_grid(self, path: str) -> str:
         images, nrow = self.trainer.grid()
-        return save_grid(images, path, nrow=nrow)
+        return self.trainer.write_picture(images, path, nrow)
 
     def draw_curves(self) -> Optional[str]:
         self.last_curves = time.perf_counter()
@@ -345,8 +346,9 @@ class _Run:
         if self.mlog.tb_dir:
             paths["tensorboard"] = self.mlog.tb_dir
         metrics: Dict[str, Any] = {}
-        if self.opts.eval_n > 0:
-            metrics = self.trainer.run_eval(self.opts.eval_n)
+        eval_n = self.opts.eval_n if self.opts.eval_n is not None else self.trainer.default_eval_n
+        if eval_n > 0:
+            metrics = self.trainer.run_eval(eval_n)
             self.mlog.log({"step": self.step, "epoch": self.epoch, "eval": metrics}, self.step,
                           prefix="eval")
         self.mlog.close()

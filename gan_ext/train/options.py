@@ -12,9 +12,10 @@ from .._validate import check_int
 
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
-           "MAX_SEED", "DEMO_STEPS"]
+           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes"]
 
-MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix")
+MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix", "ring", "grid",
+          "stacked-mnist")
 G_LOSSES = ("non-saturating", "minimax")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("fused", "reference")
@@ -37,6 +38,11 @@ DEFAULTS = {
     "vae":      {"epochs": 10, "batch_size": 128},
     "cyclegan": {"epochs": 10, "decay_epochs": 10, "batch_size": 4, "limit": 1000},
     "pix2pix":  {"epochs": 5, "decay_epochs": 5, "batch_size": 16, "limit": 10000},
+    # The mode-collapse benchmarks (gan_ext.metrics.modes): eval_n is the protocol's
+    # sample count; ring/grid epochs of 1,000 steps (100,000 points, batch 100 packs).
+    "ring":     {"epochs": 10, "batch_size": 100, "eval_n": 2500},
+    "grid":     {"epochs": 10, "batch_size": 100, "eval_n": 2500},
+    "stacked-mnist": {"epochs": 1, "batch_size": 128, "eval_n": 26000},
 }
 
 
@@ -56,13 +62,26 @@ RESUMABLE_OVERRIDES = LENGTH_OPTIONS + RUN_OPTIONS
 
 # Options that only some models use: option -> (models, needs --data). An
 # option given for another model is refused, never silently ignored.
+GAN_MODELS = ("gan", "dcgan", "cgan", "ring", "grid", "stacked-mnist")
+# The D-side cures change D's architecture: not (yet) cgan's conditional D.
+_D_CURED = tuple(m for m in GAN_MODELS if m != "cgan")
 _APPLIES = {
-    "k": (("gan", "dcgan", "cgan"), False),
-    "g_loss": (("gan", "dcgan", "cgan"), False),
-    "label_smoothing": (("gan", "dcgan", "cgan"), False),
+    "k": (GAN_MODELS, False),
+    "g_loss": (GAN_MODELS, False),
+    "label_smoothing": (GAN_MODELS, False),
+    "pack": (_D_CURED, False),
+    "minibatch_stddev": (_D_CURED, False),
+    "minibatch_discrimination": (_D_CURED, False),
+    "feature_matching": (_D_CURED, False),
+    "unrolled": (GAN_MODELS, False),
+    "unrolled_first_order": (GAN_MODELS, False),
+    "ema": (GAN_MODELS, False),
+    "arch": (("stacked-mnist",), False),
+    "d_width": (("stacked-mnist",), False),
     "beta": (("vae",), False),
     "decay_epochs": (("cyclegan", "pix2pix"), False),
-    "data": (tuple(m for m in MODELS if m != "cgan"), False),
+    "data": (tuple(m for m in MODELS if m not in ("cgan", "ring", "grid", "stacked-mnist")),
+             False),
     "image_size": (("gan", "dcgan", "cyclegan", "pix2pix"), False),
     "channels": (("gan", "dcgan"), True),
     "direction": (("pix2pix",), True),
@@ -127,10 +146,21 @@ class TrainOptions:
     sample_every: int = 500
     log_every: int = 50
     checkpoint_every: int = 1000
-    eval_n: int = 2000                   # samples for the final evaluation; 0: none
+    eval_n: Optional[int] = None         # samples for the final evaluation (None: the
+    #                                      model's, DEFAULTS or 2000); 0: none
     progress: bool = True                # progress bar; without it a log line per log_every
     overwrite: bool = False              # replace a finished or different run in `out`
     threads: Optional[int] = None        # torch CPU threads (None: what torch uses)
+    # Mode-collapse cures (gan_ext.models.cures) and the stacked-MNIST settings.
+    pack: int = 1                        # PacGAN: D judges this many samples concatenated
+    minibatch_stddev: bool = False       # ProGAN's minibatch stddev feature map (group 4)
+    minibatch_discrimination: Optional[str] = None   # "B,C": Salimans et al.'s B kernels of dim C
+    feature_matching: bool = False       # G matches D's mean features on real data
+    unrolled: int = 0                    # G against D after K look-ahead steps (Metz et al.)
+    unrolled_first_order: bool = False   # the look-ahead without second derivatives
+    ema: Optional[float] = None          # decay of G's moving average used for sampling
+    arch: str = "unrolled"               # stacked-mnist: "unrolled" | "veegan" (the papers' DCGANs)
+    d_width: float = 0.25                # stacked-mnist --arch unrolled: D's widths over G's
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -143,7 +173,22 @@ class TrainOptions:
             check_int("decay_epochs", self.decay_epochs, 0)
         for name in ("sample_every", "log_every", "checkpoint_every", "k"):
             check_int(name, getattr(self, name), 1)
-        check_int("eval_n", self.eval_n, 0)
+        if self.eval_n is not None:
+            check_int("eval_n", self.eval_n, 0)
+        check_int("pack", self.pack, 1)
+        if self.pack > 8:
+            raise ValueError(f"pack must be at most 8 (PacGAN packs 2-4), got {self.pack}")
+        check_int("unrolled", self.unrolled, 0)
+        if self.minibatch_discrimination is not None:
+            mbd_sizes(self.minibatch_discrimination)
+        if self.ema is not None and not 0.0 < _float("ema", self.ema) < 1.0:
+            raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {self.ema}")
+        if self.arch not in ("unrolled", "veegan"):
+            raise ValueError(f"arch must be unrolled or veegan, got {self.arch!r}")
+        if not 0.0 < _float("d_width", self.d_width) <= 4.0:
+            raise ValueError(f"d_width must be in (0, 4], got {self.d_width}")
+        if self.unrolled_first_order and not self.unrolled:
+            raise ValueError("--unrolled-first-order needs --unrolled K (K >= 1 look-ahead steps)")
         check_int("seed", self.seed, 0)
         if self.seed > MAX_SEED:
             raise ValueError(f"seed must be at most 2**63 - 1, got {self.seed}")
@@ -171,6 +216,19 @@ class TrainOptions:
     def from_dict(cls, d: dict) -> "TrainOptions":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def mbd_sizes(value) -> tuple:
+    """``--minibatch-discrimination B,C`` -> (B, C), both >= 1."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        sizes = tuple(int(str(v).strip()) for v in parts)
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ValueError(f"minibatch_discrimination must be B,C (number of kernels, kernel "
+                         f"dimension; e.g. 100,5), got {value!r}")
+    return sizes
 
 
 def _float(name: str, value) -> float:

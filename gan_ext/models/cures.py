@@ -1,0 +1,236 @@
+"""Cures for mode collapse, as options of every GAN family's config
+(:class:`~gan_ext.models.gan.TrainConfig`):
+
+    pack M                      PacGAN (Lin et al. 2018): D judges M samples at once,
+                                concatenated along channels (features for vectors)
+    minibatch_stddev G          ProGAN's group standard deviation as one more feature map
+    minibatch_discrimination    Salimans et al. 2016: all-pairs L1 features of the batch
+      (B, C)                    (the fused op ``gan_ext.ops.minibatch_discrimination``)
+    feature_matching            G matches the mean of D's last features on real data
+    unrolled K                  Metz et al. 2017: G trained against D after K look-ahead
+      (+ unrolled_first_order)  Adam steps, exactly (through the updates) or first order
+    ema DECAY                   an exponential moving average of G for sampling
+
+The D-side cures change D's architecture: :class:`CuredDiscriminator` wraps a
+family's D body (its layers up to the last feature map) with the packing,
+the minibatch layers and a new head. The G-side ones change the generator's
+objective (:func:`generator_objective`); D's weights, buffers and optimizer
+state are never touched by the look-ahead (it runs on copies, with
+``torch.func.functional_call``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import minibatch_stddev
+from ._checks import check_bool, check_int, check_real
+
+__all__ = ["check_cures", "d_cured", "d_options", "CuredDiscriminator", "pack", "generator_objective",
+           "lookahead", "ema_update", "make_ema", "CURE_FIELDS"]
+
+CURE_FIELDS = ("pack", "minibatch_stddev", "minibatch_discrimination", "feature_matching",
+               "unrolled", "unrolled_first_order", "ema")
+
+
+def check_cures(c) -> None:
+    """Validates (and normalises) the cure fields of a TrainConfig ``c``."""
+    check_int("pack", c.pack)
+    if c.minibatch_stddev:
+        check_int("minibatch_stddev (the group size)", c.minibatch_stddev)
+    elif c.minibatch_stddev != 0:
+        raise ValueError(f"minibatch_stddev must be 0 (off) or a group size >= 1, "
+                         f"got {c.minibatch_stddev!r}")
+    if c.minibatch_discrimination is not None:
+        mbd = tuple(c.minibatch_discrimination)
+        if len(mbd) != 2:
+            raise ValueError(f"minibatch_discrimination must be (num_kernels B, kernel_dim C), "
+                             f"got {c.minibatch_discrimination!r}")
+        c.minibatch_discrimination = (check_int("minibatch_discrimination B", mbd[0]),
+                                      check_int("minibatch_discrimination C", mbd[1]))
+    check_bool("feature_matching", c.feature_matching)
+    check_int("unrolled", c.unrolled, 0)
+    check_bool("unrolled_first_order", c.unrolled_first_order)
+    if c.unrolled_first_order and not c.unrolled:
+        raise ValueError("unrolled_first_order needs unrolled K >= 1 look-ahead steps")
+    if c.ema is not None:
+        check_real("ema", c.ema, 0, 1, low_open=True, high_open=True)
+
+
+def d_cured(c) -> bool:
+    """Whether D needs the cured architecture (the plain one otherwise, so
+    published checkpoints keep loading)."""
+    return (c.pack > 1 or bool(c.minibatch_stddev) or c.minibatch_discrimination is not None
+            or c.feature_matching)
+
+
+def d_options(c) -> dict:
+    """The CuredDiscriminator keyword arguments of config ``c``."""
+    return dict(pack=c.pack, minibatch_stddev=c.minibatch_stddev,
+                minibatch_discrimination=c.minibatch_discrimination)
+
+
+def pack(x: Tensor, m: int) -> Tensor:
+    """(B, C, ...) -> (B / m, m C, ...): samples m i .. m i + m - 1 side by
+    side along channels (features), PacGAN's packing."""
+    if m == 1:
+        return x
+    b = x.shape[0]
+    if b % m:
+        raise ValueError(f"pack: a batch of {b} samples does not split into packs of {m}; use "
+                         f"a batch size that is a multiple of --pack {m}")
+    return x.reshape(b // m, m * x.shape[1], *x.shape[2:])
+
+
+class CuredDiscriminator(nn.Module):
+    """x (B, *in_shape) -> logit (B / pack,): [pack] -> ``body`` -> h
+    (B', *feat_shape) -> [minibatch stddev] -> [minibatch discrimination] ->
+    head. The head is a conv covering the whole feature map (a linear layer
+    for vector features, or after minibatch discrimination, which works on
+    flat features; ``head_bias``: the conv head's bias, the linear logit
+    of the reference code). ``forward(x, features=True)`` returns the body's h
+    flattened, what feature matching compares."""
+
+    def __init__(self, body: nn.Module, in_shape: Sequence[int], feat_shape: Sequence[int],
+                 pack: int = 1, minibatch_stddev: int = 0,
+                 minibatch_discrimination: Optional[Tuple[int, int]] = None,
+                 head_bias: bool = False) -> None:
+        super().__init__()
+        self.body, self.in_shape = body, tuple(in_shape)
+        self.pack, self.group = pack, minibatch_stddev
+        c, *spatial = feat_shape
+        c += 1 if minibatch_stddev else 0
+        self.mbd = None
+        if minibatch_discrimination is not None:
+            from ..nn import MinibatchDiscrimination
+            a = c * math.prod(spatial)
+            self.mbd = MinibatchDiscrimination(a, *minibatch_discrimination)
+            self.head = nn.Linear(a + minibatch_discrimination[0], 1)
+        elif spatial:
+            self.head = nn.Conv2d(c, 1, tuple(spatial), bias=head_bias)
+            nn.init.normal_(self.head.weight, 0.0, 0.02)   # DCGAN's init, as the body's convs
+        else:
+            self.head = nn.Linear(c, 1)
+
+    def forward(self, x: Tensor, features: bool = False) -> Tensor:
+        if x.dim() != 1 + len(self.in_shape) or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"{type(self).__name__}: x must have shape (B, "
+                             f"{', '.join(map(str, self.in_shape))}), got {list(x.shape)}")
+        h = self.body(pack(x, self.pack))                        # (B', *feat_shape)
+        if features:
+            return h.flatten(1)
+        if self.group:
+            h = minibatch_stddev(h, self.group)                  # one more channel
+        if self.mbd is not None:
+            return self.head(self.mbd(h.flatten(1))).view(-1)    # (B',)
+        return self.head(h).view(-1)                             # (B',)
+
+
+# ------------------------------------------------------------ G's objective
+def _adam_state(opt: torch.optim.Optimizer, p: Tensor):
+    """(exp_avg, exp_avg_sq, step) of ``p`` in Adam ``opt`` (zeros before its first step)."""
+    st = opt.state.get(p, {})
+    if "exp_avg" not in st:
+        return torch.zeros_like(p), torch.zeros_like(p), 0
+    return st["exp_avg"].detach(), st["exp_avg_sq"].detach(), int(st["step"])
+
+
+def lookahead(D: nn.Module, opt_d: torch.optim.Optimizer, d_loss: Callable[[Tensor, Tensor], Tensor],
+              real: Tensor, fake: Tensor, steps: int, exact: bool,
+              score: Callable[..., Tensor]) -> Dict[str, Tensor]:
+    """D's parameters (and copies of its buffers) after ``steps`` Adam updates
+    on (real, fake) from its current weights and ``opt_d``'s state, without
+    touching either. ``exact``: the updates stay in the graph (second
+    derivatives through D, so G's gradient sees how D would react); else the
+    first-order form, D's final weights as constants.
+    ``score(params, x)`` runs D with the given tensors."""
+    if len(opt_d.param_groups) != 1:
+        raise ValueError("unrolled: D's optimizer must have one parameter group")
+    group = opt_d.param_groups[0]
+    if not isinstance(opt_d, torch.optim.Adam) or group.get("amsgrad") or group["weight_decay"]:
+        raise ValueError("unrolled: the look-ahead reproduces Adam without amsgrad or weight "
+                         f"decay; D's optimizer is {type(opt_d).__name__} {dict((k, group[k]) for k in ('amsgrad', 'weight_decay') if k in group)}")
+    lr, (b1, b2), eps = float(group["lr"]), group["betas"], float(group["eps"])
+    names = [n for n, p in D.named_parameters()]
+    plist = [p for n, p in D.named_parameters()]
+    params = {n: p.detach().requires_grad_() for n, p in zip(names, plist)}
+    buffers = {n: b.detach().clone() for n, b in D.named_buffers()}
+    states = [_adam_state(opt_d, p) for p in plist]
+    m = [s[0] for s in states]
+    v = [s[1] for s in states]
+    t0 = states[0][2] if states else 0
+    x_fake = fake if exact else fake.detach()
+    for k in range(steps):
+        t = t0 + k + 1
+        cur = {**params, **buffers}
+        loss = d_loss(score(cur, real), score(cur, x_fake))
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=exact)
+        new = {}
+        for i, (n, p) in enumerate(params.items()):
+            g = grads[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            m_hat = m[i] / (1 - b1 ** t)
+            v_hat = v[i] / (1 - b2 ** t)
+            # clamp: d sqrt(v)/dv is infinite at v = 0 (a parameter whose gradient is exactly 0).
+            step = lr * m_hat / (v_hat.clamp_min(1e-30).sqrt() + eps)
+            new[n] = p - step if exact else (p - step).detach().requires_grad_()
+        params = new
+    if not exact:
+        params = {n: p.detach() for n, p in params.items()}
+    return {**params, **buffers}
+
+
+def generator_objective(c, loss, opt_d: torch.optim.Optimizer):
+    """``objective(players, fake, y_fake, real, y_real) -> (loss_g, d_gen)``
+    for the cures that change G's loss (feature matching, unrolling), or None."""
+    if not (c.feature_matching or c.unrolled):
+        return None
+
+    def objective(players, fake, y_fake, real, y_real):
+        D = players.D
+
+        def score(params, x, y=None, **kw):
+            args = (x,) if y is None else (x, y)
+            return torch.func.functional_call(D, params, args, kw)
+
+        if c.unrolled:
+            params = lookahead(D, opt_d, loss.d_loss, real, fake, c.unrolled,
+                               not c.unrolled_first_order,
+                               lambda p, x: score(p, x, y_real if x is real else y_fake))
+            run = lambda x, y=None, **kw: score(params, x, y, **kw)  # noqa: E731
+        else:
+            run = lambda x, y=None, **kw: D(*((x,) if y is None else (x, y)), **kw)  # noqa: E731
+        if c.feature_matching:
+            f_real = run(real, y_real, features=True).detach().float().mean(0)
+            f_fake = run(fake, y_fake, features=True).float().mean(0)
+            loss_g = (f_real - f_fake).square().mean()
+            with torch.no_grad():
+                d_gen = run(fake.detach(), y_fake)
+            return loss_g, d_gen
+        d_gen = run(fake, y_fake)
+        return loss.g_loss(d_gen), d_gen
+
+    return objective
+
+
+# ---------------------------------------------------------------------- EMA
+def make_ema(G: nn.Module) -> nn.Module:
+    """A frozen copy of G that :func:`ema_update` keeps as the moving average."""
+    import copy
+    ema = copy.deepcopy(G)
+    ema.requires_grad_(False)
+    return ema.eval()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, G: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * G for the parameters; buffers (batch
+    norm statistics) copied from G."""
+    ep, gp = list(ema.parameters()), list(G.parameters())
+    torch._foreach_lerp_(ep, [p.detach() for p in gp], 1.0 - decay)
+    for eb, gb in zip(ema.buffers(), G.buffers()):
+        eb.copy_(gb)
