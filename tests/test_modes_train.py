@@ -33,6 +33,8 @@ CURES = [
     ("dcgan", ["--feature-matching", "--ema", "0.99"], dict(feature_matching=True, ema=0.99)),
     ("cgan", ["--unrolled", "1", "--unrolled-first-order"],
      dict(unrolled=1, unrolled_first_order=True)),
+    ("cgan", ["--minibatch-stddev", "--feature-matching"],
+     dict(minibatch_stddev=4, feature_matching=True)),
     ("ring", ["--pack", "2", "--minibatch-stddev"], dict(pack=2, minibatch_stddev=4)),
     ("grid", ["--unrolled", "2", "--ema", "0.9"], dict(unrolled=2, ema=0.9)),
     ("stacked-mnist", ["--unrolled", "1", "--d-width", "0.5"], dict(unrolled=1, d_width=0.5)),
@@ -50,9 +52,13 @@ def test_each_cure_trains(model, flags, expect, tmp_path):
     for k, v in expect.items():
         assert ckpt["model_config"][k] == v, k
     trainer, _ = load_trained(str(run))
-    d_side = any(k in expect for k in ("pack", "minibatch_stddev", "feature_matching"))
-    assert isinstance(trainer.model.D, CuredDiscriminator) == (d_side or model in (
-        "ring", "grid", "stacked-mnist"))
+    D = trainer.model.D
+    if model == "cgan":                  # its own D takes the cures (not --pack)
+        assert D.group == expect.get("minibatch_stddev", 0)
+    else:
+        d_side = any(k in expect for k in ("pack", "minibatch_stddev", "feature_matching"))
+        assert isinstance(D, CuredDiscriminator) == (d_side or model in (
+            "ring", "grid", "stacked-mnist"))
     assert (trainer.model.G_ema is not None) == ("ema" in expect)
 
 

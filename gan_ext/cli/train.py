@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the paper's; 2e-4 GANs, 1e-3 AE/VAE)")
     g = p.add_argument_group("mode collapse: the benchmarks' settings and the cures (gan, dcgan, "
-                             "ring, grid, stacked-mnist; cgan: --unrolled and --ema only)")
+                             "cgan, ring, grid, stacked-mnist; --pack: not cgan)")
     g.add_argument("--arch", choices=("unrolled", "veegan"), default=None,
                    help="stacked-mnist: the Unrolled-GAN paper's small DCGAN (default) or "
                         "VEEGAN/PacGAN's")

@@ -14,10 +14,12 @@ with ``phi(x)`` the sum-pooled features of the last conv stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..nn import minibatch_stddev
 from ._checks import check_images, check_int, check_latent
 from ._common import init_normal_
 from .dcgan import (check_image_size, discriminator_layers, generator_layers, run_generator,
@@ -40,6 +42,13 @@ class CGANConfig(TrainConfig):
     num_classes: int = 10
     embed_dim: int = 16                    # G's label embedding (and D's with "channels")
     d_conditioning: str = "projection"     # "channels" | "projection"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pack != 1:
+            raise ValueError(f"pack must be 1 for the conditional GAN, got {self.pack}: PacGAN "
+                             "packs unconditional samples (a pack of differently labelled "
+                             "samples has no label for D to condition on)")
 
 
 def check_labels(y, num_classes: int, batch: int) -> Tensor:
@@ -87,7 +96,9 @@ class ConditionalDiscriminator(nn.Module):
     """
 
     def __init__(self, nc: int = 1, ndf: int = 64, image_size: int = 28, num_classes: int = 10,
-                 embed_dim: int = 16, conditioning: str = "projection", fused: bool = True) -> None:
+                 embed_dim: int = 16, conditioning: str = "projection", fused: bool = True,
+                 minibatch_stddev: int = 0,
+                 minibatch_discrimination: Optional[Tuple[int, int]] = None) -> None:
         super().__init__()
         if conditioning not in D_CONDITIONING:
             raise ValueError(f"conditioning must be one of {D_CONDITIONING}, got {conditioning!r}")
@@ -100,7 +111,17 @@ class ConditionalDiscriminator(nn.Module):
         layers, width = discriminator_layers(in_channels, check_int("ndf", ndf), image_size, fused,
                                              head=False)
         self.main = nn.Sequential(*layers)
-        self.head = nn.Conv2d(width, 1, base, 1, 0, bias=False)
+        # The mode-collapse cures (gan_ext.models.cures) act on psi's input only;
+        # the projection term keeps the body's features.
+        self.group = minibatch_stddev
+        psi_in = width + (1 if minibatch_stddev else 0)
+        self.mbd = None
+        if minibatch_discrimination is not None:
+            from ..nn import MinibatchDiscrimination
+            self.mbd = MinibatchDiscrimination(psi_in * base * base, *minibatch_discrimination)
+            self.head = nn.Linear(psi_in * base * base + minibatch_discrimination[0], 1)
+        else:
+            self.head = nn.Conv2d(psi_in, 1, base, 1, 0, bias=False)
         # A projection embedding lives in feature space (width); N(0, 0.02) like
         # the convs keeps the initial inner products, summed over width x b x b
         # terms, at the scale of the psi logit.
@@ -111,7 +132,9 @@ class ConditionalDiscriminator(nn.Module):
         if conditioning == "projection":
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, features: bool = False) -> Tensor:
+        """The logit (B,); ``features``: the body's features (B, C b b), what
+        feature matching compares."""
         check_images(x, (self.nc, self.image_size, self.image_size), who=type(self).__name__)
         y = check_labels(y, self.num_classes, x.size(0))                # (B,)
         e = self.embed(y).to(x.dtype)                                   # (B, E)
@@ -119,7 +142,13 @@ class ConditionalDiscriminator(nn.Module):
             S = self.image_size
             x = torch.cat([x, e[:, :, None, None].expand(-1, -1, S, S)], dim=1)  # (B, nc + E, S, S)
         h = self.main(x)                                                # (B, C, b, b)
-        logit = score_head(self.head, h, self.fused)                   # (B,)
+        if features:
+            return h.flatten(1)
+        hp = minibatch_stddev(h, self.group) if self.group else h
+        if self.mbd is not None:
+            logit = self.head(self.mbd(hp.flatten(1))).view(-1)
+        else:
+            logit = score_head(self.head, hp, self.fused)              # (B,)
         if self.conditioning == "projection":
             logit = logit + (e * h.sum(dim=(2, 3))).sum(dim=1)          # + <embed(y), phi(x)>
         return logit
@@ -135,4 +164,6 @@ class ConditionalGAN(GAN):
         return (ConditionalGenerator(c.nz, c.ngf, c.nc, c.image_size, c.num_classes, c.embed_dim,
                                      fused=fused),
                 ConditionalDiscriminator(c.nc, c.ndf, c.image_size, c.num_classes, c.embed_dim,
-                                         c.d_conditioning, fused=fused))
+                                         c.d_conditioning, fused=fused,
+                                         minibatch_stddev=c.minibatch_stddev,
+                                         minibatch_discrimination=c.minibatch_discrimination))

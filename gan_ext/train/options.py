@@ -63,16 +63,16 @@ RESUMABLE_OVERRIDES = LENGTH_OPTIONS + RUN_OPTIONS
 # Options that only some models use: option -> (models, needs --data). An
 # option given for another model is refused, never silently ignored.
 GAN_MODELS = ("gan", "dcgan", "cgan", "ring", "grid", "stacked-mnist")
-# The D-side cures change D's architecture: not (yet) cgan's conditional D.
-_D_CURED = tuple(m for m in GAN_MODELS if m != "cgan")
+# PacGAN packs unconditional samples: not cgan's (a pack has no one label).
+_PACKED = tuple(m for m in GAN_MODELS if m != "cgan")
 _APPLIES = {
     "k": (GAN_MODELS, False),
     "g_loss": (GAN_MODELS, False),
     "label_smoothing": (GAN_MODELS, False),
-    "pack": (_D_CURED, False),
-    "minibatch_stddev": (_D_CURED, False),
-    "minibatch_discrimination": (_D_CURED, False),
-    "feature_matching": (_D_CURED, False),
+    "pack": (_PACKED, False),
+    "minibatch_stddev": (GAN_MODELS, False),
+    "minibatch_discrimination": (GAN_MODELS, False),
+    "feature_matching": (GAN_MODELS, False),
     "unrolled": (GAN_MODELS, False),
     "unrolled_first_order": (GAN_MODELS, False),
     "ema": (GAN_MODELS, False),
