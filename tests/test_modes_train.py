@@ -36,7 +36,8 @@ CURES = [
     ("cgan", ["--minibatch-stddev", "--feature-matching"],
      dict(minibatch_stddev=4, feature_matching=True)),
     ("ring", ["--pack", "2", "--minibatch-stddev"], dict(pack=2, minibatch_stddev=4)),
-    ("grid", ["--unrolled", "2", "--ema", "0.9"], dict(unrolled=2, ema=0.9)),
+    ("grid", ["--unrolled", "2", "--ema", "0.9"], dict(unrolled=2, ema=0.9, arch="veegan")),
+    ("grid", ["--arch", "pacgan", "--pack", "2"], dict(arch="pacgan", pack=2, maxout=5)),
     ("stacked-mnist", ["--unrolled", "1", "--d-width", "0.5"], dict(unrolled=1, d_width=0.5)),
     ("stacked-mnist", ["--arch", "veegan", "--pack", "2", "--feature-matching"],
      dict(arch="veegan", pack=2, feature_matching=True, nz=100)),
@@ -77,6 +78,7 @@ def test_pack_multiplies_the_samples_per_batch(tmp_path):
     ("gan", ["--minibatch-discrimination", "5"], "B,C"),
     ("gan", ["--ema", "1.5"], "ema must be a decay in"),
     ("ring", ["--data", "x"], "--data does not apply to ring"),
+    ("ring", ["--arch", "unrolled"], "arch must be one of veegan, pacgan for ring"),
 ])
 def test_cure_misuse_is_a_one_line_error(model, flags, match, tmp_path, capsys):
     line = _error(capsys, _train(model, tmp_path / "r", "--steps", "1", *flags))

@@ -93,9 +93,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning rate (default: the paper's; 2e-4 GANs, 1e-3 AE/VAE)")
     g = p.add_argument_group("mode collapse: the benchmarks' settings and the cures (gan, dcgan, "
                              "cgan, ring, grid, stacked-mnist; --pack: not cgan)")
-    g.add_argument("--arch", choices=("unrolled", "veegan"), default=None,
-                   help="stacked-mnist: the Unrolled-GAN paper's small DCGAN (default) or "
-                        "VEEGAN/PacGAN's")
+    g.add_argument("--arch", choices=("veegan", "pacgan", "unrolled"), default=None,
+                   help="the papers' networks: ring/grid veegan (default) or pacgan; "
+                        "stacked-mnist unrolled (the Unrolled-GAN paper's small DCGAN, "
+                        "default) or veegan (VEEGAN/PacGAN's DCGAN)")
     g.add_argument("--d-width", type=float, default=None, metavar="F",
                    help="stacked-mnist --arch unrolled: D's widths as a fraction of G's "
                         "(default 0.25; the papers: 0.25, 0.5)")

@@ -1,10 +1,12 @@
 """The networks of the mode-collapse benchmarks (``gan_ext.metrics.modes``),
 as the reference code of the papers builds them:
 
-* :class:`MixtureGAN` (``ring``, ``grid``): PacGAN's 2-D networks, G an MLP
-  2 -> 400 x 4 (linear without bias, batch norm, ReLU) -> 2, D three maxout
-  layers of 200 units and 5 pieces -> logit, every weight N(0, 0.02);
-  Adam lr 1e-4, beta1 0.8.
+* :class:`MixtureGAN` (``ring``, ``grid``), two settings: ``"veegan"``
+  (VEEGAN's 2-D networks: G z 256 -> 128 -> 128 -> 2 with ReLU, D 2 -> 128
+  -> logit with ReLU, Adam 1e-3, beta1 0.5, batches of 500) and
+  ``"pacgan"`` (PacGAN's: G 2 -> 400 x 4 (linear without bias, batch norm,
+  ReLU) -> 2, D three maxout layers of 200 units and 5 pieces -> logit,
+  every weight N(0, 0.02); Adam 1e-4, beta1 0.8, batches of 100).
 * :class:`StackedMNISTGAN` (``stacked-mnist``), two DCGAN settings:
   ``"unrolled"`` (the Unrolled-GAN paper's, as PacGAN reran it): G z 256 ->
   4x4x64 -> 3x3 stride-2 transposed convs to 7x7x32, 14x14x16, 28x28x8 -> a
@@ -34,7 +36,7 @@ from ._checks import check_choice, check_int, check_ints, check_latent, check_re
 from .gan import GAN, TrainConfig
 
 __all__ = ["MixtureGANConfig", "MixtureGAN", "Maxout", "StackedMNISTConfig", "StackedMNISTGAN",
-           "STACKED_ARCHS"]
+           "STACKED_ARCHS", "MIXTURE_ARCHS", "MIXTURE_BATCH"]
 
 STACKED_ARCHS = ("unrolled", "veegan")
 
@@ -64,37 +66,61 @@ class Maxout(nn.Module):
 
 
 # --------------------------------------------------------------- 2-D mixtures
+MIXTURE_ARCHS = {
+    "veegan": dict(nz=256, g_hidden=(128, 128), d_hidden=(128,), maxout=0, g_batchnorm=False,
+                   init_std=None, lr=1e-3, betas=(0.5, 0.999)),
+    "pacgan": dict(nz=2, g_hidden=(400, 400, 400, 400), d_hidden=(200, 200, 200), maxout=5,
+                   g_batchnorm=True, init_std=0.02, lr=1e-4, betas=(0.8, 0.999)),
+}
+MIXTURE_BATCH = {"veegan": 500, "pacgan": 100}
+
+
 @dataclass
 class MixtureGANConfig(TrainConfig):
+    arch: str = "pacgan"
     nz: int = 2
     g_hidden: Tuple[int, ...] = (400, 400, 400, 400)
     d_hidden: Tuple[int, ...] = (200, 200, 200)
-    maxout: int = 5
+    maxout: int = 5                  # D's maxout pieces; 0: ReLU
+    g_batchnorm: bool = True
+    init_std: Optional[float] = 0.02  # N(0, std) weights; None: torch's default init
     lr: float = 1e-4
     betas: Tuple[float, float] = (0.8, 0.999)
 
     def __post_init__(self) -> None:
+        check_choice("arch", self.arch, tuple(MIXTURE_ARCHS))
         self.g_hidden = check_ints("g_hidden", self.g_hidden)
         self.d_hidden = check_ints("d_hidden", self.d_hidden)
         check_int("nz", self.nz)
-        check_int("maxout", self.maxout)
+        check_int("maxout", self.maxout, 0)
+        if self.init_std is not None:
+            check_real("init_std", self.init_std, 0, low_open=True)
         super().__post_init__()
+
+    @classmethod
+    def for_arch(cls, arch: str, **kw) -> "MixtureGANConfig":
+        """The reference code's settings of ``arch``, overridden by ``kw``."""
+        check_choice("arch", arch, tuple(MIXTURE_ARCHS))
+        return cls(arch=arch, **{**MIXTURE_ARCHS[arch], **kw})
 
 
 class PointGenerator(nn.Module):
     """z (B, nz) -> point (B, 2): [Linear (no bias), BatchNorm1d, ReLU] per
-    hidden width, then Linear."""
+    hidden width (without ``batchnorm``: [Linear, ReLU]), then Linear."""
 
-    def __init__(self, nz: int, hidden: Tuple[int, ...]) -> None:
+    def __init__(self, nz: int, hidden: Tuple[int, ...], batchnorm: bool = True,
+                 init_std: Optional[float] = 0.02) -> None:
         super().__init__()
         self.nz = check_int("nz", nz)
         layers, width = [], nz
         for h in hidden:
-            layers += [nn.Linear(width, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            norm = [nn.BatchNorm1d(h)] if batchnorm else []
+            layers += [nn.Linear(width, h, bias=not batchnorm), *norm, nn.ReLU(inplace=True)]
             width = h
         layers.append(nn.Linear(width, 2))
         self.main = nn.Sequential(*layers)
-        _init_normal(self)
+        if init_std is not None:
+            _init_normal(self, init_std)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.main(check_latent(z, self.nz))
@@ -106,13 +132,14 @@ class MixtureGAN(GAN):
     def build(self, c: MixtureGANConfig, fused: bool):
         layers, width = [], 2 * c.pack
         for h in c.d_hidden:
-            layers.append(Maxout(width, h, c.maxout))
+            layers += ([Maxout(width, h, c.maxout)] if c.maxout
+                       else [nn.Linear(width, h), nn.ReLU(inplace=True)])
             width = h
-        body = nn.Sequential(*layers)
-        _init_normal(body)
-        D = cures.CuredDiscriminator(body, (2,), (width,), head_bias=True, **cures.d_options(c))
-        _init_normal(D.head)
-        return PointGenerator(c.nz, c.g_hidden), D
+        D = cures.CuredDiscriminator(nn.Sequential(*layers), (2,), (width,), head_bias=True,
+                                     **cures.d_options(c))
+        if c.init_std is not None:
+            _init_normal(D, c.init_std)
+        return PointGenerator(c.nz, c.g_hidden, c.g_batchnorm, c.init_std), D
 
 
 # -------------------------------------------------------------- stacked MNIST

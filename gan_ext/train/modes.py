@@ -12,7 +12,8 @@ from torch import Tensor
 from .. import metrics
 from ..data import load_mnist
 from ..metrics.modes import MIXTURES, stacked_mnist
-from ..models.modes import MixtureGAN, MixtureGANConfig, StackedMNISTConfig, StackedMNISTGAN
+from ..models.modes import (MIXTURE_BATCH, MixtureGAN, MixtureGANConfig, StackedMNISTConfig,
+                            StackedMNISTGAN)
 from .base import register
 from .gan import GANTrainer
 from .latents import EVAL_STREAM, GRID_STREAM, stream
@@ -55,8 +56,8 @@ def plot_points(points: Tensor, centres: Tensor, path: str, title: str = "",
 
 
 class MixtureTrainer(GANTrainer):
-    """PacGAN's 2-D setting: 100,000 fixed points from the mixture, batches of
-    100 (packs), Adam 1e-4 / beta1 0.8; 2,500 samples evaluated."""
+    """The 2-D mixtures: 100,000 fixed points (PacGAN's training set), the
+    ``--arch`` networks (default VEEGAN's), 2,500 samples evaluated."""
 
     model_class = MixtureGAN
     config_class = MixtureGANConfig
@@ -67,7 +68,11 @@ class MixtureTrainer(GANTrainer):
         return MIXTURES[self.name]
 
     def make_config(self):
-        return MixtureGANConfig(**self.train_config_kwargs())
+        return MixtureGANConfig.for_arch(self.opts.arch or "veegan", **self.train_config_kwargs())
+
+    @property
+    def default_batch_size(self) -> int:
+        return MIXTURE_BATCH[self.model.config.arch]
 
     def train_data(self):
         x = self.mixture.sample(MIXTURE_TRAIN_POINTS, stream(self.opts.seed, DATA_STREAM))
@@ -119,7 +124,7 @@ class StackedMNISTTrainer(GANTrainer):
         o = self.opts
         if o.lr is not None:
             kw["lr_g"] = o.lr
-        return StackedMNISTConfig.for_arch(o.arch, d_width=o.d_width, **kw)
+        return StackedMNISTConfig.for_arch(o.arch or "unrolled", d_width=o.d_width, **kw)
 
     def image_shape(self):
         return (3, 28, 28)

@@ -60,6 +60,10 @@ RUN_OPTIONS = ("sample_every", "log_every", "checkpoint_every", "eval_n", "progr
                "amp", "backend", "threads", "mnist_dir")
 RESUMABLE_OVERRIDES = LENGTH_OPTIONS + RUN_OPTIONS
 
+# The reference networks of the benchmarks (--arch), the default first.
+MODEL_ARCHS = {"ring": ("veegan", "pacgan"), "grid": ("veegan", "pacgan"),
+               "stacked-mnist": ("unrolled", "veegan")}
+
 # Options that only some models use: option -> (models, needs --data). An
 # option given for another model is refused, never silently ignored.
 GAN_MODELS = ("gan", "dcgan", "cgan", "ring", "grid", "stacked-mnist")
@@ -76,7 +80,7 @@ _APPLIES = {
     "unrolled": (GAN_MODELS, False),
     "unrolled_first_order": (GAN_MODELS, False),
     "ema": (GAN_MODELS, False),
-    "arch": (("stacked-mnist",), False),
+    "arch": (("ring", "grid", "stacked-mnist"), False),
     "d_width": (("stacked-mnist",), False),
     "beta": (("vae",), False),
     "decay_epochs": (("cyclegan", "pix2pix"), False),
@@ -159,7 +163,7 @@ class TrainOptions:
     unrolled: int = 0                    # G against D after K look-ahead steps (Metz et al.)
     unrolled_first_order: bool = False   # the look-ahead without second derivatives
     ema: Optional[float] = None          # decay of G's moving average used for sampling
-    arch: str = "unrolled"               # stacked-mnist: "unrolled" | "veegan" (the papers' DCGANs)
+    arch: Optional[str] = None           # the benchmarks' networks (MODEL_ARCHS; None: the first)
     d_width: float = 0.25                # stacked-mnist --arch unrolled: D's widths over G's
 
     def __post_init__(self) -> None:
@@ -183,8 +187,10 @@ class TrainOptions:
             mbd_sizes(self.minibatch_discrimination)
         if self.ema is not None and not 0.0 < _float("ema", self.ema) < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {self.ema}")
-        if self.arch not in ("unrolled", "veegan"):
-            raise ValueError(f"arch must be unrolled or veegan, got {self.arch!r}")
+        if (self.arch is not None and self.model in MODEL_ARCHS  # else: check_applicable says
+                and self.arch not in MODEL_ARCHS[self.model]):
+            raise ValueError(f"arch must be one of {', '.join(MODEL_ARCHS[self.model])} "
+                             f"for {self.model}, got {self.arch!r}")
         if not 0.0 < _float("d_width", self.d_width) <= 4.0:
             raise ValueError(f"d_width must be in (0, 4], got {self.d_width}")
         if self.unrolled_first_order and not self.unrolled:
