@@ -240,3 +240,13 @@ def test_ema_is_the_moving_average_and_samples():
         assert not e.requires_grad
     assert gan.sampler is gan.G_ema and "G_ema.main.0.weight" in gan.state_dict()
     assert MixtureGAN(MixtureGANConfig()).sampler is not None
+
+
+def test_the_look_ahead_refuses_an_optimizer_it_does_not_reproduce():
+    gan, _, _, real = _tiny()
+    fake = gan.G(torch.randn(8, 2, dtype=torch.float64))
+    run = lambda p, x: torch.func.functional_call(gan.D, p, (x,))  # noqa: E731
+    for opt in (torch.optim.SGD(gan.D.parameters(), lr=0.1),
+                torch.optim.Adam(gan.D.parameters(), weight_decay=0.1)):
+        with pytest.raises(ValueError, match="reproduces plain Adam"):
+            cures.lookahead(gan.D, opt, gan.loss.d_loss, real, fake, 1, True, run)

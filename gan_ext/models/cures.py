@@ -150,13 +150,14 @@ def lookahead(D: nn.Module, opt_d: torch.optim.Optimizer, d_loss: Callable[[Tens
     if len(opt_d.param_groups) != 1:
         raise ValueError("unrolled: D's optimizer must have one parameter group")
     group = opt_d.param_groups[0]
-    if not isinstance(opt_d, torch.optim.Adam) or group.get("amsgrad") or group["weight_decay"]:
-        raise ValueError("unrolled: the look-ahead reproduces Adam without amsgrad or weight "
-                         f"decay; D's optimizer is {type(opt_d).__name__} {dict((k, group[k]) for k in ('amsgrad', 'weight_decay') if k in group)}")
+    extras = {k: group.get(k) for k in ("amsgrad", "weight_decay", "maximize") if group.get(k)}
+    if type(opt_d) is not torch.optim.Adam or extras:
+        raise ValueError(f"unrolled: the look-ahead reproduces plain Adam; D's optimizer is "
+                         f"{type(opt_d).__name__} {extras or ''}".rstrip())
     lr, (b1, b2), eps = float(group["lr"]), group["betas"], float(group["eps"])
-    names = [n for n, p in D.named_parameters()]
-    plist = [p for n, p in D.named_parameters()]
-    params = {n: p.detach().requires_grad_() for n, p in zip(names, plist)}
+    named = list(D.named_parameters())
+    plist = [p for _, p in named]
+    params = {n: p.detach().requires_grad_() for n, p in named}
     buffers = {n: b.detach().clone() for n, b in D.named_buffers()}
     states = [_adam_state(opt_d, p) for p in plist]
     m = [s[0] for s in states]
