@@ -77,6 +77,16 @@ def test_nan_gradient_at_a_tie():
     assert torch.equal(torch.isnan(g), torch.isnan(g_ref))
 
 
+def test_one_sample_has_no_pairs_even_when_nan():
+    """N = 1: o = 0 and its gradient 0, whatever M holds (the pair of i with
+    itself is never formed, so a NaN there cannot leak into the gradient)."""
+    skip_unless_fused_on("cpu")
+    M = torch.full((1, 2, 3), float("nan"))
+    (o, g), (o_ref, g_ref) = _fused_and_twin(M, torch.ones(1, 2))
+    for t in (o, g, o_ref, g_ref):
+        assert torch.equal(t, torch.zeros_like(t)), t
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 def test_low_precision_accumulates_in_float32(dtype):
     """Error against float64 within 2x that of plain torch run in the same
