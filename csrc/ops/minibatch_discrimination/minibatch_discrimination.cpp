@@ -23,9 +23,9 @@ namespace {
 
 using UnaryOp = at::Tensor(const at::Tensor&);
 
-// Saved: M alone. Keeping c (N^2 B values, e.g. 26 MB at N=256, B=100 in
-// float32, 100x M itself) would spare backward only the distance and exp half
-// of its work: the sign terms need every |M_ibc - M_jbc| again anyway.
+// Saved: M alone. Keeping c (N^2 B values: 26 MB at N=256, B=100 in float32,
+// N / C = 51 times M itself) would spare backward only the distance and exp
+// half of its work: the sign terms need every |M_ibc - M_jbc| again anyway.
 class MinibatchDiscriminationFunction
     : public torch::autograd::Function<MinibatchDiscriminationFunction> {
  public:
