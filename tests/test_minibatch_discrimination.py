@@ -17,7 +17,7 @@ from gan_ext.nn import MinibatchDiscrimination
 from gan_ext.reference import (check_minibatch_discrimination_grad, distinct_features,
                                minibatch_discrimination as mbd_ref)
 
-from conftest import assert_within_2x_of_torch, skip_unless_fused_on
+from conftest import assert_within_2x_of_torch, requires_cuda, skip_unless_fused_on
 
 # 37 samples: two AVX-512 float vectors (four AVX2 ones) and a tail of 5.
 RUN = 37
@@ -164,6 +164,36 @@ def test_backward_op_checks_its_arguments(make, error, match):
 def test_backward_check_names_a_device_mix():
     with pytest.raises(ValueError, match=re.escape("grad is on meta but M is on cpu")):
         check_minibatch_discrimination_grad(torch.randn(4, 3, device="meta"), torch.randn(4, 3, 5))
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("shape", [(300, 7, 5), (37, 3, 11), (130, 2, 8), (1, 2, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["float32", "float64", "bfloat16"])
+def test_cuda_kernel_against_the_float64_twin(shape, dtype):
+    """The CUDA kernel over more than one block of rows (N = 300), C over
+    its 8 register coordinates (11: two backward passes) and at exactly 8,
+    output and gradient, and a NaN reaching every other row of its kernel."""
+    skip_unless_fused_on("cuda")
+    torch.manual_seed(0)
+    M64 = distinct_features(shape)
+    g64 = torch.randn(shape[:2], dtype=torch.float64).to(dtype).double()  # representable in dtype
+    M = M64.to("cuda", dtype).requires_grad_()
+    o = torch.ops.gan_ext.minibatch_discrimination(M)
+    (g,) = torch.autograd.grad(o, M, g64.to("cuda", dtype))
+    M_ref = M.detach().cpu().double().requires_grad_()
+    o_ref = mbd_ref(M_ref)
+    (g_ref,) = torch.autograd.grad(o_ref, M_ref, g64)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(o.cpu().double(), o_ref, **tol)
+    torch.testing.assert_close(g.cpu().double(), g_ref, **tol)
+    if shape[0] > 1:
+        bad = M.detach().clone()
+        bad[shape[0] - 1, shape[1] - 1, 0] = float("nan")
+        o_bad = torch.ops.gan_ext.minibatch_discrimination(bad).cpu()
+        assert torch.isnan(o_bad[:-1, -1]).all() and not torch.isnan(o_bad[:, :-1]).any()
 
 
 # ----------------------------------------------------------------- the layer
