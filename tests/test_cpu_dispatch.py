@@ -100,8 +100,9 @@ def test_unknown_value_is_an_error():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_op_suite_under_variant(variant):
     """Parity with the twins and gradcheck of every op, every reduction scheme
-    of norm_act and the reparameterization noise against its twin, in a
-    process that runs this variant's kernels."""
+    of norm_act, the reparameterization noise against its twin and minibatch
+    discrimination's non-finite values in every lane (its exp differs per
+    variant), in a process that runs this variant's kernels."""
     if VARIANTS.index(variant) > _torch_level():
         pytest.skip(f"this CPU cannot run the {variant} kernels")
     r = _run(_PRINT, GAN_EXT_CPU_CAPABILITY=variant)
@@ -110,8 +111,9 @@ def test_op_suite_under_variant(variant):
     env["GAN_EXT_CPU_CAPABILITY"] = variant
     p = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/test_op_spec.py", "tests/test_norm_act_paths.py",
-         "tests/test_reparam_op.py", "-q", "-p", "no:cacheprovider",
-         "-k", "(parity or gradcheck or noise) and not gradgrad and not cuda"],
+         "tests/test_reparam_op.py", "tests/test_minibatch_discrimination.py", "-q", "-p",
+         "no:cacheprovider", "-k",
+         "(parity or gradcheck or noise or every_lane or at_a_tie) and not gradgrad and not cuda"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     tail = p.stdout.strip().splitlines()[-1]
     assert p.returncode == 0, p.stdout[-3000:]

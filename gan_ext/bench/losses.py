@@ -1,7 +1,7 @@
 """The loss and op cases: a fused gan_ext op (GAN losses, L1, the VAE
-reparameterization with its KL, activation + dropout) against what a training
-script writes with ``torch.nn.functional``, forward and backward at the shapes
-the models use.
+reparameterization with its KL, activation + dropout, minibatch
+discrimination) against what a training script writes with
+``torch.nn.functional``, forward and backward at the shapes the models use.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..memory import saved_tensor_bytes
 from .layers import LEAKY_SLOPE
 from .registry import Block, Case, Prepared, Stream, compiled, register, sync_fn
 
-__all__ = ["Operand", "FunctionBlock", "LOSS_CASES", "CASES", "QUICK_CASES"]
+__all__ = ["Operand", "FunctionBlock", "PairwiseBlock", "LOSS_CASES", "CASES", "QUICK_CASES"]
 
 Outputs = Tuple[torch.Tensor, ...]
 
@@ -104,6 +104,15 @@ class FunctionBlock(Block):
         return saved_tensor_bytes(lambda: fn(**inputs), alive=inputs.values())
 
 
+@dataclass(frozen=True)
+class PairwiseBlock(FunctionBlock):
+    """A function case whose work grows with the square of the batch (all
+    pairs of samples): compute-bound, so it has no memory floor."""
+
+    def floor(self, case: Case, dtype: torch.dtype) -> Optional[Tuple[int, int]]:
+        return None
+
+
 def _eager_d_bce(real, fake):
     return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
             + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)),)
@@ -130,6 +139,13 @@ def _eager_l1(input, target):
 
 def _eager_cycle_l1(input1, target1, input2, target2):
     return (10.0 * F.l1_loss(input1, target1) + 10.0 * F.l1_loss(input2, target2),)
+
+
+def _eager_minibatch_discrimination(M):
+    # As the improved-gan code writes it: every pair by broadcasting, then the
+    # diagonal's exp(0) = 1 taken off the row sums.
+    d = (M.unsqueeze(1) - M.unsqueeze(0)).abs().sum(-1)  # (N, N, B)
+    return (torch.exp(-d).sum(1) - 1,)
 
 
 def _eager_lrelu_dropout(input):
@@ -167,6 +183,14 @@ register(FunctionBlock(
     "lrelu_dropout", "LeakyReLU(0.2) + Dropout(0.3), the MLP discriminator block (after its Linear)",
     (Operand("input"),), fused=lambda input: (ops.act_dropout(input, "leaky_relu", LEAKY_SLOPE, 0.3),),
     eager=_eager_lrelu_dropout))
+register(PairwiseBlock(
+    "minibatch_disc", "minibatch discrimination o[i, b] = sum_j!=i exp(-|M_ib - M_jb|_1), M (N, B, C)",
+    (Operand("M"),), fused=lambda M: (ops.minibatch_discrimination(M),),
+    eager=_eager_minibatch_discrimination))
+
+# The op spec's shapes: B=100 kernels of C=5 (improved-gan's kernel dimension), batch 64 and 256.
+_MBD_SHAPES = next(s.bench_shapes for m in ops.OP_MODULES for s in getattr(m, "SPECS", ())
+                   if s.name == "minibatch_discrimination")
 
 # Shapes the models use: DCGAN D logits (64, 1); PatchGAN (70x70) logits at
 # 256x256 input, batch 1 and 16; a VAE latent (128, 20) and a large one;
@@ -175,7 +199,8 @@ LOSS_CASES = (("d_bce", (64, 1)), ("d_bce", (1, 1, 30, 30)), ("d_bce", (16, 1, 3
               ("d_lsgan", (1, 1, 30, 30)), ("d_lsgan", (16, 1, 30, 30)), ("g_bce", (64, 1)),
               ("reparam_kl", (128, 20)), ("reparam_kl", (4096, 512)),
               ("l1", (1, 3, 256, 256)), ("l1", (16, 3, 128, 128)), ("cycle_l1", (1, 3, 256, 256)),
-              ("lrelu_dropout", (128, 1024)), ("lrelu_dropout", (128, 256)))
+              ("lrelu_dropout", (128, 1024)), ("lrelu_dropout", (128, 256)),
+              *(("minibatch_disc", shape) for shape in _MBD_SHAPES.values()))
 CASES: Tuple[Case, ...] = tuple(Case(block, shape, "nchw", "fwd+bwd") for block, shape in LOSS_CASES)
 QUICK_CASES: Tuple[Case, ...] = (Case("d_bce", (64, 1), "nchw", "fwd+bwd"),
                                  Case("reparam_kl", (128, 20), "nchw", "fwd+bwd"),

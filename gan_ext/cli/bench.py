@@ -110,8 +110,8 @@ COMMAND = Command(
     help="time the fused layers and losses against eager PyTorch",
     description="Time fused gan_ext blocks and losses against the same code in eager "
                 "PyTorch (and torch.compile with --compile): norm+activation blocks at "
-                "the DCGAN batch-64 shapes, GAN/L1 losses and the VAE reparameterization "
-                "at the shapes of the models. "
+                "the DCGAN batch-64 shapes, GAN/L1 losses, the VAE reparameterization "
+                "and minibatch discrimination at the shapes of the models. "
                 "Repetitions are interleaved after warm-up; the median is reported. "
                 "Ratios > 1 mean the fused block is faster.",
     examples=(f"  {PROG} bench --quick\n"

@@ -22,7 +22,7 @@ from ._common import activation_code, choice_code, reduction_code  # noqa: F401
 # The index: every op module, in the order the tests list them.
 OP_MODULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in (
     "norm_act", "gan_loss", "bce_with_logits", "l1_loss", "reparameterize", "act_dropout",
-    "scale_loss_grads"))
+    "scale_loss_grads", "minibatch_discrimination"))
 
 from . import _norm_act_backward  # noqa: E402,F401  (norm_act_backward's fake kernel, twin op)
 
@@ -43,9 +43,10 @@ from .act_dropout import act_dropout  # noqa: E402
 from .bce_with_logits import bce_with_logits  # noqa: E402
 from .gan_loss import D_MODES, G_MODES, check_hinge_labels, d_loss, g_loss  # noqa: E402,F401
 from .l1_loss import cycle_l1_loss, l1_loss  # noqa: E402
+from .minibatch_discrimination import minibatch_discrimination  # noqa: E402
 from .norm_act import batch_norm_act, instance_norm_act  # noqa: E402
 from .reparameterize import kl_divergence, reparameterize, reparameterize_kl  # noqa: E402
 
 __all__ = ["batch_norm_act", "instance_norm_act", "activation_code", "d_loss", "g_loss",
            "bce_with_logits", "l1_loss", "cycle_l1_loss", "reparameterize", "reparameterize_kl",
-           "kl_divergence", "act_dropout"]
+           "kl_divergence", "act_dropout", "minibatch_discrimination"]
