@@ -38,6 +38,10 @@ CURES = [
     ("ring", ["--pack", "2", "--minibatch-stddev"], dict(pack=2, minibatch_stddev=4)),
     ("grid", ["--unrolled", "2", "--ema", "0.9"], dict(unrolled=2, ema=0.9, arch="veegan")),
     ("grid", ["--arch", "pacgan", "--pack", "2"], dict(arch="pacgan", pack=2, maxout=5)),
+    ("grid", ["--minibatch-discrimination", "8,3"], dict(minibatch_discrimination=(8, 3))),
+    ("dcgan", ["--minibatch-discrimination", "16,4", "--unrolled", "1"],
+     dict(minibatch_discrimination=(16, 4), unrolled=1)),
+    ("cgan", ["--minibatch-discrimination", "8,3"], dict(minibatch_discrimination=(8, 3))),
     ("stacked-mnist", ["--unrolled", "1", "--d-width", "0.5"], dict(unrolled=1, d_width=0.5)),
     ("stacked-mnist", ["--arch", "veegan", "--pack", "2", "--feature-matching"],
      dict(arch="veegan", pack=2, feature_matching=True, nz=100)),
@@ -56,8 +60,10 @@ def test_each_cure_trains(model, flags, expect, tmp_path):
     D = trainer.model.D
     if model == "cgan":                  # its own D takes the cures (not --pack)
         assert D.group == expect.get("minibatch_stddev", 0)
+        assert (D.mbd is not None) == ("minibatch_discrimination" in expect)
     else:
-        d_side = any(k in expect for k in ("pack", "minibatch_stddev", "feature_matching"))
+        d_side = any(k in expect for k in ("pack", "minibatch_stddev", "feature_matching",
+                                           "minibatch_discrimination"))
         assert isinstance(D, CuredDiscriminator) == (d_side or model in (
             "ring", "grid", "stacked-mnist"))
     assert (trainer.model.G_ema is not None) == ("ema" in expect)
