@@ -66,6 +66,11 @@ def test_train_sample_eval_every_model(model, tmp_path, capsys):
     grid = tmp_path / "grid.png"
     assert cli.main(["sample", str(run / "checkpoint.pt"), "--n", "8", "-o", str(grid)]) == 0
     assert _png(grid)[0] > 0
+    raw = tmp_path / "samples.pt"                 # the raw samples (outputs alone), every model
+    assert cli.main(["sample", str(run), "--n", "8", "-o", str(raw)]) == 0
+    x = torch.load(raw)
+    assert x.dtype == torch.float32 and len(x) == (10 if model == "cgan" else 8), x.shape
+    assert x.shape[1:] == ((2,) if model in ("ring", "grid") else x.shape[1:]) and x.dim() in (2, 4)
     if model in ("gan", "vae"):
         assert cli.main(["sample", str(run), "--n", "20", "--interpolate", "-o", str(grid)]) == 0
         assert _png(grid)[0] > _png(grid)[1]  # rows of 10

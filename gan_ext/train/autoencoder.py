@@ -81,7 +81,9 @@ class AETrainer(_UnitImages):
         return torch.cat(rows).float().cpu() * 2 - 1, 8
 
     def sample(self, n: int, interpolate: bool, generator: torch.Generator,
-               inputs: Optional[Tensor] = None):
+               inputs: Optional[Tensor] = None, raw: bool = False):
+        """Rows of inputs over reconstructions (``raw``: the reconstructions
+        alone), or with ``interpolate`` decoded latent paths."""
         x = (inputs if inputs is not None else self.test_images(max(n, 2))).to(self.device)
         if interpolate:
             rows, steps = max(1, n // INTERPOLATION_STEPS), INTERPOLATION_STEPS
@@ -92,6 +94,8 @@ class AETrainer(_UnitImages):
             return out.float().cpu() * 2 - 1, steps
         x = self._inputs(x[:n])
         rec = self.model(x)
+        if raw:
+            return rec.float().cpu() * 2 - 1, 0
         rows = []
         for i in range(0, len(x), 8):
             rows += [x[i:i + 8], rec[i:i + 8]]

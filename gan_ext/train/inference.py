@@ -237,6 +237,8 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         x = x[:n]
     with torch.no_grad():
         kw = {"direction": direction} if trainer.name in ("cyclegan", "pix2pix") else {}
+        if trainer.name in ("cyclegan", "pix2pix", "ae", "dae") and out.lower().endswith(".pt"):
+            kw["raw"] = True                  # the outputs alone, not input/output rows
         if labels is not None:
             kw["labels"] = labels
         images, nrow = trainer.sample(n, interpolate, g, inputs=x, **kw)

@@ -5,7 +5,7 @@ schedulers, stepped once per epoch."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -76,6 +76,14 @@ class _TranslationTrainer(Trainer):
         return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
 
 
+def _pairs(inputs: Tensor, outputs: Tensor, raw: bool) -> Tuple[Tensor, int]:
+    """(rows of 8 inputs over their outputs, 8), or with ``raw`` (outputs, 0)."""
+    if raw:
+        return outputs, 0
+    per = min(8, max(1, len(inputs)))
+    return interleave_rows([inputs, outputs], per), per
+
+
 @register
 class CycleGANTrainer(_TranslationTrainer):
     name = "cyclegan"
@@ -129,13 +137,13 @@ class CycleGANTrainer(_TranslationTrainer):
                      8), 8
 
     def sample(self, n: int, interpolate: bool, generator: torch.Generator,
-               inputs: Optional[Tensor] = None, direction: str = "AtoB"):
+               inputs: Optional[Tensor] = None, direction: str = "AtoB", raw: bool = False):
+        """Rows of inputs over their translations; ``raw``: the translations alone."""
         net = self.model.G_A if direction == "AtoB" else self.model.G_B
         if inputs is None:
             A, B, _, _ = self.test_pair(n)
             inputs = A if direction == "AtoB" else B
-        per = min(8, max(1, len(inputs)))
-        return interleave_rows([inputs, translate(net, inputs, self.device)], per), per
+        return _pairs(inputs, translate(net, inputs, self.device), raw)
 
     def evaluate(self, n: int) -> Dict[str, Any]:
         if self.opts.data is not None:
@@ -199,11 +207,10 @@ class Pix2PixTrainer(_TranslationTrainer):
         return interleave_rows([A, translate(self.model.netG, A, self.device), B], 8), 8
 
     def sample(self, n: int, interpolate: bool, generator: torch.Generator,
-               inputs: Optional[Tensor] = None, direction: str = "AtoB"):
+               inputs: Optional[Tensor] = None, direction: str = "AtoB", raw: bool = False):
         if inputs is None:
             inputs = self.test_pairs(n)[0]
-        per = min(8, max(1, len(inputs)))
-        return interleave_rows([inputs, translate(self.model.netG, inputs, self.device)], per), per
+        return _pairs(inputs, translate(self.model.netG, inputs, self.device), raw)
 
     def evaluate(self, n: int) -> Dict[str, Any]:
         A, B = self.test_pairs(n)
