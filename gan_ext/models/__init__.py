@@ -7,6 +7,9 @@
     vae          the MLP VAE of pytorch/examples (same state_dict) and a conv VAE
     cyclegan     CycleGAN (Zhu et al. 2017), state_dicts of the official implementation
     pix2pix      pix2pix (Isola et al. 2017): U-Net generator, 6-channel PatchGAN
+    modes        the mode-collapse benchmarks' networks (2-D mixtures, stacked MNIST)
+    cures        mode-collapse cures every GAN family's config takes (pack, minibatch
+                 stddev/discrimination, feature matching, unrolled D, G EMA)
 
 Shared by cyclegan and pix2pix: ``networks`` (the official ResNet, U-Net and
 PatchGAN networks), ``official`` (loading the published checkpoints),
@@ -15,8 +18,8 @@ PatchGAN networks), ``official`` (loading the published checkpoints),
 Every model is a plain ``nn.Module``; ``fused=False`` builds the same network
 from plain ``torch.nn`` layers (``gan_ext.fuse`` turns it into the fused one).
 """
-from . import (autoencoder, cgan, cyclegan, dcgan, gan, image_pool, networks, official, pix2pix,
-               schedule, vae)
+from . import (autoencoder, cgan, cures, cyclegan, dcgan, gan, image_pool, modes, networks,
+               official, pix2pix, schedule, vae)
 from ._common import init_normal_, num_parameters
 from .autoencoder import AEConfig, ConvAutoencoder
 from .cgan import CGANConfig, ConditionalDiscriminator, ConditionalGAN, ConditionalGenerator
@@ -29,7 +32,7 @@ from .official import load_official_state_dict
 from .pix2pix import Pix2Pix, Pix2PixConfig
 from .vae import VAE, ConvVAE, VAEConfig, VAEOutput, build_vae
 
-__all__ = ["gan", "dcgan", "cgan", "autoencoder", "vae", "cyclegan", "pix2pix",
+__all__ = ["gan", "dcgan", "cgan", "autoencoder", "vae", "cyclegan", "pix2pix", "modes", "cures",
            "networks", "official", "image_pool", "schedule",
            "init_normal_", "num_parameters",
            "TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step",
