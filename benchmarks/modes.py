@@ -102,10 +102,14 @@ def final_metrics(path: str) -> Optional[dict]:
 
 def train(row: Row, seed: int, out: str, quick: bool, threads: int) -> dict:
     path = run_dir(out, row, seed)
-    found = final_metrics(path)
-    if found is not None and not quick:
-        return found
     extra = [*_cure_args(row.args), *QUICK[row.model]] if quick else row.args
+    recipe = {"model": row.model, "args": list(extra), "seed": seed}
+    found = final_metrics(path)
+    stamp = os.path.join(path, "benchmark_row.json")
+    if found is not None and os.path.isfile(stamp):
+        with open(stamp, encoding="utf-8") as f:
+            if json.load(f) == recipe:         # the same row: a finished run is reused
+                return found
     args = [sys.executable, "-m", "gan_ext.cli", "train", row.model, *extra]
     args += ["--seed", str(seed), "--out", path, "--overwrite", "--no-progress",
              "--log-every", "500", "--sample-every", "2000", "--threads", str(threads)]
@@ -116,6 +120,8 @@ def train(row: Row, seed: int, out: str, quick: bool, threads: int) -> dict:
                            f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
     m = final_metrics(path)
     m["minutes"] = (time.perf_counter() - t0) / 60
+    with open(stamp, "w", encoding="utf-8") as f:
+        json.dump(recipe, f)
     return m
 
 
@@ -143,7 +149,9 @@ def summarise(row: Row, results: List[dict]) -> dict:
         if not v:
             return "n/a"
         return f"{statistics.mean(v):.1f} +- {statistics.stdev(v) if len(v) > 1 else 0.0:.1f}"
-    return {"row": row.key, "benchmark": row.model, "method": row.method, "modes": ms(modes),
+    steps = row.args[row.args.index("--steps") + 1] if "--steps" in row.args else "default"
+    return {"row": row.key, "benchmark": row.model, "method": row.method, "steps": steps,
+            "modes": ms(modes),
             q_key: ms(q), "seeds": len(results), "published": row.published,
             "minutes": ms([r.get("minutes", float("nan")) for r in results]), "runs": results}
 
@@ -173,12 +181,13 @@ def check_metrics() -> None:
 
 
 def table(summaries: List[dict]) -> str:
-    lines = ["| benchmark | method | modes (ours) | high-quality % / KL (ours) | seeds | "
-             "minutes/run | published (modes / quality) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | method | steps | modes (ours) | high-quality % / KL (ours) | seeds | "
+             "minutes/run | published (modes / quality) |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         q = s.get("high_quality", s.get("kl"))
         pub = "; ".join(f"{k}: {v}" for k, v in s["published"].items()) or "-"
-        lines.append(f"| {s['benchmark']} | {s['method']} | {s['modes']} | {q} | {s['seeds']} | "
+        lines.append(f"| {s['benchmark']} | {s['method']} | {s['steps']} | {s['modes']} | {q} | "
+                     f"{s['seeds']} | "
                      f"{s['minutes']} | {pub} |")
     return "\n".join(lines)
 
@@ -190,11 +199,15 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    p.add_argument("--out", default="runs/modes")
+    p.add_argument("--out", default="runs/modes",
+                   help="runs go to OUT/ROW/seedS (--quick: OUT/quick/...); a finished run of "
+                        "the same row and seed is reused")
     p.add_argument("--quick", action="store_true",
                    help="tiny runs of one seed per benchmark's first rows + the metric checks")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
     a = p.parse_args(argv)
+    if a.seeds < 1 or a.jobs < 1 or a.threads < 1:
+        p.error("--seeds, --jobs and --threads must be at least 1")
     rows = ROWS
     if a.only:
         want = set(a.only.split(","))
@@ -209,6 +222,7 @@ def main(argv=None) -> int:
         check_metrics()
         quick_rows = [r for r in rows if r.quick]
         rows, seeds = quick_rows, [0]
+        a.out = os.path.join(a.out, "quick")   # never mixed with the full table's runs
     else:
         seeds = list(range(a.seeds))
     jobs = [(r, s) for r in rows for s in seeds]

@@ -157,13 +157,24 @@ def test_cured_discriminator_shapes():
         assert gan.G(torch.randn(5, cfg.nz)).shape == (5, *batch[1:])
     with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
         MixtureGAN(MixtureGANConfig()).D(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="does not split into groups of 4"):
+        MixtureGAN(MixtureGANConfig(minibatch_stddev=4)).D(torch.randn(6, 2))
+
+
+def test_a_mixture_arch_is_its_networks():
+    v = MixtureGANConfig.for_arch("veegan")
+    assert (v.nz, v.g_hidden, v.d_hidden, v.maxout, v.lr) == (256, (128, 128), (128,), 0, 1e-3)
+    assert MixtureGANConfig().arch == "pacgan" and MixtureGANConfig().g_hidden == (400,) * 4
+    with pytest.raises(ValueError, match="arch='custom'"):
+        MixtureGANConfig(arch="veegan")            # the label without VEEGAN's networks
+    assert MixtureGANConfig(arch="custom", g_hidden=(8,)).g_hidden == (8,)
 
 
 # ---------------------------------------------------------------- unrolled
 def _tiny(**kw):
     torch.manual_seed(0)
-    gan = MixtureGAN(MixtureGANConfig(nz=2, g_hidden=(6,), d_hidden=(5,), maxout=2, lr=0.05,
-                                      **kw)).double()
+    gan = MixtureGAN(MixtureGANConfig(arch="custom", nz=2, g_hidden=(6,), d_hidden=(5,),
+                                      maxout=2, lr=0.05, **kw)).double()
     opt_g, opt_d = gan.make_optimizers()
     real = torch.randn(8, 2, dtype=torch.float64)
     gan.train_step(real, opt_g, opt_d)          # Adam state exists: the look-ahead carries it
@@ -234,10 +245,16 @@ def test_the_look_ahead_is_adams_update():
 def test_ema_is_the_moving_average_and_samples():
     gan, opt_g, opt_d, real = _tiny(ema=0.9)
     before = [p.clone() for p in gan.G_ema.parameters()]
+    stats = {k: v.clone() for k, v in gan.G_ema.named_buffers()}
     gan.train_step(real, opt_g, opt_d)
     for e, b, p in zip(gan.G_ema.parameters(), before, gan.G.parameters()):
         assert torch.allclose(e, 0.9 * b + 0.1 * p, rtol=1e-12, atol=1e-14)
         assert not e.requires_grad
+    g_buffers = dict(gan.G.named_buffers())
+    assert "main.1.running_mean" in stats            # batch norm statistics: averaged too
+    for k, v in gan.G_ema.named_buffers():
+        want = 0.9 * stats[k] + 0.1 * g_buffers[k] if v.is_floating_point() else g_buffers[k]
+        assert torch.allclose(v.double(), want.double(), rtol=1e-12, atol=1e-14), k
     assert gan.sampler is gan.G_ema and "G_ema.main.0.weight" in gan.state_dict()
     assert MixtureGAN(MixtureGANConfig()).sampler is not None
 

@@ -85,6 +85,9 @@ def test_pack_multiplies_the_samples_per_batch(tmp_path):
     ("gan", ["--ema", "1.5"], "ema must be a decay in"),
     ("ring", ["--data", "x"], "--data does not apply to ring"),
     ("ring", ["--arch", "unrolled"], "arch must be one of veegan, pacgan for ring"),
+    ("stacked-mnist", ["--arch", "veegan", "--d-width", "0.5"], "--d-width applies to --arch "
+                                                                 "unrolled only"),
+    ("dcgan", ["--minibatch-stddev", "--batch-size", "6"], "multiple of 4"),
 ])
 def test_cure_misuse_is_a_one_line_error(model, flags, match, tmp_path, capsys):
     line = _error(capsys, _train(model, tmp_path / "r", "--steps", "1", *flags))

@@ -123,6 +123,10 @@ class CuredDiscriminator(nn.Module):
         if features:
             return h.flatten(1)
         if self.group:
+            if h.shape[0] % min(self.group, h.shape[0] or 1):
+                raise ValueError(f"--minibatch-stddev: a batch of {h.shape[0]} D inputs does not "
+                                 f"split into groups of {self.group}; use a batch size that is "
+                                 f"a multiple of {self.group}")
             h = minibatch_stddev(h, self.group)                  # one more channel
         if self.mbd is not None:
             return self.head(self.mbd(h.flatten(1))).view(-1)    # (B',)
@@ -187,7 +191,8 @@ def lookahead(D: nn.Module, opt_d: torch.optim.Optimizer, d_loss: Callable[[Tens
 
 def generator_objective(c, loss, opt_d: torch.optim.Optimizer):
     """``objective(players, fake, y_fake, real, y_real) -> (loss_g, d_gen)``
-    for the cures that change G's loss (feature matching, unrolling), or None."""
+    for the cures that change G's loss (feature matching, unrolling), or None.
+    With unrolling, ``d_gen`` (what the run logs) is the look-ahead D's score."""
     if not (c.feature_matching or c.unrolled):
         return None
 
@@ -208,7 +213,7 @@ def generator_objective(c, loss, opt_d: torch.optim.Optimizer):
         if c.feature_matching:
             f_real = run(real, y_real, features=True).detach().float().mean(0)
             f_fake = run(fake, y_fake, features=True).float().mean(0)
-            loss_g = (f_real - f_fake).square().mean()
+            loss_g = (f_real - f_fake).square().sum()     # ||E f(x) - E f(G(z))||^2
             with torch.no_grad():
                 d_gen = run(fake.detach(), y_fake)
             return loss_g, d_gen
@@ -229,9 +234,14 @@ def make_ema(G: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, G: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * G for the parameters; buffers (batch
-    norm statistics) copied from G."""
+    """ema <- decay * ema + (1 - decay) * G for the parameters and the
+    floating-point buffers (batch norm's running statistics: G's own belong to
+    G's current weights, so they are averaged as the weights are, as timm's
+    ModelEmaV2 does); integer buffers (num_batches_tracked) copied."""
     ep, gp = list(ema.parameters()), list(G.parameters())
     torch._foreach_lerp_(ep, [p.detach() for p in gp], 1.0 - decay)
     for eb, gb in zip(ema.buffers(), G.buffers()):
-        eb.copy_(gb)
+        if eb.is_floating_point():
+            eb.lerp_(gb, 1.0 - decay)
+        else:
+            eb.copy_(gb)

@@ -357,4 +357,5 @@ class GAN(nn.Module):
         return self.G_ema if self.G_ema is not None else self.G
 
     def forward(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        return self.G(z) if labels is None else self.G(z, labels)
+        G = self.sampler
+        return G(z) if labels is None else G(z, labels)

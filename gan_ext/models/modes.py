@@ -72,12 +72,13 @@ MIXTURE_ARCHS = {
     "pacgan": dict(nz=2, g_hidden=(400, 400, 400, 400), d_hidden=(200, 200, 200), maxout=5,
                    g_batchnorm=True, init_std=0.02, lr=1e-4, betas=(0.8, 0.999)),
 }
-MIXTURE_BATCH = {"veegan": 500, "pacgan": 100}
+MIXTURE_BATCH = {"veegan": 500, "pacgan": 100, "custom": 100}
+_NETWORK_FIELDS = ("nz", "g_hidden", "d_hidden", "maxout", "g_batchnorm", "init_std")
 
 
 @dataclass
 class MixtureGANConfig(TrainConfig):
-    arch: str = "pacgan"
+    arch: str = "pacgan"             # the networks of MIXTURE_ARCHS, or "custom"
     nz: int = 2
     g_hidden: Tuple[int, ...] = (400, 400, 400, 400)
     d_hidden: Tuple[int, ...] = (200, 200, 200)
@@ -88,9 +89,16 @@ class MixtureGANConfig(TrainConfig):
     betas: Tuple[float, float] = (0.8, 0.999)
 
     def __post_init__(self) -> None:
-        check_choice("arch", self.arch, tuple(MIXTURE_ARCHS))
+        check_choice("arch", self.arch, (*MIXTURE_ARCHS, "custom"))
         self.g_hidden = check_ints("g_hidden", self.g_hidden)
         self.d_hidden = check_ints("d_hidden", self.d_hidden)
+        if self.arch != "custom":   # the label must name the networks that are built
+            ref = MIXTURE_ARCHS[self.arch]
+            bad = [k for k in _NETWORK_FIELDS if getattr(self, k) != ref[k]]
+            if bad:
+                raise ValueError(f"arch={self.arch!r} has {bad[0]}={ref[bad[0]]!r}, got "
+                                 f"{getattr(self, bad[0])!r}: use MixtureGANConfig.for_arch("
+                                 f"{self.arch!r}), or arch='custom' for other networks")
         check_int("nz", self.nz)
         check_int("maxout", self.maxout, 0)
         if self.init_std is not None:

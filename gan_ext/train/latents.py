@@ -14,7 +14,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["GRID_STREAM", "EVAL_STREAM", "NOISE_STREAM", "FID_BACKEND_SEED",
+__all__ = ["GRID_STREAM", "EVAL_STREAM", "NOISE_STREAM", "DATA_STREAM", "FID_BACKEND_SEED",
            "EXAMPLES_DCGAN_EVAL_SEED", "INTERPOLATION_STEPS", "stream", "slerp",
            "interpolation_latents"]
 
@@ -22,6 +22,7 @@ __all__ = ["GRID_STREAM", "EVAL_STREAM", "NOISE_STREAM", "FID_BACKEND_SEED",
 GRID_STREAM = 1    # the fixed inputs of the progress grids (gan families, vae)
 EVAL_STREAM = 2    # the samples of the final evaluation (gan families)
 NOISE_STREAM = 3   # the denoising autoencoder's input noise (the same at every step)
+DATA_STREAM = 4    # the training sets drawn for the synthetic benchmarks (ring, grid, stacked-mnist)
 # Seeds of samples drawn without a run seed at hand.
 FID_BACKEND_SEED = 123         # `gan-ext eval --fid-backend`: the generated images
 EXAMPLES_DCGAN_EVAL_SEED = 2   # `gan-ext eval` of a pytorch/examples netG file

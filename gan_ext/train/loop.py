@@ -148,8 +148,10 @@ class _Run:
         self.batch_size = batch_size = ((opts.batch_size or trainer.default_batch_size)
                                         * trainer.batch_multiple)
         if len(data[0]) < batch_size:
-            raise ValueError(f"the training set has {len(data[0])} images, fewer than "
-                             f"--batch-size {batch_size}; lower --batch-size or add data")
+            packs = (f" ({batch_size // trainer.batch_multiple} packs of {trainer.batch_multiple})"
+                     if trainer.batch_multiple > 1 else "")
+            raise ValueError(f"the training set has {len(data[0])} images, fewer than a batch "
+                             f"of {batch_size}{packs}; lower --batch-size or add data")
         self.loader = InMemoryLoader(*data, batch_size=batch_size, shuffle=True, drop_last=True,
                                      seed=opts.seed)
         self.per_epoch = max(1, len(self.loader) // trainer.batches_per_step)

@@ -16,14 +16,13 @@ from ..models.modes import (MIXTURE_BATCH, MixtureGAN, MixtureGANConfig, Stacked
                             StackedMNISTGAN)
 from .base import register
 from .gan import GANTrainer
-from .latents import EVAL_STREAM, GRID_STREAM, stream
+from .latents import DATA_STREAM, EVAL_STREAM, stream
 
 __all__ = ["MixtureTrainer", "RingTrainer", "GridTrainer", "StackedMNISTTrainer",
            "plot_points", "MIXTURE_TRAIN_POINTS", "STACKED_TRAIN_IMAGES"]
 
 MIXTURE_TRAIN_POINTS = 100_000   # PacGAN's fixed training set
 STACKED_TRAIN_IMAGES = {"veegan": 128_000, "unrolled": 1_000_000}
-DATA_STREAM = 4                  # the training set of the synthetic benchmarks
 
 
 def plot_points(points: Tensor, centres: Tensor, path: str, title: str = "",
@@ -72,6 +71,7 @@ class MixtureTrainer(GANTrainer):
 
     @property
     def default_batch_size(self) -> int:
+        """DEFAULTS' is VEEGAN's 500; PacGAN's networks train on batches of 100."""
         return MIXTURE_BATCH[self.model.config.arch]
 
     def train_data(self):
@@ -124,7 +124,9 @@ class StackedMNISTTrainer(GANTrainer):
         o = self.opts
         if o.lr is not None:
             kw["lr_g"] = o.lr
-        return StackedMNISTConfig.for_arch(o.arch or "unrolled", d_width=o.d_width, **kw)
+        if o.d_width is not None:
+            kw["d_width"] = o.d_width
+        return StackedMNISTConfig.for_arch(o.arch or "unrolled", **kw)
 
     def image_shape(self):
         return (3, 28, 28)

@@ -39,9 +39,10 @@ DEFAULTS = {
     "cyclegan": {"epochs": 10, "decay_epochs": 10, "batch_size": 4, "limit": 1000},
     "pix2pix":  {"epochs": 5, "decay_epochs": 5, "batch_size": 16, "limit": 10000},
     # The mode-collapse benchmarks (gan_ext.metrics.modes): eval_n is the protocol's
-    # sample count; ring/grid epochs of 1,000 steps (100,000 points, batch 100 packs).
-    "ring":     {"epochs": 10, "batch_size": 100, "eval_n": 2500},
-    "grid":     {"epochs": 10, "batch_size": 100, "eval_n": 2500},
+    # sample count. ring/grid: 100,000 points, batch 500 (--arch veegan; pacgan: 100),
+    # 200 steps per epoch: 30,000 and 40,000 steps, the benchmark table's lengths.
+    "ring":     {"epochs": 150, "batch_size": 500, "eval_n": 2500},
+    "grid":     {"epochs": 200, "batch_size": 500, "eval_n": 2500},
     "stacked-mnist": {"epochs": 1, "batch_size": 128, "eval_n": 26000},
 }
 
@@ -164,7 +165,7 @@ class TrainOptions:
     unrolled_first_order: bool = False   # the look-ahead without second derivatives
     ema: Optional[float] = None          # decay of G's moving average used for sampling
     arch: Optional[str] = None           # the benchmarks' networks (MODEL_ARCHS; None: the first)
-    d_width: float = 0.25                # stacked-mnist --arch unrolled: D's widths over G's
+    d_width: Optional[float] = None      # stacked-mnist --arch unrolled: D's widths over G's (0.25)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -191,8 +192,15 @@ class TrainOptions:
                 and self.arch not in MODEL_ARCHS[self.model]):
             raise ValueError(f"arch must be one of {', '.join(MODEL_ARCHS[self.model])} "
                              f"for {self.model}, got {self.arch!r}")
-        if not 0.0 < _float("d_width", self.d_width) <= 4.0:
-            raise ValueError(f"d_width must be in (0, 4], got {self.d_width}")
+        if self.d_width is not None:
+            if not 0.0 < _float("d_width", self.d_width) <= 4.0:
+                raise ValueError(f"d_width must be in (0, 4], got {self.d_width}")
+            if self.arch not in (None, "unrolled"):
+                raise ValueError(f"--d-width applies to --arch unrolled only (the VEEGAN "
+                                 f"setting's D is fixed), got --arch {self.arch}")
+        if self.minibatch_stddev and self.batch_size is not None and self.batch_size % 4:
+            raise ValueError(f"--minibatch-stddev takes groups of 4 samples: --batch-size must be "
+                             f"a multiple of 4, got {self.batch_size}")
         if self.unrolled_first_order and not self.unrolled:
             raise ValueError("--unrolled-first-order needs --unrolled K (K >= 1 look-ahead steps)")
         check_int("seed", self.seed, 0)
