@@ -156,6 +156,7 @@ def test_the_benchmark_table_quick_form(tmp_path):
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ring") or
             ln.startswith("| grid") or ln.startswith("| stacked-mnist")]
     assert len(rows) == 6, r.stdout
-    summary = json.loads((tmp_path / "modes.json").read_text())
+    assert not (tmp_path / "modes.json").exists()      # --quick keeps to OUT/quick
+    summary = json.loads((tmp_path / "quick" / "modes.json").read_text())
     assert {s["benchmark"] for s in summary} == {"ring", "grid", "stacked-mnist"}
     assert all(len(s["runs"]) == 1 and "modes" in s["runs"][0] for s in summary)

@@ -6,7 +6,8 @@ as the reference code of the papers builds them:
   -> logit with ReLU, Adam 1e-3, beta1 0.5, batches of 500) and
   ``"pacgan"`` (PacGAN's: G 2 -> 400 x 4 (linear without bias, batch norm,
   ReLU) -> 2, D three maxout layers of 200 units and 5 pieces -> logit,
-  every weight N(0, 0.02); Adam 1e-4, beta1 0.8, batches of 100).
+  every weight N(0, 0.02); Adam 1e-4, beta1 0.8; PacGAN's batches were
+  100, the trainers' default is VEEGAN's 500 for both).
 * :class:`StackedMNISTGAN` (``stacked-mnist``), two DCGAN settings:
   ``"unrolled"`` (the Unrolled-GAN paper's, as PacGAN reran it): G z 256 ->
   4x4x64 -> 3x3 stride-2 transposed convs to 7x7x32, 14x14x16, 28x28x8 -> a
@@ -36,7 +37,7 @@ from ._checks import check_choice, check_int, check_ints, check_latent, check_re
 from .gan import GAN, TrainConfig
 
 __all__ = ["MixtureGANConfig", "MixtureGAN", "Maxout", "StackedMNISTConfig", "StackedMNISTGAN",
-           "STACKED_ARCHS", "MIXTURE_ARCHS", "MIXTURE_BATCH"]
+           "STACKED_ARCHS", "MIXTURE_ARCHS"]
 
 STACKED_ARCHS = ("unrolled", "veegan")
 
@@ -72,7 +73,6 @@ MIXTURE_ARCHS = {
     "pacgan": dict(nz=2, g_hidden=(400, 400, 400, 400), d_hidden=(200, 200, 200), maxout=5,
                    g_batchnorm=True, init_std=0.02, lr=1e-4, betas=(0.8, 0.999)),
 }
-MIXTURE_BATCH = {"veegan": 500, "pacgan": 100, "custom": 100}
 _NETWORK_FIELDS = ("nz", "g_hidden", "d_hidden", "maxout", "g_batchnorm", "init_std")
 
 

@@ -12,8 +12,7 @@ from torch import Tensor
 from .. import metrics
 from ..data import load_mnist
 from ..metrics.modes import MIXTURES, stacked_mnist
-from ..models.modes import (MIXTURE_BATCH, MixtureGAN, MixtureGANConfig, StackedMNISTConfig,
-                            StackedMNISTGAN)
+from ..models.modes import MixtureGAN, MixtureGANConfig, StackedMNISTConfig, StackedMNISTGAN
 from .base import register
 from .gan import GANTrainer
 from .latents import DATA_STREAM, EVAL_STREAM, stream
@@ -68,11 +67,6 @@ class MixtureTrainer(GANTrainer):
 
     def make_config(self):
         return MixtureGANConfig.for_arch(self.opts.arch or "veegan", **self.train_config_kwargs())
-
-    @property
-    def default_batch_size(self) -> int:
-        """DEFAULTS' is VEEGAN's 500; PacGAN's networks train on batches of 100."""
-        return MIXTURE_BATCH[self.model.config.arch]
 
     def train_data(self):
         x = self.mixture.sample(MIXTURE_TRAIN_POINTS, stream(self.opts.seed, DATA_STREAM))

@@ -39,8 +39,8 @@ DEFAULTS = {
     "cyclegan": {"epochs": 10, "decay_epochs": 10, "batch_size": 4, "limit": 1000},
     "pix2pix":  {"epochs": 5, "decay_epochs": 5, "batch_size": 16, "limit": 10000},
     # The mode-collapse benchmarks (gan_ext.metrics.modes): eval_n is the protocol's
-    # sample count. ring/grid: 100,000 points, batch 500 (--arch veegan; pacgan: 100),
-    # 200 steps per epoch: 30,000 and 40,000 steps, the benchmark table's lengths.
+    # sample count. ring/grid: 100,000 points, batch 500 (VEEGAN's; PacGAN's code used
+    # 100), 200 steps per epoch: 30,000 and 40,000 steps, the benchmark table's lengths.
     "ring":     {"epochs": 150, "batch_size": 500, "eval_n": 2500},
     "grid":     {"epochs": 200, "batch_size": 500, "eval_n": 2500},
     "stacked-mnist": {"epochs": 1, "batch_size": 128, "eval_n": 26000},
