@@ -7,6 +7,7 @@ import os
 from typing import List
 
 from ..train import sample_checkpoint
+from ..train.inference import is_tensor_file
 from .common import (PROG, Command, UsageError, apply_threads, bounded_int, device_argument,
                      one_line_warnings, positive_int, seed, threads_argument)
 
@@ -69,7 +70,7 @@ def _check_image_name(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     one_line_warnings()
     apply_threads(args)
-    if not args.out.lower().endswith(".pt"):
+    if not is_tensor_file(args.out):
         _check_image_name(args.out)
         if args.n > MAX_SAMPLE_N:
             raise UsageError(f"--n {args.n}: a picture holds at most {MAX_SAMPLE_N} samples; "

@@ -31,7 +31,7 @@ from .options import DEFAULTS, MODELS, TrainOptions
 from .translation import translate
 
 __all__ = ["load_trained", "sample_checkpoint", "evaluate_checkpoint", "load_images",
-           "official_generator"]
+           "is_tensor_file", "official_generator"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -177,10 +177,15 @@ def load_images(path: str, image_size: int, channels: int) -> Tensor:
 
 
 # ------------------------------------------------------------------ commands
+def is_tensor_file(out: str) -> bool:
+    """Whether ``sample -o out`` asks for the raw samples (a ``.pt`` file), not a picture."""
+    return out.lower().endswith(".pt")
+
+
 def save_samples(samples: Tensor, out: str, nrow: int, write_picture=None) -> str:
     """``out`` ending in ``.pt``: the raw samples as a tensor file (atomic);
     else the picture (``write_picture(samples, out, nrow)``, default a grid)."""
-    if out.lower().endswith(".pt"):
+    if is_tensor_file(out):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         atomic_save(samples.detach().cpu().contiguous(), out)
         return out
@@ -217,7 +222,7 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         with torch.no_grad():
             y = translate(G, x, dev, batch=8)
         per = min(8, len(x))
-        if out.lower().endswith(".pt"):
+        if is_tensor_file(out):
             return save_samples(y, out, per)
         return save_grid(interleave_rows([x, y], per), out, nrow=per)
     trainer, ckpt = load_trained(path, device, raw)
@@ -237,12 +242,12 @@ def sample_checkpoint(path: str, out: str, n: int = 64, interpolate: bool = Fals
         x = x[:n]
     with torch.no_grad():
         kw = {"direction": direction} if trainer.name in ("cyclegan", "pix2pix") else {}
-        if trainer.name in ("cyclegan", "pix2pix", "ae", "dae") and out.lower().endswith(".pt"):
+        if trainer.name in ("cyclegan", "pix2pix", "ae", "dae") and is_tensor_file(out):
             kw["raw"] = True                  # the outputs alone, not input/output rows
         if labels is not None:
             kw["labels"] = labels
         images, nrow = trainer.sample(n, interpolate, g, inputs=x, **kw)
-    return save_samples(images, out, nrow, getattr(trainer, "write_picture", None))
+    return save_samples(images, out, nrow, trainer.write_picture)
 
 
 def _refuse(given: bool, option: str, what: str) -> None:

@@ -16,6 +16,8 @@ from ..models.modes import MixtureGAN, MixtureGANConfig, StackedMNISTConfig, Sta
 from .base import register
 from .gan import GANTrainer
 from .latents import DATA_STREAM, EVAL_STREAM, stream
+from .monitor import pyplot, save_figure
+from .options import MODEL_ARCHS
 
 __all__ = ["MixtureTrainer", "RingTrainer", "GridTrainer", "StackedMNISTTrainer",
            "plot_points", "MIXTURE_TRAIN_POINTS", "STACKED_TRAIN_IMAGES"]
@@ -27,12 +29,7 @@ STACKED_TRAIN_IMAGES = {"veegan": 128_000, "unrolled": 1_000_000}
 def plot_points(points: Tensor, centres: Tensor, path: str, title: str = "",
                 limit: Optional[float] = None) -> str:
     """A scatter plot of 2-D ``points`` over the mixture's ``centres``."""
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from .._atomic import atomic_write
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = pyplot().subplots(figsize=(5, 5))
     p = points.float().numpy()
     ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, color="tab:blue", label="samples")
     c = centres.float().numpy()
@@ -45,12 +42,7 @@ def plot_points(points: Tensor, centres: Tensor, path: str, title: str = "",
     ax.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class MixtureTrainer(GANTrainer):
@@ -66,7 +58,8 @@ class MixtureTrainer(GANTrainer):
         return MIXTURES[self.name]
 
     def make_config(self):
-        return MixtureGANConfig.for_arch(self.opts.arch or "veegan", **self.train_config_kwargs())
+        return MixtureGANConfig.for_arch(self.opts.arch or MODEL_ARCHS[self.name][0],
+                                         **self.train_config_kwargs())
 
     def train_data(self):
         x = self.mixture.sample(MIXTURE_TRAIN_POINTS, stream(self.opts.seed, DATA_STREAM))
@@ -120,7 +113,7 @@ class StackedMNISTTrainer(GANTrainer):
             kw["lr_g"] = o.lr
         if o.d_width is not None:
             kw["d_width"] = o.d_width
-        return StackedMNISTConfig.for_arch(o.arch or "unrolled", **kw)
+        return StackedMNISTConfig.for_arch(o.arch or MODEL_ARCHS[self.name][0], **kw)
 
     def image_shape(self):
         return (3, 28, 28)

@@ -12,7 +12,8 @@ from typing import Dict, List, Optional, Sequence
 
 from .._atomic import atomic_write
 
-__all__ = ["MetricsLog", "Progress", "plot_losses", "append_jsonl", "json_safe"]
+__all__ = ["MetricsLog", "Progress", "plot_losses", "append_jsonl", "json_safe", "pyplot",
+           "save_figure"]
 
 
 def json_safe(v):
@@ -126,9 +127,7 @@ def plot_losses(history: List[Dict[str, float]], groups: Dict[str, Sequence[str]
     path, or None when there is nothing to plot."""
     if not history:
         return None
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [h["step"] for h in history]
     groups = {g: [k for k in keys if any(k in h for h in history)] for g, keys in groups.items()}
@@ -152,9 +151,23 @@ def plot_losses(history: List[Dict[str, float]], groups: Dict[str, Sequence[str]
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str) -> str:
+    """Writes ``fig`` as a PNG atomically (a run killed mid-draw keeps the
+    previous picture) and closes it; returns the path."""
     fig.tight_layout()
-    try:  # atomic: a run killed mid-draw keeps the previous picture
+    try:
         atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
     return path
