@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import minibatch_stddev
+from .cures import cured_head, cured_logit
 from ._checks import check_images, check_int, check_latent
 from ._common import init_normal_
 from .dcgan import (check_image_size, discriminator_layers, generator_layers, run_generator,
@@ -114,14 +114,8 @@ class ConditionalDiscriminator(nn.Module):
         # The mode-collapse cures (gan_ext.models.cures) act on psi's input only;
         # the projection term keeps the body's features.
         self.group = minibatch_stddev
-        psi_in = width + (1 if minibatch_stddev else 0)
-        self.mbd = None
-        if minibatch_discrimination is not None:
-            from ..nn import MinibatchDiscrimination
-            self.mbd = MinibatchDiscrimination(psi_in * base * base, *minibatch_discrimination)
-            self.head = nn.Linear(psi_in * base * base + minibatch_discrimination[0], 1)
-        else:
-            self.head = nn.Conv2d(psi_in, 1, base, 1, 0, bias=False)
+        self.mbd, self.head = cured_head((width, base, base), minibatch_stddev,
+                                         minibatch_discrimination)
         # A projection embedding lives in feature space (width); N(0, 0.02) like
         # the convs keeps the initial inner products, summed over width x b x b
         # terms, at the scale of the psi logit.
@@ -144,11 +138,8 @@ class ConditionalDiscriminator(nn.Module):
         h = self.main(x)                                                # (B, C, b, b)
         if features:
             return h.flatten(1)
-        hp = minibatch_stddev(h, self.group) if self.group else h
-        if self.mbd is not None:
-            logit = self.head(self.mbd(hp.flatten(1))).view(-1)
-        else:
-            logit = score_head(self.head, hp, self.fused)              # (B,)
+        logit = cured_logit(h, self.group, self.mbd, self.head,
+                            lambda head, hp: score_head(head, hp, self.fused))  # (B,)
         if self.conditioning == "projection":
             logit = logit + (e * h.sum(dim=(2, 3))).sum(dim=1)          # + <embed(y), phi(x)>
         return logit

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from ..nn import minibatch_stddev
 from ._checks import check_bool, check_int, check_real
 
-__all__ = ["check_cures", "d_cured", "d_options", "CuredDiscriminator", "pack", "generator_objective",
+__all__ = ["check_cures", "d_cured", "d_options", "CuredDiscriminator", "cured_head",
+           "cured_logit", "pack", "generator_objective",
            "lookahead", "ema_update", "make_ema", "CURE_FIELDS"]
 
 CURE_FIELDS = ("pack", "minibatch_stddev", "minibatch_discrimination", "feature_matching",
@@ -101,19 +102,10 @@ class CuredDiscriminator(nn.Module):
         super().__init__()
         self.body, self.in_shape = body, tuple(in_shape)
         self.pack, self.group = pack, minibatch_stddev
-        c, *spatial = feat_shape
-        c += 1 if minibatch_stddev else 0
-        self.mbd = None
-        if minibatch_discrimination is not None:
-            from ..nn import MinibatchDiscrimination
-            a = c * math.prod(spatial)
-            self.mbd = MinibatchDiscrimination(a, *minibatch_discrimination)
-            self.head = nn.Linear(a + minibatch_discrimination[0], 1)
-        elif spatial:
-            self.head = nn.Conv2d(c, 1, tuple(spatial), bias=head_bias)
+        self.mbd, self.head = cured_head(feat_shape, minibatch_stddev, minibatch_discrimination,
+                                         head_bias)
+        if isinstance(self.head, nn.Conv2d):
             nn.init.normal_(self.head.weight, 0.0, 0.02)   # DCGAN's init, as the body's convs
-        else:
-            self.head = nn.Linear(c, 1)
 
     def forward(self, x: Tensor, features: bool = False) -> Tensor:
         if x.dim() != 1 + len(self.in_shape) or tuple(x.shape[1:]) != self.in_shape:
@@ -122,15 +114,46 @@ class CuredDiscriminator(nn.Module):
         h = self.body(pack(x, self.pack))                        # (B', *feat_shape)
         if features:
             return h.flatten(1)
-        if self.group:
-            if h.shape[0] % min(self.group, h.shape[0] or 1):
-                raise ValueError(f"--minibatch-stddev: a batch of {h.shape[0]} D inputs does not "
-                                 f"split into groups of {self.group}; use a batch size that is "
-                                 f"a multiple of {self.group}")
-            h = minibatch_stddev(h, self.group)                  # one more channel
-        if self.mbd is not None:
-            return self.head(self.mbd(h.flatten(1))).view(-1)    # (B',)
-        return self.head(h).view(-1)                             # (B',)
+        return cured_logit(h, self.group, self.mbd, self.head)  # (B',)
+
+
+def cured_head(feat_shape: Sequence[int], minibatch_stddev: int = 0,
+               minibatch_discrimination: Optional[Tuple[int, int]] = None,
+               bias: bool = False) -> Tuple[Optional[nn.Module], nn.Module]:
+    """(minibatch discrimination layer or None, head) for D features of
+    ``feat_shape`` (C, *spatial), with one more channel under minibatch
+    stddev: after minibatch discrimination a linear logit on the flat
+    features and o; else a conv covering the feature map (``bias``), or a
+    linear logit on vector features. Shared by :class:`CuredDiscriminator`
+    and the conditional D (psi)."""
+    c, *spatial = feat_shape
+    c += 1 if minibatch_stddev else 0
+    if minibatch_discrimination is not None:
+        from ..nn import MinibatchDiscrimination
+        a = c * math.prod(spatial)
+        return (MinibatchDiscrimination(a, *minibatch_discrimination),
+                nn.Linear(a + minibatch_discrimination[0], 1))
+    if spatial:
+        return None, nn.Conv2d(c, 1, tuple(spatial), bias=bias)
+    return None, nn.Linear(c, 1)
+
+
+def cured_logit(h: Tensor, group: int, mbd: Optional[nn.Module], head: nn.Module,
+                conv_head: Optional[Callable[[nn.Module, Tensor], Tensor]] = None) -> Tensor:
+    """The logit (B,) of D features ``h`` through :func:`cured_head`'s
+    layers: [minibatch stddev of ``group``] -> [minibatch discrimination] ->
+    head. ``conv_head(head, h)``: how the conv head runs (default ``head(h)``)."""
+    if group:
+        if h.shape[0] % min(group, h.shape[0] or 1):
+            raise ValueError(f"--minibatch-stddev: a batch of {h.shape[0]} D inputs does not "
+                             f"split into groups of {group}; use a batch size that is a "
+                             f"multiple of {group}")
+        h = minibatch_stddev(h, group)                           # one more channel
+    if mbd is not None:
+        return head(mbd(h.flatten(1))).view(-1)
+    if conv_head is not None:
+        return conv_head(head, h)
+    return head(h).view(-1)
 
 
 # ------------------------------------------------------------ G's objective
