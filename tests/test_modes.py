@@ -140,6 +140,13 @@ def test_pack_puts_consecutive_samples_side_by_side():
     (dict(unrolled_first_order=True), ValueError, "unrolled K"),
     (dict(ema=1.0), ValueError, "ema"),
     (dict(feature_matching=1), TypeError, "feature_matching"),
+    (dict(joint_batch=1), TypeError, "joint_batch"),
+    (dict(joint_batch=True, minibatch_stddev=4), ValueError, "joint_batch cannot be combined "
+                                                             "with minibatch_stddev"),
+    (dict(joint_batch=True, unrolled=2, feature_matching=True), ValueError,
+     "with feature_matching, unrolled"),
+    (dict(joint_batch=True, minibatch_discrimination=(8, 3)), ValueError,
+     "minibatch_discrimination"),
 ])
 def test_cure_options_are_checked(kw, err, match):
     with pytest.raises(err, match=match):
@@ -267,3 +274,66 @@ def test_the_look_ahead_refuses_an_optimizer_it_does_not_reproduce():
                 torch.optim.Adam(gan.D.parameters(), weight_decay=0.1)):
         with pytest.raises(ValueError, match="reproduces plain Adam"):
             cures.lookahead(gan.D, opt, gan.loss.d_loss, real, fake, 1, True, run)
+
+
+# ---------------------------------------------------------- joint batches
+class _Spy(torch.nn.Module):
+    """A D with batch norm that records the batch size of every call."""
+
+    def __init__(self, per_output: int = 1) -> None:
+        super().__init__()
+        self.per_output, self.sizes = per_output, []
+        self.norm = torch.nn.BatchNorm1d(2)
+        self.head = torch.nn.Linear(2 * per_output, 1)
+
+    def forward(self, x):
+        self.sizes.append(x.size(0))
+        return self.head(self.norm(x).reshape(-1, 2 * self.per_output))
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_joint_batch_scores_real_and_fake_in_one_call(joint):
+    from gan_ext.models.gan import train_step
+    from gan_ext.nn import GANLoss
+    torch.manual_seed(0)
+    G, D = torch.nn.Linear(3, 2), _Spy()
+    G.nz = 3
+    opt_g, opt_d = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (G, D))
+    real = torch.randn(8, 2)
+    torch.manual_seed(1)
+    stats = train_step(G, D, opt_g, opt_d, real, GANLoss(), joint_batch=joint)
+    # D step and G step: one call on 16 samples each, or two on 8 each.
+    assert D.sizes == ([16, 16] if joint else [8, 8, 8])
+    # The D step's scores are those of one call on the concatenated batch
+    # (batch statistics of both), which differ from separate calls.
+    torch.manual_seed(0)
+    G2, D2 = torch.nn.Linear(3, 2), _Spy()
+    torch.manual_seed(1)
+    fake = G2(torch.randn(8, 3)).detach()
+    both = torch.sigmoid(D2(torch.cat([real, fake]))).view(-1)
+    apart = torch.sigmoid(torch.cat([D2(real), D2(fake)])).view(-1)
+    want = both if joint else apart
+    assert torch.allclose(stats["d_real"], want[:8].mean(), atol=1e-6)
+    assert torch.allclose(stats["d_fake"], want[8:].mean(), atol=1e-6)
+    assert not torch.allclose(both, apart, atol=1e-3)
+
+
+def test_joint_batch_splits_a_packing_ds_outputs():
+    from gan_ext.models.gan import _Players
+    D = _Spy(per_output=4)          # one output per pack of 4 samples
+    players = _Players(None, D, None, None)
+    d_real, d_fake = players.score_both(torch.randn(8, 2), None, torch.randn(4, 2), None)
+    assert d_real.shape == (2, 1) and d_fake.shape == (1, 1)
+    with pytest.raises(ValueError, match="a pack would hold both"):
+        players.score_both(torch.randn(2, 2), None, torch.randn(6, 2), None)
+
+
+def test_joint_batch_refuses_a_generator_objective():
+    from gan_ext.models.gan import train_step
+    from gan_ext.nn import GANLoss
+    G, D = torch.nn.Linear(3, 2), _Spy()
+    G.nz = 3
+    opt = torch.optim.SGD(D.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="joint_batch takes the plain generator loss"):
+        train_step(G, D, opt, opt, torch.randn(4, 2), GANLoss(), joint_batch=True,
+                   g_objective=lambda *a: None)

@@ -43,6 +43,9 @@ CURES = [
      dict(minibatch_discrimination=(16, 4), unrolled=1)),
     ("cgan", ["--minibatch-discrimination", "8,3"], dict(minibatch_discrimination=(8, 3))),
     ("stacked-mnist", ["--unrolled", "1", "--d-width", "0.5"], dict(unrolled=1, d_width=0.5)),
+    ("stacked-mnist", ["--joint-batch", "--pack", "2", "--ema", "0.99"],
+     dict(joint_batch=True, pack=2, ema=0.99)),
+    ("cgan", ["--joint-batch"], dict(joint_batch=True)),
     ("stacked-mnist", ["--arch", "veegan", "--pack", "2", "--feature-matching"],
      dict(arch="veegan", pack=2, feature_matching=True, nz=100)),
 ]
@@ -88,6 +91,8 @@ def test_pack_multiplies_the_samples_per_batch(tmp_path):
     ("stacked-mnist", ["--arch", "veegan", "--d-width", "0.5"], "--d-width applies to --arch "
                                                                  "unrolled only"),
     ("dcgan", ["--minibatch-stddev", "--batch-size", "6"], "multiple of 4"),
+    ("vae", ["--joint-batch"], "--joint-batch does not apply to vae"),
+    ("ring", ["--joint-batch", "--unrolled", "2"], "joint_batch cannot be combined with unrolled"),
 ])
 def test_cure_misuse_is_a_one_line_error(model, flags, match, tmp_path, capsys):
     line = _error(capsys, _train(model, tmp_path / "r", "--steps", "1", *flags))
@@ -130,6 +135,7 @@ def test_stacked_mnist_eval_and_samples(tmp_path, capsys):
 @pytest.mark.parametrize("model, flags", [
     ("ring", ["--pack", "2", "--ema", "0.9", "--minibatch-stddev"]),
     ("stacked-mnist", ["--unrolled", "1"]),
+    ("stacked-mnist", ["--joint-batch", "--pack", "2"]),
 ])
 def test_resume_is_exact_with_cures(model, flags, tmp_path):
     common = ["--eval-n", "0", "--seed", "3", *flags]

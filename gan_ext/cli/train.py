@@ -115,6 +115,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "differentiating through them")
     g.add_argument("--unrolled-first-order", action="store_true", default=None,
                    help="with --unrolled: the look-ahead D as constants (no second derivatives)")
+    g.add_argument("--joint-batch", action="store_true", default=None,
+                   help="D scores each real batch and its fakes in one call, so its batch "
+                        "norms use one set of statistics for both (default: separate calls, "
+                        "as DCGAN)")
     g.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="sample and evaluate with an exponential moving average of G's weights "
                         "(e.g. 0.999)")

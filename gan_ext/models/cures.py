@@ -59,6 +59,17 @@ def check_cures(c) -> None:
         raise ValueError("unrolled_first_order needs unrolled K >= 1 look-ahead steps")
     if c.ema is not None:
         check_real("ema", c.ema, 0, 1, low_open=True, high_open=True)
+    check_bool("joint_batch", c.joint_batch)
+    if c.joint_batch:
+        mixing = [name for name, on in (("minibatch_stddev", c.minibatch_stddev),
+                                        ("minibatch_discrimination",
+                                         c.minibatch_discrimination is not None),
+                                        ("feature_matching", c.feature_matching),
+                                        ("unrolled", c.unrolled)) if on]
+        if mixing:
+            raise ValueError(f"joint_batch cannot be combined with {', '.join(mixing)}: those "
+                             f"compare samples across the batch D scores, which would mix "
+                             f"real and fake samples")
 
 
 def d_cured(c) -> bool:

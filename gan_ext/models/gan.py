@@ -46,6 +46,7 @@ class TrainConfig:
     unrolled: int = 0              # G trains against D after this many look-ahead steps
     unrolled_first_order: bool = False   # the look-ahead's D as constants (no 2nd derivative)
     ema: Optional[float] = None    # decay of G's moving average, used for sampling
+    joint_batch: bool = False      # D scores real and fake in one call (one set of BN statistics)
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSS_MODES)
@@ -181,6 +182,20 @@ class _Players:
     def score(self, x: Tensor, y: Optional[Tensor]) -> Tensor:
         return self.D(x) if self.num_classes is None else self.D(x, y)
 
+    def score_both(self, real: Tensor, y_real: Optional[Tensor], fake: Tensor,
+                   y_fake: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """D(real), D(fake) from one call on both batches concatenated: D's
+        batch norms normalise real and fake with the same statistics."""
+        y = None if y_real is None else torch.cat([y_real, y_fake])
+        out = self.score(torch.cat([real, fake]), y)
+        # A packing D gives one output per pack: real's share of the outputs.
+        total = real.size(0) + fake.size(0)
+        split, rest = divmod(out.size(0) * real.size(0), total)
+        if rest:
+            raise ValueError(f"joint_batch: D gave {out.size(0)} outputs for {real.size(0)} real "
+                             f"and {fake.size(0)} fake samples; a pack would hold both")
+        return out[:split], out[split:]
+
 
 def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k: Optional[int],
                      labels: Optional[Batches],
@@ -212,10 +227,13 @@ def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k
 
 
 def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: GANLoss,
-                        x: Tensor, y: Optional[Tensor], fake: Tensor, y_fake: Optional[Tensor]
-                        ) -> Tuple[Tensor, Tensor, Tensor]:
+                        x: Tensor, y: Optional[Tensor], fake: Tensor, y_fake: Optional[Tensor],
+                        joint: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """One D update on a real batch and fakes; (detached loss, D(real), D(fake))."""
-    d_real, d_fake = players.score(x, y), players.score(fake.detach(), y_fake)
+    if joint:
+        d_real, d_fake = players.score_both(x, y, fake.detach(), y_fake)
+    else:
+        d_real, d_fake = players.score(x, y), players.score(fake.detach(), y_fake)
     loss_d = loss.d_loss(d_real, d_fake)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
@@ -225,8 +243,8 @@ def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: G
 
 def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLoss,
                     fake: Tensor, y_fake: Optional[Tensor], objective=None,
-                    real: Optional[Tensor] = None, y_real: Optional[Tensor] = None
-                    ) -> Tuple[Tensor, Tensor]:
+                    real: Optional[Tensor] = None, y_real: Optional[Tensor] = None,
+                    joint: bool = False) -> Tuple[Tensor, Tensor]:
     """One G update on fakes scored by the current D, whose trainable
     parameters are frozen meanwhile (and only those are unfrozen after);
     (loss, D(fake))."""
@@ -234,11 +252,12 @@ def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLo
     for p in frozen:
         p.requires_grad_(False)
     try:
-        if objective is None:
-            d_gen = players.score(fake, y_fake)
-            loss_g = loss.g_loss(d_gen)
-        else:
+        if objective is not None:
             loss_g, d_gen = objective(players, fake, y_fake, real, y_real)
+        else:
+            d_gen = (players.score_both(real, y_real, fake, y_fake)[1] if joint
+                     else players.score(fake, y_fake))
+            loss_g = loss.g_loss(d_gen)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -252,7 +271,8 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, real: Batches, loss: GANLoss, *,
                k: Optional[int] = None, labels: Optional[Batches] = None,
                sample_z: Optional[Callable[[int, torch.device], Tensor]] = None,
-               g_objective: Optional[Callable] = None) -> Dict[str, Tensor]:
+               g_objective: Optional[Callable] = None, joint_batch: bool = False
+               ) -> Dict[str, Tensor]:
     """One iteration of Algorithm 1: ``k`` discriminator updates, each on its own
     real batch, then one generator update.
 
@@ -271,6 +291,12 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             in place of ``loss.g_loss(D(fake))`` (feature matching, unrolled
             D: :func:`gan_ext.models.cures.generator_objective`); ``real`` is
             the last D step's batch.
+        joint_batch: D scores each real batch and its fakes in one call on
+            both concatenated (the G step: on the last real batch and the
+            fakes), so D's batch norms use one set of statistics for both.
+            Separate calls (the default, as DCGAN does) let a D with batch
+            norm see each batch only relative to itself: a collapsed G's
+            near-identical fakes are normalised to look as varied as real data.
 
     The generator step reuses the last D step's fakes (as pytorch/examples
     dcgan does), scored by the updated D. D's parameters are frozen during
@@ -284,15 +310,20 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     for lsgan/hinge.
     """
     reals, ys, players = _check_step_args(G, D, real, loss, k, labels, sample_z)
+    if joint_batch and g_objective is not None:
+        raise ValueError("joint_batch takes the plain generator loss: g_objective (feature "
+                         "matching, unrolled D) scores its own batches")
     k = len(reals)
     d_losses = []
     for i, (x, y) in enumerate(zip(reals, ys)):
         # Only the last fakes feed the G update: the others need no graph through G.
         with torch.set_grad_enabled(i == k - 1):
             fake, y_fake = players.generate(x.size(0), x.device)             # (B, C, H, W)
-        loss_d, d_real, d_fake = _discriminator_step(players, opt_d, loss, x, y, fake, y_fake)
+        loss_d, d_real, d_fake = _discriminator_step(players, opt_d, loss, x, y, fake, y_fake,
+                                                     joint_batch)
         d_losses.append(loss_d)
-    loss_g, d_gen = _generator_step(players, opt_g, loss, fake, y_fake, g_objective, x, y)
+    loss_g, d_gen = _generator_step(players, opt_g, loss, fake, y_fake, g_objective, x, y,
+                                    joint_batch)
 
     with torch.no_grad():
         prob = torch.sigmoid if loss.mode == "vanilla" else (lambda t: t)
@@ -346,7 +377,8 @@ class GAN(nn.Module):
         """:func:`train_step` with ``k = config.k`` (``real``: a list of k batches when k > 1)."""
         c = self.config
         stats = train_step(self.G, self.D, opt_g, opt_d, real, self.loss, k=c.k, labels=labels,
-                           g_objective=cures.generator_objective(c, self.loss, opt_d))
+                           g_objective=cures.generator_objective(c, self.loss, opt_d),
+                           joint_batch=c.joint_batch)
         if self.G_ema is not None:
             cures.ema_update(self.G_ema, self.G, c.ema)
         return stats

@@ -49,7 +49,8 @@ class GANTrainer(Trainer):
                       minibatch_discrimination=(mbd_sizes(o.minibatch_discrimination)
                                                 if o.minibatch_discrimination else None),
                       feature_matching=o.feature_matching, unrolled=o.unrolled,
-                      unrolled_first_order=o.unrolled_first_order, ema=o.ema)
+                      unrolled_first_order=o.unrolled_first_order, ema=o.ema,
+                      joint_batch=o.joint_batch)
         if o.lr is not None:
             common["lr"] = o.lr
         return common

@@ -81,6 +81,7 @@ _APPLIES = {
     "unrolled": (GAN_MODELS, False),
     "unrolled_first_order": (GAN_MODELS, False),
     "ema": (GAN_MODELS, False),
+    "joint_batch": (GAN_MODELS, False),
     "arch": (("ring", "grid", "stacked-mnist"), False),
     "d_width": (("stacked-mnist",), False),
     "beta": (("vae",), False),
@@ -164,6 +165,7 @@ class TrainOptions:
     unrolled: int = 0                    # G against D after K look-ahead steps (Metz et al.)
     unrolled_first_order: bool = False   # the look-ahead without second derivatives
     ema: Optional[float] = None          # decay of G's moving average used for sampling
+    joint_batch: bool = False            # D scores real and fake in one call (shared BN stats)
     arch: Optional[str] = None           # the benchmarks' networks (MODEL_ARCHS; None: the first)
     d_width: Optional[float] = None      # stacked-mnist --arch unrolled: D's widths over G's (0.25)
 
