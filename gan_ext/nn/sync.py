@@ -59,6 +59,7 @@ class _AllReduceSum(torch.autograd.Function):
         return _all_reduce(grad.contiguous(), ctx.group), None
 
 
+@torch.no_grad()  # _SyncNormAct's backward differentiates the statistics
 def _global_stats(input: Tensor, group):
     """(count, mean, biased var) per channel over every rank, in float64,
     with one all-reduce of (count, sum, sum of squares)."""
@@ -74,7 +75,7 @@ def _global_stats(input: Tensor, group):
         # The local part two-pass; only the spread between ranks' means goes
         # through E[x^2] - mean^2, which in float64 loses ~1e-16 (mean/std)^2.
         packed[C + 1:] = n * (var + mean * mean)
-    _all_reduce(packed, group)
+    packed = _all_reduce(packed, group)
     count = packed[0]
     mean = packed[1:C + 1] / count
     return count, mean, (packed[C + 1:] / count - mean * mean).clamp_min(0)
