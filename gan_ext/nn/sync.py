@@ -194,9 +194,10 @@ class SyncBatchNormAct2d(BatchNormAct2d):
     elementwise pass. Ranks may hold different batch sizes, an empty batch
     included (every rank must call the layer). The running statistics are
     updated as ``nn.BatchNorm2d`` would on the whole batch, on every rank.
-    ``weight.grad``/``bias.grad`` hold this rank's share: DDP's all-reduce
-    (averaged over the ranks, as for every parameter) gives the whole batch's
-    gradient divided by the world size, like every other layer's under DDP.
+    ``weight.grad``/``bias.grad`` hold this rank's share (as in
+    ``nn.SyncBatchNorm``): summed over the ranks they are the gradient of the
+    sum of the ranks' losses, what one process gets on the whole batch; DDP's
+    average of them is then the mean loss's, as for every other parameter.
 
     Without an initialized process group, with a group of one process, and in
     eval mode it is exactly ``BatchNormAct2d``. Same state_dict as
