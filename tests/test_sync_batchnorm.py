@@ -237,7 +237,8 @@ def test_without_a_group_it_is_batchnormact2d(act, slope, momentum):
 
 @pytest.mark.parametrize("act,slope", [("relu", 0.01), ("leaky_relu", 0.2), ("identity", 0.01)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_gradcheck_and_gradgradcheck_of_the_synced_path(act, slope, layout):
+@pytest.mark.parametrize("affine", [True, False])
+def test_gradcheck_and_gradgradcheck_of_the_synced_path(act, slope, layout, affine):
     """The synced path (statistics, the apply, the backward with its sums)
     run in one process: group=None reduces over this process alone."""
     torch.manual_seed(1)
@@ -245,16 +246,39 @@ def test_gradcheck_and_gradgradcheck_of_the_synced_path(act, slope, layout):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    w = ((torch.rand(C, dtype=F64) + 0.5) * torch.tensor([1.0, -1.0, 1.0], dtype=F64)).requires_grad_()
-    b = torch.randn(C, dtype=F64, requires_grad=True)
+    plain = BatchNormAct2d(C, activation=act, negative_slope=slope, affine=affine, dtype=F64)
+    if affine:
+        plain.weight.data.uniform_(0.5, 1.5).mul_(torch.tensor([1.0, -1.0, 1.0], dtype=F64))
+        plain.bias.data.normal_()
+    params = [p.detach().clone().requires_grad_() for p in plain.parameters()]
 
-    def f(x, w, b):
-        return sync_batch_norm_act(x, None, None, w, b, 0.1, 1e-5, act, slope)
-    plain = BatchNormAct2d(C, activation=act, negative_slope=slope, dtype=F64)
-    plain.weight.data.copy_(w), plain.bias.data.copy_(b)
-    torch.testing.assert_close(f(x, w, b), plain(x), rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(f, (x, w, b))
-    assert torch.autograd.gradgradcheck(f, (x, w, b))
+    def f(x, *wb):
+        return sync_batch_norm_act(x, None, None, *(wb or (None, None)), 0.1, 1e-5, act, slope)
+    out = f(x, *params)
+    torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, [x, *params], g),
+                               torch.autograd.grad(plain(x), [x, *plain.parameters()], g),
+                               rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(f, (x, *params))
+    assert torch.autograd.gradgradcheck(f, (x, *params))
+
+
+def test_in_place_abn_weight_floor_as_batchnormact2d():
+    """In-place ABN uses sign(w) * max(|w|, 1e-5): the synced path too."""
+    torch.manual_seed(4)
+    plain = BatchNormAct2d(C, activation="leaky_relu", negative_slope=0.2, dtype=F64)
+    plain.weight.data.copy_(torch.tensor([1e-7, -1e-9, 0.0], dtype=F64))
+    w, b = (p.detach().clone().requires_grad_() for p in plain.parameters())
+    x = torch.randn(4, C, H, W, dtype=F64, requires_grad=True)
+    out = sync_batch_norm_act(x, None, None, w, b, 0.1, 1e-5, "leaky_relu", 0.2)
+    ref = plain(x)
+    assert out.abs().max() > 1e-6  # the floor, not w, scales the output
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-15)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, [x, w, b], g),
+                               torch.autograd.grad(ref, [x, *plain.parameters()], g),
+                               rtol=1e-9, atol=1e-12)
 
 
 def test_bfloat16_input_keeps_float32_statistics():
