@@ -1,8 +1,8 @@
 """Synchronized batch statistics for models with fused layers.
 
 :class:`SyncBatchNormAct2d` is :class:`~gan_ext.nn.BatchNormAct2d` with its
-training statistics reduced over a process group (DDP), on CPU (gloo) and
-CUDA (NCCL) alike. :func:`convert_sync_batchnorm` puts it into a model.
+training statistics reduced over a process group (DDP): gloo on CPU, and by
+the same code (all-reduces of device tensors) NCCL on CUDA. :func:`convert_sync_batchnorm` puts it into a model.
 
 PyTorch's own recipe, ``nn.SyncBatchNorm.convert_sync_batchnorm``, replaces
 every ``_BatchNorm`` by a plain ``nn.SyncBatchNorm``. A ``BatchNormAct2d`` is
