@@ -157,9 +157,9 @@ def sync_batch_norm_act(input: Tensor, running_mean: Optional[Tensor],
     count, mean, var = _global_stats(input, group)
     N, C, H, W = input.shape
     if N * H * W < 2:
-        # The global count can only be below 2 when every rank's local count
-        # is, so either all ranks reach this check (a host sync, hence only
-        # here) and agree, or none does.
+        # Only here the global count is read (a host sync). When it is 0 or 1
+        # every rank's local count is below 2, so every rank is here and takes
+        # the same branch: none is left waiting in a collective.
         total = int(count.item())
         if total == 0:  # counted, statistics left alone, as for an empty batch
             return batch_norm_act(input, running_mean, running_var, weight, bias, True, momentum,
