@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .. import _backend
+from .._backend import use_fused
 from .. import reference as ref
 from ..ops import batch_norm_act
 from ..ops._common import activation_code
-from ..ops._norm_act_backward import _normalized
+from ..ops._norm_act_backward import normalized
 from .fuse import fuse_norm_act_pairs, rebuild_norm
 from .norm_act import BatchNormAct2d
 
@@ -89,7 +89,7 @@ class _SyncNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, mean, var, count, eps, activation, negative_slope,
                 group):
-        fn = torch.ops.gan_ext.norm_act if _backend.use_fused(input, _OP) else ref.norm_act
+        fn = torch.ops.gan_ext.norm_act if use_fused(input, _OP) else ref.norm_act
         out, mean, invstd, _ = fn(input, weight, bias, mean, var, None, False, False, 0.0, eps,
                                   activation, negative_slope)
         mean = mean.clone()  # the op may hand back its argument; an output must be new
@@ -106,7 +106,7 @@ class _SyncNormAct(torch.autograd.Function):
         sd = ref.stats_dtype(saved.dtype)
         s = saved.to(sd)  # half input: the whole backward in float32, rounded once
         C = s.shape[1]
-        xhat, _, gamma, rs = _normalized(s, weight, bias, mean, invstd, False, False, act, slope,
+        xhat, _, gamma, rs = normalized(s, weight, bias, mean, invstd, False, False, act, slope,
                                          from_output)
         if grad_out is None:
             gi, gw, gb = torch.zeros_like(s), s.new_zeros(C), s.new_zeros(C)
@@ -114,7 +114,7 @@ class _SyncNormAct(torch.autograd.Function):
             # Normalizing with fixed statistics: the elementwise gradient and
             # the local sums (sum dz * xhat, sum dz) in one pass. With
             # create_graph the twin, whose ops autograd records.
-            fused = not torch.is_grad_enabled() and _backend.use_fused(s, _OP)
+            fused = not torch.is_grad_enabled() and use_fused(s, _OP)
             bw = torch.ops.gan_ext.norm_act_backward if fused else ref.norm_act_backward
             gi, gw, gb = bw(grad_out.to(sd), s, weight, bias, mean, invstd, False, False, act,
                             slope, from_output)
