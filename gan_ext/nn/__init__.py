@@ -11,8 +11,8 @@ from .fuse import fuse
 from .losses import GANLoss
 from .minibatch_discrimination import MinibatchDiscrimination
 from .minibatch_stddev import MinibatchStdDev, minibatch_stddev
-from .sync import SyncBatchNormThenAct, convert_sync_batchnorm
+from .sync import SyncBatchNormAct2d, convert_sync_batchnorm
 
 __all__ = ["BatchNormAct2d", "InstanceNormAct2d", "Conv2dNormAct", "ConvTranspose2dNormAct",
-           "ActDropout", "fuse", "GANLoss", "SyncBatchNormThenAct", "convert_sync_batchnorm",
+           "ActDropout", "fuse", "GANLoss", "SyncBatchNormAct2d", "convert_sync_batchnorm",
            "MinibatchStdDev", "minibatch_stddev", "MinibatchDiscrimination"]

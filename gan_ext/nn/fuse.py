@@ -25,18 +25,22 @@ def _has_hooks(m: nn.Module) -> bool:
     return any(getattr(m, name, None) for name in _HOOK_DICTS)
 
 
-def _fused_norm(norm: nn.Module, act: nn.Module) -> nn.Module:
-    fused_cls = _FUSED_NORMS[type(norm)]
+def activation_of(act: nn.Module):
+    """(activation, negative_slope) of an nn.ReLU / nn.LeakyReLU."""
     if type(act) is nn.ReLU:
-        activation, negative_slope = "relu", 0.01
-    else:
-        activation, negative_slope = "leaky_relu", act.negative_slope
+        return "relu", 0.01
+    return "leaky_relu", act.negative_slope
+
+
+def rebuild_norm(norm: nn.Module, cls, activation: str, negative_slope: float) -> nn.Module:
+    """A ``cls`` (a fused norm class) computing ``norm`` then the activation,
+    holding ``norm``'s own Parameter and buffer objects."""
     extra = {} if (not norm.affine or norm.bias is not None) else {"bias": False}
     # Built on the meta device, then handed the original Parameter and buffer
     # objects: nothing is copied, optimizers holding them keep working, and the
     # state_dict is the original's.
-    fused = fused_cls(norm.num_features, norm.eps, norm.momentum, norm.affine,
-                      norm.track_running_stats, activation, negative_slope, device="meta", **extra)
+    fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,
+                activation, negative_slope, device="meta", **extra)
     fused._parameters = type(norm._parameters)(norm._parameters)
     fused._buffers = type(norm._buffers)(norm._buffers)
     fused._non_persistent_buffers_set = set(norm._non_persistent_buffers_set)
@@ -45,25 +49,31 @@ def _fused_norm(norm: nn.Module, act: nn.Module) -> nn.Module:
 
 
 def _act_dropout(act: nn.Module, drop: nn.Dropout):
-    if type(act) is nn.ReLU:
-        return ActDropout("relu", 0.01, drop.p)
-    if act.negative_slope < 0:  # the fused backward needs slope >= 0
+    activation, negative_slope = activation_of(act)
+    if negative_slope < 0:  # the fused backward needs slope >= 0
         return None
-    return ActDropout("leaky_relu", act.negative_slope, drop.p)
+    return ActDropout(activation, negative_slope, drop.p)
+
+
+def fuse_norm_act_pairs(seq: nn.Sequential, norms=tuple(_FUSED_NORMS)) -> None:
+    """Fuses each norm of an exact class in ``norms`` that is directly followed
+    by nn.ReLU / nn.LeakyReLU in ``seq``; the activation becomes nn.Identity()."""
+    names = list(seq._modules)
+    for norm_name, act_name in zip(names, names[1:]):
+        norm, act = seq._modules[norm_name], seq._modules[act_name]
+        if type(norm) not in norms or type(act) not in _ACTIVATIONS:
+            continue
+        if _has_hooks(norm) or _has_hooks(act):
+            continue
+        setattr(seq, norm_name, rebuild_norm(norm, _FUSED_NORMS[type(norm)], *activation_of(act)))
+        setattr(seq, act_name, nn.Identity())
 
 
 def _fuse_sequential(seq: nn.Sequential) -> None:
     # norm -> activation first; then any activation still directly followed by
     # nn.Dropout (an MLP block: Linear -> LeakyReLU -> Dropout).
+    fuse_norm_act_pairs(seq)
     names = list(seq._modules)
-    for norm_name, act_name in zip(names, names[1:]):
-        norm, act = seq._modules[norm_name], seq._modules[act_name]
-        if type(norm) not in _FUSED_NORMS or type(act) not in _ACTIVATIONS:
-            continue
-        if _has_hooks(norm) or _has_hooks(act):
-            continue
-        setattr(seq, norm_name, _fused_norm(norm, act))
-        setattr(seq, act_name, nn.Identity())
     for act_name, drop_name in zip(names, names[1:]):
         act, drop = seq._modules[act_name], seq._modules[drop_name]
         if type(act) not in _ACTIVATIONS or type(drop) is not nn.Dropout:

@@ -22,7 +22,7 @@ def norm_act_backward(grad_out: Tensor, saved: Tensor, weight: Optional[Tensor],
                       mean: Tensor, invstd: Tensor, use_input_stats: bool, instance: bool,
                       activation: int, negative_slope: float, saved_is_output: bool):
     """Twin of ``torch.ops.gan_ext.norm_act_backward``; analytic, in stats precision."""
-    xhat, z, gamma, rs = _normalized(saved, weight, bias, mean, invstd, instance, use_input_stats,
+    xhat, z, gamma, rs = normalized(saved, weight, bias, mean, invstd, instance, use_input_stats,
                                      activation, negative_slope, saved_is_output)
     dy = grad_out.to(stats_dtype(saved.dtype))
     if activation == RELU:
@@ -71,13 +71,13 @@ def norm_act_backward_with_stats(grad_out: Optional[Tensor], grad_mean: Optional
     if grad_mean is not None:
         extra = extra + _per_channel(grad_mean.to(sd), saved, instance, True) / m
     if grad_invstd is not None:
-        xhat, _, _, rs = _normalized(saved, weight, bias, mean, invstd, instance, True, activation,
+        xhat, _, _, rs = normalized(saved, weight, bias, mean, invstd, instance, True, activation,
                                      negative_slope, saved_is_output)
         extra = extra - _per_channel(grad_invstd.to(sd), saved, instance, True) * rs * rs * xhat / m
     return (gi.to(sd) + extra).to(saved.dtype), gw, gb
 
 
-def _normalized(saved: Tensor, weight, bias, mean: Tensor, invstd: Tensor, instance: bool,
+def normalized(saved: Tensor, weight, bias, mean: Tensor, invstd: Tensor, instance: bool,
                 per_sample: bool, activation: int, negative_slope: float, saved_is_output: bool):
     """(xhat, z, gamma, invstd) in stats precision, broadcastable against saved:
     xhat = (x - mean) * invstd and the pre-activation z = xhat * gamma + beta,
