@@ -49,6 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        # What was typed, for `train --nproc-per-node` to hand on to torchrun.
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if extra:  # reported by the subcommand's parser, so the hint names its --help
             owner = parser.subcommands.get(args.command, parser)
             owner.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 
 from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
-from ..train.loop import CheckpointSaveError, TrainingDiverged
+from ..train.distributed import world_size_from_env
+from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
 from ..train.options import DEFAULTS, DEMO_STEPS, defaults_text
 from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
                      print_metrics, seed, threads_argument)
@@ -81,6 +84,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "2500, stacked-mnist 26000; 0: skip)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar: a log line every --log-every steps instead")
+    g = p.add_argument_group("several processes (gan, dcgan, cgan; README: Scaling out)")
+    g.add_argument("--nproc-per-node", type=positive_int, default=None, metavar="N",
+                   help="train on N processes of this machine: starts 'torchrun --standalone "
+                        "--nproc-per-node N -m gan_ext.cli train ...' (gloo on CPU, nccl on "
+                        "CUDA, one GPU each); --batch-size is the global batch, split evenly")
+    g.add_argument("--sync-bn", action="store_true", default=None,
+                   help="dcgan/cgan on several processes: batch norms use the statistics of the "
+                        "whole global batch, so results do not depend on N (without it each "
+                        "process normalises its own share)")
     g = p.add_argument_group("model")
     g.add_argument("--k", type=positive_int, default=None,
                    help="gan/dcgan/cgan: discriminator steps per generator step (default 1)")
@@ -128,16 +140,24 @@ def run(args: argparse.Namespace) -> int:
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     one_line_warnings()
-    given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("command", "argv", "nproc_per_node")}
+    if args.nproc_per_node is not None:
+        return launch(args.nproc_per_node, args.argv)
     opts = TrainOptions(**given)
+    main = world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
     try:
         result = fit(opts, explicit=list(given))
     except TrainingInterrupted as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        if main:
+            print(f"{PROG}: {e}", file=sys.stderr)
         return e.exit_code
-    except (TrainingDiverged, CheckpointSaveError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except (TrainingDiverged, CheckpointSaveError, PeerFailed) as e:
+        if main or isinstance(e, PeerFailed):
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
+    if not main:
+        return 0
     print(f"done: {result['step']} steps, epoch {result['epoch']}")
     for name, path in result["paths"].items():
         print(f"  {name}: {path}")
@@ -145,6 +165,35 @@ def run(args: argparse.Namespace) -> int:
         print("metrics:")
         print_metrics(result["metrics"])
     return 0
+
+
+def launch(nproc: int, argv) -> int:
+    """``--nproc-per-node N``: the same command under torchrun's launcher
+    (a subprocess: its agent handles signals and tears the group down when a
+    rank fails). One node; for several, run torchrun yourself."""
+    if world_size_from_env() > 1:
+        raise UsageError("--nproc-per-node starts torchrun; under torchrun already, leave it out")
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc-per-node":
+            skip = True
+        elif not a.startswith("--nproc-per-node="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "gan_ext.cli", *rest]
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:   # the launcher got the Ctrl-C too: it stops the ranks
+            continue
+    if code:
+        print(f"{PROG}: error: the {nproc}-process run ended with status {code} (rank 0's line "
+              "above says why)", file=sys.stderr)
+    return code
 
 
 COMMAND = Command(

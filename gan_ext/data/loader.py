@@ -37,10 +37,15 @@ class InMemoryLoader:
     across epochs.
 
     ``state_dict()`` / ``load_state_dict()`` save and restore the position
-    (epoch, batch within it) for an exact resume."""
+    (epoch, batch within it) for an exact resume.
+
+    ``shard=(rank, world)``: each batch is this rank's contiguous
+    ``batch_size // world`` of the global batch; every rank's loader walks
+    the same global batches, so one state resumes them all."""
 
     def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = True,
-                 drop_last: bool = True, seed: int = 0) -> None:
+                 drop_last: bool = True, seed: int = 0,
+                 shard: Tuple[int, int] = (0, 1)) -> None:
         if not tensors:
             raise DataError("InMemoryLoader needs at least one tensor")
         for i, t in enumerate(tensors):
@@ -65,6 +70,12 @@ class InMemoryLoader:
             raise DataError(f"batch_size {self.batch_size} is larger than the dataset "
                             f"({self.num_samples} samples), so drop_last leaves no batch; "
                             f"use a batch size <= {self.num_samples}")
+        rank, world = shard
+        check_int("shard world size", world)
+        if not 0 <= rank < world or self.batch_size % world or not drop_last and world > 1:
+            raise DataError(f"shard {shard}: needs 0 <= rank < world, a batch_size divisible by "
+                            f"world (got {self.batch_size}) and drop_last")
+        self.shard = (rank, world)
         self.epoch = 0      # the current epoch
         self.position = 0   # batches of the current epoch already handed out
         self._order: Optional[Tuple[int, Tensor]] = None  # (epoch, its permutation)
@@ -87,6 +98,9 @@ class InMemoryLoader:
 
     def _batch(self, epoch: int, i: int) -> Tuple[Tensor, ...]:
         idx = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        rank, world = self.shard
+        per = self.batch_size // world
+        idx = idx[rank * per:(rank + 1) * per]
         return tuple(t[idx.to(t.device)] for t in self.tensors)
 
     def _next(self) -> Tuple[Tensor, ...]:

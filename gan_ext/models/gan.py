@@ -169,14 +169,17 @@ class _Players:
 
     def __init__(self, G: nn.Module, D: nn.Module,
                  sample_z: Callable[[int, torch.device], Tensor],
-                 num_classes: Optional[int]) -> None:
+                 num_classes: Optional[int],
+                 sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None) -> None:
         self.G, self.D, self.sample_z, self.num_classes = G, D, sample_z, num_classes
+        self.sample_labels = sample_labels or (
+            lambda n, device: torch.randint(num_classes, (n,), device=device))
 
     def generate(self, n: int, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
         z = self.sample_z(n, device)                                         # (B, nz)
         if self.num_classes is None:
             return self.G(z), None
-        y = torch.randint(self.num_classes, (n,), device=device)             # (B,)
+        y = self.sample_labels(n, device)                                    # (B,)
         return self.G(z, y), y
 
     def score(self, x: Tensor, y: Optional[Tensor]) -> Tensor:
@@ -199,7 +202,8 @@ class _Players:
 
 def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k: Optional[int],
                      labels: Optional[Batches],
-                     sample_z: Optional[Callable[[int, torch.device], Tensor]]):
+                     sample_z: Optional[Callable[[int, torch.device], Tensor]],
+                     sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None):
     """(reals, ys, players): the k real batches, their k labels (None each
     without labels) and the players, with sample_z's default filled in."""
     if not isinstance(loss, GANLoss):
@@ -223,7 +227,10 @@ def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k
         def sample_z(n: int, device: torch.device) -> Tensor:
             return torch.randn(n, nz, device=device, dtype=dtype)
 
-    return reals, ys, _Players(G, D, sample_z, num_classes)
+    if sample_labels is not None and num_classes is None:
+        raise ValueError("sample_labels was given but G is not class-conditional (no "
+                         "G.num_classes)")
+    return reals, ys, _Players(G, D, sample_z, num_classes, sample_labels)
 
 
 def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: GANLoss,
@@ -271,7 +278,8 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, real: Batches, loss: GANLoss, *,
                k: Optional[int] = None, labels: Optional[Batches] = None,
                sample_z: Optional[Callable[[int, torch.device], Tensor]] = None,
-               g_objective: Optional[Callable] = None, joint_batch: bool = False
+               g_objective: Optional[Callable] = None, joint_batch: bool = False,
+               sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None
                ) -> Dict[str, Tensor]:
     """One iteration of Algorithm 1: ``k`` discriminator updates, each on its own
     real batch, then one generator update.
@@ -287,6 +295,9 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             drawn uniformly from ``range(G.num_classes)``.
         sample_z: ``sample_z(batch_size, device) -> z``; default N(0, I) of
             shape (B, G.nz) in the dtype of ``real``.
+        sample_labels: ``sample_labels(batch_size, device) -> y``, the fake
+            samples' labels of a class-conditional G; default uniform over
+            ``range(G.num_classes)`` from the global RNG.
         g_objective: ``(players, fake, y_fake, real, y_real) -> (loss_g, d_gen)``
             in place of ``loss.g_loss(D(fake))`` (feature matching, unrolled
             D: :func:`gan_ext.models.cures.generator_objective`); ``real`` is
@@ -309,7 +320,7 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     (``d_gen``): probabilities sigmoid(logit) for the BCE losses, raw scores
     for lsgan/hinge.
     """
-    reals, ys, players = _check_step_args(G, D, real, loss, k, labels, sample_z)
+    reals, ys, players = _check_step_args(G, D, real, loss, k, labels, sample_z, sample_labels)
     if joint_batch and g_objective is not None:
         raise ValueError("joint_batch takes the plain generator loss: g_objective (feature "
                          "matching, unrolled D) scores its own batches")
@@ -372,13 +383,14 @@ class GAN(nn.Module):
                 make_adam(self.D.parameters(), lr=c.lr, betas=c.betas, fused=self.fused))
 
     def train_step(self, real: Batches, opt_g: torch.optim.Optimizer,
-                   opt_d: torch.optim.Optimizer, labels: Optional[Batches] = None
-                   ) -> Dict[str, Tensor]:
-        """:func:`train_step` with ``k = config.k`` (``real``: a list of k batches when k > 1)."""
+                   opt_d: torch.optim.Optimizer, labels: Optional[Batches] = None,
+                   **samplers: Callable) -> Dict[str, Tensor]:
+        """:func:`train_step` with ``k = config.k`` (``real``: a list of k batches when k > 1);
+        ``samplers``: its ``sample_z`` and ``sample_labels``."""
         c = self.config
         stats = train_step(self.G, self.D, opt_g, opt_d, real, self.loss, k=c.k, labels=labels,
                            g_objective=cures.generator_objective(c, self.loss, opt_d),
-                           joint_batch=c.joint_batch)
+                           joint_batch=c.joint_batch, **samplers)
         if self.G_ema is not None:
             cures.ema_update(self.G_ema, self.G, c.ema)
         return stats

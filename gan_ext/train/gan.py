@@ -33,6 +33,7 @@ class GANTrainer(Trainer):
                    "D outputs (probabilities)": ["d_real", "d_fake", "d_gen"]}
     progress_keys = ("d_loss", "g_loss")
     grid_n = 64
+    samplers: Dict[str, Any] = {}   # train_step's sample_z/sample_labels (several processes)
 
     # ---------------------------------------------------------- the model
     def image_shape(self) -> Tuple[int, int, int]:
@@ -97,7 +98,13 @@ class GANTrainer(Trainer):
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
         reals = [b[0] for b in batches]
         labels = [b[1] for b in batches] if self.conditional else None
-        return self.model.train_step(reals, opt_g, opt_d, labels=labels)
+        return self.model.train_step(reals, opt_g, opt_d, labels=labels, **self.samplers)
+
+    def distribute(self, ctx) -> None:
+        """Draws the latents of every step through ``ctx``
+        (:class:`gan_ext.train.distributed.Context`): the global batch's, this rank's share."""
+        self.samplers = ctx.sampler_kwargs(self.model.config.nz,
+                                           getattr(self.model.G, "num_classes", None))
 
     # ----------------------------------------------------------- sampling
     def generate(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:

@@ -17,6 +17,7 @@ import platform
 import random
 import signal
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,15 +29,17 @@ from .._backend import get_backend, set_backend
 from ..data import InMemoryLoader
 from ..memory import retain_freed_memory
 from .amp import autocast, use_amp
+from . import distributed
 from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
 from .checkpoint import FORMAT, atomic_save, rng_state, set_rng_state
 from .monitor import MetricsLog, Progress, json_safe, plot_losses
 from .options import TrainOptions, check_applicable
+from .distributed import Context, PeerFailed
 from .resume import drop_records_after, open_run
 from .run_dir import CHECKPOINT, RunLock, StopFlag, remove_stale_temporaries
 
 __all__ = ["Trainer", "fit", "TrainingInterrupted", "TrainingDiverged", "CheckpointSaveError",
-           "resolve_device", "seed_everything", "versions", "RunResult"]
+           "resolve_device", "seed_everything", "versions", "RunResult", "PeerFailed"]
 
 
 class TrainingInterrupted(Exception):
@@ -114,14 +117,39 @@ def fit(opts: TrainOptions, explicit: Optional[Sequence[str]] = None,
     if opts.mnist_dir is not None and not os.path.isdir(opts.mnist_dir):
         raise ValueError(f"--mnist-dir {opts.mnist_dir!r} is not a folder")
     run_dir = opts.out or os.path.join("runs", opts.model)
+    device = resolve_device(opts.device)
+    ctx, device = distributed.from_env(device)
+    if not ctx.main:   # rank 0 alone writes and speaks; the others follow it
+        log = lambda message: None  # noqa: E731
     os.makedirs(run_dir, exist_ok=True)
-    with RunLock(run_dir):
-        remove_stale_temporaries(run_dir, log)
+    with RunLock(run_dir) if ctx.main else nullcontext():
+        if ctx.main:
+            remove_stale_temporaries(run_dir, log)
         retain_freed_memory()
-        opts, ckpt = open_run(opts, explicit, run_dir, log)   # restore
-        run = _Run(opts, ckpt, run_dir, log)
+        opts, ckpt = _open(ctx, opts, explicit, run_dir, log)   # restore
+        run = _Run(opts, ckpt, run_dir, log, ctx, device)
         run.train()
         return run.finish()
+
+
+def _open(ctx: Context, opts: TrainOptions, explicit, run_dir: str, log):
+    """:func:`open_run` on rank 0 (it may clear the folder), then on the
+    other ranks only to read the checkpoint a resume continues."""
+    if not ctx.active:
+        return open_run(opts, explicit, run_dir, log)
+    opened, error = None, None
+    if ctx.main:
+        try:
+            opened = open_run(opts, explicit, run_dir, log)
+        except ValueError as e:
+            error = e
+    ctx.agree_on_error(error)
+    if ctx.main:
+        return opened
+    if opts.resume:
+        return open_run(opts, explicit, run_dir, log)
+    opts.out = run_dir
+    return opts, None
 
 
 class _Run:
@@ -129,20 +157,23 @@ class _Run:
     the state its steps, saves, grids and curves share."""
 
     def __init__(self, opts: TrainOptions, ckpt: Optional[dict], run_dir: str,
-                 log: Callable[[str], None]) -> None:
-        self.opts, self.run_dir, self.log = opts, run_dir, log
+                 log: Callable[[str], None], ctx: Context, device: torch.device) -> None:
+        self.opts, self.run_dir, self.log, self.ctx = opts, run_dir, log, ctx
         self.ckpt_path = os.path.join(run_dir, CHECKPOINT)
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         self.curves_path = os.path.join(run_dir, "losses.png")
         if opts.threads is not None:
             torch.set_num_threads(opts.threads)
-        self.device = device = resolve_device(opts.device)
+        self.device = device
         self.amp = use_amp(opts.amp, device, log)
         set_backend(opts.backend)
 
         seed_everything(opts.seed)
         self.trainer = trainer = trainer_class(opts.model)(opts, device)
+        ctx.check_options(opts, opts.batch_size or trainer.default_batch_size)
         trainer.build(ckpt["model_config"] if ckpt else None)
+        if ctx.active:
+            self._distribute()
         data = trainer.train_data()
         # batch_multiple: samples per batch entry (PacGAN's packs of M samples).
         self.batch_size = batch_size = ((opts.batch_size or trainer.default_batch_size)
@@ -153,7 +184,7 @@ class _Run:
             raise ValueError(f"the training set has {len(data[0])} images, fewer than a batch "
                              f"of {batch_size}{packs}; lower --batch-size or add data")
         self.loader = InMemoryLoader(*data, batch_size=batch_size, shuffle=True, drop_last=True,
-                                     seed=opts.seed)
+                                     seed=opts.seed, shard=(ctx.rank, ctx.world))
         self.per_epoch = max(1, len(self.loader) // trainer.batches_per_step)
         self.epochs = opts.epochs if opts.epochs is not None else trainer.default_epochs
         self.decay = (opts.decay_epochs if opts.decay_epochs is not None
@@ -161,15 +192,31 @@ class _Run:
         self.total = (opts.steps if opts.steps is not None
                       else (self.epochs + self.decay) * self.per_epoch)
 
-        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
         self.step, self.epoch = 0, 0
         self.history: List[Dict[str, float]] = []
         self.saved_step: Optional[int] = None   # the step of the checkpoint on disk
         if ckpt is not None:
             self._restore(ckpt)
-        else:
+        elif ctx.main:
             open(self.metrics_path, "w").close()
-        self._write_config()
+        if ctx.main:
+            os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+            self._write_config()
+
+    def _distribute(self) -> None:
+        """Several processes: synced batch norms (--sync-bn), the shared
+        latents, per-rank seeds, rank 0's weights everywhere, averaged
+        gradients (distributed.py says why not DDP)."""
+        ctx, trainer = self.ctx, self.trainer
+        if self.opts.sync_bn:
+            from ..nn import convert_sync_batchnorm
+            trainer.model = convert_sync_batchnorm(trainer.model)
+        ctx.share_latents(self.device)
+        trainer.distribute(ctx)
+        seed_everything(distributed.rank_seed(self.opts.seed, ctx.rank))
+        ctx.broadcast_(trainer.model)
+        for opt in trainer.optimizers.values():
+            ctx.average_gradients(opt)
 
     # ------------------------------------------------------------- restore
     def _restore(self, ckpt: dict) -> None:
@@ -180,10 +227,16 @@ class _Run:
             raise ValueError(f"--resume: the run in {self.run_dir} is already at step "
                              f"{self.step} and the length asked for is {self.total} steps; ask "
                              f"for more with --steps N (N > {self.step}) or a larger --epochs")
+        self.ctx.check_resume(ckpt, self.run_dir)
         self.trainer.load_state(ckpt)
         self.loader.load_state_dict(ckpt["loader"])
         self.history = list(ckpt["history"])
         set_rng_state(ckpt["rng"])
+        if self.ctx.active:
+            shared = ckpt["distributed"]
+            set_rng_state(shared["rng"][self.ctx.rank])
+            self.ctx.latents.set_state(shared["latents"])
+            self.ctx.broadcast_(self.trainer.model)
         self.log(f"resuming {self.opts.model} from {self.ckpt_path} at step {self.step} (epoch "
                  f"{self.epoch}) to step {self.total}")
         drop_records_after(self.metrics_path, self.step)
@@ -194,7 +247,7 @@ class _Run:
                   "batch_size": self.batch_size, "steps": self.total,
                   "steps_per_epoch": self.per_epoch, "epochs": self.epochs,
                   "decay_epochs": self.decay, "device": str(self.device), "amp": self.amp,
-                  "versions": versions()}
+                  "world_size": self.ctx.world, "versions": versions()}
         with open(os.path.join(self.run_dir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(json_safe(config), f, indent=2, default=str)
 
@@ -206,27 +259,37 @@ class _Run:
         if bad:
             raise TrainingDiverged(f"training diverged by step {step}: weight {bad[0]} holds "
                                    "NaN/inf")
+        ctx, rng = self.ctx, rng_state(self.device.type == "cuda")
+        extra = {}
+        if ctx.active:   # every rank's RNG: a resume continues each rank's stream
+            extra["distributed"] = {"world_size": ctx.world, "rng": ctx.gather_rng(rng),
+                                    "latents": ctx.latents.get_state()}
         try:
-            atomic_save({"format": FORMAT, "model_name": self.opts.model,
-                         "options": self.opts.to_dict(),
-                         "model_config": self.trainer.model_config(), **self.trainer.state(),
-                         "loader": self.loader.state_dict(),
-                         "rng": rng_state(self.device.type == "cuda"),
-                         "step": step, "epoch": self.epoch, "history": self.history,
-                         "versions": versions()}, self.ckpt_path)
+            if ctx.main:
+                atomic_save({"format": FORMAT, "model_name": self.opts.model,
+                             "options": self.opts.to_dict(),
+                             "model_config": self.trainer.model_config(), **self.trainer.state(),
+                             "loader": self.loader.state_dict(), "rng": rng,
+                             "step": step, "epoch": self.epoch, "history": self.history,
+                             "versions": versions(), **extra}, self.ckpt_path)
         except OSError as e:
             prev = (f"the previous checkpoint (step {self.saved_step}) is intact"
                     if self.saved_step is not None else "no earlier checkpoint exists")
             raise CheckpointSaveError(f"could not save the checkpoint to {self.ckpt_path} at "
                                       f"step {step} ({e.strerror or e}); {prev}") from None
+        ctx.barrier()   # no rank ends (and has the launcher stop rank 0) mid-save
         self.saved_step = step
 
-    def write_grid(self, path: str) -> str:
+    def write_grid(self, path: str) -> Optional[str]:
+        if not self.ctx.main:
+            return None
         images, nrow = self.trainer.grid()
         return self.trainer.write_picture(images, path, nrow)
 
     def draw_curves(self) -> Optional[str]:
         self.last_curves = time.perf_counter()
+        if not self.ctx.main:
+            return None
         return plot_losses(self.history, self.trainer.loss_groups, self.curves_path,
                            title=f"{self.opts.model}: {self.step} steps")
 
@@ -247,37 +310,43 @@ class _Run:
         :class:`TrainingDiverged` without saving."""
         opts = self.opts
         self.last_curves = time.perf_counter()
-        self.mlog = MetricsLog(self.run_dir)
+        self.mlog = MetricsLog(self.run_dir, enabled=self.ctx.main)
         self.trainer.model.train()
         self.bar = Progress(self.total, initial=min(self.step, self.total), desc=f"{opts.model}",
-                            enabled=opts.progress)
+                            enabled=opts.progress and self.ctx.main)
         self.pending: List[Tuple[int, Dict[str, Tensor]]] = []
         self.interval: List[Dict[str, float]] = []
         self.t_last, self.n_last = time.perf_counter(), self.step
         batches = self.loader.batches()  # (epoch, batch) across epochs; resumes mid-epoch exactly
-        self.log(f"training {opts.model} on {self.device} for {self.total} steps "
+        where = (f" x {self.ctx.world} processes ({self.batch_size // self.ctx.world} each)"
+                 if self.ctx.active else "")
+        self.log(f"training {opts.model} on {self.device}{where} for {self.total} steps "
                  f"({self.per_epoch} per epoch, batch {self.batch_size}); run folder "
                  f"{self.run_dir}")
+        self.stopping = False   # agreed by every rank after each step
         try:
-            with StopFlag() as stop:
+            with StopFlag(escalate=not self.ctx.active) as stop:
                 try:
                     while self.step < self.total:
-                        if stop.set:
+                        if self.stopping or (stop.set and not self.ctx.active):
                             raise KeyboardInterrupt
-                        self._step(batches)
+                        self._step(batches, stop)
                 except KeyboardInterrupt:
                     raise self._stopped(stop.signum) from None
-        except TrainingDiverged as e:
+        except (TrainingDiverged, PeerFailed) as e:
             self.bar.close()
             self.mlog.close()
+            diverged = isinstance(e, TrainingDiverged)
             kept = (f"the last checkpoint, {self.ckpt_path} (step {self.saved_step}), is the "
-                    "last finite state" if self.saved_step is not None
-                    else "no checkpoint was written")
-            raise TrainingDiverged(f"{e}; stopped without saving it: {kept}. Lower --lr or "
-                                   "check the data") from None
+                    f"{'last finite state' if diverged else 'last saved state'}"
+                    if self.saved_step is not None else "no checkpoint was written")
+            hint = ("Lower --lr or check the data" if diverged
+                    else f"continue with --resume on {self.ctx.world} processes")
+            raise type(e)(f"{e}; stopped without saving it: {kept}. {hint}") from None
 
-    def _step(self, batches) -> None:
+    def _step(self, batches, stop: StopFlag) -> None:
         opts, trainer = self.opts, self.trainer
+        self.ctx.maybe_fail(self.step + 1)
         group = []
         for _ in range(trainer.batches_per_step):
             e, b = next(batches)
@@ -287,6 +356,7 @@ class _Run:
             group.append(tuple(t.to(self.device, non_blocking=True) for t in b))
         with autocast(self.device, self.amp):
             stats = trainer.step(group)
+        stats, self.stopping = self.ctx.reduce_stats(stats, stop.set)
         self.step += 1
         self.pending.append((self.step, stats))
         if self.step % opts.log_every == 0 or self.step == self.total:
@@ -338,6 +408,9 @@ class _Run:
         self.bar.close()
         self.flush()
         self.save()
+        if not self.ctx.main:   # rank 0 alone draws, plots and evaluates
+            self.mlog.close()
+            return RunResult(paths={}, metrics={}, step=self.step, epoch=self.epoch)
         run_dir = self.run_dir
         paths = {"run": run_dir, "checkpoint": self.ckpt_path,
                  "config": os.path.join(run_dir, "config.json"), "metrics": self.metrics_path}

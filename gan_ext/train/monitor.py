@@ -37,11 +37,12 @@ class MetricsLog:
     """One JSON object per line in ``metrics.jsonl``; the same scalars go to
     TensorBoard when ``torch.utils.tensorboard`` imports (else silently not)."""
 
-    def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str, tensorboard: bool = True, enabled: bool = True) -> None:
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.writer = None
         self.tb_dir = None
-        if tensorboard:
+        self.enabled = enabled   # False: a rank other than 0 of a distributed run writes nothing
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
                 self.tb_dir = os.path.join(run_dir, "tensorboard")
@@ -50,6 +51,8 @@ class MetricsLog:
                 self.writer, self.tb_dir = None, None
 
     def log(self, record: dict, step: int, prefix: str = "train") -> None:
+        if not self.enabled:
+            return
         append_jsonl(self.path, record)
         if self.writer is not None:
             for k, v in record.items():

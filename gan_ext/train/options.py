@@ -82,6 +82,7 @@ _APPLIES = {
     "unrolled_first_order": (GAN_MODELS, False),
     "ema": (GAN_MODELS, False),
     "joint_batch": (GAN_MODELS, False),
+    "sync_bn": (("dcgan", "cgan"), False),   # gan's MLPs have no batch norm
     "arch": (("ring", "grid", "stacked-mnist"), False),
     "d_width": (("stacked-mnist",), False),
     "beta": (("vae",), False),
@@ -168,6 +169,7 @@ class TrainOptions:
     joint_batch: bool = False            # D scores real and fake in one call (shared BN stats)
     arch: Optional[str] = None           # the benchmarks' networks (MODEL_ARCHS; None: the first)
     d_width: Optional[float] = None      # stacked-mnist --arch unrolled: D's widths over G's (0.25)
+    sync_bn: bool = False                # several processes: batch statistics over all ranks
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

@@ -21,11 +21,15 @@ __all__ = ["StopFlag", "RunLock", "CHECKPOINT", "RUN_FILES", "run_in", "clear_ru
 class StopFlag:
     """SIGINT and SIGTERM (docker stop, Slurm preemption) set a flag the loop
     checks between steps, so a checkpoint never holds a half-done step; a
-    second signal interrupts at once."""
+    second signal interrupts at once, unless ``escalate=False``: under
+    torchrun a Ctrl-C reaches each rank twice (from the terminal and
+    forwarded by the launcher), and the launcher kills a rank that does not
+    stop within 30 s anyway."""
 
     SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
 
-    def __init__(self) -> None:
+    def __init__(self, escalate: bool = True) -> None:
+        self.escalate = escalate
         self.set = False
         self.signum: Optional[int] = None
         self.prev: Dict[int, Any] = {}
@@ -33,7 +37,7 @@ class StopFlag:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             def handler(signum, frame):
-                if self.set:
+                if self.set and self.escalate:
                     raise KeyboardInterrupt
                 self.set, self.signum = True, signum
             for sig in self.SIGNALS:

@@ -1,0 +1,248 @@
+"""Training on several processes (``torchrun`` or ``gan-ext train
+--nproc-per-node N``): the process group, what each rank trains on, the
+gradient and loss averages, and what a checkpoint keeps of every rank.
+
+The design, and why:
+
+* ``--batch-size`` is the global batch. Every rank's loader yields the same
+  global batch (same seed, same position) and each rank keeps its contiguous
+  share, so the loader state is the same on every rank and rank 0's
+  checkpoint resumes all of them.
+* The latents (z, and cgan's fake labels) of the global batch are drawn on
+  every rank from one shared generator, a copy of the global RNG as a single
+  process would have it; each rank keeps its share. With ``--sync-bn`` a run
+  on N processes therefore computes what one process computes on the global
+  batch. Everything else random (dropout) draws from the global RNG, seeded
+  per rank so ranks do not repeat each other's masks.
+* Gradients are averaged by one all-reduce per optimizer step, in a step
+  pre-hook, rather than by DDP: a GAN step runs G with grad for the D step
+  but backpropagates only into D, then runs D frozen inside G's backward.
+  DDP's reducer expects every forward with grad to be followed by a backward
+  into all its parameters, which needs ``find_unused_parameters`` and
+  per-network ``no_sync`` bookkeeping; averaging ``p.grad`` of the network
+  about to be stepped is exact (each rank's loss is the mean over an equal
+  share) and needs neither.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import timedelta
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["Context", "DISTRIBUTED_MODELS", "PeerFailed", "from_env", "world_size_from_env"]
+
+# The families whose step is the shared GAN train_step: their latents and
+# gradients are handled here. The others train on one process only.
+DISTRIBUTED_MODELS = ("gan", "dcgan", "cgan")
+# Options whose effect depends on the whole batch in one place (a statistic
+# over samples, a look-ahead on D's optimizer): on N processes they would
+# compute something else than on one, so they are refused.
+_SINGLE_PROCESS_OPTIONS = {"pack": "--pack", "minibatch_stddev": "--minibatch-stddev",
+                           "minibatch_discrimination": "--minibatch-discrimination",
+                           "feature_matching": "--feature-matching", "unrolled": "--unrolled"}
+# Test hook: GAN_EXT_TEST_FAIL=RANK:STEP makes that rank raise at that step.
+FAIL_ENV = "GAN_EXT_TEST_FAIL"
+LAUNCH_HINT = "torchrun / --nproc-per-node"
+
+
+class PeerFailed(RuntimeError):
+    """A collective failed: another rank died or was stopped."""
+
+
+class Quiet(SystemExit):
+    """A refusal every rank reaches alike: rank 0 says it, the others exit
+    with the same code silently, so the user reads one line."""
+
+
+def world_size_from_env() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a whole number "
+                         "(set by torchrun)") from None
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank 0 keeps ``seed`` (so its stream is the single process's); other
+    ranks get a hash of (seed, rank)."""
+    if rank == 0:
+        return seed
+    digest = hashlib.blake2b(f"gan_ext.rank:{seed}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Context:
+    """This process's place in the run: ``rank``, ``world`` (1: not
+    distributed) and the device it trains on."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.latents: Optional[torch.Generator] = None
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def refuse(self, message: str, code: int = 2):
+        """Raises the same refusal on every rank: rank 0 says it."""
+        if self.main:
+            raise ValueError(message)
+        raise Quiet(code)
+
+    # ------------------------------------------------------------ checks
+    def check_options(self, opts, batch_size: int) -> None:
+        if not self.active:
+            if opts.sync_bn:
+                raise ValueError("--sync-bn needs several processes: run with --nproc-per-node N "
+                                 "or under torchrun --nproc-per-node N (N >= 2)")
+            return
+        if opts.model not in DISTRIBUTED_MODELS:
+            self.refuse(f"{opts.model} trains on one process only; training on several "
+                        f"processes ({LAUNCH_HINT}) supports {', '.join(DISTRIBUTED_MODELS)}")
+        for name, flag in _SINGLE_PROCESS_OPTIONS.items():
+            if getattr(opts, name) not in (None, False, 0, 1):
+                self.refuse(f"{flag} is not supported on several processes ({LAUNCH_HINT}): it "
+                            "needs the whole batch or D's optimizer in one process")
+        if batch_size % self.world:
+            self.refuse(f"--batch-size {batch_size} is the global batch and must be divisible by "
+                        f"the {self.world} processes (e.g. {batch_size // self.world * self.world or self.world})")
+
+    def check_resume(self, ckpt: dict, run_dir: str) -> None:
+        saved = int(ckpt.get("distributed", {}).get("world_size", 1))
+        if saved != self.world:
+            self.refuse(f"--resume: the run in {run_dir} was trained on {saved} process(es) and "
+                        f"this is {self.world}; resume it with the same number "
+                        f"(--nproc-per-node {saved}) so its data order and random streams "
+                        "continue exactly")
+
+    # ------------------------------------------------------------ setup
+    def share_latents(self, device: torch.device) -> None:
+        """The shared generator: the global RNG's state now, which every
+        rank has alike (same seed, same draws so far)."""
+        if not self.active:
+            return
+        self.latents = torch.Generator(device=device)
+        state = (torch.cuda.get_rng_state(device) if device.type == "cuda"
+                 else torch.get_rng_state())
+        self.latents.set_state(state)
+
+    def broadcast_(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank."""
+        if self.active:
+            with torch.no_grad():
+                for t in module.state_dict().values():
+                    self._call(dist.broadcast, t, 0)
+
+    def average_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before each ``optimizer.step()``: the mean of every rank's
+        gradients, in one all-reduce of all of them."""
+        if not self.active:
+            return
+
+        def hook(opt, args, kwargs):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if not grads:
+                return
+            flat = torch.cat([g.reshape(-1).float() for g in grads])
+            self._call(dist.all_reduce, flat)
+            flat /= self.world
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+        optimizer.register_step_pre_hook(hook)
+
+    def sampler_kwargs(self, nz: int, num_classes: Optional[int]) -> Dict[str, Callable]:
+        """``sample_z`` (and ``sample_labels``) for the GAN train_step: the
+        global batch's draw from the shared generator, this rank's share."""
+        if not self.active:
+            return {}
+        gen, rank, world = self.latents, self.rank, self.world
+
+        def share(t: Tensor, n: int) -> Tensor:
+            return t[rank * n:(rank + 1) * n]
+
+        def sample_z(n: int, device: torch.device, dtype=torch.float32) -> Tensor:
+            return share(torch.randn(n * world, nz, device=device, dtype=dtype, generator=gen), n)
+
+        kw = {"sample_z": sample_z}
+        if num_classes is not None:
+            kw["sample_labels"] = lambda n, device: share(
+                torch.randint(num_classes, (n * world,), device=device, generator=gen), n)
+        return kw
+
+    # ------------------------------------------------------------ per step
+    def reduce_stats(self, stats: Dict[str, Tensor], stop: bool) -> Tuple[Dict[str, Tensor], bool]:
+        """The step's losses averaged over ranks (the global batch's means,
+        as the shares are equal), and whether any rank was asked to stop:
+        all ranks stop after the same step."""
+        if not self.active:
+            return stats, stop
+        keys = list(stats)
+        packed = torch.stack([stats[k].detach().float() for k in keys]
+                             + [torch.ones_like(stats[keys[0]], dtype=torch.float32)
+                                * float(stop)])
+        self._call(dist.all_reduce, packed)
+        return {k: packed[i] / self.world for i, k in enumerate(keys)}, bool(packed[-1] > 0)
+
+    def gather_rng(self, state: dict) -> Optional[List[dict]]:
+        """Every rank's RNG state, on rank 0 (None elsewhere)."""
+        out = [None] * self.world if self.main else None
+        self._call(dist.gather_object, state, out, 0)
+        return out
+
+    def agree_on_error(self, error: Optional[BaseException]) -> None:
+        """Rank 0's refusal (None: none) reaches every rank: rank 0 raises
+        it, the others exit quietly."""
+        box = [None if error is None else str(error)]
+        self._call(dist.broadcast_object_list, box, 0)
+        if box[0] is not None:
+            if error is not None:
+                raise error
+            raise Quiet(2)
+
+    def barrier(self) -> None:
+        if self.active:
+            self._call(dist.barrier)
+
+    def maybe_fail(self, step: int) -> None:
+        spec = os.environ.get(FAIL_ENV)
+        if spec and spec == f"{self.rank}:{step}":
+            raise RuntimeError(f"rank {self.rank}: test failure at step {step} ({FAIL_ENV})")
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (RuntimeError, dist.DistError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise PeerFailed(f"another process of the run failed or was stopped ({first})") from e
+
+
+def from_env(device: torch.device) -> Tuple[Context, torch.device]:
+    """The process group from torchrun's environment (gloo on CPU, nccl on
+    CUDA, each rank on cuda:LOCAL_RANK) and the device this rank trains on;
+    outside torchrun, or with one process, a Context of one."""
+    world = world_size_from_env()
+    if world <= 1:
+        return Context(), device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device.type == "cuda"
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local} has no CUDA device (this node has "
+                             f"{torch.cuda.device_count()}); start at most that many processes "
+                             "per node, or use --device cpu")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
+    return Context(rank, world, local), device
