@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
-from ..train.distributed import world_size_from_env
+from ..train.distributed import DISTRIBUTED_MODELS, world_size_from_env
 from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
 from ..train.options import DEFAULTS, DEMO_STEPS, defaults_text
 from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
@@ -173,6 +173,10 @@ def launch(nproc: int, argv) -> int:
     rank fails). One node; for several, run torchrun yourself."""
     if world_size_from_env() > 1:
         raise UsageError("--nproc-per-node starts torchrun; under torchrun already, leave it out")
+    model = next((a for a in argv if a in MODELS), None)
+    if model not in DISTRIBUTED_MODELS:   # said before any process starts
+        raise UsageError(f"--nproc-per-node: {model} trains on one process only; several "
+                         f"processes support {', '.join(DISTRIBUTED_MODELS)}")
     rest, skip = [], False
     for a in argv:
         if skip:

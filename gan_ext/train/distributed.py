@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
 from datetime import timedelta
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -34,7 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Context", "DISTRIBUTED_MODELS", "PeerFailed", "from_env", "world_size_from_env"]
+__all__ = ["Context", "DISTRIBUTED_MODELS", "PeerFailed", "from_env", "world_size_from_env",
+           "in_collective", "peer_failed", "rank_seed", "Quiet"]
 
 # The families whose step is the shared GAN train_step: their latents and
 # gradients are handled here. The others train on one process only.
@@ -109,7 +112,8 @@ class Context:
             self.refuse(f"{opts.model} trains on one process only; training on several "
                         f"processes ({LAUNCH_HINT}) supports {', '.join(DISTRIBUTED_MODELS)}")
         for name, flag in _SINGLE_PROCESS_OPTIONS.items():
-            if getattr(opts, name) not in (None, False, 0, 1):
+            value = getattr(opts, name)
+            if (value != 1) if name == "pack" else bool(value):
                 self.refuse(f"{flag} is not supported on several processes ({LAUNCH_HINT}): it "
                             "needs the whole batch or D's optimizer in one process")
         if batch_size % self.world:
@@ -222,9 +226,25 @@ class Context:
     def _call(self, fn, *args):
         try:
             return fn(*args)
-        except (RuntimeError, dist.DistError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise PeerFailed(f"another process of the run failed or was stopped ({first})") from e
+        except RuntimeError as e:
+            raise peer_failed(e) from e
+
+
+def in_collective(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside torch.distributed (a collective whose
+    peer died: gloo says so with a plain RuntimeError), not by our own code."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith("torch.distributed"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def peer_failed(e: BaseException) -> PeerFailed:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    first = first.split("] ", 1)[-1][:120]   # gloo prefixes its source location
+    return PeerFailed(f"another process of the run failed or was stopped ({first})")
 
 
 def from_env(device: torch.device) -> Tuple[Context, torch.device]:
@@ -245,4 +265,17 @@ def from_env(device: torch.device) -> Tuple[Context, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
+    _outlive_the_launchers_signals()
     return Context(rank, world, local), device
+
+
+def _outlive_the_launchers_signals() -> None:
+    """When a rank fails, torchrun SIGTERMs the others at once, racing their
+    own discovery of the failure: killed by it, rank 0 would end without its
+    one line (or a Ctrl-C mid-save without its checkpoint). So a rank takes
+    SIGINT/SIGTERM as a request: in training the loop's StopFlag stops after
+    the step, elsewhere the rank finishes what it does; the launcher SIGKILLs
+    a rank that has not ended 30 s after its signal."""
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM"):
+            signal.signal(getattr(signal, name), lambda signum, frame: None)

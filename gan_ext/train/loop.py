@@ -170,6 +170,8 @@ class _Run:
 
         seed_everything(opts.seed)
         self.trainer = trainer = trainer_class(opts.model)(opts, device)
+        if ckpt is not None:   # first: a resume on another world size would mislead below
+            ctx.check_resume(ckpt, run_dir)
         ctx.check_options(opts, opts.batch_size or trainer.default_batch_size)
         trainer.build(ckpt["model_config"] if ckpt else None)
         if ctx.active:
@@ -227,7 +229,6 @@ class _Run:
             raise ValueError(f"--resume: the run in {self.run_dir} is already at step "
                              f"{self.step} and the length asked for is {self.total} steps; ask "
                              f"for more with --steps N (N > {self.step}) or a larger --epochs")
-        self.ctx.check_resume(ckpt, self.run_dir)
         self.trainer.load_state(ckpt)
         self.loader.load_state_dict(ckpt["loader"])
         self.history = list(ckpt["history"])
@@ -330,7 +331,13 @@ class _Run:
                     while self.step < self.total:
                         if self.stopping or (stop.set and not self.ctx.active):
                             raise KeyboardInterrupt
-                        self._step(batches, stop)
+                        try:
+                            self._step(batches, stop)
+                        except RuntimeError as e:   # a synced batch norm's collective, say
+                            if (isinstance(e, PeerFailed) or not self.ctx.active
+                                    or not distributed.in_collective(e)):
+                                raise
+                            raise distributed.peer_failed(e) from e
                 except KeyboardInterrupt:
                     raise self._stopped(stop.signum) from None
         except (TrainingDiverged, PeerFailed) as e:

@@ -1,0 +1,128 @@
+"""Issue 17: `gan-ext train` on 2 processes (CPU, gloo, the torchrun
+launcher started by --nproc-per-node). A 2-process run with --sync-bn is
+the 1-process run on the same global batch; a crash on one rank leaves a
+loadable checkpoint that resumes exactly; what is not supported is refused
+in one line."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gan_ext import cli
+from gan_ext.train import load_checkpoint
+from gan_ext.train.distributed import FAIL_ENV
+
+TINY = ["--batch-size", "4", "--limit", "32", "--log-every", "1", "--no-progress",
+        "--eval-n", "0", "--threads", "1", "--device", "cpu", "--checkpoint-every", "2"]
+STEPS = ["--steps", "4"]
+
+
+def _launch(model, out, *extra, env=None):
+    """`gan-ext train MODEL ... --nproc-per-node 2` in a subprocess."""
+    cmd = [sys.executable, "-m", "gan_ext", "train", model, "--out", str(out), *TINY, *extra,
+           "--nproc-per-node", "2"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, **(env or {})})
+
+
+def _records(run):
+    """metrics.jsonl without the timings."""
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "it_per_s"} for line in f]
+
+
+def _weights(run):
+    return load_checkpoint(os.path.join(run, "checkpoint.pt"))["models"]
+
+
+def _errors(text):
+    return [line for line in text.splitlines() if line.startswith("gan-ext: error:")]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """A 2-process DCGAN run of 4 steps with --sync-bn."""
+    out = tmp_path_factory.mktemp("dist") / "straight"
+    r = _launch("dcgan", out, *STEPS, "--sync-bn")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "x 2 processes (2 each)" in r.stdout
+    return out
+
+
+def test_two_processes_with_sync_bn_equal_one_process(straight, tmp_path):
+    one = tmp_path / "one"
+    assert cli.main(["train", "dcgan", "--out", str(one), *TINY, *STEPS]) == 0
+    a, b = _records(one), _records(straight)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-5), (ra["step"], k)
+    wa, wb = _weights(one), _weights(straight)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if wa[k].is_floating_point():
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4, msg=k)
+        else:
+            assert torch.equal(wa[k], wb[k]), k
+    # The 2-process run's checkpoint says how many processes trained it.
+    ckpt = load_checkpoint(os.path.join(straight, "checkpoint.pt"))
+    assert ckpt["distributed"]["world_size"] == 2 and len(ckpt["distributed"]["rng"]) == 2
+    with open(os.path.join(straight, "config.json")) as f:
+        assert json.load(f)["world_size"] == 2
+
+
+def test_a_crashed_rank_stops_the_run_and_the_checkpoint_resumes_exactly(straight, tmp_path):
+    run = tmp_path / "crash"
+    r = _launch("dcgan", run, *STEPS, "--sync-bn", env={FAIL_ENV: "1:3"})
+    assert r.returncode != 0
+    errors = _errors(r.stderr)
+    assert any("another process of the run failed" in e and "(step 2)" in e
+               and "--resume on 2 processes" in e for e in errors), r.stderr[-3000:]
+    ckpt = load_checkpoint(os.path.join(run, "checkpoint.pt"), model="dcgan")
+    assert ckpt["step"] == 2
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp")]
+    # Resumed at the same world size: the straight run's records and weights, bit for bit.
+    r = _launch("dcgan", run, *STEPS, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _records(run) == _records(straight)
+    wa, wb = _weights(run), _weights(straight)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_at_another_world_size_is_refused(straight, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(straight, run)
+    assert cli.main(["train", "dcgan", "--out", str(run), "--steps", "6", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 2 process(es) and this is 1" in err and "--nproc-per-node 2" in err
+
+
+def test_sync_bn_on_one_process_is_refused(tmp_path, capsys):
+    assert cli.main(["train", "dcgan", "--out", str(tmp_path / "r"), *TINY, *STEPS,
+                     "--sync-bn"]) == 2
+    assert "--sync-bn needs several processes" in capsys.readouterr().err
+
+
+def test_an_unsupported_model_is_refused_before_any_process_starts(tmp_path, capsys):
+    assert cli.main(["train", "vae", "--out", str(tmp_path / "r"), "--nproc-per-node", "2"]) == 2
+    assert ("--nproc-per-node: vae trains on one process only; several processes support gan, "
+            "dcgan, cgan") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, extra, expect", [
+    ("dcgan", ["--batch-size", "5"],
+     "--batch-size 5 is the global batch and must be divisible by the 2 processes"),
+    ("gan", ["--unrolled", "1"], "--unrolled is not supported on several processes"),
+])
+def test_refused_on_two_processes_in_one_line(model, extra, expect, tmp_path):
+    r = _launch(model, tmp_path / "r", "--steps", "2", *extra)
+    assert r.returncode != 0   # torchrun's own status: 1 whatever the ranks' were
+    errors = _errors(r.stderr)
+    # Rank 0 says it, rank 1 exits quietly: one line (the launcher adds its summary).
+    assert sum(expect in e for e in errors) == 1, r.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "r" / "checkpoint.pt")
