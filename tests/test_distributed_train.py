@@ -53,27 +53,41 @@ def straight(tmp_path_factory):
     return out
 
 
-def test_two_processes_with_sync_bn_equal_one_process(straight, tmp_path):
-    one = tmp_path / "one"
-    assert cli.main(["train", "dcgan", "--out", str(one), *TINY, *STEPS]) == 0
-    a, b = _records(one), _records(straight)
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
+def _assert_same_run(one, two, steps):
+    """Two runs' losses and weights agree to float rounding."""
+    a, b = _records(one), _records(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))
     for ra, rb in zip(a, b):
         assert ra.keys() == rb.keys()
         for k in ra:
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-5), (ra["step"], k)
-    wa, wb = _weights(one), _weights(straight)
+    wa, wb = _weights(one), _weights(two)
     assert wa.keys() == wb.keys()
     for k in wa:
         if wa[k].is_floating_point():
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4, msg=k)
         else:
             assert torch.equal(wa[k], wb[k]), k
+
+
+def test_two_processes_with_sync_bn_equal_one_process(straight, tmp_path):
+    one = tmp_path / "one"
+    assert cli.main(["train", "dcgan", "--out", str(one), *TINY, *STEPS]) == 0
+    _assert_same_run(one, straight, 4)
     # The 2-process run's checkpoint says how many processes trained it.
     ckpt = load_checkpoint(os.path.join(straight, "checkpoint.pt"))
     assert ckpt["distributed"]["world_size"] == 2 and len(ckpt["distributed"]["rng"]) == 2
     with open(os.path.join(straight, "config.json")) as f:
         assert json.load(f)["world_size"] == 2
+
+
+def test_cgan_on_two_processes_equals_one_process(tmp_path):
+    """The fake labels come from the shared generator too."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(["train", "cgan", "--out", str(one), *TINY, "--steps", "2"]) == 0
+    r = _launch("cgan", two, "--steps", "2", "--sync-bn")
+    assert r.returncode == 0, r.stdout + r.stderr
+    _assert_same_run(one, two, 2)
 
 
 def test_a_crashed_rank_stops_the_run_and_the_checkpoint_resumes_exactly(straight, tmp_path):

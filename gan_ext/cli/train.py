@@ -187,16 +187,18 @@ def launch(nproc: int, argv) -> int:
             rest.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "gan_ext.cli", *rest]
-    proc = subprocess.Popen(cmd)
+    proc, interrupted = subprocess.Popen(cmd), False
     while True:
         try:
             code = proc.wait()
             break
         except KeyboardInterrupt:   # the launcher got the Ctrl-C too: it stops the ranks
-            continue
+            interrupted = True
+    if interrupted:   # rank 0 said where its checkpoint is
+        return 130
     if code:
-        print(f"{PROG}: error: the {nproc}-process run ended with status {code} (rank 0's line "
-              "above says why)", file=sys.stderr)
+        print(f"{PROG}: error: the {nproc}-process run ended with status {code} (the ranks' "
+              "lines above say why)", file=sys.stderr)
     return code
 
 
