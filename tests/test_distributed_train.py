@@ -6,8 +6,10 @@ in one line."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -106,6 +108,33 @@ def test_a_crashed_rank_stops_the_run_and_the_checkpoint_resumes_exactly(straigh
     assert _records(run) == _records(straight)
     wa, wb = _weights(run), _weights(straight)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_ctrl_c_stops_every_rank_after_one_step_and_rank_0_saves(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: the
+    launcher, the torchrun agent (which forwards it again) and both ranks."""
+    run = tmp_path / "stop"
+    cmd = [sys.executable, "-m", "gan_ext", "train", "dcgan", "--out", str(run), *TINY,
+           "--steps", "100000", "--checkpoint-every", "100000", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        metrics = run / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("gan-ext: interrupted at step")]
+    assert len(said) == 1, err[-3000:]
+    step = int(said[0].split("step ")[1].split(";")[0])
+    assert load_checkpoint(os.path.join(run, "checkpoint.pt"))["step"] == step
+    assert _records(run)[-1]["step"] == step
 
 
 def test_resume_at_another_world_size_is_refused(straight, tmp_path, capsys):

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("command", "argv", "nproc_per_node")}
     if args.nproc_per_node is not None:
-        return launch(args.nproc_per_node, args.argv)
+        return launch(args.model, args.nproc_per_node, args.argv)
     opts = TrainOptions(**given)
     main = world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
     try:
@@ -167,13 +167,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch(nproc: int, argv) -> int:
+def launch(model: str, nproc: int, argv) -> int:
     """``--nproc-per-node N``: the same command under torchrun's launcher
     (a subprocess: its agent handles signals and tears the group down when a
     rank fails). One node; for several, run torchrun yourself."""
     if world_size_from_env() > 1:
         raise UsageError("--nproc-per-node starts torchrun; under torchrun already, leave it out")
-    model = next((a for a in argv if a in MODELS), None)
     if model not in DISTRIBUTED_MODELS:   # said before any process starts
         raise UsageError(f"--nproc-per-node: {model} trains on one process only; several "
                          f"processes support {', '.join(DISTRIBUTED_MODELS)}")
