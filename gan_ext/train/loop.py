@@ -6,7 +6,8 @@ build its model, optimizers, schedulers and data, and how to do one step;
 across epochs, logging, sample grids, the loss plot, atomic checkpoints with
 every RNG state (so ``--resume`` continues bit for bit), Ctrl-C, and the
 final evaluation. The run folder's safety is in ``run_dir.py``, what a
-resume restores in ``resume.py``.
+resume restores in ``resume.py``, what changes on several processes
+(torchrun) in ``distributed.py``.
 """
 from __future__ import annotations
 
@@ -28,13 +29,13 @@ from .._version import __version__
 from .._backend import get_backend, set_backend
 from ..data import InMemoryLoader
 from ..memory import retain_freed_memory
-from .amp import autocast, use_amp
 from . import distributed
+from .amp import autocast, use_amp
 from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
 from .checkpoint import FORMAT, atomic_save, rng_state, set_rng_state
+from .distributed import Context, PeerFailed
 from .monitor import MetricsLog, Progress, json_safe, plot_losses
 from .options import TrainOptions, check_applicable
-from .distributed import Context, PeerFailed
 from .resume import drop_records_after, open_run
 from .run_dir import CHECKPOINT, RunLock, StopFlag, remove_stale_temporaries
 
