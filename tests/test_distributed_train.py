@@ -169,3 +169,18 @@ def test_refused_on_two_processes_in_one_line(model, extra, expect, tmp_path):
     # Rank 0 says it, rank 1 exits quietly: one line (the launcher adds its summary).
     assert sum(expect in e for e in errors) == 1, r.stderr[-3000:]
     assert not os.path.exists(tmp_path / "r" / "checkpoint.pt")
+
+
+def test_loader_shards_are_the_global_batch_in_rank_order():
+    from gan_ext.data import InMemoryLoader
+    from gan_ext.data.errors import DataError
+    x = torch.arange(24.0)
+    whole = InMemoryLoader(x, batch_size=6, seed=3)
+    shards = [InMemoryLoader(x, batch_size=6, seed=3, shard=(r, 3)) for r in range(3)]
+    for _ in range(5):   # across an epoch boundary
+        (b,), parts = next(iter(whole)), [next(iter(s))[0] for s in shards]
+        assert torch.equal(b, torch.cat(parts))
+    with pytest.raises(DataError, match="divisible by world"):
+        InMemoryLoader(x, batch_size=5, shard=(0, 2))
+    with pytest.raises(DataError, match="0 <= rank < world"):
+        InMemoryLoader(x, batch_size=4, shard=(2, 2))
