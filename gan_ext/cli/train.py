@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -186,13 +187,21 @@ def launch(model: str, nproc: int, argv) -> int:
             rest.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "gan_ext.cli", *rest]
-    proc, interrupted = subprocess.Popen(cmd), False
-    while True:
-        try:
-            code = proc.wait()
-            break
-        except KeyboardInterrupt:   # the launcher got the Ctrl-C too: it stops the ranks
-            interrupted = True
+    # The torchrun agent and the ranks install their own SIGINT handlers, so
+    # they act on Ctrl-C even where SIGINT was ignored at start (a background
+    # job of a non-interactive shell); the launcher must hear it too, or it
+    # reports the ranks' stop as a failure.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc, interrupted = subprocess.Popen(cmd), False
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:   # the launcher got the Ctrl-C too: it stops the ranks
+                interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if interrupted:   # rank 0 said where its checkpoint is
         return 130
     if code:
