@@ -151,16 +151,112 @@ def test_sync_bn_on_one_process_is_refused(tmp_path, capsys):
     assert "--sync-bn needs several processes" in capsys.readouterr().err
 
 
-def test_an_unsupported_model_is_refused_before_any_process_starts(tmp_path, capsys):
-    assert cli.main(["train", "vae", "--out", str(tmp_path / "r"), "--nproc-per-node", "2"]) == 2
-    assert ("--nproc-per-node: vae trains on one process only; several processes support gan, "
-            "dcgan, cgan") in capsys.readouterr().err
+def test_an_option_that_does_not_apply_is_refused_before_any_process_starts(tmp_path, capsys):
+    assert cli.main(["train", "gan", "--out", str(tmp_path / "r"), "--sync-bn",
+                     "--nproc-per-node", "2"]) == 2
+    assert "--sync-bn does not apply to gan" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r")
+
+
+# Every family on 2 processes equals 1 process on the global batch where its
+# randomness is the global batch's (latents, the denoising noise): ae/dae
+# with synced batch norms, PacGAN's packs (whole packs per rank) with and
+# without --joint-batch, the 2-D mixtures.
+@pytest.mark.parametrize("model, extra", [
+    ("ae", ["--sync-bn"]),
+    ("dae", ["--sync-bn"]),
+    ("ring", ["--pack", "2"]),
+    ("stacked-mnist", ["--pack", "2", "--joint-batch", "--sync-bn"]),
+])
+def test_family_on_two_processes_equals_one_process(model, extra, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = [a for a in extra if a != "--sync-bn"]
+    assert cli.main(["train", model, "--out", str(one), *TINY, "--steps", "2", *single]) == 0
+    r = _launch(model, two, "--steps", "2", *extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    _assert_same_run(one, two, 2)
+
+
+def test_vae_batch_sums_are_summed_over_processes(tmp_path):
+    """The VAE's loss is a batch sum: its stats add up over the ranks (the
+    per-image ones average), and its gradients are summed (the next test).
+    Its z noise is each rank's own, so the run is not compared bit for bit."""
+    run = tmp_path / "vae"
+    r = _launch("vae", run, "--steps", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rec in _records(run):
+        for k in ("loss", "recon", "kl"):
+            assert rec[k] == pytest.approx(4 * rec[f"{k}_per_image"], rel=1e-5), (rec["step"], k)
+
+
+def _vae_rank(rank, init_file, out):
+    import torch.distributed as dist
+    from gan_ext.models import VAEConfig, build_vae
+    from gan_ext.train.autoencoder import VAETrainer
+    from gan_ext.train.distributed import Context
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    model = build_vae(VAEConfig()).double().eval()   # eval: z = mu, no noise
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if rank is None:   # one process, the whole batch
+        model.train_step(x, opt)
+    else:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=2)
+        Context(rank, 2).average_gradients(opt, VAETrainer.grad_reduction)
+        model.train_step(x[3 * rank:3 * rank + 3], opt)
+        dist.destroy_process_group()
+    torch.save(model.state_dict(), out)
+
+
+def test_vae_gradients_summed_over_two_ranks_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_vae_rank, args=(r, tmp_path / "init", tmp_path / f"r{r}.pt"))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    _vae_rank(None, None, tmp_path / "one.pt")
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    one = torch.load(tmp_path / "one.pt")
+    for r in range(2):
+        got = torch.load(tmp_path / f"r{r}.pt")
+        for k in one:
+            torch.testing.assert_close(got[k], one[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_cyclegan_resumes_exactly_with_every_ranks_image_pools(tmp_path):
+    """Each rank pools its own fakes: a crash after step 2 and a resume
+    give the straight run, pools and all."""
+    straight, crash = tmp_path / "straight", tmp_path / "crash"
+    extra = ["--batch-size", "2", "--limit", "8", "--steps", "4"]
+    r = _launch("cyclegan", straight, *extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ckpt = load_checkpoint(os.path.join(straight, "checkpoint.pt"))
+    pools = [s["fake_A_pool"]["images"] for s in ckpt["distributed"]["ranks"]]
+    assert [len(p) for p in pools] == [4, 4]   # one fake per rank and step
+    assert not torch.equal(torch.stack(pools[0]), torch.stack(pools[1]))
+    r = _launch("cyclegan", crash, *extra, env={FAIL_ENV: "0:3"})
+    assert r.returncode != 0
+    r = _launch("cyclegan", crash, *extra, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _records(crash) == _records(straight)
+    wa, wb = _weights(crash), _weights(straight)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.mark.parametrize("model, extra, expect", [
     ("dcgan", ["--batch-size", "5"],
      "--batch-size 5 is the global batch and must be divisible by the 2 processes"),
     ("gan", ["--unrolled", "1"], "--unrolled is not supported on several processes"),
+    ("cyclegan", ["--batch-size", "2", "--sync-bn"],
+     "--sync-bn does not apply: the cyclegan networks have no batch norm"),
+    ("grid", ["--arch", "pacgan", "--sync-bn"],
+     "--sync-bn: the grid networks' 1-D batch norms need torch's SyncBatchNorm, which runs on "
+     "CUDA only"),
 ])
 def test_refused_on_two_processes_in_one_line(model, extra, expect, tmp_path):
     r = _launch(model, tmp_path / "r", "--steps", "2", *extra)

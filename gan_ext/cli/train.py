@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
-from ..train.distributed import DISTRIBUTED_MODELS, world_size_from_env
+from ..train.distributed import world_size_from_env
 from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
-from ..train.options import DEFAULTS, DEMO_STEPS, defaults_text
+from ..train.options import DEFAULTS, DEMO_STEPS, check_applicable, defaults_text
 from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
                      print_metrics, seed, threads_argument)
 
@@ -143,9 +143,10 @@ def run(args: argparse.Namespace) -> int:
     one_line_warnings()
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("command", "argv", "nproc_per_node")}
-    if args.nproc_per_node is not None:
-        return launch(args.model, args.nproc_per_node, args.argv)
     opts = TrainOptions(**given)
+    if args.nproc_per_node is not None:
+        check_applicable(opts, list(given))   # said once, before any process starts
+        return launch(args.model, args.nproc_per_node, args.argv)
     main = world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
     try:
         result = fit(opts, explicit=list(given))
@@ -174,9 +175,6 @@ def launch(model: str, nproc: int, argv) -> int:
     rank fails). One node; for several, run torchrun yourself."""
     if world_size_from_env() > 1:
         raise UsageError("--nproc-per-node starts torchrun; under torchrun already, leave it out")
-    if model not in DISTRIBUTED_MODELS:   # said before any process starts
-        raise UsageError(f"--nproc-per-node: {model} trains on one process only; several "
-                         f"processes support {', '.join(DISTRIBUTED_MODELS)}")
     rest, skip = [], False
     for a in argv:
         if skip:

@@ -11,7 +11,7 @@ in training by ``clamp(x + noise_factor * N(0, 1), 0, 1)`` (Vincent et al. 2008)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,11 @@ class ConvAutoencoder(nn.Module):
             raise TypeError(f"config must be an AEConfig, got {type(config).__name__}")
         config.validate()  # the dataclass may have been edited after construction
         self.config = config
+        # Where the denoising noise comes from when no generator is given:
+        # None is torch's generator; a callable (shape, device, dtype) ->
+        # Tensor replaces it (training on several processes draws the global
+        # batch's noise and keeps this rank's share).
+        self.noise_source: Optional[Callable[..., Tensor]] = None
         d = config.latent_dim
         self.encoder = nn.Sequential(
             Conv2dNormAct(1, 8, 3, stride=2, padding=1),    # (B, 8, 14, 14)
@@ -83,9 +88,13 @@ class ConvAutoencoder(nn.Module):
     # ------------------------------------------------------------------ model
     def add_noise(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """``clamp(x + noise_factor * N(0, 1), 0, 1)``: the denoising corruption.
-        Draws from torch's generator (``torch.manual_seed`` reproduces it)."""
+        Draws from ``generator``, else ``noise_source``, else torch's
+        generator (``torch.manual_seed`` reproduces it)."""
         check_images(x, IMAGE_SHAPE, who="add_noise", floating=UNIT_IMAGES)
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if generator is None and self.noise_source is not None:
+            noise = self.noise_source(tuple(x.shape), x.device, x.dtype)
+        else:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return (x + self.config.noise_factor * noise).clamp_(0.0, 1.0)
 
     def encode(self, x: Tensor) -> Tensor:

@@ -64,6 +64,12 @@ class AETrainer(_UnitImages):
         self.model = ConvAutoencoder(cfg).to(self.device)
         self.optimizers = {"model": self.model.configure_optimizer()}
 
+    def distribute(self, ctx) -> None:
+        """The denoising noise of the global batch from the shared generator,
+        this rank's share: N processes corrupt as one process does."""
+        if self.model.config.denoising:
+            self.model.noise_source = ctx.shared_normal
+
     def _inputs(self, x: Tensor) -> Tensor:
         if not self.model.config.denoising:
             return x
@@ -115,6 +121,10 @@ class DAETrainer(AETrainer):
 @register
 class VAETrainer(_UnitImages):
     name = "vae"
+    # The loss is a batch sum (BCE summed over pixels and images + beta KL):
+    # the global batch's gradient is the sum of the ranks'.
+    grad_reduction = "sum"
+    summed_stats = ("loss", "recon", "kl")
     loss_groups = {"negative ELBO terms (nats per image)":
                    ["recon_per_image", "kl_per_image", "loss_per_image"]}
     progress_keys = ("loss_per_image", "kl_per_image")

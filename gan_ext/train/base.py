@@ -32,6 +32,11 @@ class Trainer:
     name: str = ""
     loss_groups: Dict[str, Sequence[str]] = {}
     progress_keys: Sequence[str] = ()
+    # Several processes: how the ranks' gradients combine ("mean": the loss
+    # is a mean over the batch; "sum": a batch sum) and which step stats are
+    # batch sums (summed over ranks, not averaged).
+    grad_reduction: str = "mean"
+    summed_stats: Tuple[str, ...] = ()
 
     def __init__(self, opts: TrainOptions, device: torch.device) -> None:
         self.opts, self.device = opts, device
@@ -100,6 +105,19 @@ class Trainer:
 
     def extra_state(self) -> dict:
         return {}
+
+    def distribute(self, ctx) -> None:
+        """Several processes: draw what must be the global batch's (latents,
+        noise) through ``ctx`` (:class:`gan_ext.train.distributed.Context`).
+        Nothing by default: such a family's randomness is per rank."""
+
+    def rank_state(self) -> dict:
+        """What each rank holds of its own and a resume must restore on that
+        rank (a CycleGAN's image pools); rank 0's is also in extra_state."""
+        return {}
+
+    def load_rank_state(self, state: dict) -> None:
+        pass
 
     def load_extra_state(self, state: dict) -> None:
         pass

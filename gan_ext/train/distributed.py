@@ -15,7 +15,8 @@ The design, and why:
   batch. Everything else random (dropout) draws from the global RNG, seeded
   per rank so ranks do not repeat each other's masks.
 * Gradients are averaged by one all-reduce per optimizer step, in a step
-  pre-hook, rather than by DDP: a GAN step runs G with grad for the D step
+  pre-hook (summed where the loss is a batch sum, as the VAE's), rather
+  than by DDP: a GAN step runs G with grad for the D step
   but backpropagates only into D, then runs D frozen inside G's backward.
   DDP's reducer expects every forward with grad to be followed by a backward
   into all its parameters, which needs ``find_unused_parameters`` and
@@ -25,6 +26,7 @@ The design, and why:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -36,16 +38,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Context", "DISTRIBUTED_MODELS", "PeerFailed", "from_env", "world_size_from_env",
+__all__ = ["Context", "PeerFailed", "from_env", "world_size_from_env",
            "in_collective", "peer_failed", "rank_seed", "Quiet"]
 
-# The families whose step is the shared GAN train_step: their latents and
-# gradients are handled here. The others train on one process only.
-DISTRIBUTED_MODELS = ("gan", "dcgan", "cgan")
 # Options whose effect depends on the whole batch in one place (a statistic
 # over samples, a look-ahead on D's optimizer): on N processes they would
-# compute something else than on one, so they are refused.
-_SINGLE_PROCESS_OPTIONS = {"pack": "--pack", "minibatch_stddev": "--minibatch-stddev",
+# compute something else than on one, so they are refused. (--pack is not
+# among them: a pack is M consecutive samples, and a rank's share of the
+# global batch is whole packs.)
+_SINGLE_PROCESS_OPTIONS = {"minibatch_stddev": "--minibatch-stddev",
                            "minibatch_discrimination": "--minibatch-discrimination",
                            "feature_matching": "--feature-matching", "unrolled": "--unrolled"}
 # Test hook: GAN_EXT_TEST_FAIL=RANK:STEP makes that rank raise at that step.
@@ -108,12 +109,8 @@ class Context:
                 raise ValueError("--sync-bn needs several processes: run with --nproc-per-node N "
                                  "or under torchrun --nproc-per-node N (N >= 2)")
             return
-        if opts.model not in DISTRIBUTED_MODELS:
-            self.refuse(f"{opts.model} trains on one process only; training on several "
-                        f"processes ({LAUNCH_HINT}) supports {', '.join(DISTRIBUTED_MODELS)}")
         for name, flag in _SINGLE_PROCESS_OPTIONS.items():
-            value = getattr(opts, name)
-            if (value != 1) if name == "pack" else bool(value):
+            if getattr(opts, name):
                 self.refuse(f"{flag} is not supported on several processes ({LAUNCH_HINT}): it "
                             "needs the whole batch or D's optimizer in one process")
         if batch_size % self.world:
@@ -146,9 +143,13 @@ class Context:
                 for t in module.state_dict().values():
                     self._call(dist.broadcast, t, 0)
 
-    def average_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """Before each ``optimizer.step()``: the mean of every rank's
-        gradients, in one all-reduce of all of them."""
+    def average_gradients(self, optimizer: torch.optim.Optimizer, reduction: str = "mean") -> None:
+        """Before each ``optimizer.step()``: every rank's gradients combined
+        in one all-reduce of all of them: their mean (``"mean"``: each
+        rank's loss is a mean over an equal share, so the mean is the global
+        batch's gradient) or their sum (``"sum"``: the loss is a batch sum)."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if not self.active:
             return
 
@@ -156,14 +157,27 @@ class Context:
             grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
             if not grads:
                 return
-            flat = torch.cat([g.reshape(-1).float() for g in grads])
+            # float32 at least (bf16/fp16 gradients summed in float32), float64 kept.
+            dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
+            flat = torch.cat([g.reshape(-1).to(dtype) for g in grads])
             self._call(dist.all_reduce, flat)
-            flat /= self.world
+            if reduction == "mean":
+                flat /= self.world
             offset = 0
             for g in grads:
                 g.copy_(flat[offset:offset + g.numel()].view_as(g))
                 offset += g.numel()
         optimizer.register_step_pre_hook(hook)
+
+    def shared_normal(self, shape: Tuple[int, ...], device: torch.device,
+                      dtype=torch.float32) -> Tensor:
+        """This rank's share (rows ``rank * n .. rank * n + n - 1``) of one
+        N(0, 1) draw of the global batch ``(n * world, *shape[1:])`` from
+        the shared generator: what one process draws for the global batch."""
+        n = shape[0]
+        whole = torch.randn((n * self.world, *shape[1:]), device=device, dtype=dtype,
+                            generator=self.latents)
+        return whole[self.rank * n:(self.rank + 1) * n]
 
     def sampler_kwargs(self, nz: int, num_classes: Optional[int]) -> Dict[str, Callable]:
         """``sample_z`` (and ``sample_labels``) for the GAN train_step: the
@@ -172,23 +186,22 @@ class Context:
             return {}
         gen, rank, world = self.latents, self.rank, self.world
 
-        def share(t: Tensor, n: int) -> Tensor:
-            return t[rank * n:(rank + 1) * n]
-
         def sample_z(n: int, device: torch.device, dtype=torch.float32) -> Tensor:
-            return share(torch.randn(n * world, nz, device=device, dtype=dtype, generator=gen), n)
+            return self.shared_normal((n, nz), device, dtype)
 
         kw = {"sample_z": sample_z}
         if num_classes is not None:
-            kw["sample_labels"] = lambda n, device: share(
-                torch.randint(num_classes, (n * world,), device=device, generator=gen), n)
+            kw["sample_labels"] = lambda n, device: torch.randint(
+                num_classes, (n * world,), device=device, generator=gen)[rank * n:(rank + 1) * n]
         return kw
 
     # ------------------------------------------------------------ per step
-    def reduce_stats(self, stats: Dict[str, Tensor], stop: bool) -> Tuple[Dict[str, Tensor], bool]:
-        """The step's losses averaged over ranks (the global batch's means,
-        as the shares are equal), and whether any rank was asked to stop:
-        all ranks stop after the same step."""
+    def reduce_stats(self, stats: Dict[str, Tensor], stop: bool,
+                     summed: Tuple[str, ...] = ()) -> Tuple[Dict[str, Tensor], bool]:
+        """The step's losses over ranks: averaged (the global batch's means,
+        as the shares are equal), or summed for the keys in ``summed`` (batch
+        sums); and whether any rank was asked to stop: all ranks stop after
+        the same step."""
         if not self.active:
             return stats, stop
         keys = list(stats)
@@ -196,13 +209,29 @@ class Context:
                              + [torch.ones_like(stats[keys[0]], dtype=torch.float32)
                                 * float(stop)])
         self._call(dist.all_reduce, packed)
-        return {k: packed[i] / self.world for i, k in enumerate(keys)}, bool(packed[-1] > 0)
+        return ({k: packed[i] if k in summed else packed[i] / self.world
+                 for i, k in enumerate(keys)}, bool(packed[-1] > 0))
 
-    def gather_rng(self, state: dict) -> Optional[List[dict]]:
-        """Every rank's RNG state, on rank 0 (None elsewhere)."""
+    def gather_state(self, state: dict) -> Optional[List[dict]]:
+        """Every rank's own state (its RNG, a CycleGAN's image pools), on
+        rank 0 (None elsewhere)."""
         out = [None] * self.world if self.main else None
         self._call(dist.gather_object, state, out, 0)
         return out
+
+    def check_sync_bn(self, model: torch.nn.Module, name: str, device: torch.device) -> None:
+        """After ``convert_sync_batchnorm``: --sync-bn must have something to
+        sync, and nothing it cannot run (torch's ``SyncBatchNorm``, which the
+        1-D/3-D batch norms become, runs on CUDA only)."""
+        from ..nn import SyncBatchNormAct2d
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            self.refuse(f"--sync-bn does not apply: the {name} networks have no batch norm "
+                        "(nothing to sync)")
+        torch_sync = [m for m in norms if not isinstance(m, SyncBatchNormAct2d)]
+        if torch_sync and device.type != "cuda":
+            self.refuse(f"--sync-bn: the {name} networks' 1-D batch norms need torch's "
+                        "SyncBatchNorm, which runs on CUDA only; on the CPU leave --sync-bn out")
 
     def agree_on_error(self, error: Optional[BaseException]) -> None:
         """Rank 0's refusal (None: none) reaches every rank: rank 0 raises

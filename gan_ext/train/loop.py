@@ -214,12 +214,13 @@ class _Run:
         if self.opts.sync_bn:
             from ..nn import convert_sync_batchnorm
             trainer.model = convert_sync_batchnorm(trainer.model)
+            ctx.check_sync_bn(trainer.model, self.opts.model, self.device)
         ctx.share_latents(self.device)
         trainer.distribute(ctx)
         seed_everything(distributed.rank_seed(self.opts.seed, ctx.rank))
         ctx.broadcast_(trainer.model)
         for opt in trainer.optimizers.values():
-            ctx.average_gradients(opt)
+            ctx.average_gradients(opt, trainer.grad_reduction)
 
     # ------------------------------------------------------------- restore
     def _restore(self, ckpt: dict) -> None:
@@ -237,6 +238,7 @@ class _Run:
         if self.ctx.active:
             shared = ckpt["distributed"]
             set_rng_state(shared["rng"][self.ctx.rank])
+            self.trainer.load_rank_state(shared["ranks"][self.ctx.rank])
             self.ctx.latents.set_state(shared["latents"])
             self.ctx.broadcast_(self.trainer.model)
         self.log(f"resuming {self.opts.model} from {self.ckpt_path} at step {self.step} (epoch "
@@ -264,7 +266,10 @@ class _Run:
         ctx, rng = self.ctx, rng_state(self.device.type == "cuda")
         extra = {}
         if ctx.active:   # every rank's RNG: a resume continues each rank's stream
-            extra["distributed"] = {"world_size": ctx.world, "rng": ctx.gather_rng(rng),
+            ranks = ctx.gather_state({"rng": rng, "trainer": self.trainer.rank_state()})
+            extra["distributed"] = {"world_size": ctx.world,
+                                    "rng": ranks and [r["rng"] for r in ranks],
+                                    "ranks": ranks and [r["trainer"] for r in ranks],
                                     "latents": ctx.latents.get_state()}
         try:
             if ctx.main:
@@ -364,7 +369,7 @@ class _Run:
             group.append(tuple(t.to(self.device, non_blocking=True) for t in b))
         with autocast(self.device, self.amp):
             stats = trainer.step(group)
-        stats, self.stopping = self.ctx.reduce_stats(stats, stop.set)
+        stats, self.stopping = self.ctx.reduce_stats(stats, stop.set, trainer.summed_stats)
         self.step += 1
         self.pending.append((self.step, stats))
         if self.step % opts.log_every == 0 or self.step == self.total:

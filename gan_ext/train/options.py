@@ -82,7 +82,8 @@ _APPLIES = {
     "unrolled_first_order": (GAN_MODELS, False),
     "ema": (GAN_MODELS, False),
     "joint_batch": (GAN_MODELS, False),
-    "sync_bn": (("dcgan", "cgan"), False),   # gan's MLPs have no batch norm
+    # gan's MLPs have no batch norm; the others are checked once built.
+    "sync_bn": (tuple(m for m in MODELS if m != "gan"), False),
     "arch": (("ring", "grid", "stacked-mnist"), False),
     "d_width": (("stacked-mnist",), False),
     "beta": (("vae",), False),

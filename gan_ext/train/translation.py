@@ -129,6 +129,12 @@ class CycleGANTrainer(_TranslationTrainer):
         self.model.fake_A_pool.load_state_dict(state["fake_A_pool"])
         self.model.fake_B_pool.load_state_dict(state["fake_B_pool"])
 
+    # Several processes: each rank pools the fakes of its own share (as the
+    # official code's pool sees one process's batch), so each rank's pools
+    # are saved and restored on that rank.
+    rank_state = extra_state
+    load_rank_state = load_extra_state
+
     def sample_grid(self):
         """Rows of 8: real A, G_A(A), real B, G_B(B)."""
         A, B, _, _ = self.test_pair(8)
