@@ -55,9 +55,26 @@ def straight(tmp_path_factory):
     return out
 
 
+def _assert_same_eval(a, b):
+    """Two final evaluations agree (numbers to float rounding)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], (int, float)):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+        elif isinstance(a[k], list) and a[k] and isinstance(a[k][0], (int, float)):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+        else:
+            assert a[k] == b[k], k
+
+
 def _assert_same_run(one, two, steps):
-    """Two runs' losses and weights agree to float rounding."""
+    """Two runs' losses, weights and final evaluations agree to float rounding."""
     a, b = _records(one), _records(two)
+    ea, eb = [r["eval"] for r in a if "eval" in r], [r["eval"] for r in b if "eval" in r]
+    assert len(ea) == len(eb)
+    for x, y in zip(ea, eb):
+        _assert_same_eval(x, y)
+    a, b = [r for r in a if "eval" not in r], [r for r in b if "eval" not in r]
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))
     for ra, rb in zip(a, b):
         assert ra.keys() == rb.keys()
@@ -84,12 +101,15 @@ def test_two_processes_with_sync_bn_equal_one_process(straight, tmp_path):
 
 
 def test_cgan_on_two_processes_equals_one_process(tmp_path):
-    """The fake labels come from the shared generator too."""
+    """The fake labels come from the shared generator too; the final
+    evaluation, its samples made half by each rank, is one process's."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert cli.main(["train", "cgan", "--out", str(one), *TINY, "--steps", "2"]) == 0
-    r = _launch("cgan", two, "--steps", "2", "--sync-bn")
+    ev = ["--eval-n", "50"]   # 25 samples per rank; 5 labels each
+    assert cli.main(["train", "cgan", "--out", str(one), *TINY, "--steps", "2", *ev]) == 0
+    r = _launch("cgan", two, "--steps", "2", "--sync-bn", *ev)
     assert r.returncode == 0, r.stdout + r.stderr
     _assert_same_run(one, two, 2)
+    assert _records(two)[-1]["eval"]["n"] == 50
 
 
 def test_a_crashed_rank_stops_the_run_and_the_checkpoint_resumes_exactly(straight, tmp_path):
@@ -204,13 +224,19 @@ def _vae_rank(rank, init_file, out):
     else:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                 world_size=2)
-        Context(rank, 2).average_gradients(opt, VAETrainer.grad_reduction)
+        ctx = Context(rank, 2)
+        ctx.average_gradients(opt, VAETrainer.grad_reduction)
         model.train_step(x[3 * rank:3 * rank + 3], opt)
+        # map_rows: each rank computes its share, all get every row in order.
+        seen = []
+        rows = {n: ctx.map_rows(lambda i: (seen.append(len(i)), i[:, None] * 10.0 + rank)[1], n)
+                for n in (5, 4, 1)}
+        torch.save({"rows": rows, "seen": seen}, f"{out}.rows")
         dist.destroy_process_group()
     torch.save(model.state_dict(), out)
 
 
-def test_vae_gradients_summed_over_two_ranks_equal_one_process(tmp_path):
+def test_vae_gradients_summed_and_rows_split_over_two_ranks(tmp_path):
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_vae_rank, args=(r, tmp_path / "init", tmp_path / f"r{r}.pt"))
@@ -223,6 +249,12 @@ def test_vae_gradients_summed_over_two_ranks_equal_one_process(tmp_path):
         assert p.exitcode == 0
     one = torch.load(tmp_path / "one.pt")
     for r in range(2):
+        got = torch.load(f"{tmp_path / f'r{r}.pt'}.rows")
+        # 5 rows: rank 0 computes 0-2, rank 1 3-4; 1 row: both compute it.
+        assert got["seen"] == ([3, 2, 1] if r == 0 else [2, 2, 1])
+        assert torch.equal(got["rows"][5][:, 0], torch.tensor([0., 10, 20, 31, 41]))
+        assert torch.equal(got["rows"][4][:, 0], torch.tensor([0., 10, 21, 31]))
+        assert torch.equal(got["rows"][1][:, 0], torch.tensor([float(r)]))
         got = torch.load(tmp_path / f"r{r}.pt")
         for k in one:
             torch.testing.assert_close(got[k], one[k], rtol=1e-9, atol=1e-12, msg=k)

@@ -85,15 +85,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "2500, stacked-mnist 26000; 0: skip)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar: a log line every --log-every steps instead")
-    g = p.add_argument_group("several processes (gan, dcgan, cgan; README: Scaling out)")
+    g = p.add_argument_group("several processes (every model; README: Scaling out)")
     g.add_argument("--nproc-per-node", type=positive_int, default=None, metavar="N",
                    help="train on N processes of this machine: starts 'torchrun --standalone "
                         "--nproc-per-node N -m gan_ext.cli train ...' (gloo on CPU, nccl on "
                         "CUDA, one GPU each); --batch-size is the global batch, split evenly")
     g.add_argument("--sync-bn", action="store_true", default=None,
-                   help="dcgan/cgan on several processes: batch norms use the statistics of the "
+                   help="on several processes: 2-D batch norms use the statistics of the "
                         "whole global batch, so results do not depend on N (without it each "
-                        "process normalises its own share)")
+                        "process normalises its own share); not for gan or cyclegan (no "
+                        "batch norm)")
     g = p.add_argument_group("model")
     g.add_argument("--k", type=positive_int, default=None,
                    help="gan/dcgan/cgan: discriminator steps per generator step (default 1)")

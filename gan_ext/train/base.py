@@ -9,7 +9,7 @@ the registry is complete once the package is imported.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 from torch import Tensor
@@ -43,6 +43,9 @@ class Trainer:
         self.model: Optional[torch.nn.Module] = None
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         self.schedulers: Dict[str, Any] = {}
+        # Set while an evaluation runs on several processes: the Context
+        # that splits its generation across the ranks (see map_rows).
+        self.eval_split = None
 
     # ------------------------------------------------ defaults (options.DEFAULTS)
     @property
@@ -110,6 +113,14 @@ class Trainer:
         """Several processes: draw what must be the global batch's (latents,
         noise) through ``ctx`` (:class:`gan_ext.train.distributed.Context`).
         Nothing by default: such a family's randomness is per rank."""
+
+    def map_rows(self, fn: Callable[[Tensor], Tensor], n: int) -> Tensor:
+        """``fn(torch.arange(n))``: the rows an evaluation computes (samples
+        from z[idx], translations of x[idx]), split across the ranks while
+        ``eval_split`` is set, else in this process."""
+        if self.eval_split is None:
+            return fn(torch.arange(n))
+        return self.eval_split.map_rows(fn, n)
 
     def rank_state(self) -> dict:
         """What each rank holds of its own and a resume must restore on that

@@ -84,8 +84,10 @@ class Context:
     """This process's place in the run: ``rank``, ``world`` (1: not
     distributed) and the device it trains on."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0,
+                 device: Optional[torch.device] = None) -> None:
         self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.device = device if device is not None else torch.device("cpu")
         self.latents: Optional[torch.Generator] = None
 
     @property
@@ -212,6 +214,24 @@ class Context:
         return ({k: packed[i] if k in summed else packed[i] / self.world
                  for i, k in enumerate(keys)}, bool(packed[-1] > 0))
 
+    def map_rows(self, fn: Callable[[Tensor], Tensor], n: int) -> Tensor:
+        """``fn(torch.arange(n))`` computed by all ranks together: each runs
+        ``fn`` on its contiguous share of the indices, and every rank gets
+        the rows of all, in order (so an evaluation's samples are generated
+        once, split across the ranks). Every rank must call it alike. With
+        fewer rows than ranks each computes them all."""
+        idx = torch.arange(n)
+        per = -(-n // self.world) if self.active else n
+        if not self.active or per * (self.world - 1) >= n:
+            return fn(idx)
+        mine = fn(idx[self.rank * per:(self.rank + 1) * per]).contiguous()
+        pad = mine.new_zeros((per, *mine.shape[1:]))
+        pad[:len(mine)] = mine
+        pad = pad.to(self.device)   # NCCL gathers CUDA tensors
+        parts = [torch.empty_like(pad) for _ in range(self.world)]
+        self._call(dist.all_gather, parts, pad)
+        return torch.cat([p[:min(per, n - r * per)] for r, p in enumerate(parts)]).to(mine.device)
+
     def gather_state(self, state: dict) -> Optional[List[dict]]:
         """Every rank's own state (its RNG, a CycleGAN's image pools), on
         rank 0 (None elsewhere)."""
@@ -295,7 +315,7 @@ def from_env(device: torch.device) -> Tuple[Context, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
     _outlive_the_launchers_signals()
-    return Context(rank, world, local), device
+    return Context(rank, world, local, device), device
 
 
 def _outlive_the_launchers_signals() -> None:

@@ -108,15 +108,19 @@ class GANTrainer(Trainer):
 
     # ----------------------------------------------------------- sampling
     def generate(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        out = []
-        for i in range(0, len(z), GENERATE_BATCH):
-            zi = z[i:i + GENERATE_BATCH].to(self.device)
-            if self.conditional:
-                li = labels[i:i + GENERATE_BATCH].to(self.device)
-                out.append(self.model.sampler(zi, li).float().cpu())
-            else:
-                out.append(self.model.sampler(zi).float().cpu())
-        return torch.cat(out)                                             # (N, C, H, W) in [-1, 1]
+        """G's samples of ``z`` (and ``labels``), (N, C, H, W) in [-1, 1] on the
+        CPU; in an evaluation on several processes each rank makes its share."""
+        def rows(idx: Tensor) -> Tensor:
+            out = []
+            for i in range(0, len(idx), GENERATE_BATCH):
+                j = idx[i:i + GENERATE_BATCH]
+                zi = z[j].to(self.device)
+                if self.conditional:
+                    out.append(self.model.sampler(zi, labels[j].to(self.device)).float().cpu())
+                else:
+                    out.append(self.model.sampler(zi).float().cpu())
+            return torch.cat(out)
+        return self.map_rows(rows, len(z))                                # (N, C, H, W) in [-1, 1]
 
     def sample_grid(self):
         return self.generate(self.fixed_z), 8

@@ -416,12 +416,25 @@ class _Run:
         return TrainingInterrupted(self.ckpt_path, self.step, signum)
 
     # -------------------------------------------------------------- finish
+    def _evaluate(self, n: int) -> Dict[str, Any]:
+        """The final evaluation; on several processes the samples (or
+        translations) are made by all ranks, each its share, and every rank
+        computes the metrics of all of them (rank 0 reports them)."""
+        self.trainer.eval_split = self.ctx if self.ctx.active else None
+        try:
+            return self.trainer.run_eval(n)
+        finally:
+            self.trainer.eval_split = None
+
     def finish(self) -> RunResult:
         """The final checkpoint, grid, curves and evaluation."""
         self.bar.close()
         self.flush()
         self.save()
-        if not self.ctx.main:   # rank 0 alone draws, plots and evaluates
+        eval_n = self.opts.eval_n if self.opts.eval_n is not None else self.trainer.default_eval_n
+        if not self.ctx.main:   # rank 0 alone draws, plots and reports; all evaluate
+            if eval_n > 0:
+                self._evaluate(eval_n)
             self.mlog.close()
             return RunResult(paths={}, metrics={}, step=self.step, epoch=self.epoch)
         run_dir = self.run_dir
@@ -434,9 +447,8 @@ class _Run:
         if self.mlog.tb_dir:
             paths["tensorboard"] = self.mlog.tb_dir
         metrics: Dict[str, Any] = {}
-        eval_n = self.opts.eval_n if self.opts.eval_n is not None else self.trainer.default_eval_n
         if eval_n > 0:
-            metrics = self.trainer.run_eval(eval_n)
+            metrics = self._evaluate(eval_n)
             self.mlog.log({"step": self.step, "epoch": self.epoch, "eval": metrics}, self.step,
                           prefix="eval")
         self.mlog.close()

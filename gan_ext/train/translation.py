@@ -71,6 +71,11 @@ class _TranslationTrainer(Trainer):
                 self.test_is_train = True
         return self._test
 
+    def translate(self, net: torch.nn.Module, x: Tensor) -> Tensor:
+        """``net`` over ``x`` in batches; in an evaluation on several
+        processes each rank translates its share."""
+        return self.map_rows(lambda idx: translate(net, x[idx], self.device), len(x))
+
     def step(self, batches):
         a, b = batches[0]
         return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
@@ -156,8 +161,8 @@ class CycleGANTrainer(_TranslationTrainer):
             return {"note": "digit accuracy and domain score are defined for the MNIST pair only"}
         # The pair's two domains split the 10,000 test digits: at most 5,000 each.
         A, B, la, lb = self.test_pair(min(n, 5000))
-        fake_B = translate(self.model.G_A, A, self.device)                # A -> B style
-        fake_A = translate(self.model.G_B, B, self.device)                # B -> MNIST-like
+        fake_B = self.translate(self.model.G_A, A)                        # A -> B style
+        fake_A = self.translate(self.model.G_B, B)                        # B -> MNIST-like
         out = {"n": len(A)}
         scores = metrics.translation_scores(fake_B, la)
         out.update({f"A_to_B_{k}": (float(v) if isinstance(v, (int, float)) else v)
@@ -220,7 +225,7 @@ class Pix2PixTrainer(_TranslationTrainer):
 
     def evaluate(self, n: int) -> Dict[str, Any]:
         A, B = self.test_pairs(n)
-        pred = translate(self.model.netG, A, self.device)
+        pred = self.translate(self.model.netG, A)
         out = {"n": len(A), "test_l1": float(metrics.pix2pix_l1(pred, B))}
         if self.test_is_train:
             out["warnings"] = [f"{self.opts.data} has no test split: test_l1 was measured on "
