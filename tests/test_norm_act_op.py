@@ -46,7 +46,9 @@ def _running(C, dtype, device):
 class _RefNormAct(torch.autograd.Function):
     """The reference forward with the reference's analytic backward, saving what
     the fused op saves (the output when the activation is invertible): gradcheck
-    of this validates the oracle the kernel's backward is compared to."""
+    of this validates the oracle the kernel's backward is compared to. The
+    backward op's grad_weight is the effective weight's; weight's goes through
+    effective_weight_grad, as in the op's autograd."""
 
     @staticmethod
     def forward(ctx, x, w, b, rm, rv, uis, instance, act, slope):
@@ -61,6 +63,7 @@ class _RefNormAct(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved, w, b, mean, invstd = ctx.saved_tensors
         gi, gw, gb = ref.norm_act_backward(grad_out, saved, w, b, mean, invstd, *ctx.args)
+        gw = ref.effective_weight_grad(w, gw, *ctx.args[2:4])
         return gi, (gw if w is not None else None), (gb if b is not None else None), *([None] * 6)
 
 
@@ -110,6 +113,67 @@ def test_gradcheck_without_affine(device, impl, norm, mode, act, slope, affine):
     rm, rv = _running(C, torch.float64, device)
     fn = _op_fn(impl, rm, rv, mode == "train", norm == "instance", CODE[act], slope)
     assert gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------- in-place ABN: the weight floor
+# With an invertible leaky_relu the op multiplies by sign(w) * max(|w|, 1e-5)
+# (sign(0) = +1). Its derivative in w is the clamp's: 0 where |w| < 1e-5.
+_FLOOR = ref.MIN_ABS_WEIGHT
+_BELOW_FLOOR = [0.0, -0.0, 1e-7, -3e-6, 9e-6, _FLOOR, -_FLOOR, 0.7, -1.2]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradcheck_abn_weight_below_floor(device, impl, norm, mode):
+    """Below the floor, 2e-6 or more from its kinks (|w| = 1e-5, and w = 0 where
+    w_eff jumps): weight's gradient is 0, which finite differences confirm."""
+    if impl == "fused":
+        skip_unless_fused_on(device)
+    x = make_input((3, 4, 5, 5), torch.float64, device, requires_grad=True)
+    w = torch.tensor([3e-6, -4e-6, 0.8, -0.6], dtype=torch.float64, device=device,
+                     requires_grad=True)
+    b = (0.5 * torch.randn(4, dtype=torch.float64, device=device)).requires_grad_()
+    rm, rv = _running(4, torch.float64, device)
+    fn = _op_fn(impl, rm, rv, mode == "train", norm == "instance", CODE["leaky_relu"], 0.2)
+    assert gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_abn_weight_below_floor_op_matches_twin(device, dtype, norm, mode, layout):
+    """The fused op (its C++ autograd over the kernels) and the twin (the
+    fallback, differentiated by autograd) agree on the output and on every
+    gradient when |w| is below the floor (0, -0, both signs) or at it: weight's
+    gradient is 0 below the floor and passes at and above it."""
+    skip_unless_fused_on(device)
+    # The kernels recover xhat from the output as (z - b) / w_eff, which keeps
+    # about eps * |b| / |w_eff| of it: 7% in float32 at the floor itself (where
+    # weight's gradient passes), 1e-11 in float64. Float32 checks the rest.
+    weights = [v for v in _BELOW_FLOOR if dtype == torch.float64 or abs(v) != _FLOOR]
+    C = len(weights)
+    w0 = torch.tensor(weights, dtype=dtype, device=device)
+    b0 = (0.5 * torch.randn(C, dtype=torch.float64)).to(device=device, dtype=dtype)
+    x0 = make_input((2, C, 3, 4), dtype, device, layout)
+    rm, rv = _running(C, dtype, device)
+    g = to_layout(torch.randn(x0.shape, dtype=torch.float64).to(device=device, dtype=dtype), layout)
+    rest = (None, mode == "train", norm == "instance", MOMENTUM, EPS, CODE["leaky_relu"], 0.2)
+    results = []
+    for fn in (torch.ops.gan_ext.norm_act, ref.norm_act):
+        x, w, b = (t.detach().clone().requires_grad_() for t in (x0, w0, b0))
+        out = fn(x, w, b, rm.clone(), rv.clone(), *rest)[0]
+        results.append((out, *torch.autograd.grad(out, (x, w, b), g)))
+    for name, a, e in zip(("out", "grad_input", "grad_weight", "grad_bias"), *results):
+        torch.testing.assert_close(a, e, **tolerances(dtype), msg=_named(name))
+    gw = results[0][2]
+    below = w0.abs() < _FLOOR
+    assert below.sum() == 5 and torch.equal(gw[below], torch.zeros_like(gw[below]))
+    assert (gw[~below] != 0).all()
+    # The floor, not w, scales those channels: their output is not bias alone.
+    y = results[0][0].transpose(0, 1).reshape(C, -1)
+    assert ((y[below] - y[below].median(dim=1, keepdim=True).values).abs().amax(dim=1) > 0).all()
 
 
 # ------------------------------------------------------------ backward kernel

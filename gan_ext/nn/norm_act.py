@@ -55,7 +55,8 @@ class BatchNormAct2d(_NormActMixin, nn.BatchNorm2d):
     same state_dict. With ``activation="leaky_relu"`` and ``negative_slope > 0``
     only the output is kept for backward (In-Place Activated BatchNorm); the
     affine weight is then used as ``sign(w) * max(|w|, 1e-5)`` so that the
-    activation can be inverted.
+    activation can be inverted (a weight with ``|w| < 1e-5`` gets a zero
+    gradient: the clamp is flat there).
 
     Args:
         activation: ``"relu"``, ``"leaky_relu"``, ``"identity"`` or ``None``.

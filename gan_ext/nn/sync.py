@@ -131,6 +131,9 @@ class _SyncNormAct(torch.autograd.Function):
         # d mean / dx = 1 / n, d invstd / dx = -invstd^2 * xhat / n
         grad_input = torch.addcmul(gi.to(sd) + (total[0] / n).reshape(1, C, 1, 1), xhat,
                                    -(total[1] / n).reshape(1, C, 1, 1) * rs * rs)
+        # gw is the effective weight's gradient (d_invstd needs it whole); the
+        # weight's is zero where the floor clamps it, as the op's autograd gives.
+        gw = ref.effective_weight_grad(weight, gw, act, slope)
         return (grad_input.to(saved.dtype), gw if weight is not None else None,
                 gb if bias is not None else None, None, None, None, None, None, None, None)
 

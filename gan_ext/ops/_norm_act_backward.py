@@ -21,7 +21,8 @@ def invert_activation(y: Tensor, activation: int, negative_slope: float) -> Tens
 def norm_act_backward(grad_out: Tensor, saved: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                       mean: Tensor, invstd: Tensor, use_input_stats: bool, instance: bool,
                       activation: int, negative_slope: float, saved_is_output: bool):
-    """Twin of ``torch.ops.gan_ext.norm_act_backward``; analytic, in stats precision."""
+    """Twin of ``torch.ops.gan_ext.norm_act_backward``; analytic, in stats precision.
+    grad_weight is the effective weight's (see effective_weight_grad for weight's)."""
     xhat, z, gamma, rs = normalized(saved, weight, bias, mean, invstd, instance, use_input_stats,
                                      activation, negative_slope, saved_is_output)
     dy = grad_out.to(stats_dtype(saved.dtype))

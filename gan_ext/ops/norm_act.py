@@ -86,6 +86,18 @@ def effective_weight(weight: Optional[Tensor], activation: int, negative_slope: 
     return sign * weight.abs().clamp_min(MIN_ABS_WEIGHT)
 
 
+def effective_weight_grad(weight: Optional[Tensor], grad: Optional[Tensor], activation: int,
+                          negative_slope: float) -> Optional[Tensor]:
+    """weight's gradient from that of the effective weight (what norm_act_backward
+    returns as grad_weight): d w_eff / d w is 1 where |w| >= MIN_ABS_WEIGHT and 0
+    below, where the clamp is flat (w = 0, where w_eff jumps from -floor to +floor,
+    included), as autograd differentiates effective_weight. The C++ autograd of
+    norm_act applies the same rule."""
+    if weight is None or grad is None or not output_is_invertible(activation, negative_slope):
+        return grad
+    return torch.where(weight.abs() >= MIN_ABS_WEIGHT, grad, torch.zeros_like(grad))
+
+
 def activate(z: Tensor, activation: int, negative_slope: float) -> Tensor:
     if activation == RELU:
         return torch.relu(z)
@@ -404,7 +416,7 @@ SPECS = (OpSpec(
 
 # What gan_ext.reference exposes from this module: the twin under the op's
 # name, and the checks and helpers the tests use.
-REFERENCE = {"norm_act": norm_act, "MIN_ABS_WEIGHT": MIN_ABS_WEIGHT, **{f.__name__: f for f in (activate, check_norm_act_args, check_running_update_args, effective_weight, output_is_invertible)}}
+REFERENCE = {"norm_act": norm_act, "MIN_ABS_WEIGHT": MIN_ABS_WEIGHT, **{f.__name__: f for f in (activate, check_norm_act_args, check_running_update_args, effective_weight, effective_weight_grad, output_is_invertible)}}
 
 if _backend.extension_loaded:
     _register()

@@ -20,6 +20,9 @@ namespace gan_ext {
 // from the output, which divides by the affine weight. Weights are therefore
 // used as sign(w) * max(|w|, kMinAbsWeight) in that mode, forward and backward
 // alike, so the op stays one consistent function (reference.py does the same).
+// Its derivative in w is that of the clamp: 1 where |w| >= kMinAbsWeight, 0
+// below (the autograd of norm_act zeroes grad_weight there; the backward op's
+// grad_weight is the effective weight's, which the synced layer needs whole).
 constexpr double kMinAbsWeight = 1e-5;
 
 inline bool output_is_invertible(int64_t activation, double negative_slope) {

@@ -1,5 +1,6 @@
 // gan_ext::norm_act: its schemas (with norm_act_backward and the debug plan
 // ops) and its autograd (C++, on the Autograd key: see common/autograd.h).
+#include <ATen/ops/where.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -33,6 +34,9 @@ TORCH_LIBRARY_FRAGMENT(gan_ext, m) {
   // saved_is_output (leaky_relu with negative_slope > 0), the forward output,
   // which is inverted in-kernel (In-Place Activated BatchNorm).
   // Returns (grad_input, grad_weight, grad_bias); the last two have shape (C,).
+  // grad_weight is the gradient of the weight the op multiplies by (with an
+  // invertible leaky_relu sign(w) * max(|w|, 1e-5): see kMinAbsWeight), sum(dz *
+  // xhat); norm_act's autograd zeroes it where |w| is below that floor.
   m.def(
       "norm_act_backward(Tensor grad_out, Tensor saved, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor invstd, bool use_input_stats, bool instance, int activation, "
@@ -167,6 +171,12 @@ class NormActFunction : public torch::autograd::Function<NormActFunction> {
                                                     saved_is_output);
     }
     if (need_in) result[0] = gi;
+    // The backward op's grad_weight is the effective weight's. In this mode that
+    // weight is sign(w) * max(|w|, kMinAbsWeight), flat where |w| is below the
+    // floor: there weight gets no gradient, as the twin's autograd gives it
+    // (effective_weight_grad in gan_ext/ops/norm_act.py). The comparison is in
+    // the weight's dtype, as the twin's clamp_min.
+    if (need_w && saved_is_output) gw = at::where(saved[1].abs().ge(kMinAbsWeight), gw, 0);
     if (need_w) result[1] = gw;
     if (need_b) result[2] = gb;
     return result;
