@@ -71,6 +71,7 @@ SECTIONS: Tuple[Tuple[str, Tuple[int, ...], float, str], ...] = (
     ("bench_loss", (2,), 20, "py"),
     ("bench_steps", (2,), 50, "py"),
     ("train", (2,), 30, "host"),
+    ("dist", (2,), 40, "host"),
     ("profile", (2,), 15, "py"),
     ("graphs", (2,), 10, "py"),
     ("ncu", (2,), 35, "host"),
@@ -410,6 +411,14 @@ def write_report(results: dict) -> str:
         L += ["## `gan-ext train dcgan`", "", f"`{tr.get('command', '')}`: exit {tr.get('returncode')}, "
               f"{_fmt(tr.get('seconds'))} s wall ({tr.get('data', 'n/a')}); last logged losses: "
               f"{tr.get('last_metrics', 'n/a')}", ""]
+    dr = _data(results, "dist").get("attempts", [])
+    if dr:
+        L += ["## Several processes on one GPU: `gan-ext train dcgan --nproc-per-node 2 --sync-bn`",
+              ""]
+        L += _table(["backend", "device", "exit", "steps", "it/s", "seconds", "error"],
+                    [[a["backend"], a["device"], a["returncode"], a.get("steps_done", "n/a"),
+                      _fmt(a.get("it_per_s"), ".2f"), _fmt(a.get("seconds")), a.get("error", "-")]
+                     for a in dr]) + [""]
     pr = _data(results, "profile").get("rows", [])
     if pr:
         L += ["## Where the time goes: torch.profiler, one step", ""]
@@ -981,6 +990,51 @@ def section_train(run: Run, budget: float) -> dict:
     return data
 
 
+def section_dist(run: Run, budget: float) -> dict:
+    """Issue 17's NCCL path: `gan-ext train dcgan --nproc-per-node 2 --sync-bn`
+    on this one GPU, both ranks on it (GAN_EXT_SHARE_GPU=1). NCCL usually
+    refuses two ranks on one device; then the same run over gloo with CUDA
+    tensors still exercises the synced fused layers and the gradient
+    all-reduce on the GPU. Each attempt's outcome is recorded."""
+    args = run.args
+    steps = 2 if args.dry_run else 20
+    attempts = [("gloo", "cpu")] if args.dry_run else [("nccl", "cuda"), ("gloo", "cuda")]
+    data: dict = {"steps": steps, "attempts": []}
+    t0 = time.monotonic()
+    mnist = args.mnist_dir
+    if not mnist:
+        mnist = os.path.join(run.work, "mnist")
+        if not os.path.isdir(mnist):
+            write_synthetic_mnist(mnist)
+    for backend, device in attempts:
+        out_dir = os.path.join(run.work, f"dist_{backend}")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cmd = [args.python, "-m", "gan_ext.cli", "train", "dcgan", "--steps", str(steps),
+               "--device", device, "--out", out_dir, "--batch-size", "64", "--eval-n", "0",
+               "--no-progress", "--log-every", "1", "--sync-bn", "--nproc-per-node", "2",
+               "--limit", "1280"]
+        cmd += ["--mnist-dir", mnist]
+        env = {**_py_env(args), "GAN_EXT_SHARE_GPU": "1", "GAN_EXT_DIST_BACKEND": backend,
+               "GAN_EXT_CACHE": os.path.join(run.work, "cache")}
+        left = budget - (time.monotonic() - t0)
+        r = run_cmd(cmd, os.path.join(run.work, f"dist_{backend}.log"), max(left, 1.0), env)
+        entry = {"backend": backend, "device": device, "returncode": r["returncode"],
+                 "seconds": round(r["seconds"], 1), "timed_out": r["timed_out"]}
+        metrics = os.path.join(out_dir, "metrics.jsonl")
+        if os.path.exists(metrics):
+            with open(metrics) as f:
+                recs = [json.loads(l) for l in f.read().splitlines() if l.strip()]
+            entry["steps_done"] = max((x.get("step", 0) for x in recs), default=0)
+            entry["it_per_s"] = recs[-1].get("it_per_s") if recs else None
+        if r["returncode"] != 0:
+            entry["error"] = _last_error_line(r["tail"])
+        data["attempts"].append(entry)
+    if not any(a["returncode"] == 0 for a in data["attempts"]):
+        raise SectionError("no 2-process run finished: " + "; ".join(
+            f"{a['backend']}: {a.get('error', 'timed out')}" for a in data["attempts"]), data)
+    return data
+
+
 def parse_ncu_csv(text: str) -> List[dict]:
     """Rows of `ncu --csv --page raw`: a header with "Kernel Name", a units
     row, then one row per profiled kernel (ncu's own ==PROF== lines around)."""
@@ -1081,7 +1135,8 @@ def section_ncu(run: Run, budget: float) -> dict:
 HOST_SECTIONS: Dict[str, Callable[[Run, float], dict]] = {
     "env": section_env, "build": section_build, "info": section_info, "tests": section_tests,
     "tests_legacy": lambda run, budget: section_tests(run, budget, legacy=True),
-    "sanitize": section_sanitize, "train": section_train, "ncu": section_ncu}
+    "sanitize": section_sanitize, "train": section_train, "dist": section_dist,
+    "ncu": section_ncu}
 
 
 class SectionError(Exception):

@@ -299,6 +299,16 @@ def test_refused_on_two_processes_in_one_line(model, extra, expect, tmp_path):
     assert not os.path.exists(tmp_path / "r" / "checkpoint.pt")
 
 
+@pytest.mark.parametrize("backend, expect", [
+    ("nccl", "GAN_EXT_DIST_BACKEND=nccl needs CUDA (--device cuda); the CPU uses gloo"),
+    ("mpi", "GAN_EXT_DIST_BACKEND='mpi': choose gloo or nccl"),
+])
+def test_a_backend_that_cannot_run_is_refused_in_one_line(backend, expect, tmp_path):
+    r = _launch("dcgan", tmp_path / "r", "--steps", "1", env={"GAN_EXT_DIST_BACKEND": backend})
+    assert r.returncode != 0
+    assert sum(expect in e for e in _errors(r.stderr)) == 1, r.stderr[-3000:]
+
+
 def test_loader_shards_are_the_global_batch_in_rank_order():
     from gan_ext.data import InMemoryLoader
     from gan_ext.data.errors import DataError

@@ -33,7 +33,7 @@ def test_defaults_follow_out_env(monkeypatch):
     assert args.out == os.path.join(ROOT, "gpu-check-out")
     assert gpu_check.planned_sections(args) == [
         "env", "build", "device", "sanitize", "bench_norm", "bench_norm_legacy", "bench_loss", "bench_steps", "train",
-        "profile", "graphs", "ncu"]
+        "dist", "profile", "graphs", "ncu"]
     assert gpu_check.planned_sections(gpu_check.parse_args(["--part", "1"])) == [
         "env", "build", "info", "tests", "tests_legacy"]
     # Both parts in one go: env and build once, in part 1.
@@ -441,3 +441,16 @@ def test_export_and_install_of_a_build(tmp_path, monkeypatch):
     assert os.listdir(fake_root / "gan_ext") == ["_C.abi3.so"]
     with open(target, "rb") as a, open(plain, "rb") as b:
         assert a.read() == b.read()
+
+
+def test_dist_section_dry_run_trains_on_two_processes(tmp_path):
+    """Issue 17's NCCL check, in its CPU form: the 2-process --sync-bn run
+    over gloo finishes its steps and the report has its row."""
+    args = gpu_check.parse_args(["--part", "2", "--sections", "dist", "--dry-run",
+                                 "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
+    res = gpu_check.run_sections(args).results
+    s = res["sections"]["dist"]
+    assert s["status"] == "ok", s.get("error")
+    (a,) = s["data"]["attempts"]
+    assert (a["backend"], a["returncode"], a["steps_done"]) == ("gloo", 0, 2)
+    assert "| gloo | cpu | 0 | 2 |" in gpu_check.write_report(res)

@@ -296,24 +296,42 @@ def peer_failed(e: BaseException) -> PeerFailed:
     return PeerFailed(f"another process of the run failed or was stopped ({first})")
 
 
+BACKEND_ENV = "GAN_EXT_DIST_BACKEND"   # gloo | nccl: the process group's backend
+SHARE_GPU_ENV = "GAN_EXT_SHARE_GPU"    # 1: ranks beyond the GPUs share them (checks, tests)
+
+
 def from_env(device: torch.device) -> Tuple[Context, torch.device]:
     """The process group from torchrun's environment (gloo on CPU, nccl on
     CUDA, each rank on cuda:LOCAL_RANK) and the device this rank trains on;
-    outside torchrun, or with one process, a Context of one."""
+    outside torchrun, or with one process, a Context of one.
+    ``GAN_EXT_DIST_BACKEND=gloo`` runs CUDA tensors over gloo (where NCCL is
+    missing); ``GAN_EXT_SHARE_GPU=1`` lets more ranks than GPUs share them
+    (rank on cuda:LOCAL_RANK % GPUs: for checks on one GPU, not for speed)."""
     world = world_size_from_env()
     if world <= 1:
         return Context(), device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.type == "cuda"
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if cuda else "gloo")
+    refuse = Context(rank, world).refuse   # the same on every rank: rank 0 says it
+    if backend not in ("gloo", "nccl"):
+        refuse(f"{BACKEND_ENV}={backend!r}: choose gloo or nccl")
+    if backend == "nccl" and not cuda:
+        refuse(f"{BACKEND_ENV}=nccl needs CUDA (--device cuda); the CPU uses gloo")
     if cuda:
-        if local >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local} has no CUDA device (this node has "
-                             f"{torch.cuda.device_count()}); start at most that many processes "
-                             "per node, or use --device cpu")
-        device = torch.device("cuda", local)
+        count = torch.cuda.device_count()
+        if local >= count:
+            if os.environ.get(SHARE_GPU_ENV) != "1" or count == 0:
+                raise ValueError(f"LOCAL_RANK {local} has no CUDA device (this node has "
+                                 f"{count}); start at most that many processes per node, or "
+                                 "use --device cpu")
+            local_device = local % count
+        else:
+            local_device = local
+        device = torch.device("cuda", local_device)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
+        dist.init_process_group(backend, timeout=timedelta(minutes=10))
     _outlive_the_launchers_signals()
     return Context(rank, world, local, device), device
 
