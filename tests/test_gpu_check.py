@@ -33,7 +33,7 @@ def test_defaults_follow_out_env(monkeypatch):
     assert args.out == os.path.join(ROOT, "gpu-check-out")
     assert gpu_check.planned_sections(args) == [
         "env", "build", "device", "sanitize", "bench_norm", "bench_norm_legacy", "bench_loss", "bench_steps", "train",
-        "dist", "profile", "graphs", "ncu"]
+        "profile", "graphs", "ncu", "dist"]
     assert gpu_check.planned_sections(gpu_check.parse_args(["--part", "1"])) == [
         "env", "build", "info", "tests", "tests_legacy"]
     # Both parts in one go: env and build once, in part 1.
