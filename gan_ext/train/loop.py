@@ -238,7 +238,8 @@ class _Run:
         if self.ctx.active:
             shared = ckpt["distributed"]
             set_rng_state(shared["rng"][self.ctx.rank])
-            self.trainer.load_rank_state(shared["ranks"][self.ctx.rank])
+            if shared.get("ranks"):   # absent from earlier checkpoints (gan/dcgan/cgan: none)
+                self.trainer.load_rank_state(shared["ranks"][self.ctx.rank])
             self.ctx.latents.set_state(shared["latents"])
             self.ctx.broadcast_(self.trainer.model)
         self.log(f"resuming {self.opts.model} from {self.ckpt_path} at step {self.step} (epoch "
