@@ -10,7 +10,7 @@ import sys
 from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
 from ..train.distributed import world_size_from_env
 from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
-from ..train.options import DEFAULTS, DEMO_STEPS, check_applicable, defaults_text
+from ..train.options import DEFAULTS, DEMO_STEPS, R1_EVERY, check_applicable, defaults_text
 from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
                      print_metrics, seed, threads_argument)
 
@@ -136,6 +136,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="sample and evaluate with an exponential moving average of G's weights "
                         "(e.g. 0.999)")
+    g = p.add_argument_group("modern training (gan, dcgan, cgan, ring, grid, stacked-mnist; "
+                             "--diffaugment: not ring/grid)")
+    g.add_argument("--lr-d", type=float, default=None, metavar="LR",
+                   help="TTUR: D's Adam learning rate (default: --lr, or the model's)")
+    g.add_argument("--lr-g", type=float, default=None, metavar="LR",
+                   help="TTUR: G's Adam learning rate (default: --lr, or the model's; "
+                        "stacked-mnist --arch unrolled: 1e-4)")
+    g.add_argument("--spectral-norm", action="store_true", default=None,
+                   help="spectral normalisation of every conv/linear weight of D (and cgan's "
+                        "projection embedding); D's batch norms are kept")
+    g.add_argument("--diffaugment", metavar="POLICIES", default=None,
+                   help="DiffAugment: the same random differentiable augmentation of every "
+                        "image D sees, real and fake; any of color,translation,cutout "
+                        "(comma-separated)")
+    g.add_argument("--r1", type=float, default=None, metavar="GAMMA",
+                   help="R1 penalty (GAMMA/2) E||grad_x D(x)||^2 on real images, lazily "
+                        "(every --r1-every D steps, times that interval); not with --unrolled")
+    g.add_argument("--r1-every", type=positive_int, default=None, metavar="N",
+                   help=f"with --r1: the penalty every N-th D step (default {R1_EVERY})")
 
 
 def run(args: argparse.Namespace) -> int:

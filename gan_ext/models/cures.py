@@ -226,6 +226,8 @@ def lookahead(D: nn.Module, opt_d: torch.optim.Optimizer, d_loss: Callable[[Tens
 def generator_objective(c, loss, opt_d: torch.optim.Optimizer):
     """``objective(players, fake, y_fake, real, y_real) -> (loss_g, d_gen)``
     for the cures that change G's loss (feature matching, unrolling), or None.
+    Every image D sees goes through ``players.augmented`` (DiffAugment), as
+    in the plain steps.
     With unrolling, ``d_gen`` (what the run logs) is the look-ahead D's score."""
     if not (c.feature_matching or c.unrolled):
         return None
@@ -234,7 +236,7 @@ def generator_objective(c, loss, opt_d: torch.optim.Optimizer):
         D = players.D
 
         def score(params, x, y=None, **kw):
-            args = (x,) if y is None else (x, y)
+            args = (players.augmented(x),) if y is None else (players.augmented(x), y)
             return torch.func.functional_call(D, params, args, kw)
 
         if c.unrolled:
@@ -243,7 +245,8 @@ def generator_objective(c, loss, opt_d: torch.optim.Optimizer):
                                lambda p, x: score(p, x, y_real if x is real else y_fake))
             run = lambda x, y=None, **kw: score(params, x, y, **kw)  # noqa: E731
         else:
-            run = lambda x, y=None, **kw: D(*((x,) if y is None else (x, y)), **kw)  # noqa: E731
+            run = lambda x, y=None, **kw: D(*((players.augmented(x),) if y is None  # noqa: E731
+                                              else (players.augmented(x), y)), **kw)
         if c.feature_matching:
             f_real = run(real, y_real, features=True).detach().float().mean(0)
             f_fake = run(fake, y_fake, features=True).float().mean(0)

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ..nn import ActDropout, GANLoss
 from ._checks import check_choice, check_images, check_int, check_ints, check_latent, check_real
 from ._common import apply_channels_last, make_adam
-from . import cures
+from . import cures, stabilize
+from .diffaugment import diff_augment, parse_policy
 
 __all__ = ["TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step"]
 
@@ -47,6 +48,13 @@ class TrainConfig:
     unrolled_first_order: bool = False   # the look-ahead's D as constants (no 2nd derivative)
     ema: Optional[float] = None    # decay of G's moving average, used for sampling
     joint_batch: bool = False      # D scores real and fake in one call (one set of BN statistics)
+    # Modern training (gan_ext.models.stabilize).
+    lr_d: Optional[float] = None   # TTUR: D's Adam learning rate; None: lr
+    lr_g: Optional[float] = None   # TTUR: G's; None: lr
+    spectral_norm: bool = False    # spectral normalisation of D's conv/linear weights
+    diffaugment: Tuple[str, ...] = ()   # DiffAugment policies on every image D sees
+    r1_gamma: float = 0.0          # R1 penalty weight gamma on real data; 0: off
+    r1_every: int = 16             # lazy R1: every N-th D step, scaled by N
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSS_MODES)
@@ -58,6 +66,7 @@ class TrainConfig:
         for i, b in enumerate(self.betas):
             check_real(f"betas[{i}]", b, 0, 1, high_open=True)
         cures.check_cures(self)
+        stabilize.check_stabilizers(self)
         self.make_loss()  # validates loss, minimax and real_label now, not at step 1
 
     def make_loss(self) -> GANLoss:
@@ -165,15 +174,22 @@ def _per_step(value, name: str, k: Optional[int]) -> list:
 
 class _Players:
     """G and D as one training step calls them, with class labels when G is
-    class-conditional (``G.num_classes`` set)."""
+    class-conditional (``G.num_classes`` set). Every image D sees goes
+    through :meth:`augmented` (DiffAugment's ``augment`` policies, fresh
+    draws per call)."""
 
     def __init__(self, G: nn.Module, D: nn.Module,
                  sample_z: Callable[[int, torch.device], Tensor],
                  num_classes: Optional[int],
-                 sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None) -> None:
+                 sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None,
+                 augment: Sequence[str] = ()) -> None:
         self.G, self.D, self.sample_z, self.num_classes = G, D, sample_z, num_classes
         self.sample_labels = sample_labels or (
             lambda n, device: torch.randint(num_classes, (n,), device=device))
+        self.augment = tuple(augment)
+
+    def augmented(self, x: Tensor) -> Tensor:
+        return diff_augment(x, self.augment) if self.augment else x
 
     def generate(self, n: int, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
         z = self.sample_z(n, device)                                         # (B, nz)
@@ -183,6 +199,7 @@ class _Players:
         return self.G(z, y), y
 
     def score(self, x: Tensor, y: Optional[Tensor]) -> Tensor:
+        x = self.augmented(x)
         return self.D(x) if self.num_classes is None else self.D(x, y)
 
     def score_both(self, real: Tensor, y_real: Optional[Tensor], fake: Tensor,
@@ -203,7 +220,8 @@ class _Players:
 def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k: Optional[int],
                      labels: Optional[Batches],
                      sample_z: Optional[Callable[[int, torch.device], Tensor]],
-                     sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None):
+                     sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None,
+                     augment: Sequence[str] = ()):
     """(reals, ys, players): the k real batches, their k labels (None each
     without labels) and the players, with sample_z's default filled in."""
     if not isinstance(loss, GANLoss):
@@ -230,22 +248,35 @@ def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k
     if sample_labels is not None and num_classes is None:
         raise ValueError("sample_labels was given but G is not class-conditional (no "
                          "G.num_classes)")
-    return reals, ys, _Players(G, D, sample_z, num_classes, sample_labels)
+    return reals, ys, _Players(G, D, sample_z, num_classes, sample_labels,
+                               parse_policy(augment))
 
 
 def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: GANLoss,
                         x: Tensor, y: Optional[Tensor], fake: Tensor, y_fake: Optional[Tensor],
-                        joint: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """One D update on a real batch and fakes; (detached loss, D(real), D(fake))."""
+                        joint: bool = False, r1_gamma: float = 0.0, r1_scale: float = 1.0
+                        ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """One D update on a real batch and fakes; (detached loss, D(real),
+    D(fake), the detached R1 value or None). With ``r1_gamma`` the loss gains
+    ``r1_scale`` times R1 = gamma / 2 E ||grad_x D(x)||^2 on the reals x (the
+    images before any augmentation), from D's call on them; with ``joint``
+    from one more D call on the reals alone (the joint call's gradient would
+    mix the fakes in through batch norm)."""
+    if r1_gamma:
+        x = x.detach().requires_grad_(True)
     if joint:
         d_real, d_fake = players.score_both(x, y, fake.detach(), y_fake)
     else:
         d_real, d_fake = players.score(x, y), players.score(fake.detach(), y_fake)
-    loss_d = loss.d_loss(d_real, d_fake)
+    loss_d = total = loss.d_loss(d_real, d_fake)
+    r1 = None
+    if r1_gamma:
+        r1 = r1_gamma / 2 * stabilize.r1_penalty(players.score(x, y) if joint else d_real, x)
+        total = loss_d + r1_scale * r1
     opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
+    total.backward()
     opt_d.step()
-    return loss_d.detach(), d_real, d_fake
+    return loss_d.detach(), d_real, d_fake, None if r1 is None else r1.detach()
 
 
 def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLoss,
@@ -279,8 +310,9 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                k: Optional[int] = None, labels: Optional[Batches] = None,
                sample_z: Optional[Callable[[int, torch.device], Tensor]] = None,
                g_objective: Optional[Callable] = None, joint_batch: bool = False,
-               sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None
-               ) -> Dict[str, Tensor]:
+               sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None,
+               augment: Sequence[str] = (), r1_gamma: float = 0.0, r1_every: int = 1,
+               d_step: int = 0) -> Dict[str, Tensor]:
     """One iteration of Algorithm 1: ``k`` discriminator updates, each on its own
     real batch, then one generator update.
 
@@ -308,6 +340,13 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             Separate calls (the default, as DCGAN does) let a D with batch
             norm see each batch only relative to itself: a collapsed G's
             near-identical fakes are normalised to look as varied as real data.
+        augment: DiffAugment policies (:mod:`gan_ext.models.diffaugment`)
+            applied to every image D sees, real and fake, in both steps.
+        r1_gamma, r1_every, d_step: the R1 penalty gamma / 2 E ||grad_x
+            D(x)||^2 on the real batch, lazily: on the D updates whose index
+            over the run (``d_step`` for this call's first) is a multiple of
+            ``r1_every``, added to D's loss times ``r1_every``. Logged as
+            ``r1`` (its mean over this call's updates that computed it).
 
     The generator step reuses the last D step's fakes (as pytorch/examples
     dcgan does), scored by the updated D. D's parameters are frozen during
@@ -320,28 +359,37 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     (``d_gen``): probabilities sigmoid(logit) for the BCE losses, raw scores
     for lsgan/hinge.
     """
-    reals, ys, players = _check_step_args(G, D, real, loss, k, labels, sample_z, sample_labels)
+    reals, ys, players = _check_step_args(G, D, real, loss, k, labels, sample_z, sample_labels,
+                                          augment)
     if joint_batch and g_objective is not None:
         raise ValueError("joint_batch takes the plain generator loss: g_objective (feature "
                          "matching, unrolled D) scores its own batches")
+    check_real("r1_gamma", r1_gamma, 0)
+    check_int("r1_every", r1_every)
     k = len(reals)
-    d_losses = []
+    d_losses, r1s = [], []
     for i, (x, y) in enumerate(zip(reals, ys)):
         # Only the last fakes feed the G update: the others need no graph through G.
         with torch.set_grad_enabled(i == k - 1):
             fake, y_fake = players.generate(x.size(0), x.device)             # (B, C, H, W)
-        loss_d, d_real, d_fake = _discriminator_step(players, opt_d, loss, x, y, fake, y_fake,
-                                                     joint_batch)
+        due = r1_gamma if (d_step + i) % r1_every == 0 else 0.0
+        loss_d, d_real, d_fake, r1 = _discriminator_step(players, opt_d, loss, x, y, fake,
+                                                         y_fake, joint_batch, due, r1_every)
         d_losses.append(loss_d)
+        if r1 is not None:
+            r1s.append(r1)
     loss_g, d_gen = _generator_step(players, opt_g, loss, fake, y_fake, g_objective, x, y,
                                     joint_batch)
 
     with torch.no_grad():
         prob = torch.sigmoid if loss.mode == "vanilla" else (lambda t: t)
-        return {"d_loss": torch.stack(d_losses).mean(), "g_loss": loss_g.detach(),
-                "d_real": prob(d_real.detach().float()).mean(),
-                "d_fake": prob(d_fake.detach().float()).mean(),
-                "d_gen": prob(d_gen.detach().float()).mean()}
+        stats = {"d_loss": torch.stack(d_losses).mean(), "g_loss": loss_g.detach(),
+                 "d_real": prob(d_real.detach().float()).mean(),
+                 "d_fake": prob(d_fake.detach().float()).mean(),
+                 "d_gen": prob(d_gen.detach().float()).mean()}
+        if r1s:
+            stats["r1"] = torch.stack(r1s).mean()
+        return stats
 
 
 # ----------------------------------------------------------------- wrapper
@@ -362,7 +410,10 @@ class GAN(nn.Module):
         self.config = config
         self.G, self.D = self.build(config, fused)
         # G's moving average (cures.ema_update after each G step) samples for the trainers.
+        if config.spectral_norm:   # at build: the saved config rebuilds it, checkpoints load
+            stabilize.spectral_norm_(self.D)
         self.G_ema = cures.make_ema(self.G) if config.ema is not None else None
+        self.d_steps = 0   # D updates so far: lazy R1's schedule (trainers save it)
         self.loss = config.make_loss()
         self.fused = bool(fused)
         self.channels_last = apply_channels_last(self, channels_last, fused)
@@ -378,9 +429,12 @@ class GAN(nn.Module):
                                            (width,), **cures.d_options(c))
 
     def make_optimizers(self) -> Tuple[torch.optim.Adam, torch.optim.Adam]:
+        """(G's Adam, D's Adam) at ``lr_g`` and ``lr_d`` (TTUR), each ``lr`` if None."""
         c = self.config
-        return (make_adam(self.G.parameters(), lr=c.lr, betas=c.betas, fused=self.fused),
-                make_adam(self.D.parameters(), lr=c.lr, betas=c.betas, fused=self.fused))
+        lr_g = c.lr if c.lr_g is None else c.lr_g
+        lr_d = c.lr if c.lr_d is None else c.lr_d
+        return (make_adam(self.G.parameters(), lr=lr_g, betas=c.betas, fused=self.fused),
+                make_adam(self.D.parameters(), lr=lr_d, betas=c.betas, fused=self.fused))
 
     def train_step(self, real: Batches, opt_g: torch.optim.Optimizer,
                    opt_d: torch.optim.Optimizer, labels: Optional[Batches] = None,
@@ -390,7 +444,10 @@ class GAN(nn.Module):
         c = self.config
         stats = train_step(self.G, self.D, opt_g, opt_d, real, self.loss, k=c.k, labels=labels,
                            g_objective=cures.generator_objective(c, self.loss, opt_d),
-                           joint_batch=c.joint_batch, **samplers)
+                           joint_batch=c.joint_batch, augment=c.diffaugment,
+                           r1_gamma=c.r1_gamma, r1_every=c.r1_every, d_step=self.d_steps,
+                           **samplers)
+        self.d_steps += c.k
         if self.G_ema is not None:
             cures.ema_update(self.G_ema, self.G, c.ema)
         return stats

@@ -104,6 +104,8 @@ class MixtureGANConfig(TrainConfig):
         if self.init_std is not None:
             check_real("init_std", self.init_std, 0, low_open=True)
         super().__post_init__()
+        if self.diffaugment:
+            raise ValueError("diffaugment augments images; the mixtures' samples are 2-D points")
 
     @classmethod
     def for_arch(cls, arch: str, **kw) -> "MixtureGANConfig":
@@ -156,14 +158,12 @@ class StackedMNISTConfig(TrainConfig):
     arch: str = "unrolled"       # "unrolled" | "veegan"
     d_width: float = 0.25        # "unrolled": D's widths over G's (the papers: 0.25, 0.5)
     nz: int = 256
-    lr_g: Optional[float] = None  # None: lr ("unrolled": G 1e-4 against D 2e-4)
+    # lr_g (TrainConfig, TTUR): "unrolled" trains G at 1e-4 against D's 2e-4.
 
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, STACKED_ARCHS)
         check_real("d_width", self.d_width, 0, 64, low_open=True)
         check_int("nz", self.nz)
-        if self.lr_g is not None:
-            check_real("lr_g", self.lr_g, 0, low_open=True)
         super().__post_init__()
 
     @classmethod
@@ -244,9 +244,3 @@ class StackedMNISTGAN(GAN):
                                      **cures.d_options(c))
         _init_normal(D.head)
         return StackedGenerator(c.arch, c.nz), D
-
-    def make_optimizers(self):
-        from ._common import make_adam
-        c = self.config
-        return (make_adam(self.G.parameters(), lr=c.lr_g or c.lr, betas=c.betas, fused=self.fused),
-                make_adam(self.D.parameters(), lr=c.lr, betas=c.betas, fused=self.fused))

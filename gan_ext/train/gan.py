@@ -14,7 +14,7 @@ from ..data import MNIST_CLASSES, MNIST_SIZE, load_image_folder, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
 from . import _data
 from .base import Trainer, register
-from .options import mbd_sizes
+from .options import R1_EVERY, diffaugment_policy, mbd_sizes
 from .latents import EVAL_STREAM, GRID_STREAM, interpolation_latents, slerp, stream
 
 __all__ = ["GANTrainer", "DCGANTrainer", "CGANTrainer", "slerp", "interpolation_latents",
@@ -30,7 +30,8 @@ class GANTrainer(Trainer):
     model_class = GAN
     config_class = GANConfig
     loss_groups = {"losses": ["d_loss", "g_loss"],
-                   "D outputs (probabilities)": ["d_real", "d_fake", "d_gen"]}
+                   "D outputs (probabilities)": ["d_real", "d_fake", "d_gen"],
+                   "R1 penalty (--r1)": ["r1"]}
     progress_keys = ("d_loss", "g_loss")
     grid_n = 64
     samplers: Dict[str, Any] = {}   # train_step's sample_z/sample_labels (several processes)
@@ -51,9 +52,12 @@ class GANTrainer(Trainer):
                                                 if o.minibatch_discrimination else None),
                       feature_matching=o.feature_matching, unrolled=o.unrolled,
                       unrolled_first_order=o.unrolled_first_order, ema=o.ema,
-                      joint_batch=o.joint_batch)
-        if o.lr is not None:
-            common["lr"] = o.lr
+                      joint_batch=o.joint_batch, spectral_norm=o.spectral_norm,
+                      diffaugment=diffaugment_policy(o.diffaugment), r1_gamma=o.r1,
+                      r1_every=o.r1_every or R1_EVERY)
+        for name in ("lr", "lr_d", "lr_g"):
+            if getattr(o, name) is not None:
+                common[name] = getattr(o, name)
         return common
 
     def make_config(self):
@@ -67,6 +71,12 @@ class GANTrainer(Trainer):
         self.optimizers = {"G": opt_g, "D": opt_d}
         g = stream(self.opts.seed, GRID_STREAM)
         self.fixed_z = torch.randn(self.grid_n, cfg.nz, generator=g).to(self.device)
+
+    def extra_state(self) -> dict:
+        return {"d_steps": self.model.d_steps}   # lazy R1's schedule
+
+    def load_extra_state(self, state: dict) -> None:
+        self.model.d_steps = int(state.get("d_steps", 0))
 
     @property
     def batches_per_step(self) -> int:

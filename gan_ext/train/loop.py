@@ -96,6 +96,10 @@ class CheckpointSaveError(OSError):
     previous checkpoint is intact."""
 
 
+def _mean(values: List[float]) -> float:
+    return sum(values) / len(values)
+
+
 def _check_finite(record: Dict[str, float], step: int) -> None:
     for k, v in record.items():
         if isinstance(v, float) and not math.isfinite(v):
@@ -391,9 +395,10 @@ class _Run:
         self.flush()
         step, now = self.step, time.perf_counter()
         interval = self.interval
-        keys = [k for k in interval[-1] if k != "step"] if interval else []
+        # A stat some steps lack (lazy R1's "r1"): the mean over the steps that have it.
+        keys = list(dict.fromkeys(k for r in interval for k in r if k != "step"))
         rec = {"step": step, "epoch": self.epoch,
-               **{k: sum(r[k] for r in interval) / len(interval) for k in keys},
+               **{k: _mean([r[k] for r in interval if k in r]) for k in keys},
                "lr": self.trainer.lr(),
                "it_per_s": (step - self.n_last) / max(now - self.t_last, 1e-9)}
         self.mlog.log(rec, step)

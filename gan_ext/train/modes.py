@@ -109,7 +109,7 @@ class StackedMNISTTrainer(GANTrainer):
     def make_config(self):
         kw = self.train_config_kwargs()
         o = self.opts
-        if o.lr is not None:
+        if o.lr is not None and o.lr_g is None:   # --lr: both networks' rate
             kw["lr_g"] = o.lr
         if o.d_width is not None:
             kw["d_width"] = o.d_width

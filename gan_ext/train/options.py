@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .._validate import check_int
+from ..models.diffaugment import parse_policy
 
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
-           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes"]
+           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes", "R1_EVERY", "diffaugment_policy"]
 
 MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix", "ring", "grid",
           "stacked-mnist")
@@ -82,6 +83,13 @@ _APPLIES = {
     "unrolled_first_order": (GAN_MODELS, False),
     "ema": (GAN_MODELS, False),
     "joint_batch": (GAN_MODELS, False),
+    "lr_d": (GAN_MODELS, False),
+    "lr_g": (GAN_MODELS, False),
+    "spectral_norm": (GAN_MODELS, False),
+    # DiffAugment augments images: not ring/grid's 2-D points.
+    "diffaugment": (tuple(m for m in GAN_MODELS if m not in ("ring", "grid")), False),
+    "r1": (GAN_MODELS, False),
+    "r1_every": (GAN_MODELS, False),
     # gan's MLPs have no batch norm; the others are checked once built.
     "sync_bn": (tuple(m for m in MODELS if m != "gan"), False),
     "arch": (("ring", "grid", "stacked-mnist"), False),
@@ -94,6 +102,9 @@ _APPLIES = {
     "channels": (("gan", "dcgan"), True),
     "direction": (("pix2pix",), True),
 }
+# Lazy R1: the penalty every R1_EVERY-th D step (StyleGAN2's interval) unless --r1-every.
+R1_EVERY = 16
+
 # Where image_size needs --data (the default data's size is fixed).
 _IMAGE_SIZE_NEEDS_DATA = ("gan", "pix2pix")
 
@@ -171,6 +182,13 @@ class TrainOptions:
     arch: Optional[str] = None           # the benchmarks' networks (MODEL_ARCHS; None: the first)
     d_width: Optional[float] = None      # stacked-mnist --arch unrolled: D's widths over G's (0.25)
     sync_bn: bool = False                # several processes: batch statistics over all ranks
+    # Modern training (gan_ext.models.stabilize): TTUR, spectral norm, DiffAugment, R1.
+    lr_d: Optional[float] = None         # D's Adam learning rate (None: --lr's, or the model's)
+    lr_g: Optional[float] = None         # G's
+    spectral_norm: bool = False          # spectral normalisation of D's conv/linear weights
+    diffaugment: Optional[str] = None    # DiffAugment policies, e.g. "color,translation,cutout"
+    r1: float = 0.0                      # R1 penalty gamma on real data; 0: off
+    r1_every: Optional[int] = None       # lazy R1 interval (None: R1_EVERY)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -223,6 +241,18 @@ class TrainOptions:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.lr is not None and not _float("lr", self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr_d", "lr_g"):
+            v = getattr(self, name)
+            if v is not None and not _float(_flag(name), v) > 0:
+                raise ValueError(f"{_flag(name)} must be a learning rate > 0, got {v}")
+        if self.diffaugment is not None:
+            diffaugment_policy(self.diffaugment)
+        if not _float("--r1", self.r1) >= 0:
+            raise ValueError(f"--r1 must be a penalty weight gamma >= 0, got {self.r1}")
+        if self.r1_every is not None:
+            check_int("r1_every", self.r1_every, 1)
+            if not self.r1:
+                raise ValueError("--r1-every needs --r1 GAMMA (the penalty it schedules)")
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.direction not in ("AtoB", "BtoA"):
@@ -248,6 +278,12 @@ def mbd_sizes(value) -> tuple:
         raise ValueError(f"minibatch_discrimination must be B,C (number of kernels, kernel "
                          f"dimension; e.g. 100,5), got {value!r}")
     return sizes
+
+
+def diffaugment_policy(value: Optional[str]) -> tuple:
+    """``--diffaugment color,translation,cutout`` -> the policy tuple (any
+    subset; None: off); ValueError naming the option for an unknown name."""
+    return () if value is None else parse_policy(value, "--diffaugment")
 
 
 def _float(name: str, value) -> float:
