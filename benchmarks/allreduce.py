@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -80,8 +79,9 @@ def main(argv=None) -> int:
     times = queue.get(timeout=600)
     for proc in procs:
         proc.join(60)
-    print(f"gradient all-reduce, {a.ranks} gloo ranks on {platform.processor() or platform.machine()}"
-          f" ({os.cpu_count()} cores), torch {torch.__version__}, {a.reps} reps")
+    from gan_ext._info import cpu_name
+    print(f"gradient all-reduce, {a.ranks} gloo ranks on {cpu_name()}, torch {torch.__version__}, "
+          f"{a.reps} reps")
     print("| model | optimizer | gradients | MiB (float32) | median ms | quartiles ms |")
     print("|---|---|---|---|---|---|")
     per_step = {}

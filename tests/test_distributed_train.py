@@ -349,3 +349,14 @@ def test_loader_shards_are_the_global_batch_in_rank_order():
         InMemoryLoader(x, batch_size=5, shard=(0, 2))
     with pytest.raises(DataError, match="0 <= rank < world"):
         InMemoryLoader(x, batch_size=4, shard=(2, 2))
+
+
+def test_allreduce_benchmark_reports_every_optimizer():
+    """benchmarks/allreduce.py on 2 gloo ranks, tiny: one row per optimizer."""
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "allreduce.py")
+    r = subprocess.run([sys.executable, path, "--models", "vae,dcgan", "--reps", "2"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "| vae | model | 652,824 |" in out and "| dcgan | G |" in out and "| dcgan | D |" in out
+    assert "dcgan: " in out and "ms of gradient all-reduce per training step" in out
