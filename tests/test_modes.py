@@ -319,7 +319,7 @@ def test_joint_batch_scores_real_and_fake_in_one_call(joint):
 
 
 def test_joint_batch_splits_a_packing_ds_outputs():
-    from gan_ext.models.gan import _Players
+    from gan_ext.models.gan_step import _Players
     D = _Spy(per_output=4)          # one output per pack of 4 samples
     players = _Players(None, D, None, None)
     d_real, d_fake = players.score_both(torch.randn(8, 2), None, torch.randn(4, 2), None)

@@ -25,7 +25,7 @@ from .checkpoint import (FORMAT, CheckpointError, atomic_save, check_complete, c
 from .gan import GENERATE_BATCH, gan_metrics
 from .grid import interleave_rows, save_grid
 from .latents import EXAMPLES_DCGAN_EVAL_SEED, FID_BACKEND_SEED
-from .loop import resolve_device
+from .runtime import resolve_device
 from .monitor import append_jsonl
 from .options import DEFAULTS, MODELS, TrainOptions
 from .translation import translate

@@ -14,19 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import random
 import signal
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .._version import __version__
-from .._backend import get_backend, set_backend
+from .._backend import set_backend
 from ..data import InMemoryLoader
 from ..memory import retain_freed_memory
 from . import distributed
@@ -38,6 +34,7 @@ from .monitor import MetricsLog, Progress, json_safe, plot_losses
 from .options import TrainOptions, check_applicable
 from .resume import drop_records_after, open_run
 from .run_dir import CHECKPOINT, RunLock, StopFlag, remove_stale_temporaries
+from .runtime import resolve_device, seed_everything, versions
 
 __all__ = ["Trainer", "fit", "TrainingInterrupted", "TrainingDiverged", "CheckpointSaveError",
            "resolve_device", "seed_everything", "versions", "RunResult", "PeerFailed"]
@@ -53,33 +50,6 @@ class TrainingInterrupted(Exception):
                          "(continue with --resume)")
         self.path, self.step = path, step
         self.exit_code = 128 + (signum if signum is not None else int(signal.SIGINT))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA is a
-    one-line ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        why = ("this torch build has no CUDA support" if torch.version.cuda is None
-               else "no CUDA device is visible")
-        raise ValueError(f"--device cuda was requested but {why} (torch {torch.__version__}); "
-                         "use --device cpu or --device auto")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def versions() -> Dict[str, str]:
-    return {"gan_ext": str(__version__), "torch": str(torch.__version__),
-            "numpy": str(np.__version__),
-            "python": platform.python_version(), "backend": str(get_backend())}
 
 
 class RunResult(dict):
