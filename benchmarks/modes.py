@@ -110,7 +110,7 @@ def final_metrics(path: str) -> Optional[dict]:
     if not os.path.isfile(log):
         return None
     evals = [json.loads(line) for line in open(log, encoding="utf-8") if '"eval"' in line]
-    evals = [e for e in evals if e.get("source") != "gan-ext eval"]
+    evals = [e for e in evals if e.get("source") != "gan-ext eval" and e.get("final", True)]
     return evals[-1]["eval"] if evals else None
 
 

@@ -4,6 +4,7 @@ output helpers."""
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -63,6 +64,25 @@ def seed(s: str) -> int:
 
 
 # ------------------------------------------------------------ shared options
+def best_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--best", action="store_true",
+                   help="use the run's best.pt (kept by 'train --eval-every N --keep-best') "
+                        "instead of its checkpoint.pt; CKPT: the run folder or its checkpoint.pt")
+
+
+def best_checkpoint(args: argparse.Namespace) -> str:
+    """CKPT, or with ``--best`` the best.pt beside it (in the run folder)."""
+    if not getattr(args, "best", False):
+        return args.checkpoint
+    folder = (args.checkpoint if os.path.isdir(args.checkpoint)
+              else os.path.dirname(os.path.abspath(args.checkpoint)))
+    path = os.path.join(folder, "best.pt")
+    if not os.path.isfile(path):
+        raise UsageError(f"--best: there is no best.pt in {folder} (a run trained with "
+                         "--eval-every N --keep-best keeps one)")
+    return path
+
+
 def threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help=f"CPU threads for torch (default: {torch.get_num_threads()}, what torch "

@@ -7,8 +7,8 @@ import sys
 
 from ..train import evaluate_checkpoint
 from ..train.monitor import json_safe
-from .common import (PROG, Command, apply_threads, bounded_int, device_argument, one_line_warnings,
-                     print_metrics, threads_argument)
+from .common import (PROG, Command, apply_threads, best_argument, best_checkpoint, bounded_int,
+                     device_argument, one_line_warnings, print_metrics, threads_argument)
 
 # Upper bound of --n: the metrics hold every sample in memory (10**12 would
 # fail deep inside torch).
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the metrics as one JSON object on stdout (nothing else there)")
     p.add_argument("--fid-backend", choices=("torch-fidelity", "clean-fid"), default=None,
                    help="also an Inception FID through that package (must be installed)")
+    best_argument(p)
     device_argument(p)
     threads_argument(p)
 
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     one_line_warnings()
     apply_threads(args)
+    args.checkpoint = best_checkpoint(args)
     if args.json:
         report = lambda m: print(json.dumps(json_safe(m), allow_nan=False))  # noqa: E731
     else:

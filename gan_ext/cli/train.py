@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "resume may change the length (--steps/--epochs/--decay-epochs: the new "
                         "total; --epochs alone replaces a saved --steps) and how the run is "
                         "carried out (--sample-every, --log-every, --checkpoint-every, "
-                        "--eval-n, --no-progress, --device, --amp, --backend, --threads, "
+                        "--eval-n, --eval-every, --no-progress, --device, --amp, --backend, --threads, "
                         "--mnist-dir); any other option that differs from the saved run is "
                         "refused")
     g.add_argument("--overwrite", action="store_true", default=None,
@@ -83,6 +83,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-n", type=nonneg_int, default=None, metavar="N",
                    help="samples/test images for the final evaluation (default 2000; ring/grid "
                         "2500, stacked-mnist 26000; 0: skip)")
+    g.add_argument("--eval-every", type=positive_int, default=None, metavar="N",
+                   help="also evaluate every N steps (as the final evaluation, --eval-n "
+                        "samples; the training is unchanged): eval records in metrics.jsonl "
+                        "(the final one has \"final\": true) and curves in metrics.png")
+    g.add_argument("--keep-best", nargs="?", const="auto", default=None, metavar="METRIC",
+                   help="with --eval-every: save the checkpoint also as best.pt whenever an "
+                        "evaluation improves METRIC (default: the model's: mnist_fid for "
+                        "gan/dcgan/cgan, modes then high_quality for ring/grid, kl for "
+                        "stacked-mnist, test_mse for ae/dae, test_nelbo_nats for vae, test_l1 "
+                        "for pix2pix, B_to_A_digit_accuracy for cyclegan)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar: a log line every --log-every steps instead")
     g = p.add_argument_group("several processes (every model; README: Scaling out)")

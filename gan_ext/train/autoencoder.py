@@ -54,6 +54,8 @@ class AETrainer(_UnitImages):
     loss_groups = {"reconstruction MSE": ["loss"]}
     progress_keys = ("loss",)
     denoising = False
+    eval_metrics = {"test_mse": "min"}
+    best_metric = ("test_mse",)
 
     def build(self, model_config: Optional[dict] = None) -> None:
         if model_config:
@@ -125,6 +127,8 @@ class VAETrainer(_UnitImages):
     # the global batch's gradient is the sum of the ranks'.
     grad_reduction = "sum"
     summed_stats = ("loss", "recon", "kl")
+    eval_metrics = {"test_nelbo_nats": "min"}
+    best_metric = ("test_nelbo_nats",)
     loss_groups = {"negative ELBO terms (nats per image)":
                    ["recon_per_image", "kl_per_image", "loss_per_image"]}
     progress_keys = ("loss_per_image", "kl_per_image")

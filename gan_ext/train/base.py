@@ -37,6 +37,11 @@ class Trainer:
     # batch sums (summed over ranks, not averaged).
     grad_reduction: str = "mean"
     summed_stats: Tuple[str, ...] = ()
+    # The numbers evaluate() returns that --keep-best may follow, each with
+    # its direction ("min": lower is better), and the default criterion:
+    # metric names compared in order (the later ones break ties).
+    eval_metrics: Dict[str, str] = {}
+    best_metric: Tuple[str, ...] = ()
 
     def __init__(self, opts: TrainOptions, device: torch.device) -> None:
         self.opts, self.device = opts, device
@@ -101,6 +106,12 @@ class Trainer:
 
     def evaluate(self, n: int) -> Dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def metric_names(cls, opts: TrainOptions) -> Optional[Dict[str, str]]:
+        """:attr:`eval_metrics`, or None where :meth:`evaluate` returns a
+        note instead of metrics (a run with ``opts`` has none)."""
+        return cls.eval_metrics
 
     def end_epoch(self) -> None:
         for s in self.schedulers.values():

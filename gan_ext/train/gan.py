@@ -145,6 +145,14 @@ class GANTrainer(Trainer):
         return self.generate(z), max(1, math.isqrt(n - 1) + 1)
 
     # ---------------------------------------------------------- evaluation
+    eval_metrics = {"mnist_fid": "min", "inception_score": "max", "class_min_frac": "max",
+                    "class_max_frac": "min"}
+    best_metric = ("mnist_fid",)
+
+    @classmethod
+    def metric_names(cls, opts):
+        return None if opts.data is not None else cls.eval_metrics
+
     def evaluate(self, n: int) -> Dict[str, Any]:
         if self.opts.data is not None or self.image_shape()[:1] != (1,):
             return {"note": "the MNIST metrics need MNIST-trained 1-channel images; none for "
@@ -204,6 +212,7 @@ class CGANTrainer(DCGANTrainer):
     model_class = ConditionalGAN
     config_class = CGANConfig
     grid_n = MNIST_CLASSES * 8    # a row of 8 per class
+    eval_metrics = {**GANTrainer.eval_metrics, "label_accuracy": "max"}
 
     @property
     def conditional(self) -> bool:

@@ -25,7 +25,7 @@ from torch import Tensor
 from .._backend import set_backend
 from ..data import InMemoryLoader
 from ..memory import retain_freed_memory
-from . import distributed
+from . import distributed, evaluation
 from .amp import autocast, use_amp
 from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
 from .checkpoint import FORMAT, atomic_save, rng_state, set_rng_state
@@ -86,6 +86,7 @@ def fit(opts: TrainOptions, explicit: Optional[Sequence[str]] = None,
     :class:`TrainingDiverged` without saving when a loss or weight is NaN/inf."""
     explicit = set(explicit if explicit is not None else opts.to_dict())
     check_applicable(opts, explicit)
+    opts = evaluation.prepare(opts)   # --keep-best's criterion by name; --eval-every's checks
     if opts.resume and opts.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: "
                          "give one of them")
@@ -179,6 +180,7 @@ class _Run:
         if ctx.main:
             os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
             self._write_config()
+        self.evaluator = evaluation.Evaluator(self, ckpt)   # --eval-every, --keep-best
 
     def _distribute(self) -> None:
         """Several processes: synced batch norms (--sync-bn), the shared
@@ -231,7 +233,8 @@ class _Run:
             json.dump(json_safe(config), f, indent=2, default=str)
 
     # ------------------------------------------------------ what steps share
-    def save(self) -> None:
+    def save(self, best: bool = False) -> None:
+        """checkpoint.pt (and, ``best``, best.pt) at this step."""
         step = self.step
         bad = [n for n, p in self.trainer.model.named_parameters()
                if not torch.isfinite(p).all()]
@@ -248,12 +251,15 @@ class _Run:
                                     "latents": ctx.latents.get_state()}
         try:
             if ctx.main:
-                atomic_save({"format": FORMAT, "model_name": self.opts.model,
+                state = {"format": FORMAT, "model_name": self.opts.model,
                              "options": self.opts.to_dict(),
                              "model_config": self.trainer.model_config(), **self.trainer.state(),
                              "loader": self.loader.state_dict(), "rng": rng,
                              "step": step, "epoch": self.epoch, "history": self.history,
-                             "versions": versions(), **extra}, self.ckpt_path)
+                             "versions": versions(), **self.evaluator.state(), **extra}
+                paths = (self.ckpt_path, self.evaluator.best_path) if best else (self.ckpt_path,)
+                for path in paths:
+                    atomic_save(state, path)
         except OSError as e:
             prev = (f"the previous checkpoint (step {self.saved_step}) is intact"
                     if self.saved_step is not None else "no earlier checkpoint exists")
@@ -355,7 +361,10 @@ class _Run:
             self.write_grid(os.path.join(self.run_dir, "samples", f"step_{self.step:06d}.png"))
             self.flush()
             self.draw_curves()
-        if self.step % opts.checkpoint_every == 0 and self.step < self.total:
+        if self.evaluator.due(self.step):   # first: the checkpoint then holds the best so far
+            self.evaluator.evaluate(final=False)
+        if (self.step % opts.checkpoint_every == 0 and self.step < self.total
+                and self.saved_step != self.step):   # not saved by a new best just now
             self.flush()
             self.save()
 
@@ -407,10 +416,9 @@ class _Run:
         self.bar.close()
         self.flush()
         self.save()
-        eval_n = self.opts.eval_n if self.opts.eval_n is not None else self.trainer.default_eval_n
-        if not self.ctx.main:   # rank 0 alone draws, plots and reports; all evaluate
-            if eval_n > 0:
-                self._evaluate(eval_n)
+        # Every rank evaluates (and saves a new best); rank 0 alone draws, plots and reports.
+        metrics = self.evaluator.evaluate(final=True) if self.evaluator.n > 0 else {}
+        if not self.ctx.main:
             self.mlog.close()
             return RunResult(paths={}, metrics={}, step=self.step, epoch=self.epoch)
         run_dir = self.run_dir
@@ -422,10 +430,9 @@ class _Run:
             paths["losses"] = curves
         if self.mlog.tb_dir:
             paths["tensorboard"] = self.mlog.tb_dir
-        metrics: Dict[str, Any] = {}
-        if eval_n > 0:
-            metrics = self._evaluate(eval_n)
-            self.mlog.log({"step": self.step, "epoch": self.epoch, "eval": metrics}, self.step,
-                          prefix="eval")
+        for name, path in (("metric_curves", self.evaluator.curves_path),
+                           ("best", self.evaluator.best_path)):
+            if os.path.isfile(path):
+                paths[name] = path
         self.mlog.close()
         return RunResult(paths=paths, metrics=metrics, step=self.step, epoch=self.epoch)

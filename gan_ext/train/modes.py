@@ -52,6 +52,8 @@ class MixtureTrainer(GANTrainer):
     model_class = MixtureGAN
     config_class = MixtureGANConfig
     grid_n = 2500
+    eval_metrics = {"modes": "max", "high_quality": "max", "reverse_kl": "min"}
+    best_metric = ("modes", "high_quality")   # the most modes, then the most high-quality samples
 
     @property
     def mixture(self):
@@ -105,6 +107,8 @@ class StackedMNISTTrainer(GANTrainer):
     model_class = StackedMNISTGAN
     config_class = StackedMNISTConfig
     grid_n = 64
+    eval_metrics = {"kl": "min", "modes": "max"}
+    best_metric = ("kl",)
 
     def make_config(self):
         kw = self.train_config_kwargs()

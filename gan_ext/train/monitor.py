@@ -8,12 +8,12 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .._atomic import atomic_write
 
 __all__ = ["MetricsLog", "Progress", "plot_losses", "append_jsonl", "json_safe", "pyplot",
-           "save_figure"]
+           "save_figure", "read_jsonl"]
 
 
 def json_safe(v):
@@ -31,6 +31,21 @@ def json_safe(v):
 def append_jsonl(path: str, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(json_safe(record), sort_keys=False, allow_nan=False) + "\n")
+
+
+def read_jsonl(path: str) -> List[Tuple[str, dict]]:
+    """(line, record) for each line of ``path`` that is JSON (none if the
+    file is missing; a torn last line is skipped)."""
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append((line, json.loads(line)))
+            except ValueError:
+                continue
+    return out
 
 
 class MetricsLog:

@@ -58,8 +58,8 @@ def defaults_text(key: str) -> str:
 LENGTH_OPTIONS = ("steps", "epochs", "decay_epochs")
 # Options about how a run is carried out, not what it trains: a resume may
 # change them freely.
-RUN_OPTIONS = ("sample_every", "log_every", "checkpoint_every", "eval_n", "progress", "device",
-               "amp", "backend", "threads", "mnist_dir")
+RUN_OPTIONS = ("sample_every", "log_every", "checkpoint_every", "eval_n", "eval_every", "progress",
+               "device", "amp", "backend", "threads", "mnist_dir")
 RESUMABLE_OVERRIDES = LENGTH_OPTIONS + RUN_OPTIONS
 
 # The reference networks of the benchmarks (--arch), the default first.
@@ -167,6 +167,8 @@ class TrainOptions:
     checkpoint_every: int = 1000
     eval_n: Optional[int] = None         # samples for the final evaluation (None: the
     #                                      model's, DEFAULTS or 2000); 0: none
+    eval_every: Optional[int] = None     # also evaluate every N steps (train/evaluation.py)
+    keep_best: Optional[str] = None      # metric(s) whose best evaluation is kept as best.pt
     progress: bool = True                # progress bar; without it a log line per log_every
     overwrite: bool = False              # replace a finished or different run in `out`
     threads: Optional[int] = None        # torch CPU threads (None: what torch uses)
@@ -193,7 +195,8 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        for name in ("steps", "epochs", "batch_size", "limit", "image_size", "threads"):
+        for name in ("steps", "epochs", "batch_size", "limit", "image_size", "threads",
+                     "eval_every"):
             v = getattr(self, name)
             if v is not None:
                 check_int(name, v, 1)

@@ -3,11 +3,11 @@
 or a fresh start (``--overwrite`` clearing a previous run)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Optional, Sequence, Tuple
 
 from .checkpoint import check_complete, load_checkpoint
+from .monitor import read_jsonl
 from .options import RESUMABLE_OVERRIDES, TrainOptions, check_resume
 from .run_dir import CHECKPOINT, clear_run, run_in
 
@@ -56,19 +56,13 @@ def merge_resume(opts: TrainOptions, saved: dict, explicit: Sequence[str]) -> Tr
 
 
 def drop_records_after(metrics_path: str, step: int) -> None:
-    """Removes from ``metrics.jsonl`` the training records logged after the
-    checkpoint at ``step`` (the resumed run logs them again); evaluation
-    records stay."""
+    """Removes from ``metrics.jsonl`` the training records and the
+    evaluations during training (``"final": false``) logged after the
+    checkpoint at ``step`` (the resumed run logs them again); final
+    evaluations and those of ``gan-ext eval`` stay."""
     if not os.path.isfile(metrics_path):
         return
-    keep = []
-    with open(metrics_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if "eval" in rec or rec.get("step", 0) <= step:
-                keep.append(line)
+    keep = [line for line, rec in read_jsonl(metrics_path)
+            if ("eval" in rec and rec.get("final", True)) or rec.get("step", 0) <= step]
     with open(metrics_path, "w", encoding="utf-8") as f:
         f.writelines(keep)

@@ -85,7 +85,8 @@ class RunLock:
 
 # The files a run writes into its folder (what --overwrite removes).
 CHECKPOINT = "checkpoint.pt"   # a run's checkpoint, in its folder
-RUN_FILES = (CHECKPOINT, "config.json", "metrics.jsonl", "losses.png", "samples.png")
+RUN_FILES = (CHECKPOINT, "config.json", "metrics.jsonl", "losses.png", "samples.png", "best.pt",
+             "metrics.png")
 
 
 def run_in(run_dir: str) -> Optional[str]:
@@ -117,7 +118,8 @@ def remove_stale_temporaries(run_dir: str, log: Callable[[str], None]) -> None:
     """A save killed between the temporary write and the rename (kill -9,
     power loss) leaves ``.checkpoint.pt.*.tmp`` behind; under the run lock no
     save is in flight, so every such file is stale."""
-    for path in glob.glob(os.path.join(glob.escape(run_dir), ".checkpoint.pt.*.tmp")):
+    for path in (glob.glob(os.path.join(glob.escape(run_dir), ".checkpoint.pt.*.tmp"))
+                 + glob.glob(os.path.join(glob.escape(run_dir), ".best.pt.*.tmp"))):
         try:
             os.unlink(path)
             log(f"note: removed {path}, left by an interrupted save")

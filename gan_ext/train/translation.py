@@ -96,6 +96,13 @@ class CycleGANTrainer(_TranslationTrainer):
                    "discriminators": ["D_A", "D_B"],
                    "cycle and identity (weighted)": ["cycle_A", "cycle_B", "idt_A", "idt_B"]}
     progress_keys = ("G_A", "D_A", "cycle_A")
+    eval_metrics = {"B_to_A_digit_accuracy": "max", "A_to_B_digit_accuracy": "max",
+                    "A_to_B_domain_score": "max"}
+    best_metric = ("B_to_A_digit_accuracy",)   # the cleaner content check (metrics.families)
+
+    @classmethod
+    def metric_names(cls, opts):
+        return None if opts.data is not None else cls.eval_metrics
 
     def image_size(self) -> int:
         return self.opts.image_size or (32 if self.opts.data is None else 128)
@@ -176,6 +183,8 @@ class Pix2PixTrainer(_TranslationTrainer):
     name = "pix2pix"
     loss_groups = {"adversarial": ["D", "G_GAN"], "L1 (x lambda_L1)": ["G_L1"]}
     progress_keys = ("D", "G_GAN", "G_L1")
+    eval_metrics = {"test_l1": "min"}
+    best_metric = ("test_l1",)
 
     def image_size(self) -> int:
         return 32 if self.opts.data is None else (self.opts.image_size or 256)
