@@ -10,6 +10,7 @@ import sys
 from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
 from ..train.distributed import world_size_from_env
 from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
+from ..train.config_file import merge_config
 from ..train.options import DEFAULTS, DEMO_STEPS, R1_EVERY, check_applicable, defaults_text
 from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
                      print_metrics, seed, threads_argument)
@@ -50,6 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pix2pix with --data: which half of each image is the input (default "
                         "AtoB)")
     g = p.add_argument_group("run")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="the run's options from a JSON or YAML (.yaml/.yml, needs pyyaml) "
+                        "file of option names and values (batch_size: 32, or batch-size), or "
+                        "a run's config.json; the command line overrides it. A run's saved "
+                        "out/resume/overwrite are ignored (README: Train, sample, evaluate)")
     g.add_argument("--out", metavar="DIR", default=None, help="run folder (default: runs/MODEL)")
     g.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out exactly where its checkpoint stopped. A "
@@ -172,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     one_line_warnings()
     given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("command", "argv", "nproc_per_node")}
+             if v is not None and k not in ("command", "argv", "nproc_per_node", "config")}
+    given = merge_config(args.config, args.model, given)   # the command line over the file
     opts = TrainOptions(**given)
     if args.nproc_per_node is not None:
         check_applicable(opts, list(given))   # said once, before any process starts
