@@ -106,11 +106,8 @@ def run_dir(out: str, row: Row, seed: int) -> str:
 
 def final_metrics(path: str) -> Optional[dict]:
     """The final evaluation of the run in ``path`` (metrics.jsonl), or None."""
-    log = os.path.join(path, "metrics.jsonl")
-    if not os.path.isfile(log):
-        return None
-    evals = [json.loads(line) for line in open(log, encoding="utf-8") if '"eval"' in line]
-    evals = [e for e in evals if e.get("source") != "gan-ext eval" and e.get("final", True)]
+    from gan_ext.train.evaluation import eval_records
+    evals = [e for e in eval_records(os.path.join(path, "metrics.jsonl")) if e.get("final", True)]
     return evals[-1]["eval"] if evals else None
 
 

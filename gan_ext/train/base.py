@@ -42,6 +42,9 @@ class Trainer:
     # metric names compared in order (the later ones break ties).
     eval_metrics: Dict[str, str] = {}
     best_metric: Tuple[str, ...] = ()
+    # Whether evaluate() measures only the default (MNIST) data: with --data
+    # it returns a note, so a run has no metrics to follow.
+    metrics_need_default_data: bool = False
 
     def __init__(self, opts: TrainOptions, device: torch.device) -> None:
         self.opts, self.device = opts, device
@@ -111,6 +114,8 @@ class Trainer:
     def metric_names(cls, opts: TrainOptions) -> Optional[Dict[str, str]]:
         """:attr:`eval_metrics`, or None where :meth:`evaluate` returns a
         note instead of metrics (a run with ``opts`` has none)."""
+        if cls.metrics_need_default_data and opts.data is not None:
+            return None
         return cls.eval_metrics
 
     def end_epoch(self) -> None:

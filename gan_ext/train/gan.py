@@ -148,10 +148,7 @@ class GANTrainer(Trainer):
     eval_metrics = {"mnist_fid": "min", "inception_score": "max", "class_min_frac": "max",
                     "class_max_frac": "min"}
     best_metric = ("mnist_fid",)
-
-    @classmethod
-    def metric_names(cls, opts):
-        return None if opts.data is not None else cls.eval_metrics
+    metrics_need_default_data = True
 
     def evaluate(self, n: int) -> Dict[str, Any]:
         if self.opts.data is not None or self.image_shape()[:1] != (1,):

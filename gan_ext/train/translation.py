@@ -99,10 +99,7 @@ class CycleGANTrainer(_TranslationTrainer):
     eval_metrics = {"B_to_A_digit_accuracy": "max", "A_to_B_digit_accuracy": "max",
                     "A_to_B_domain_score": "max"}
     best_metric = ("B_to_A_digit_accuracy",)   # the cleaner content check (metrics.families)
-
-    @classmethod
-    def metric_names(cls, opts):
-        return None if opts.data is not None else cls.eval_metrics
+    metrics_need_default_data = True
 
     def image_size(self) -> int:
         return self.opts.image_size or (32 if self.opts.data is None else 128)
