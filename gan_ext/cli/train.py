@@ -114,6 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--k", type=positive_int, default=None,
                    help="gan/dcgan/cgan: discriminator steps per generator step (default 1)")
+    g.add_argument("--g-steps", type=positive_int, default=None, metavar="N",
+                   help="GANs: generator steps per iteration, after the --k D steps, on the "
+                        "same latents (default 1; the VEEGAN/PacGAN stacked-MNIST code: 2)")
     g.add_argument("--g-loss", choices=("non-saturating", "minimax"), default=None,
                    help="gan/dcgan/cgan: -log D(G(z)) (default) or the paper's log(1 - D(G(z)))")
     g.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",

@@ -35,6 +35,7 @@ class TrainConfig:
     loss: str = "vanilla"          # GANLoss mode: "vanilla" (BCE) | "lsgan" | "hinge"
     minimax: bool = False          # G minimizes log(1 - D(G(z))) as in the paper, not -log D(G(z))
     k: int = 1                     # D updates per G update (Algorithm 1)
+    g_steps: int = 1               # G updates per iteration, on the same latents
     real_label: float = 1.0        # 0.9: one-sided label smoothing
     lr: float = 2e-4               # Adam, as in DCGAN
     betas: Tuple[float, float] = (0.5, 0.999)
@@ -58,6 +59,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSS_MODES)
         check_int("k", self.k)
+        check_int("g_steps", self.g_steps)
         if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if len(tuple(self.betas)) != 2:
@@ -206,7 +208,7 @@ class GAN(nn.Module):
                            g_objective=cures.generator_objective(c, self.loss, opt_d),
                            joint_batch=c.joint_batch, augment=c.diffaugment,
                            r1_gamma=c.r1_gamma, r1_every=c.r1_every, d_step=self.d_steps,
-                           **samplers)
+                           g_steps=c.g_steps, **samplers)
         self.d_steps += c.k
         if self.G_ema is not None:
             cures.ema_update(self.G_ema, self.G, c.ema)

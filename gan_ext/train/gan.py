@@ -46,7 +46,8 @@ class GANTrainer(Trainer):
     def train_config_kwargs(self) -> Dict[str, Any]:
         """The TrainConfig fields every GAN family takes from the options."""
         o = self.opts
-        common = dict(k=o.k, minimax=o.g_loss == "minimax", real_label=1.0 - o.label_smoothing,
+        common = dict(k=o.k, g_steps=o.g_steps, minimax=o.g_loss == "minimax",
+                      real_label=1.0 - o.label_smoothing,
                       pack=o.pack, minibatch_stddev=4 if o.minibatch_stddev else 0,
                       minibatch_discrimination=(mbd_sizes(o.minibatch_discrimination)
                                                 if o.minibatch_discrimination else None),

@@ -73,6 +73,7 @@ GAN_MODELS = ("gan", "dcgan", "cgan", "ring", "grid", "stacked-mnist")
 _PACKED = tuple(m for m in GAN_MODELS if m != "cgan")
 _APPLIES = {
     "k": (GAN_MODELS, False),
+    "g_steps": (GAN_MODELS, False),
     "g_loss": (GAN_MODELS, False),
     "label_smoothing": (GAN_MODELS, False),
     "pack": (_PACKED, False),
@@ -154,6 +155,7 @@ class TrainOptions:
     amp: bool = False                    # bf16 autocast (CUDA, or a CPU with native bf16)
     backend: str = "fused"
     k: int = 1                           # GANs: D steps per G step
+    g_steps: int = 1                     # GANs: G steps per iteration (same latents)
     g_loss: str = "non-saturating"       # GANs: "non-saturating" | "minimax"
     label_smoothing: float = 0.0         # GANs: real label = 1 - label_smoothing
     beta: float = 1.0                    # VAE: weight of the KL term
@@ -202,7 +204,7 @@ class TrainOptions:
                 check_int(name, v, 1)
         if self.decay_epochs is not None:
             check_int("decay_epochs", self.decay_epochs, 0)
-        for name in ("sample_every", "log_every", "checkpoint_every", "k"):
+        for name in ("sample_every", "log_every", "checkpoint_every", "k", "g_steps"):
             check_int(name, getattr(self, name), 1)
         if self.eval_n is not None:
             check_int("eval_n", self.eval_n, 0)
