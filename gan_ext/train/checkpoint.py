@@ -7,6 +7,7 @@ foreign pickle cannot run code here. ``FORMAT`` tags it as ours.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -28,11 +29,19 @@ class CheckpointError(ValueError):
     """A file that is not a usable gan_ext training checkpoint (user error)."""
 
 
-def atomic_save(obj: Any, path: str) -> None:
+def atomic_save(obj: Any, path: str, *more_paths: str) -> None:
     """``torch.save(obj)`` to a temporary file in the same directory, flushed
     and fsynced, then ``os.replace`` onto ``path``: a crash at any point
-    leaves either the previous file or the new one, never a torn one."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    leaves either the previous file or the new one, never a torn one. Each
+    of ``more_paths`` gets the same bytes (``obj`` serialised once)."""
+    if not more_paths:
+        atomic_write(path, lambda f: torch.save(obj, f))
+        return
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    for p in (path, *more_paths):
+        atomic_write(p, lambda f: f.write(data))
 
 
 def read_torch_file(path: str, map_location="cpu") -> Any:

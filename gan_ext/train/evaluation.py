@@ -118,7 +118,8 @@ class Evaluator:
     def __init__(self, run, ckpt: Optional[dict]) -> None:
         self.run = run
         opts, trainer = run.opts, run.trainer
-        check(opts)
+        if opts.resume:   # merged with the saved options now; a new run's: prepare()
+            check(opts)
         self.every = opts.eval_every
         self.n = opts.eval_n if opts.eval_n is not None else trainer.default_eval_n
         names = trainer.metric_names(opts) or {}

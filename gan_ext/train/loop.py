@@ -257,9 +257,7 @@ class _Run:
                              "loader": self.loader.state_dict(), "rng": rng,
                              "step": step, "epoch": self.epoch, "history": self.history,
                              "versions": versions(), **self.evaluator.state(), **extra}
-                paths = (self.ckpt_path, self.evaluator.best_path) if best else (self.ckpt_path,)
-                for path in paths:
-                    atomic_save(state, path)
+                atomic_save(state, self.ckpt_path, *([self.evaluator.best_path] if best else []))
         except OSError as e:
             prev = (f"the previous checkpoint (step {self.saved_step}) is intact"
                     if self.saved_step is not None else "no earlier checkpoint exists")
