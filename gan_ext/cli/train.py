@@ -269,6 +269,7 @@ COMMAND = Command(
               f"  {PROG} train vae --beta 4\n"
               f"  {PROG} train cyclegan --epochs 5 --decay-epochs 5\n"
               f"  {PROG} train cyclegan --data datasets/horse2zebra --image-size 128\n"
+              f"  {PROG} train cyclegan --data datasets/horse2zebra --init-g h2z.pth,z2h.pth\n"
               f"  {PROG} train pix2pix --data datasets/facades --batch-size 1"),
     add_arguments=add_arguments,
     run=run,
