@@ -84,7 +84,8 @@ def test_netg_netd_choices_build_the_official_networks():
     assert m.config.generator == "unet" and m.config.num_downs == 7
     assert type(m.D_A).__name__ == "PixelDiscriminator"
     # conv 3->8 (bias), conv 8->16 (bias with instance norm), conv 16->1 (bias)
-    assert num_parameters(m.D_A) == _conv(3, 8, 1, True) + _conv(8, 16, 1, True) + _conv(16, 1, 1, True)
+    assert num_parameters(m.D_A) == (_conv(3, 8, 1, True) + _conv(8, 16, 1, True)
+                                     + _conv(16, 1, 1, True))
     assert "net.5.weight" in m.D_A.state_dict()                 # the official keys
     m = _build("pix2pix", netG="resnet_6blocks", ngf=8, netD="n_layers", n_layers_d=1)
     assert m.config.generator == "resnet" and m.config.n_blocks == 6
@@ -183,3 +184,22 @@ def test_config_file_takes_the_architecture(tmp_path):
                      "--steps", "1"]) == 0
     m = load_trained(str(run))[0].model
     assert m.config.discriminator == "pixel" and m.config.n_blocks == 2 and m.config.ngf == 4
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_pixel_discriminator_keys_and_fused_build(norm):
+    from gan_ext import fuse
+    from gan_ext.models import PixelDiscriminator
+    plain = PixelDiscriminator(3, 4, norm, fused=False)
+    bias = norm == "instance"   # the official use_bias rule, the last conv included
+    want = ["net.0.weight", "net.0.bias", "net.2.weight"] + ["net.2.bias"] * bias
+    want += ["net.3.weight", "net.3.bias", "net.3.running_mean", "net.3.running_var",
+             "net.3.num_batches_tracked"] * (norm == "batch")
+    want += ["net.5.weight"] + ["net.5.bias"] * bias
+    assert list(plain.state_dict()) == want
+    fused = PixelDiscriminator(3, 4, norm, fused=True)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 5, 5)
+    ref = plain(x)
+    assert torch.allclose(fused(x), ref, atol=1e-5)
+    assert torch.allclose(fuse(plain)(x), ref, atol=1e-5)

@@ -146,7 +146,8 @@ def test_a_file_that_does_not_fit_is_refused(tmp_path, case, message):
         f = _save(_official_g(0, 9), tmp_path / "g.pth")
         kw = dict(model="cyclegan", ngf=8, n_blocks=6, init_g=f"{f},{f}")
     elif case == "one_file":
-        kw = dict(model="cyclegan", ngf=8, n_blocks=2, init_g=_save(_official_g(0), tmp_path / "g"))
+        kw = dict(model="cyclegan", ngf=8, n_blocks=2,
+                  init_g=_save(_official_g(0), tmp_path / "g"))
     elif case == "patch":
         sd = NLayerDiscriminator(3, 8, 3, "instance", fused=False).state_dict()
         f = _save(sd, tmp_path / "d.pth")
@@ -163,5 +164,6 @@ def test_mismatch_is_one_cli_line_and_no_run(tmp_path, capsys):
     code = cli.main(["train", "cyclegan", "--out", str(run), *TINY, "--steps", "1",
                      "--init-g", f"{f},{f}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--init-g" in err[0] and "first mismatching key" in err[0]
+    assert code == 2 and len(err) == 1
+    assert "--init-g" in err[0] and "first mismatching key" in err[0]
     assert not (run / "checkpoint.pt").exists()
