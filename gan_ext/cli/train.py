@@ -12,6 +12,7 @@ from ..train.distributed import world_size_from_env
 from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
 from ..train.config_file import merge_config
 from ..train.options import DEFAULTS, DEMO_STEPS, R1_EVERY, check_applicable, defaults_text
+from .architecture import add_architecture_arguments
 from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
                      print_metrics, seed, threads_argument)
 
@@ -43,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{defaults_text('limit')})")
     g.add_argument("--image-size", type=positive_int, default=None, metavar="S",
                    help="dcgan: 28/32/64 (MNIST: 32, digits padded by 2, or 28; --data: default "
-                        "64); cyclegan: default 32 on the MNIST pair, 128 with --data; gan and "
-                        "pix2pix (a power of two, default 256): with --data only")
+                        "64); with --data only: cyclegan (default 256; the MNIST pair is 32), gan, "
+                        "pix2pix (default 256)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="gan/dcgan with --data: 1 (grey) or 3 (RGB; dcgan default)")
     g.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
@@ -174,6 +175,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(every --r1-every D steps, times that interval); not with --unrolled")
     g.add_argument("--r1-every", type=positive_int, default=None, metavar="N",
                    help=f"with --r1: the penalty every N-th D step (default {R1_EVERY})")
+    add_architecture_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,6 +272,7 @@ COMMAND = Command(
               f"  {PROG} train vae --beta 4\n"
               f"  {PROG} train cyclegan --epochs 5 --decay-epochs 5\n"
               f"  {PROG} train cyclegan --data datasets/horse2zebra --image-size 128\n"
+              f"  {PROG} train cyclegan --data datasets/horse2zebra --init-g h2z.pth,z2h.pth\n"
               f"  {PROG} train pix2pix --data datasets/facades --batch-size 1"),
     add_arguments=add_arguments,
     run=run,

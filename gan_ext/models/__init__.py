@@ -27,7 +27,7 @@ from .cyclegan import CycleGAN, CycleGANConfig
 from .dcgan import DCGAN, DCGANConfig, Discriminator, Generator
 from .gan import GAN, GANConfig, MLPDiscriminator, MLPGenerator, TrainConfig, train_step
 from .image_pool import ImagePool
-from .networks import NLayerDiscriminator, ResnetGenerator, UnetGenerator
+from .networks import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator, UnetGenerator
 from .official import load_official_state_dict
 from .pix2pix import Pix2Pix, Pix2PixConfig
 from .vae import VAE, ConvVAE, VAEConfig, VAEOutput, build_vae
@@ -39,5 +39,6 @@ __all__ = ["gan", "dcgan", "cgan", "autoencoder", "vae", "cyclegan", "pix2pix", 
            "DCGANConfig", "Generator", "Discriminator", "DCGAN",
            "CGANConfig", "ConditionalGenerator", "ConditionalDiscriminator", "ConditionalGAN",
            "AEConfig", "ConvAutoencoder", "VAEConfig", "VAEOutput", "VAE", "ConvVAE", "build_vae",
-           "CycleGANConfig", "CycleGAN", "ResnetGenerator", "NLayerDiscriminator", "ImagePool",
+           "CycleGANConfig", "CycleGAN", "ResnetGenerator", "NLayerDiscriminator", "PixelDiscriminator",
+           "ImagePool",
            "load_official_state_dict", "Pix2PixConfig", "Pix2Pix", "UnetGenerator"]

@@ -27,7 +27,8 @@ from ._common import apply_channels_last, init_normal_, make_adam, set_requires_
 # ResnetBlock, LinearDecay and load_official_state_dict are only re-exported:
 # gan_ext.models.cyclegan offered them before they moved.
 from .image_pool import ImagePool
-from .networks import NLayerDiscriminator, ResnetBlock, ResnetGenerator
+from .networks import (NLayerDiscriminator, ResnetBlock, ResnetGenerator, build_discriminator,
+                       build_generator)
 from .official import load_official_state_dict
 from .schedule import LinearDecay, check_schedule, make_linear_decay_schedulers
 
@@ -42,7 +43,10 @@ class CycleGANConfig:
     output_nc: int = 3         # channels of domain B
     ngf: int = 64
     ndf: int = 64
+    generator: str = "resnet"  # "resnet" (n_blocks) | "unet" (num_downs)
     n_blocks: int = 9          # resnet_9blocks; 6 for 128x128 images
+    num_downs: int = 8         # generator="unet": unet_256 (7: unet_128)
+    discriminator: str = "n_layers"   # "n_layers" | "pixel" (1x1 PatchGAN)
     n_layers_D: int = 3        # 70x70 PatchGAN
     norm: str = "instance"
     use_dropout: bool = False
@@ -78,12 +82,12 @@ class CycleGAN(nn.Module):
         check_schedule(cfg)
         self.config = cfg
         self._check_loss_config()
-        self.G_A = ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, cfg.n_blocks, cfg.norm,
-                                   cfg.use_dropout, fused=fused)
-        self.G_B = ResnetGenerator(cfg.output_nc, cfg.input_nc, cfg.ngf, cfg.n_blocks, cfg.norm,
-                                   cfg.use_dropout, fused=fused)
-        self.D_A = NLayerDiscriminator(cfg.output_nc, cfg.ndf, cfg.n_layers_D, cfg.norm, fused)
-        self.D_B = NLayerDiscriminator(cfg.input_nc, cfg.ndf, cfg.n_layers_D, cfg.norm, fused)
+        g = (cfg.generator, cfg.ngf, cfg.n_blocks, cfg.num_downs, cfg.norm, cfg.use_dropout, fused)
+        self.G_A = build_generator(g[0], cfg.input_nc, cfg.output_nc, *g[1:])
+        self.G_B = build_generator(g[0], cfg.output_nc, cfg.input_nc, *g[1:])
+        d = (cfg.ndf, cfg.n_layers_D, cfg.norm, fused)
+        self.D_A = build_discriminator(cfg.discriminator, cfg.output_nc, *d)
+        self.D_B = build_discriminator(cfg.discriminator, cfg.input_nc, *d)
         for net in (self.G_A, self.G_B, self.D_A, self.D_B):
             init_normal_(net, cfg.init_std)
         self.fake_A_pool = ImagePool(cfg.pool_size)  # fakes of domain A, for D_B

@@ -21,11 +21,17 @@ from ..nn import BatchNormAct2d, InstanceNormAct2d
 from ._checks import check_bool, check_choice, check_images, check_int
 from .official import OfficialCheckpoint
 
-__all__ = ["NORMS", "PADDING_TYPES", "use_bias", "plain_norm", "norm_act", "ResnetBlock",
-           "ResnetGenerator", "NLayerDiscriminator", "UnetSkipConnectionBlock", "UnetGenerator"]
+__all__ = ["NORMS", "PADDING_TYPES", "GENERATORS", "DISCRIMINATORS", "use_bias", "plain_norm",
+           "norm_act", "ResnetBlock", "ResnetGenerator", "NLayerDiscriminator",
+           "PixelDiscriminator", "UnetSkipConnectionBlock", "UnetGenerator", "build_generator",
+           "build_discriminator"]
 
 NORMS = ("batch", "instance", "none")
 PADDING_TYPES = ("reflect", "replicate", "zero")
+# The kinds of network a CycleGAN/pix2pix config names (the official netG
+# resnet_Nblocks / unet_N and netD basic / n_layers / pixel, by family).
+GENERATORS = ("resnet", "unet")
+DISCRIMINATORS = ("n_layers", "pixel")
 
 
 # ------------------------------------------------------------ norm layers
@@ -170,6 +176,32 @@ class NLayerDiscriminator(OfficialCheckpoint):
 
 
 
+class PixelDiscriminator(OfficialCheckpoint):
+    """The official 1x1 PatchGAN (``netD pixel``): every pixel judged on its own
+    from its channels, (B, input_nc, H, W) -> logits (B, 1, H, W). Official
+    keys ``net.0`` ... ``net.5``; as there, the convs after the first have a bias
+    only with instance norm (the last one too)."""
+
+    def __init__(self, input_nc: int = 3, ndf: int = 64, norm: str = "instance",
+                 fused: bool = True) -> None:
+        super().__init__()
+        check_int("input_nc", input_nc, 1)
+        check_int("ndf", ndf, 1)
+        check_choice("norm", norm, NORMS)
+        check_bool("fused", fused)
+        self.input_nc = input_nc
+        bias = use_bias(norm)
+        self.net = nn.Sequential(
+            nn.Conv2d(input_nc, ndf, 1), nn.LeakyReLU(0.2, True),          # (B, ndf, H, W)
+            nn.Conv2d(ndf, ndf * 2, 1, bias=bias),                         # (B, 2ndf, H, W)
+            *norm_act(norm, ndf * 2, "leaky_relu", fused),
+            nn.Conv2d(ndf * 2, 1, 1, bias=bias))                           # (B, 1, H, W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_images(x, (self.input_nc, "H", "W"), name="input", who=type(self).__name__)
+        return self.net(x)
+
+
 # ------------------------------------------------------------------- U-Net
 class UnetSkipConnectionBlock(nn.Module):
     """One level of the U-Net: ``x -> [down, submodule, up] -> cat(x, up)``.
@@ -277,3 +309,23 @@ class UnetGenerator(OfficialCheckpoint):
             raise ValueError(f"UnetGenerator: height and width must be divisible by 2**num_downs"
                              f" = {k}, got {tuple(x.shape[2:])}")
         return self.model(x)  # (B, output_nc, H, W)
+
+
+# ----------------------------------------------------------------- builders
+def build_generator(kind: str, input_nc: int, output_nc: int, ngf: int, n_blocks: int,
+                    num_downs: int, norm: str, use_dropout: bool, fused: bool) -> nn.Module:
+    """The official ``define_G`` by family: ``"resnet"`` (``n_blocks``) or
+    ``"unet"`` (``num_downs``; the other count is unused)."""
+    check_choice("generator", kind, GENERATORS)
+    if kind == "resnet":
+        return ResnetGenerator(input_nc, output_nc, ngf, n_blocks, norm, use_dropout, fused=fused)
+    return UnetGenerator(input_nc, output_nc, num_downs, ngf, norm, use_dropout, fused)
+
+
+def build_discriminator(kind: str, input_nc: int, ndf: int, n_layers: int, norm: str,
+                        fused: bool) -> nn.Module:
+    """The official ``define_D``: ``"n_layers"`` (``basic`` is n_layers=3) or ``"pixel"``."""
+    check_choice("discriminator", kind, DISCRIMINATORS)
+    if kind == "pixel":
+        return PixelDiscriminator(input_nc, ndf, norm, fused)
+    return NLayerDiscriminator(input_nc, ndf, n_layers, norm, fused)

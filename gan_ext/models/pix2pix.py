@@ -22,7 +22,8 @@ from ._checks import check_images, check_real
 from ._common import apply_channels_last, init_normal_, make_adam, set_requires_grad
 # UnetSkipConnectionBlock is only re-exported: gan_ext.models.pix2pix offered
 # it before the networks moved.
-from .networks import NLayerDiscriminator, UnetGenerator, UnetSkipConnectionBlock
+from .networks import (NLayerDiscriminator, UnetGenerator, UnetSkipConnectionBlock,
+                       build_discriminator, build_generator)
 from .schedule import check_schedule, make_linear_decay_schedulers
 
 __all__ = ["UnetSkipConnectionBlock", "UnetGenerator", "NLayerDiscriminator", "Pix2PixConfig",
@@ -36,7 +37,10 @@ class Pix2PixConfig:
     output_nc: int = 3
     ngf: int = 64
     ndf: int = 64
+    generator: str = "unet"    # "unet" (num_downs) | "resnet" (n_blocks)
     num_downs: int = 8         # unet_256
+    n_blocks: int = 9          # generator="resnet": resnet_9blocks
+    discriminator: str = "n_layers"   # "n_layers" | "pixel" (1x1 PatchGAN)
     n_layers_D: int = 3        # 70x70 PatchGAN
     norm: str = "batch"
     use_dropout: bool = True
@@ -63,10 +67,10 @@ class Pix2Pix(nn.Module):
         check_real("init_std", cfg.init_std, 0.0)
         check_schedule(cfg)
         self.config = cfg
-        self.netG = UnetGenerator(cfg.input_nc, cfg.output_nc, cfg.num_downs, cfg.ngf, cfg.norm,
-                                  cfg.use_dropout, fused)
-        self.netD = NLayerDiscriminator(cfg.input_nc + cfg.output_nc, cfg.ndf, cfg.n_layers_D,
-                                        cfg.norm, fused)
+        self.netG = build_generator(cfg.generator, cfg.input_nc, cfg.output_nc, cfg.ngf,
+                                    cfg.n_blocks, cfg.num_downs, cfg.norm, cfg.use_dropout, fused)
+        self.netD = build_discriminator(cfg.discriminator, cfg.input_nc + cfg.output_nc, cfg.ndf,
+                                        cfg.n_layers_D, cfg.norm, fused)
         init_normal_(self.netG, cfg.init_std)
         init_normal_(self.netD, cfg.init_std)
         self.gan_loss = GANLoss(cfg.gan_mode)

@@ -12,6 +12,7 @@ from .. import metrics
 from ..data import MNIST_SIZE, load_image_folder
 from ..models import AEConfig, ConvAutoencoder, VAEConfig, build_vae
 from . import _data
+from .architecture import gan_sizes
 from .base import Trainer, register
 from .latents import GRID_STREAM, INTERPOLATION_STEPS, NOISE_STREAM, interpolation_latents, stream
 
@@ -61,7 +62,7 @@ class AETrainer(_UnitImages):
         if model_config:
             cfg = AEConfig(**model_config)
         else:
-            cfg = AEConfig(denoising=self.denoising,
+            cfg = AEConfig(denoising=self.denoising, **gan_sizes(self.opts, "latent_dim"),
                            **({"lr": self.opts.lr} if self.opts.lr is not None else {}))
         self.model = ConvAutoencoder(cfg).to(self.device)
         self.optimizers = {"model": self.model.configure_optimizer()}
@@ -137,7 +138,7 @@ class VAETrainer(_UnitImages):
         if model_config:
             cfg = VAEConfig(**model_config)
         else:
-            cfg = VAEConfig(beta=float(self.opts.beta),
+            cfg = VAEConfig(beta=float(self.opts.beta), **gan_sizes(self.opts, "latent_dim"),
                             **({"lr": self.opts.lr} if self.opts.lr is not None else {}))
         self.model = build_vae(cfg).to(self.device)
         self.optimizers = {"model": self.model.configure_optimizer()}

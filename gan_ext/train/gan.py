@@ -14,6 +14,7 @@ from ..data import MNIST_CLASSES, MNIST_SIZE, load_image_folder, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
 from . import _data
 from .base import Trainer, register
+from .architecture import gan_sizes
 from .options import R1_EVERY, diffaugment_policy, mbd_sizes
 from .latents import EVAL_STREAM, GRID_STREAM, interpolation_latents, slerp, stream
 
@@ -63,7 +64,8 @@ class GANTrainer(Trainer):
 
     def make_config(self):
         c, s, _ = self.image_shape()
-        return self.config_class(img_shape=(c, s, s), **self.train_config_kwargs())
+        return self.config_class(img_shape=(c, s, s), **gan_sizes(self.opts),
+                                 **self.train_config_kwargs())
 
     def build(self, model_config: Optional[dict] = None) -> None:
         cfg = self.config_class(**model_config) if model_config else self.make_config()
@@ -201,7 +203,8 @@ class DCGANTrainer(GANTrainer):
 
     def make_config(self):
         c, s, _ = self.image_shape()
-        return DCGANConfig(nc=c, image_size=s, **self.train_config_kwargs())
+        return DCGANConfig(nc=c, image_size=s, **gan_sizes(self.opts),
+                           **self.train_config_kwargs())
 
 
 @register
@@ -224,7 +227,7 @@ class CGANTrainer(DCGANTrainer):
 
     def make_config(self):
         return CGANConfig(nc=1, image_size=MNIST_SIZE, num_classes=MNIST_CLASSES,
-                          **self.train_config_kwargs())
+                          **gan_sizes(self.opts), **self.train_config_kwargs())
 
     def build(self, model_config: Optional[dict] = None) -> None:
         super().build(model_config)

@@ -29,6 +29,7 @@ from . import distributed, evaluation
 from .amp import autocast, use_amp
 from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
 from .checkpoint import FORMAT, atomic_save, rng_state, set_rng_state
+from .init_weights import apply_init
 from .distributed import Context, PeerFailed
 from .monitor import MetricsLog, Progress, json_safe, plot_losses
 from .options import TrainOptions, check_applicable
@@ -150,6 +151,8 @@ class _Run:
             ctx.check_resume(ckpt, run_dir)
         ctx.check_options(opts, opts.batch_size or trainer.default_batch_size)
         trainer.build(ckpt["model_config"] if ckpt else None)
+        if ckpt is None:   # a resume restores the run's own weights
+            apply_init(trainer, log)   # --init-g / --init-d
         if ctx.active:
             self._distribute()
         data = trainer.train_data()

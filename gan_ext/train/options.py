@@ -10,6 +10,7 @@ from typing import Optional
 
 from .._validate import check_int
 from ..models.diffaugment import parse_policy
+from . import architecture
 
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
@@ -102,12 +103,19 @@ _APPLIES = {
     "image_size": (("gan", "dcgan", "cyclegan", "pix2pix"), False),
     "channels": (("gan", "dcgan"), True),
     "direction": (("pix2pix",), True),
+    # Architecture and starting weights (train/architecture.py, train/init_weights.py):
+    # the benchmarks' networks are fixed by --arch; gan's MLP has no conv widths.
+    "nz": (("gan", "dcgan", "cgan", "ae", "dae", "vae"), False),
+    **{name: (("dcgan", "cgan", "cyclegan", "pix2pix"), False) for name in ("ngf", "ndf")},
+    **{name: (("cyclegan", "pix2pix"), False)
+       for name in ("netG", "n_blocks", "netD", "n_layers_d", "norm")},
+    **{name: (GAN_MODELS + ("cyclegan", "pix2pix"), False) for name in ("init_g", "init_d")},
 }
 # Lazy R1: the penalty every R1_EVERY-th D step (StyleGAN2's interval) unless --r1-every.
 R1_EVERY = 16
 
 # Where image_size needs --data (the default data's size is fixed).
-_IMAGE_SIZE_NEEDS_DATA = ("gan", "pix2pix")
+_IMAGE_SIZE_NEEDS_DATA = ("gan", "pix2pix", "cyclegan")
 
 
 def _flag(name: str) -> str:
@@ -126,6 +134,7 @@ def check_applicable(opts: "TrainOptions", explicit) -> None:
                 and opts.data is None:
             raise ValueError(f"{_flag(name)} applies to {opts.model} only with --data (the "
                              "default MNIST data has a fixed size and layout)")
+    architecture.check_combination(opts, explicit)
 
 
 def check_resume(saved: "TrainOptions", given: "TrainOptions", explicit) -> None:
@@ -193,6 +202,18 @@ class TrainOptions:
     diffaugment: Optional[str] = None    # DiffAugment policies, e.g. "color,translation,cutout"
     r1: float = 0.0                      # R1 penalty gamma on real data; 0: off
     r1_every: Optional[int] = None       # lazy R1 interval (None: R1_EVERY)
+    # Architecture (train/architecture.py; None: the model's default) and the
+    # weights a new run starts from (train/init_weights.py).
+    nz: Optional[int] = None             # latent size (ae/dae/vae: latent_dim)
+    ngf: Optional[int] = None            # G's base width
+    ndf: Optional[int] = None            # D's base width
+    netG: Optional[str] = None           # cyclegan/pix2pix: resnet_9blocks ... unet_256
+    n_blocks: Optional[int] = None       # residual blocks of a resnet generator
+    netD: Optional[str] = None           # cyclegan/pix2pix: basic | n_layers | pixel
+    n_layers_d: Optional[int] = None     # netD n_layers: the PatchGAN's depth
+    norm: Optional[str] = None           # cyclegan/pix2pix: batch | instance | none
+    init_g: Optional[str] = None         # G's starting weights: file(s) or folder
+    init_d: Optional[str] = None         # D's
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -262,6 +283,7 @@ class TrainOptions:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.direction not in ("AtoB", "BtoA"):
             raise ValueError(f"direction must be AtoB or BtoA, got {self.direction!r}")
+        architecture.check_fields(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,7 +4,6 @@ Both use the model's own official ``train_step`` and its linear-decay
 schedulers, stepped once per epoch."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -14,6 +13,7 @@ from .. import metrics
 from ..data import load_aligned, load_unpaired, mnist_pair
 from ..models import CycleGAN, CycleGANConfig, Pix2Pix, Pix2PixConfig
 from . import _data
+from .architecture import DEFAULT_CYCLEGAN_DATA_SIZE, translation_networks
 from .base import Trainer, register
 from .grid import interleave_rows
 
@@ -102,14 +102,18 @@ class CycleGANTrainer(_TranslationTrainer):
     metrics_need_default_data = True
 
     def image_size(self) -> int:
-        return self.opts.image_size or (32 if self.opts.data is None else 128)
+        if self.opts.data is None:
+            return 32   # the MNIST pair's size
+        return self.opts.image_size or DEFAULT_CYCLEGAN_DATA_SIZE
 
     def build(self, model_config: Optional[dict] = None) -> None:
         if model_config:
             cfg = CycleGANConfig(**self.resumed_schedule(model_config))
         else:
-            # Small enough for a CPU: ngf = ndf = 32 and 6 residual blocks (official: 64, 9).
-            cfg = CycleGANConfig(ngf=32, ndf=32, n_blocks=6, **self.schedule_kwargs())
+            # The MNIST pair: small enough for a CPU (ngf = ndf = 32, 6 residual blocks);
+            # --data: the official sizes (architecture.py).
+            cfg = CycleGANConfig(**translation_networks(self.opts, self.name, self.image_size()),
+                                 **self.schedule_kwargs())
         self.attach(CycleGAN(cfg))
 
     def _pair(self, split: str, n: Optional[int]):
@@ -191,16 +195,12 @@ class Pix2PixTrainer(_TranslationTrainer):
         if model_config:
             cfg = Pix2PixConfig(**self.resumed_schedule(model_config))
         else:
-            s = self.image_size()
-            num_downs = int(round(math.log2(s)))
-            if 2 ** num_downs != s or num_downs < 5:
-                raise ValueError(f"--image-size must be a power of two >= 32 for pix2pix "
-                                 f"(the U-Net halves it num_downs times), got {s}")
+            # CPU-sized for 32x32 MNIST (ngf = ndf = 32, a 2-layer PatchGAN); --data: the
+            # official sizes (architecture.py).
             ch = 1 if o.data is None else 3
-            small = o.data is None  # CPU-sized for 32x32 MNIST: ngf = ndf = 32, 2-layer PatchGAN
-            cfg = Pix2PixConfig(input_nc=ch, output_nc=ch, num_downs=num_downs,
-                                ngf=32 if small else 64, ndf=32 if small else 64,
-                                n_layers_D=2 if small else 3, **self.schedule_kwargs())
+            cfg = Pix2PixConfig(input_nc=ch, output_nc=ch,
+                                **translation_networks(o, self.name, self.image_size()),
+                                **self.schedule_kwargs())
         self.attach(Pix2Pix(cfg))
 
     def _pairs(self, split: str, n: Optional[int]):
