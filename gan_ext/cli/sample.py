@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cgan: sample these classes, one row per class (default: a row for "
                         "each of the 10 classes)")
     p.add_argument("--input", metavar="DIR_OR_IMAGE", default=None,
-                   help="cyclegan/pix2pix/ae: translate or reconstruct these images (default: "
-                        "test images)")
+                   help="cyclegan/pix2pix/ae: translate or reconstruct these images into one "
+                        "grid (default: test images); 'gan-ext test RUN --input DIR' writes one "
+                        "file per image and an index.html")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                    help="cyclegan: G_A (A->B, default) or G_B (B->A)")
     p.add_argument("--image-size", type=positive_int, default=None,
