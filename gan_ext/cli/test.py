@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.results import TEST_MODELS, write_results
-from .common import (PROG, Command, apply_threads, best_argument, best_checkpoint,
-                     device_argument, one_line_warnings, threads_argument)
+from .common import PROG, Command, open_run, run_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,15 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                    help="cyclegan: G_A (A->B, default) or G_B (B->A); the cycle column goes "
                         "back with the other generator")
-    best_argument(p)
-    device_argument(p)
-    threads_argument(p)
+    run_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    one_line_warnings()
-    apply_threads(args)
-    args.checkpoint = best_checkpoint(args)
+    args.checkpoint = open_run(args)
     page, n = write_results(args.checkpoint, args.input, out=args.out, direction=args.direction,
                             device=args.device)
     print(f"wrote {n} results and {page}")
