@@ -285,6 +285,9 @@ def evaluate_checkpoint(path: str, n: Optional[int] = None, device: str = "auto"
                          "the test images of its own dataset, which the file does not name; "
                          "translate them with 'gan-ext sample FILE --input DIR'")
     if _is_examples_dcgan(raw):
+        if fid_backend is not None:
+            raise ValueError("--fid-backend scores a gan_ext run against its own images; a "
+                             "pytorch/examples generator file names no dataset")
         n = DEFAULT_EVAL_N if n is None else n
         metrics = _evaluate_examples_dcgan(raw, n, device)
         _sample_size_warnings(metrics, n)
