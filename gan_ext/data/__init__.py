@@ -10,7 +10,8 @@ from __future__ import annotations
 from ._files import cache_dir
 from .errors import DataError
 from .idx import read_idx, write_idx
-from .images import IMAGE_EXTENSIONS, list_images, load_aligned, load_image_folder, load_unpaired
+from .images import (IMAGE_EXTENSIONS, list_images, load_aligned, load_image_folder,
+                     load_named_images, load_unpaired)
 from .loader import InMemoryLoader
 from .mnist import (MNIST_CLASSES, MNIST_SIZE, download_mnist, load_mnist, mnist_cache_dir,
                     mnist_source)
@@ -22,7 +23,8 @@ __all__ = [
     "MNIST_SIZE", "MNIST_CLASSES",
     "load_mnist", "mnist_source", "download_mnist", "mnist_cache_dir", "read_idx", "write_idx",
     "to_unit", "to_signed", "pad_to", "augment",
-    "IMAGE_EXTENSIONS", "list_images", "load_image_folder", "load_unpaired", "load_aligned",
+    "IMAGE_EXTENSIONS", "list_images", "load_image_folder", "load_named_images", "load_unpaired",
+    "load_aligned",
     "MNISTPair", "mnist_pair", "pair_indices", "domain_style",
     "InMemoryLoader",
 ]

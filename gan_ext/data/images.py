@@ -25,7 +25,8 @@ from torch import Tensor
 from .errors import DataError
 from .._validate import check_int
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image_folder", "load_unpaired", "load_aligned"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image_folder", "load_named_images",
+           "load_unpaired", "load_aligned"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm"})
@@ -121,8 +122,10 @@ def _to_signed(arrays: List[np.ndarray]) -> Tensor:
 
 
 def _load(folder: Path, image_size: int, channels: int, limit: Optional[int], halves: bool,
-          what: str):
-    files, others = list_images(folder)
+          what: str, kept: Optional[List[Path]] = None):
+    """The images' tensors (two with ``halves``); ``kept`` collects the files
+    read, in order."""
+    files, others = list_images(folder) if folder.is_dir() else ([folder], [])
     skips = _Skips()
     for p in others:
         skips.add(p, f"not an image (extension {p.suffix or 'none'}; images are "
@@ -134,6 +137,8 @@ def _load(folder: Path, image_size: int, channels: int, limit: Optional[int], ha
             break
         try:
             decoded.append(_decode(p, image_size, mode, halves))
+            if kept is not None:
+                kept.append(p)
         except Exception as e:  # PIL raises many types for broken files
             skips.add(p, f"cannot be read as an image ({type(e).__name__}: {e})")
     skips.finish()
@@ -160,6 +165,33 @@ def load_image_folder(path, image_size: int, channels: int = 3, *,
     channels = _check_channels(channels)
     folder = _check_folder(path, "image folder")
     return _load(folder, image_size, channels, _check_limit(limit), False, "image folder")[0]
+
+
+def load_named_images(path, image_size: int, channels: int = 3) -> Tuple[Tensor, List[str]]:
+    """A folder of images (recursive, as :func:`load_image_folder`) or one
+    image file, and each image's name: its path relative to the folder
+    without the extension (``a/1`` for ``DIR/a/1.jpg``; the file's stem for
+    one file). Two files of one name (``1.jpg`` and ``1.png``) raise
+    DataError naming them: their results would overwrite each other."""
+    image_size = check_int("image_size", image_size)
+    channels = _check_channels(channels)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a folder or an image file, got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{p} does not exist; check the path")
+    kept: List[Path] = []
+    x = _load(p, image_size, channels, None, False, "image folder" if p.is_dir() else "file",
+              kept)[0]
+    names = [f.stem if not p.is_dir() else f.relative_to(p).with_suffix("").as_posix()
+             for f in kept]
+    seen = {}
+    for f, n in zip(kept, names):
+        if n in seen:
+            raise DataError(f"{seen[n]} and {f} have the same name {n!r}; rename one (each "
+                            "image's results are named after it)")
+        seen[n] = f
+    return x, names
 
 
 def _check_split(split) -> str:

@@ -15,8 +15,10 @@ see :mod:`gan_ext.metrics.classifier`) stands in for Inception-v3:
 and per model family: ``vae_test_nelbo``, ``ae_test_mse``,
 ``translation_scores`` / ``digit_accuracy_of_mnist_like`` (CycleGAN on
 ``gan_ext.data.mnist_pair``, with the shipped A/B style classifier) and
-``pix2pix_l1``. ``fid_with_backend`` calls torch-fidelity or clean-fid when
-installed, for Inception FIDs comparable with papers.
+``pix2pix_l1``. ``fid_with_backend`` / ``scores_with_backend`` call
+torch-fidelity or clean-fid when installed, for Inception FIDs comparable
+with papers; ``fid_kid`` (FID and KID of RGB images of any size) runs them
+on the features of a hook (``set_feature_extractor``, ``pooled_pixels``).
 
 Conventions: MNIST metrics take float tensors (N, 1, 28, 28) or (N, 28, 28)
 in [0, 1]; translation metrics take (N, 3, 32, 32) in [-1, 1]. Everything runs
@@ -33,6 +35,10 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "mnist_like_to_unit": "_checks",
     "BACKENDS": "backends", "fid_with_backend": "backends",
+    "scores_with_backend": "backends", "installed_backend": "backends",
+    "kernel_inception_distance": "image_fid", "fid_from_features": "image_fid",
+    "fid_kid": "image_fid", "to_rgb_uint8": "image_fid", "set_feature_extractor": "image_fid",
+    "feature_extractor": "image_fid", "pooled_pixels": "image_fid",
     "MNISTClassifier": "classifier", "DomainClassifier": "classifier",
     "load_classifier": "classifier", "load_domain_classifier": "classifier",
     "CoverageReport": "coverage", "class_coverage": "coverage",
@@ -64,7 +70,10 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from ._checks import mnist_like_to_unit
-    from .backends import BACKENDS, fid_with_backend
+    from .backends import BACKENDS, fid_with_backend, installed_backend, scores_with_backend
+    from .image_fid import (feature_extractor, fid_from_features, fid_kid,
+                            kernel_inception_distance, pooled_pixels, set_feature_extractor,
+                            to_rgb_uint8)
     from .classifier import (DomainClassifier, MNISTClassifier, load_classifier,
                              load_domain_classifier)
     from .coverage import CoverageReport, class_coverage

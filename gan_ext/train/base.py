@@ -43,8 +43,14 @@ class Trainer:
     eval_metrics: Dict[str, str] = {}
     best_metric: Tuple[str, ...] = ()
     # Whether evaluate() measures only the default (MNIST) data: with --data
-    # it returns a note, so a run has no metrics to follow.
+    # it returns a note, so a run has no metrics to follow, unless the family
+    # has data_metrics: what it measures on --data instead (FID/KID against
+    # the folder, gan/dcgan), with their default criterion.
     metrics_need_default_data: bool = False
+    data_metrics: Dict[str, str] = {}
+    data_best_metric: Tuple[str, ...] = ()
+    # `gan-ext eval --fid-backend`: the package evaluate() scores images with.
+    fid_backend: Optional[str] = None
 
     def __init__(self, opts: TrainOptions, device: torch.device) -> None:
         self.opts, self.device = opts, device
@@ -115,8 +121,15 @@ class Trainer:
         """:attr:`eval_metrics`, or None where :meth:`evaluate` returns a
         note instead of metrics (a run with ``opts`` has none)."""
         if cls.metrics_need_default_data and opts.data is not None:
-            return None
+            return cls.data_metrics or None
         return cls.eval_metrics
+
+    @classmethod
+    def default_best(cls, opts: TrainOptions) -> Tuple[str, ...]:
+        """The default ``--keep-best`` criterion of a run with ``opts``."""
+        if cls.metrics_need_default_data and opts.data is not None and cls.data_metrics:
+            return cls.data_best_metric
+        return cls.best_metric
 
     def end_epoch(self) -> None:
         for s in self.schedulers.values():

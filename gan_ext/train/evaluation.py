@@ -43,7 +43,7 @@ def prepare(opts: TrainOptions) -> TrainOptions:
     family's criterion by name (so a resume compares names), and a new run's
     evaluation options are checked."""
     if opts.keep_best == AUTO:
-        opts.keep_best = ",".join(trainer_class(opts.model).best_metric)
+        opts.keep_best = ",".join(trainer_class(opts.model).default_best(opts))
     if not opts.resume:   # a resume's are checked once merged with the saved ones
         check(opts)
     return opts
@@ -63,6 +63,12 @@ def check(opts: TrainOptions) -> None:
     if names is None:
         raise ValueError(f"--keep-best: {opts.model}'s evaluation gives no metrics on --data "
                          f"{opts.data} (only on its default MNIST data): there is no best to keep")
+    if opts.data is not None and names is trainer_class(opts.model).data_metrics:
+        from ..metrics import feature_extractor, installed_backend
+        if feature_extractor() is None and installed_backend() is None:
+            raise ValueError(f"--keep-best: {opts.model}'s evaluation gives no metrics on --data "
+                             f"{opts.data} here: its FID/KID need torch-fidelity or clean-fid "
+                             "installed, or GAN_EXT_FEATURE_EXTRACTOR set (README, Evaluation)")
     for metric in opts.keep_best.split(","):
         if metric not in names:
             raise ValueError(f"--keep-best: {opts.model}'s evaluation has no metric {metric!r}; "

@@ -15,6 +15,7 @@ from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANCo
 from . import _data
 from .base import Trainer, register
 from .architecture import gan_sizes
+from .image_metrics import image_scores
 from .options import R1_EVERY, diffaugment_policy, mbd_sizes
 from .latents import EVAL_STREAM, GRID_STREAM, interpolation_latents, slerp, stream
 
@@ -152,11 +153,12 @@ class GANTrainer(Trainer):
                     "class_max_frac": "min"}
     best_metric = ("mnist_fid",)
     metrics_need_default_data = True
+    data_metrics = {"fid": "min", "kid": "min"}   # against the --data folder (image_metrics)
+    data_best_metric = ("fid",)
 
     def evaluate(self, n: int) -> Dict[str, Any]:
-        if self.opts.data is not None or self.image_shape()[:1] != (1,):
-            return {"note": "the MNIST metrics need MNIST-trained 1-channel images; none for "
-                            "this data"}
+        if self.opts.data is not None:
+            return {"n": n, **image_scores(self, n, self.fid_backend)}
         g = stream(self.opts.seed, EVAL_STREAM)
         z = torch.randn(n, self.model.config.nz, generator=g)
         labels = torch.arange(n) % MNIST_CLASSES if self.conditional else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -14,17 +13,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import metrics
 from ..data import MNIST_SIZE, load_image_folder
 from ..models import (DCGAN, DCGANConfig, ResnetGenerator, UnetGenerator,
                       load_official_state_dict)
-from . import _data
 from .base import trainer_class
 from .checkpoint import (FORMAT, CheckpointError, atomic_save, check_complete, check_config_sizes,
                          read_torch_file)
 from .gan import GENERATE_BATCH, gan_metrics
 from .grid import interleave_rows, save_grid
-from .latents import EXAMPLES_DCGAN_EVAL_SEED, FID_BACKEND_SEED
+from .image_metrics import IMAGE_SCORE_MODELS, image_scores
+from .latents import EXAMPLES_DCGAN_EVAL_SEED
 from .runtime import resolve_device
 from .monitor import append_jsonl
 from .options import DEFAULTS, MODELS, TrainOptions
@@ -287,6 +285,9 @@ def evaluate_checkpoint(path: str, n: Optional[int] = None, device: str = "auto"
                          "the test images of its own dataset, which the file does not name; "
                          "translate them with 'gan-ext sample FILE --input DIR'")
     if _is_examples_dcgan(raw):
+        if fid_backend is not None:
+            raise ValueError("--fid-backend scores a gan_ext run against its own images; a "
+                             "pytorch/examples generator file names no dataset")
         n = DEFAULT_EVAL_N if n is None else n
         metrics = _evaluate_examples_dcgan(raw, n, device)
         _sample_size_warnings(metrics, n)
@@ -296,9 +297,13 @@ def evaluate_checkpoint(path: str, n: Optional[int] = None, device: str = "auto"
     trainer, ckpt = load_trained(path, device, raw)
     if n is None:
         n = DEFAULTS[trainer.name].get("eval_n", DEFAULT_EVAL_N)
+    if fid_backend is not None and trainer.name not in IMAGE_SCORE_MODELS:
+        raise ValueError(f"--fid-backend applies to the generative models "
+                         f"({', '.join(IMAGE_SCORE_MODELS)}), not {trainer.name}")
+    trainer.fid_backend = fid_backend
     metrics = trainer.run_eval(n)
-    if fid_backend is not None:
-        metrics[f"fid_{fid_backend}"] = _backend_fid(trainer, fid_backend, n)
+    if fid_backend is not None and "fid" not in metrics:   # MNIST runs: vs the test digits
+        metrics.update(image_scores(trainer, n, fid_backend))
     _sample_size_warnings(metrics, int(metrics.get("n", n)))
     if report is not None:
         report(metrics)
@@ -325,22 +330,3 @@ def _evaluate_examples_dcgan(raw: dict, n: int, device: str) -> Dict[str, Any]:
     images = torch.nn.functional.interpolate(images, size=(MNIST_SIZE,) * 2, mode="area")
     return gan_metrics((images.clamp(-1, 1) + 1) / 2)
 
-
-def _backend_fid(trainer, backend: str, n: int) -> float:
-    """FID through torch-fidelity / clean-fid on image folders (real MNIST
-    test images vs samples), when that package is installed."""
-    from PIL import Image  # only here: pillow is slow to import
-
-    if trainer.name not in ("gan", "dcgan", "cgan", "vae"):
-        raise ValueError(f"--fid-backend applies to the generative models, not {trainer.name}")
-    g = torch.Generator().manual_seed(FID_BACKEND_SEED)
-    fake, _ = trainer.sample(n, False, g)
-    real = _data.mnist_signed("test", trainer.opts.mnist_dir)[0][:n]
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, imgs in (("real", real), ("fake", fake)):
-            d = os.path.join(tmp, name)
-            os.makedirs(d)
-            u8 = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            for i, im in enumerate(u8):
-                Image.fromarray(im[0].numpy()).convert("RGB").save(os.path.join(d, f"{i:05d}.png"))
-        return float(metrics.fid_with_backend(backend, os.path.join(tmp, "real"), os.path.join(tmp, "fake")))

@@ -273,7 +273,9 @@ class _Run:
         if not self.ctx.main:
             return None
         images, nrow = self.trainer.grid()
-        return self.trainer.write_picture(images, path, nrow)
+        path = self.trainer.write_picture(images, path, nrow)
+        self.mlog.picture("samples", path, self.step)   # TensorBoard
+        return path
 
     def draw_curves(self) -> Optional[str]:
         self.last_curves = time.perf_counter()

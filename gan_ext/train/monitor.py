@@ -48,9 +48,21 @@ def read_jsonl(path: str) -> List[Tuple[str, dict]]:
     return out
 
 
+def _numbers(record: dict, prefix: str):
+    """(tag, value) of the numbers of ``record``: top-level ones as
+    ``prefix/key``, those of a nested dict (an evaluation's metrics) as
+    ``prefix/metric``; booleans, strings and lists are left out."""
+    for k, v in record.items():
+        if isinstance(v, dict):
+            yield from _numbers(v, prefix)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+            yield f"{prefix}/{k}", v
+
+
 class MetricsLog:
-    """One JSON object per line in ``metrics.jsonl``; the same scalars go to
-    TensorBoard when ``torch.utils.tensorboard`` imports (else silently not)."""
+    """One JSON object per line in ``metrics.jsonl``; the same numbers go to
+    TensorBoard when ``torch.utils.tensorboard`` imports (else silently not),
+    as do the sample pictures (:meth:`picture`)."""
 
     def __init__(self, run_dir: str, tensorboard: bool = True, enabled: bool = True) -> None:
         self.path = os.path.join(run_dir, "metrics.jsonl")
@@ -70,10 +82,20 @@ class MetricsLog:
             return
         append_jsonl(self.path, record)
         if self.writer is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step",):
-                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
+            for tag, v in _numbers(record, prefix):
+                self.writer.add_scalar(tag, v, step)
             self.writer.flush()
+
+    def picture(self, tag: str, path: Optional[str], step: int) -> None:
+        """The PNG at ``path`` (a sample grid or scatter plot) as a
+        TensorBoard image at ``step``."""
+        if self.writer is None or not path:
+            return
+        import numpy as np
+        from PIL import Image
+        with Image.open(path) as img:
+            self.writer.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
+        self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
