@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from ..data import load_aligned, load_unpaired, mnist_pair
+from ..data import aligned_source, mnist_pair, unpaired_source
 from ..models import CycleGAN, CycleGANConfig, Pix2Pix, Pix2PixConfig
 from . import _data
 from .base import Trainer, register
@@ -102,7 +102,18 @@ class CycleGANTrainer(_TranslationTrainer):
     metrics_need_default_data = True
 
     def image_size(self) -> int:
-        return self.opts.image_size or (32 if self.opts.data is None else 128)
+        if self.opts.data is None:
+            return self.opts.image_size or 32
+        return _data.crop_size(self.opts)
+
+    def source(self, split: str, n: Optional[int]):
+        """--data's ``split`` as an ImageSource of (A, B), read per batch; the
+        generator takes sides divisible by 4, the 70x70 PatchGAN at least 24."""
+        o = self.opts
+        src = unpaired_source(o.data, split, _data.preprocess(o, 4), limit=n, seed=o.seed)
+        _data.check_network_size(src.image_size, 4, 3 * 2 ** self.model.config.n_layers_D,
+                                 "the CycleGAN (its ResNet generator and PatchGAN)")
+        return src
 
     def build(self, model_config: Optional[dict] = None) -> None:
         if model_config:
@@ -117,11 +128,12 @@ class CycleGANTrainer(_TranslationTrainer):
         if o.data is None:
             p = mnist_pair(split, n=n, data_dir=o.mnist_dir, seed=o.seed, image_size=32)
             return p.A, p.B, p.labels_A, p.labels_B
-        A, B = load_unpaired(o.data, split, self.image_size())
-        A, B = A[:n], B[:n]
+        A, B = self.source(split, n).materialize(n)   # the evaluation crop, no flip
         return A, B, None, None
 
     def train_data(self):
+        if self.opts.data is not None:   # sample i: (A file i, B file i), min(|A|, |B|) of them
+            return self.source("train", self.train_limit())
         A, B, _, _ = self._pair("train", self.train_limit())
         m = min(len(A), len(B))  # unpaired: equal counts, so one shuffled loader serves both
         return A[:m], B[:m]
@@ -184,7 +196,17 @@ class Pix2PixTrainer(_TranslationTrainer):
     best_metric = ("test_l1",)
 
     def image_size(self) -> int:
-        return 32 if self.opts.data is None else (self.opts.image_size or 256)
+        return 32 if self.opts.data is None else _data.crop_size(self.opts)
+
+    def source(self, split: str, n: Optional[int]):
+        """--data's ``split`` as an ImageSource of (input, target), read per
+        batch; the U-Net takes sides divisible by 2**num_downs."""
+        o, k = self.opts, 2 ** self.model.config.num_downs
+        src = aligned_source(o.data, split, _data.preprocess(o, k), direction=o.direction,
+                             limit=n, seed=o.seed)
+        _data.check_network_size(src.image_size, k, k, f"the pix2pix U-Net ({k} = 2**num_downs, "
+                                 "from --crop-size)")
+        return src
 
     def build(self, model_config: Optional[dict] = None) -> None:
         o = self.opts
@@ -194,7 +216,8 @@ class Pix2PixTrainer(_TranslationTrainer):
             s = self.image_size()
             num_downs = int(round(math.log2(s)))
             if 2 ** num_downs != s or num_downs < 5:
-                raise ValueError(f"--image-size must be a power of two >= 32 for pix2pix "
+                flag = "--crop-size" if o.crop_size is not None else "--image-size"
+                raise ValueError(f"{flag} must be a power of two >= 32 for pix2pix "
                                  f"(the U-Net halves it num_downs times), got {s}")
             ch = 1 if o.data is None else 3
             small = o.data is None  # CPU-sized for 32x32 MNIST: ngf = ndf = 32, 2-layer PatchGAN
@@ -208,10 +231,12 @@ class Pix2PixTrainer(_TranslationTrainer):
         if o.data is None:
             A, B, _ = _data.mnist_edges_pair(split, o.mnist_dir, n)
         else:
-            A, B = load_aligned(o.data, split, self.image_size(), direction=o.direction)
+            A, B = self.source(split, n).materialize(n)   # the evaluation crop, no flip
         return A[:n], B[:n]
 
     def train_data(self):
+        if self.opts.data is not None:
+            return self.source("train", self.train_limit())
         return self._pairs("train", self.train_limit())
 
     def test_pairs(self, n: int):
