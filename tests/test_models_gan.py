@@ -20,7 +20,7 @@ from gan_ext.nn import ActDropout, BatchNormAct2d, GANLoss
 
 from conftest import requires_fused
 
-SIZES = [28, 32, 64]
+SIZES = [28, 32, 64, 128]
 NZ, NGF, NDF, NCLS, EMB, B = 8, 8, 8, 5, 4, 4
 
 # ---------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def test_fuse_of_plain_build_is_the_fused_build(kind, size):
         assert [type(m) for m in D.main[1:4]] == [ActDropout, nn.Identity, nn.Linear]
     if kind != "mlp":
         n_fused = sum(isinstance(m, BatchNormAct2d) for m in D.modules())
-        assert n_fused == {28: 1, 32: 2, 64: 3}[size]
+        assert n_fused == {28: 1, 32: 2, 64: 3, 128: 4}[size]
 
 
 # ------------------------------------------------------------------ train step
@@ -380,8 +380,11 @@ def test_first_generator_layer_as_gemm_equals_the_conv(cls, size):
     want_out = G.main(h[:, :, None, None])
     want = torch.autograd.grad(want_out, [z, G.main[0].weight], g)
     torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    # At 128 the gradients pass five batch norms (batch 4), which amplify the
+    # float32 summation-order difference of GEMM vs conv to ~3e-5.
+    atol = 1e-5 if size < 128 else 1e-4
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize("cls", ["dcgan", "cgan-projection", "cgan-channels"])

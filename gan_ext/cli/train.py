@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+from ..data import PREPROCESS_MODES
 from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
 from ..train.distributed import world_size_from_env
 from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
@@ -43,14 +44,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on at most N images (default: all; on the default data "
                         f"{defaults_text('limit')})")
     g.add_argument("--image-size", type=positive_int, default=None, metavar="S",
-                   help="dcgan: 28/32/64 (MNIST: 32, digits padded by 2, or 28; --data: default "
-                        "64); with --data only: cyclegan (default 256; the MNIST pair is 32), gan, "
-                        "pix2pix (default 256)")
+                   help="dcgan: 28/32/64/128 (MNIST: 32, digits padded by 2, or 28; --data: "
+                        "default 64); gan: with --data only; cyclegan and pix2pix with --data: "
+                        "the size trained at, the same as --crop-size (default 256; pix2pix: a "
+                        "power of two)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="gan/dcgan with --data: 1 (grey) or 3 (RGB; dcgan default)")
     g.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                    help="pix2pix with --data: which half of each image is the input (default "
                         "AtoB)")
+    g.add_argument("--workers", type=nonneg_int, default=None, metavar="N",
+                   help="with --data: processes that decode each batch's images ahead of use "
+                        "(default min(4, CPUs); 0: the training process); the batches are the "
+                        "same for every N")
+    g.add_argument("--preprocess", choices=PREPROCESS_MODES, default=None,
+                   help="cyclegan/pix2pix with --data, as the official code: resize_and_crop "
+                        "(default: resize to --load-size, random --crop-size crop), crop (of the "
+                        "image as it is), scale_width (width to --load-size, aspect kept), "
+                        "scale_width_and_crop, none (sides rounded to a multiple of 4; pix2pix: "
+                        "of 2**U-Net depth)")
+    g.add_argument("--load-size", type=positive_int, default=None, metavar="S",
+                   help="cyclegan/pix2pix with --data: resize to S before the crop (default 286 "
+                        "for --crop-size 256, the same ratio for other sizes)")
+    g.add_argument("--crop-size", type=positive_int, default=None, metavar="S",
+                   help="cyclegan/pix2pix with --data: the size trained at (= --image-size; "
+                        "default 256)")
+    g.add_argument("--no-flip", action="store_true", default=None,
+                   help="cyclegan/pix2pix with --data: no random horizontal flips")
     g = p.add_argument_group("run")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="the run's options from a JSON or YAML (.yaml/.yml, needs pyyaml) "
@@ -64,8 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "total; --epochs alone replaces a saved --steps) and how the run is "
                         "carried out (--sample-every, --log-every, --checkpoint-every, "
                         "--eval-n, --eval-every, --no-progress, --device, --amp, --backend, --threads, "
-                        "--mnist-dir); any other option that differs from the saved run is "
-                        "refused")
+                        "--mnist-dir, --workers); any other option that differs from the saved "
+                        "run is refused")
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the run already in --out (its checkpoint, samples, metrics "
                         "and curves are deleted first); without it such a folder is refused")
@@ -271,8 +291,9 @@ COMMAND = Command(
               f"  {PROG} train cgan --epochs 2 --out runs/cgan2\n"
               f"  {PROG} train vae --beta 4\n"
               f"  {PROG} train cyclegan --epochs 5 --decay-epochs 5\n"
-              f"  {PROG} train cyclegan --data datasets/horse2zebra --image-size 128\n"
+              f"  {PROG} train cyclegan --data datasets/horse2zebra --load-size 143 --crop-size 128\n"
               f"  {PROG} train cyclegan --data datasets/horse2zebra --init-g h2z.pth,z2h.pth\n"
+              f"  {PROG} train dcgan --data ~/celeba --image-size 128 --workers 4\n"
               f"  {PROG} train pix2pix --data datasets/facades --batch-size 1"),
     add_arguments=add_arguments,
     run=run,

@@ -1,12 +1,14 @@
 """Folders of images as in-memory tensors: any folder, the CycleGAN
 (``trainA/ trainB/ testA/ testB/``) and the pix2pix (``train/`` with A|B side
-by side) layouts.
+by side) layouts. Training reads folders with :mod:`gan_ext.data.stream`
+instead (decoded per batch, never the whole set in memory); these functions
+serve small sets (``sample --input``) and the library.
 
 Every image is decoded once, center-cropped to a square and resized to
 ``image_size`` (bicubic, as the official CycleGAN/pix2pix code). No random
 augmentation happens here: one random crop per image at load time would be
-the same crop for the whole run. Training crops and flips per batch with
-:func:`gan_ext.data.augment` (load at the official 286, crop to 256).
+the same crop for the whole run. Training crops and flips each image as it
+is read (:mod:`gan_ext.data.preprocess`, the official ``--preprocess``).
 
 Memory: float32, 3 x S x S x 4 bytes per image (0.79 MB at 256, 0.98 MB at
 286): about 1 GB for a 1,000-image domain at 286.
@@ -26,7 +28,7 @@ from .errors import DataError
 from .._validate import check_int
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image_folder", "load_named_images",
-           "load_unpaired", "load_aligned"]
+           "load_unpaired", "load_aligned", "unpaired_folders", "aligned_folder"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm"})
@@ -85,6 +87,24 @@ class _Skips:
                           f"readable images", stacklevel=4)
 
 
+def _images_and_skips(folder: Path) -> Tuple[List[Path], _Skips]:
+    """The image files under ``folder``, and the skips with a warning for
+    each other file."""
+    files, others = list_images(folder)
+    skips = _Skips()
+    for p in others:
+        skips.add(p, f"not an image (extension {p.suffix or 'none'}; images are "
+                     f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files, skips
+
+
+def no_images(what: str, folder: Path, skips: _Skips) -> DataError:
+    """The error for a folder where no image could be read."""
+    extra = f" ({skips.count} files skipped, see the warnings)" if skips.count else ""
+    return DataError(f"{what} {folder} contains no readable images{extra}; "
+                     f"expected {', '.join(sorted(IMAGE_EXTENSIONS))} files")
+
+
 def _square_box(left: int, top: int, w: int, h: int) -> Tuple[int, int, int, int]:
     """The centered square of the (left, top, w, h) region."""
     m = min(w, h)
@@ -125,11 +145,7 @@ def _load(folder: Path, image_size: int, channels: int, limit: Optional[int], ha
           what: str, kept: Optional[List[Path]] = None):
     """The images' tensors (two with ``halves``); ``kept`` collects the files
     read, in order."""
-    files, others = list_images(folder) if folder.is_dir() else ([folder], [])
-    skips = _Skips()
-    for p in others:
-        skips.add(p, f"not an image (extension {p.suffix or 'none'}; images are "
-                     f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+    files, skips = _images_and_skips(folder) if folder.is_dir() else ([folder], _Skips())
     mode = "L" if channels == 1 else "RGB"
     decoded = []
     for p in files:
@@ -143,9 +159,7 @@ def _load(folder: Path, image_size: int, channels: int, limit: Optional[int], ha
             skips.add(p, f"cannot be read as an image ({type(e).__name__}: {e})")
     skips.finish()
     if not decoded:
-        extra = f" ({skips.count} files skipped, see the warnings)" if skips.count else ""
-        raise DataError(f"{what} {folder} contains no readable images{extra}; "
-                        f"expected {', '.join(sorted(IMAGE_EXTENSIONS))} files")
+        raise no_images(what, folder, skips)
     return [_to_signed([d[i] for d in decoded]) for i in range(len(decoded[0]))]
 
 
@@ -200,13 +214,9 @@ def _check_split(split) -> str:
     return split
 
 
-def load_unpaired(root, split: str = "train", image_size: int = 256, channels: int = 3, *,
-                  limit: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """The official CycleGAN layout ``root/{split}A`` and ``root/{split}B``
-    (e.g. ``horse2zebra/trainA``) as ``(A, B)``, each like
-    :func:`load_image_folder` (the two domains may differ in size)."""
-    image_size = check_int("image_size", image_size)
-    channels = _check_channels(channels)
+def unpaired_folders(root, split: str) -> Tuple[Path, Path]:
+    """``root/{split}A`` and ``root/{split}B``, checked: DataError naming
+    what is missing and what was found."""
     split = _check_split(split)
     root = _check_folder(root, "dataset root")
     missing = [f"{split}{d}" for d in "AB" if not (root / f"{split}{d}").is_dir()]
@@ -215,9 +225,35 @@ def load_unpaired(root, split: str = "train", image_size: int = 256, channels: i
         raise DataError(f"{root} is not a CycleGAN dataset: missing folder(s) {', '.join(missing)} "
                         f"(found: {', '.join(present) or 'no folders'}); expected "
                         f"{split}A/ and {split}B/ with the images of each domain")
+    return root / f"{split}A", root / f"{split}B"
+
+
+def aligned_folder(root, split: str, direction: str) -> Path:
+    """``root/{split}``, checked (and ``direction``): DataError naming what is
+    missing and what was found."""
+    split = _check_split(split)
+    if direction not in ("AtoB", "BtoA"):
+        raise DataError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
+    root = _check_folder(root, "dataset root")
+    folder = root / split
+    if not folder.is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(f"{root} is not a pix2pix dataset: missing folder {split}/ (found: "
+                        f"{', '.join(present) or 'no folders'}); expected {split}/ with A|B "
+                        f"side-by-side images")
+    return folder
+
+
+def load_unpaired(root, split: str = "train", image_size: int = 256, channels: int = 3, *,
+                  limit: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """The official CycleGAN layout ``root/{split}A`` and ``root/{split}B``
+    (e.g. ``horse2zebra/trainA``) as ``(A, B)``, each like
+    :func:`load_image_folder` (the two domains may differ in size)."""
+    image_size = check_int("image_size", image_size)
+    channels = _check_channels(channels)
+    folders = unpaired_folders(root, split)
     limit = _check_limit(limit)
-    return tuple(_load(root / f"{split}{d}", image_size, channels, limit, False,
-                       "image folder")[0] for d in "AB")
+    return tuple(_load(f, image_size, channels, limit, False, "image folder")[0] for f in folders)
 
 
 def load_aligned(root, split: str = "train", image_size: int = 256, direction: str = "AtoB",
@@ -229,15 +265,6 @@ def load_aligned(root, split: str = "train", image_size: int = 256, direction: s
     from the same file."""
     image_size = check_int("image_size", image_size)
     channels = _check_channels(channels)
-    split = _check_split(split)
-    if direction not in ("AtoB", "BtoA"):
-        raise DataError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
-    root = _check_folder(root, "dataset root")
-    folder = root / split
-    if not folder.is_dir():
-        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise DataError(f"{root} is not a pix2pix dataset: missing folder {split}/ (found: "
-                        f"{', '.join(present) or 'no folders'}); expected {split}/ with A|B "
-                        f"side-by-side images")
+    folder = aligned_folder(root, split, direction)
     a, b = _load(folder, image_size, channels, _check_limit(limit), True, "image folder")
     return (a, b) if direction == "AtoB" else (b, a)

@@ -38,7 +38,7 @@ class CGANConfig(TrainConfig):
     ngf: int = 64
     ndf: int = 64
     nc: int = 1
-    image_size: int = 28                   # 28, 32 or 64
+    image_size: int = 28                   # 28, 32, 64 or 128 (dcgan.IMAGE_SIZES)
     num_classes: int = 10
     embed_dim: int = 16                    # G's label embedding (and D's with "channels")
     d_conditioning: str = "projection"     # "channels" | "projection"

@@ -1,5 +1,6 @@
 """DCGAN (Radford et al. 2015, "Unsupervised Representation Learning with Deep
-Convolutional Generative Adversarial Networks") for 28x28, 32x32 and 64x64 images.
+Convolutional Generative Adversarial Networks") for 28x28, 32x32, 64x64 and
+128x128 images (128: one more stride-2 stage each way, 16 ngf at the 4x4 map).
 
 At 64x64 the modules have exactly the state_dict of pytorch/examples
 ``dcgan/main.py``, so its ``netG_epoch_N.pth`` / ``netD_epoch_N.pth`` load
@@ -31,7 +32,7 @@ __all__ = ["DCGANConfig", "Generator", "Discriminator", "DCGAN", "IMAGE_SIZES", 
            "score_head"]
 
 # image_size -> (side of the first/last feature map, number of stride-2 stages)
-IMAGE_SIZES = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
+IMAGE_SIZES = {28: (7, 2), 32: (4, 3), 64: (4, 4), 128: (4, 5)}
 
 
 def check_image_size(image_size) -> Tuple[int, int]:
@@ -47,7 +48,7 @@ class DCGANConfig(TrainConfig):
     ngf: int = 64
     ndf: int = 64
     nc: int = 3            # 1 for MNIST
-    image_size: int = 64   # 28, 32 or 64
+    image_size: int = 64   # 28, 32, 64 or 128
 
 
 def norm_act(channels: int, activation: str, fused: bool, negative_slope: float = 0.01

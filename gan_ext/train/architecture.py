@@ -114,7 +114,8 @@ def translation_networks(o, model: str, size: int) -> dict:
     else:                       # pix2pix: a U-Net as deep as the image (unet_256 at 256)
         kind, count = "unet", int(round(math.log2(size)))
         if 2 ** count != size or count < 5:
-            raise ValueError(f"--image-size must be a power of two >= 32 for pix2pix's U-Net "
+            flag = "--crop-size" if getattr(o, "crop_size", None) else "--image-size"
+            raise ValueError(f"{flag} must be a power of two >= 32 for pix2pix's U-Net "
                              f"(it halves it num_downs times), got {size}")
     if kind == "resnet":
         out.update(generator="resnet", n_blocks=count)

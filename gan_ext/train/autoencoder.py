@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from ..data import MNIST_SIZE, load_image_folder
+from ..data import MNIST_SIZE, folder_source, load_image_folder
 from ..models import AEConfig, ConvAutoencoder, VAEConfig, build_vae
 from . import _data
 from .architecture import gan_sizes
@@ -22,19 +22,18 @@ __all__ = ["AETrainer", "DAETrainer", "VAETrainer"]
 class _UnitImages(Trainer):
     """MNIST (or a folder turned grey 28x28) in [0, 1]."""
 
-    def _images(self, split: str) -> Tensor:
-        o = self.opts
-        if o.data is None:
-            return _data.mnist_unit(split, o.mnist_dir)[0]
-        return (load_image_folder(o.data, MNIST_SIZE, channels=1) + 1) / 2
-
     def train_data(self):
-        return _data.limit(self.opts.limit, self._images("train"))
+        o = self.opts
+        if o.data is not None:   # read per batch
+            return folder_source(o.data, _data.center(MNIST_SIZE), 1, limit=o.limit, seed=o.seed,
+                                 unit=True)
+        return _data.limit(o.limit, _data.mnist_unit("train", o.mnist_dir)[0])
 
     def test_images(self, n: int) -> Tensor:
-        if self.opts.data is not None:
-            return self._images("train")[:n]
-        return self._images("test")[:n]
+        o = self.opts
+        if o.data is not None:   # the folder's first n images
+            return (load_image_folder(o.data, MNIST_SIZE, channels=1, limit=n) + 1) / 2
+        return _data.mnist_unit("test", o.mnist_dir)[0][:n]
 
     def step(self, batches: List[Tuple[Tensor, ...]]) -> Dict[str, Tensor]:
         return self.model.train_step(batches[0][0], self.optimizers["model"])

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from ..data import MNIST_CLASSES, MNIST_SIZE, load_image_folder, pad_to
+from ..data import MNIST_CLASSES, MNIST_SIZE, folder_source, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
 from . import _data
 from .base import Trainer, register
@@ -100,10 +100,9 @@ class GANTrainer(Trainer):
         if o.data is None:
             x, y = _data.mnist_signed("train", o.mnist_dir)
             x = pad_to(x, self.image_shape()[-1], value=-1.0)                # (N, 1, S, S)
-        else:
+        else:   # read per batch (cgan refuses --data: no labels)
             c, s, _ = self.image_shape()
-            x = load_image_folder(o.data, s, channels=c)
-            y = torch.zeros(len(x), dtype=torch.int64)
+            return folder_source(o.data, _data.center(s), c, limit=o.limit, seed=o.seed)
         x, y = _data.limit(o.limit, x, y)
         return (x, y) if self.conditional else (x,)
 
@@ -199,8 +198,8 @@ class DCGANTrainer(GANTrainer):
                 raise ValueError(f"--image-size must be 28 or 32 for dcgan on MNIST, got {s}")
             return (1, s, s)
         s = o.image_size or 64
-        if s not in (28, 32, 64):
-            raise ValueError(f"--image-size must be 28, 32 or 64 for dcgan, got {s}")
+        if s not in (28, 32, 64, 128):
+            raise ValueError(f"--image-size must be 28, 32, 64 or 128 for dcgan, got {s}")
         return (o.channels or 3, s, s)
 
     def make_config(self):

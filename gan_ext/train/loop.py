@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._backend import set_backend
-from ..data import InMemoryLoader
+from ..data import ImageSource, make_loader
 from ..memory import retain_freed_memory
 from . import distributed, evaluation
 from .amp import autocast, use_amp
@@ -159,13 +159,14 @@ class _Run:
         # batch_multiple: samples per batch entry (PacGAN's packs of M samples).
         self.batch_size = batch_size = ((opts.batch_size or trainer.default_batch_size)
                                         * trainer.batch_multiple)
-        if len(data[0]) < batch_size:
+        n = len(data) if isinstance(data, ImageSource) else len(data[0])   # files or tensors
+        if n < batch_size:
             packs = (f" ({batch_size // trainer.batch_multiple} packs of {trainer.batch_multiple})"
                      if trainer.batch_multiple > 1 else "")
-            raise ValueError(f"the training set has {len(data[0])} images, fewer than a batch "
+            raise ValueError(f"the training set has {n} images, fewer than a batch "
                              f"of {batch_size}{packs}; lower --batch-size or add data")
-        self.loader = InMemoryLoader(*data, batch_size=batch_size, shuffle=True, drop_last=True,
-                                     seed=opts.seed, shard=(ctx.rank, ctx.world))
+        self.loader = make_loader(data, batch_size=batch_size, seed=opts.seed,
+                                  shard=(ctx.rank, ctx.world), workers=opts.workers)
         self.per_epoch = max(1, len(self.loader) // trainer.batches_per_step)
         self.epochs = opts.epochs if opts.epochs is not None else trainer.default_epochs
         self.decay = (opts.decay_epochs if opts.decay_epochs is not None
@@ -396,6 +397,7 @@ class _Run:
             self.draw_curves()
 
     def _stopped(self, signum: Optional[int]) -> TrainingInterrupted:
+        self.loader.close()
         self.bar.close()
         self.flush()
         self.save()
@@ -416,6 +418,7 @@ class _Run:
 
     def finish(self) -> RunResult:
         """The final checkpoint, grid, curves and evaluation."""
+        self.loader.close()
         self.bar.close()
         self.flush()
         self.save()

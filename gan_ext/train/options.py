@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .._validate import check_int
+from ..data import PREPROCESS_MODES
 from ..models.diffaugment import parse_policy
 from . import architecture
 
@@ -60,7 +61,7 @@ LENGTH_OPTIONS = ("steps", "epochs", "decay_epochs")
 # Options about how a run is carried out, not what it trains: a resume may
 # change them freely.
 RUN_OPTIONS = ("sample_every", "log_every", "checkpoint_every", "eval_n", "eval_every", "progress",
-               "device", "amp", "backend", "threads", "mnist_dir")
+               "device", "amp", "backend", "threads", "mnist_dir", "workers")
 RESUMABLE_OVERRIDES = LENGTH_OPTIONS + RUN_OPTIONS
 
 # The reference networks of the benchmarks (--arch), the default first.
@@ -72,6 +73,7 @@ MODEL_ARCHS = {"ring": ("veegan", "pacgan"), "grid": ("veegan", "pacgan"),
 GAN_MODELS = ("gan", "dcgan", "cgan", "ring", "grid", "stacked-mnist")
 # PacGAN packs unconditional samples: not cgan's (a pack has no one label).
 _PACKED = tuple(m for m in GAN_MODELS if m != "cgan")
+_FOLDER_MODELS = tuple(m for m in MODELS if m not in ("cgan", "ring", "grid", "stacked-mnist"))
 _APPLIES = {
     "k": (GAN_MODELS, False),
     "g_steps": (GAN_MODELS, False),
@@ -98,8 +100,7 @@ _APPLIES = {
     "d_width": (("stacked-mnist",), False),
     "beta": (("vae",), False),
     "decay_epochs": (("cyclegan", "pix2pix"), False),
-    "data": (tuple(m for m in MODELS if m not in ("cgan", "ring", "grid", "stacked-mnist")),
-             False),
+    "data": (_FOLDER_MODELS, False),
     "image_size": (("gan", "dcgan", "cyclegan", "pix2pix"), False),
     "channels": (("gan", "dcgan"), True),
     "direction": (("pix2pix",), True),
@@ -110,6 +111,13 @@ _APPLIES = {
     **{name: (("cyclegan", "pix2pix"), False)
        for name in ("netG", "n_blocks", "netD", "n_layers_d", "norm")},
     **{name: (GAN_MODELS + ("cyclegan", "pix2pix"), False) for name in ("init_g", "init_d")},
+    # Image folders (--data): streamed by worker processes; the official
+    # CycleGAN/pix2pix preprocessing (gan_ext.data.preprocess).
+    "workers": (_FOLDER_MODELS, True),
+    "preprocess": (("cyclegan", "pix2pix"), True),
+    "load_size": (("cyclegan", "pix2pix"), True),
+    "crop_size": (("cyclegan", "pix2pix"), True),
+    "no_flip": (("cyclegan", "pix2pix"), True),
 }
 # Lazy R1: the penalty every R1_EVERY-th D step (StyleGAN2's interval) unless --r1-every.
 R1_EVERY = 16
@@ -135,6 +143,26 @@ def check_applicable(opts: "TrainOptions", explicit) -> None:
             raise ValueError(f"{_flag(name)} applies to {opts.model} only with --data (the "
                              "default MNIST data has a fixed size and layout)")
     architecture.check_combination(opts, explicit)
+    _check_preprocess(opts)
+
+
+def _check_preprocess(opts: "TrainOptions") -> None:
+    """Size options that the --preprocess mode would not use are refused.
+    cyclegan/pix2pix with --data train at --crop-size, which --image-size
+    names as well (refused when both are given and differ)."""
+    if opts.data is None or opts.model not in ("cyclegan", "pix2pix"):
+        return
+    mode = opts.preprocess or "resize_and_crop"
+    if opts.image_size is not None and opts.crop_size not in (None, opts.image_size):
+        raise ValueError(f"--image-size {opts.image_size} and --crop-size {opts.crop_size}: for "
+                         f"{opts.model} with --data both name the size trained at; give one")
+    if opts.load_size is not None and mode in ("crop", "none"):
+        raise ValueError(f"--load-size does not apply to --preprocess {mode} (it "
+                         f"{'crops' if mode == 'crop' else 'keeps'} the image as it is)")
+    size = "--crop-size" if opts.crop_size is not None else "--image-size"
+    if mode == "none" and opts.model == "cyclegan" and (opts.crop_size or opts.image_size):
+        raise ValueError(f"{size} does not apply to cyclegan with --preprocess none (the images "
+                         "keep their size, rounded to a multiple of 4)")
 
 
 def check_resume(saved: "TrainOptions", given: "TrainOptions", explicit) -> None:
@@ -214,12 +242,19 @@ class TrainOptions:
     norm: Optional[str] = None           # cyclegan/pix2pix: batch | instance | none
     init_g: Optional[str] = None         # G's starting weights: file(s) or folder
     init_d: Optional[str] = None         # D's
+    # Image folders (--data) are read per batch by worker processes
+    # (gan_ext.data.stream); cyclegan/pix2pix preprocess as the official code.
+    workers: Optional[int] = None        # loader processes (None: min(4, CPUs)); 0: this one
+    preprocess: Optional[str] = None     # None: resize_and_crop (gan_ext.data.PREPROCESS_MODES)
+    load_size: Optional[int] = None      # None: 286 for crop 256 (the same ratio for others)
+    crop_size: Optional[int] = None      # the size trained at (= --image-size); None: 256
+    no_flip: bool = False                # no random horizontal flips
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         for name in ("steps", "epochs", "batch_size", "limit", "image_size", "threads",
-                     "eval_every"):
+                     "eval_every", "load_size", "crop_size"):
             v = getattr(self, name)
             if v is not None:
                 check_int(name, v, 1)
@@ -284,6 +319,11 @@ class TrainOptions:
         if self.direction not in ("AtoB", "BtoA"):
             raise ValueError(f"direction must be AtoB or BtoA, got {self.direction!r}")
         architecture.check_fields(self)
+        if self.workers is not None:
+            check_int("workers", self.workers, 0)
+        if self.preprocess is not None and self.preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}, got "
+                             f"{self.preprocess!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

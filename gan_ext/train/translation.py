@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from ..data import load_aligned, load_unpaired, mnist_pair
+from ..data import aligned_source, mnist_pair, unpaired_source
 from ..models import CycleGAN, CycleGANConfig, Pix2Pix, Pix2PixConfig
 from . import _data
-from .architecture import DEFAULT_CYCLEGAN_DATA_SIZE, translation_networks
+from .architecture import translation_networks
 from .base import Trainer, register
 from .grid import interleave_rows
 
@@ -81,6 +81,23 @@ class _TranslationTrainer(Trainer):
         return self.model.train_step(a, b, self.optimizers["G"], self.optimizers["D"])
 
 
+def _fits(cfg) -> Tuple[int, int, str]:
+    """(multiple, minimum, what): the image sides a CycleGAN/pix2pix config's
+    networks take: multiples of 4 (a resnet G's two stride-2 steps) or of
+    2**num_downs (a U-Net), at least that and 3 * 2**n_layers_D for an
+    n-layer PatchGAN (its output at least 1x1)."""
+    if cfg.generator == "unet":
+        multiple, what = 2 ** cfg.num_downs, f"the U-Net generator (2**num_downs = " \
+                                             f"{2 ** cfg.num_downs})"
+    else:
+        multiple, what = 4, "the ResNet generator"
+    minimum = multiple
+    if cfg.discriminator == "n_layers":
+        minimum = max(minimum, 3 * 2 ** cfg.n_layers_D)
+        what += f" and the {cfg.n_layers_D}-layer PatchGAN"
+    return multiple, minimum, what
+
+
 def _pairs(inputs: Tensor, outputs: Tensor, raw: bool) -> Tuple[Tensor, int]:
     """(rows of 8 inputs over their outputs, 8), or with ``raw`` (outputs, 0)."""
     if raw:
@@ -104,7 +121,16 @@ class CycleGANTrainer(_TranslationTrainer):
     def image_size(self) -> int:
         if self.opts.data is None:
             return 32   # the MNIST pair's size
-        return self.opts.image_size or DEFAULT_CYCLEGAN_DATA_SIZE
+        return _data.crop_size(self.opts)
+
+    def source(self, split: str, n: Optional[int]):
+        """--data's ``split`` as an ImageSource of (A, B), read per batch, at
+        sizes the networks take (:func:`_fits`)."""
+        o = self.opts
+        multiple, minimum, what = _fits(self.model.config)
+        src = unpaired_source(o.data, split, _data.preprocess(o, multiple), limit=n, seed=o.seed)
+        _data.check_network_size(src.image_size, multiple, minimum, what)
+        return src
 
     def build(self, model_config: Optional[dict] = None) -> None:
         if model_config:
@@ -121,11 +147,12 @@ class CycleGANTrainer(_TranslationTrainer):
         if o.data is None:
             p = mnist_pair(split, n=n, data_dir=o.mnist_dir, seed=o.seed, image_size=32)
             return p.A, p.B, p.labels_A, p.labels_B
-        A, B = load_unpaired(o.data, split, self.image_size())
-        A, B = A[:n], B[:n]
+        A, B = self.source(split, n).materialize(n)   # the evaluation crop, no flip
         return A, B, None, None
 
     def train_data(self):
+        if self.opts.data is not None:   # sample i: (A file i, B file i), min(|A|, |B|) of them
+            return self.source("train", self.train_limit())
         A, B, _, _ = self._pair("train", self.train_limit())
         m = min(len(A), len(B))  # unpaired: equal counts, so one shuffled loader serves both
         return A[:m], B[:m]
@@ -188,7 +215,17 @@ class Pix2PixTrainer(_TranslationTrainer):
     best_metric = ("test_l1",)
 
     def image_size(self) -> int:
-        return 32 if self.opts.data is None else (self.opts.image_size or 256)
+        return 32 if self.opts.data is None else _data.crop_size(self.opts)
+
+    def source(self, split: str, n: Optional[int]):
+        """--data's ``split`` as an ImageSource of (input, target), read per
+        batch, at sizes the networks take (:func:`_fits`)."""
+        o = self.opts
+        multiple, minimum, what = _fits(self.model.config)
+        src = aligned_source(o.data, split, _data.preprocess(o, multiple), direction=o.direction,
+                             limit=n, seed=o.seed)
+        _data.check_network_size(src.image_size, multiple, minimum, what)
+        return src
 
     def build(self, model_config: Optional[dict] = None) -> None:
         o = self.opts
@@ -208,10 +245,12 @@ class Pix2PixTrainer(_TranslationTrainer):
         if o.data is None:
             A, B, _ = _data.mnist_edges_pair(split, o.mnist_dir, n)
         else:
-            A, B = load_aligned(o.data, split, self.image_size(), direction=o.direction)
+            A, B = self.source(split, n).materialize(n)   # the evaluation crop, no flip
         return A[:n], B[:n]
 
     def train_data(self):
+        if self.opts.data is not None:
+            return self.source("train", self.train_limit())
         return self._pairs("train", self.train_limit())
 
     def test_pairs(self, n: int):
