@@ -144,11 +144,14 @@ class ImageSource(Dataset):
         out = tuple(x.to(torch.float32).div_(127.5).sub_(1.0) for x in batch)
         return tuple(x.add_(1).div_(2) for x in out) if self.unit else out
 
-    def materialize(self, n: Optional[int] = None) -> Tuple[Tensor, ...]:
-        """The evaluation version of the first ``n`` samples (all: None) as
-        float32 tensors (N, C, H, W): the test images a trainer keeps."""
-        n = len(self) if n is None else min(n, len(self))
-        return self.convert(_collate_checked([self[(None, i)] for i in range(n)]))
+    def materialize(self, n: Optional[int] = None,
+                    indices: Optional[Sequence[int]] = None) -> Tuple[Tensor, ...]:
+        """The evaluation version of the first ``n`` samples (all: None), or
+        of the samples at ``indices``, as float32 tensors (N, C, H, W): the
+        test images a trainer keeps, the real images FID compares with."""
+        if indices is None:
+            indices = range(len(self) if n is None else min(n, len(self)))
+        return self.convert(_collate_checked([self[(None, int(i))] for i in indices]))
 
 
 def _collate(items):

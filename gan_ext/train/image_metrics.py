@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from ..data import load_image_folder, pad_to
+from ..data import folder_source, pad_to
 from . import _data
 from .latents import FID_BACKEND_SEED
 
@@ -49,10 +49,12 @@ def reference_images(trainer, n: int) -> Tensor:
         x = trainer.test_images(max(n, 2)) * 2 - 1                      # (N, 1, 28, 28)
     elif o.data is not None:
         c, s, _ = trainer.image_shape()
-        x = load_image_folder(o.data, s, channels=c)
-        if len(x) > n:
+        src = folder_source(o.data, _data.center(s), c)   # decodes only the images it keeps
+        keep = None
+        if len(src) > n:
             g = torch.Generator().manual_seed(FID_BACKEND_SEED)
-            x = x[torch.randperm(len(x), generator=g)[:n]]
+            keep = torch.randperm(len(src), generator=g)[:n].tolist()
+        x = src.materialize(indices=keep)[0]
     else:
         x = _data.mnist_signed("test", o.mnist_dir)[0][:n]
         x = pad_to(x, trainer.image_shape()[-1], value=-1.0)
