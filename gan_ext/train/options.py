@@ -10,10 +10,12 @@ from typing import Optional
 
 from .._validate import check_int
 from ..models.diffaugment import parse_policy
+from ..models.gan import LOSS_MODES as LOSSES
 
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
-           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes", "R1_EVERY", "diffaugment_policy"]
+           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes", "R1_EVERY", "diffaugment_policy",
+           "LOSSES"]
 
 MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix", "ring", "grid",
           "stacked-mnist")
@@ -90,6 +92,8 @@ _APPLIES = {
     "diffaugment": (tuple(m for m in GAN_MODELS if m not in ("ring", "grid")), False),
     "r1": (GAN_MODELS, False),
     "r1_every": (GAN_MODELS, False),
+    "loss": (GAN_MODELS, False),
+    "gp_lambda": (GAN_MODELS, False),
     # gan's MLPs have no batch norm; the others are checked once built.
     "sync_bn": (tuple(m for m in MODELS if m != "gan"), False),
     "arch": (("ring", "grid", "stacked-mnist"), False),
@@ -125,6 +129,9 @@ def check_applicable(opts: "TrainOptions", explicit) -> None:
                 and opts.data is None:
             raise ValueError(f"{_flag(name)} applies to {opts.model} only with --data (the "
                              "default MNIST data has a fixed size and layout)")
+    if "g_loss" in explicit and opts.loss != "vanilla":   # minimax is checked in TrainOptions
+        raise ValueError(f"--g-loss applies to --loss vanilla only (the BCE loss's two generator "
+                         f"objectives), got --loss {opts.loss}")
 
 
 def check_resume(saved: "TrainOptions", given: "TrainOptions", explicit) -> None:
@@ -153,8 +160,8 @@ class TrainOptions:
     device: str = "auto"
     amp: bool = False                    # bf16 autocast (CUDA, or a CPU with native bf16)
     backend: str = "fused"
-    k: int = 1                           # GANs: D steps per G step
-    g_loss: str = "non-saturating"       # GANs: "non-saturating" | "minimax"
+    k: Optional[int] = None              # GANs: D steps per G step (None: 1; wgan-gp 5)
+    g_loss: str = "non-saturating"       # GANs: "non-saturating" | "minimax" (--loss vanilla)
     label_smoothing: float = 0.0         # GANs: real label = 1 - label_smoothing
     beta: float = 1.0                    # VAE: weight of the KL term
     lr: Optional[float] = None           # None: the paper's (the model config's) default
@@ -191,6 +198,9 @@ class TrainOptions:
     diffaugment: Optional[str] = None    # DiffAugment policies, e.g. "color,translation,cutout"
     r1: float = 0.0                      # R1 penalty gamma on real data; 0: off
     r1_every: Optional[int] = None       # lazy R1 interval (None: R1_EVERY)
+    # The adversarial loss; wgan-gp: Wasserstein + gradient penalty (stabilize.py).
+    loss: str = "vanilla"                # LOSSES
+    gp_lambda: Optional[float] = None    # wgan-gp: the penalty's weight (None: GP_LAMBDA)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -202,8 +212,10 @@ class TrainOptions:
                 check_int(name, v, 1)
         if self.decay_epochs is not None:
             check_int("decay_epochs", self.decay_epochs, 0)
-        for name in ("sample_every", "log_every", "checkpoint_every", "k"):
+        for name in ("sample_every", "log_every", "checkpoint_every"):
             check_int(name, getattr(self, name), 1)
+        if self.k is not None:
+            check_int("k", self.k, 1)
         if self.eval_n is not None:
             check_int("eval_n", self.eval_n, 0)
         check_int("pack", self.pack, 1)
@@ -256,10 +268,34 @@ class TrainOptions:
             check_int("r1_every", self.r1_every, 1)
             if not self.r1:
                 raise ValueError("--r1-every needs --r1 GAMMA (the penalty it schedules)")
+        self._check_loss()
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.direction not in ("AtoB", "BtoA"):
             raise ValueError(f"direction must be AtoB or BtoA, got {self.direction!r}")
+
+    def _check_loss(self) -> None:
+        """--loss and the options that depend on it."""
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.g_loss == "minimax" and self.loss != "vanilla":
+            raise ValueError(f"--g-loss minimax is the BCE loss's generator objective: it applies "
+                             f"to --loss vanilla only, got --loss {self.loss}")
+        if self.label_smoothing and self.loss in ("hinge", "wgan-gp"):
+            raise ValueError(f"--label-smoothing has no meaning for --loss {self.loss} (no "
+                             "labels); it applies to vanilla and lsgan")
+        if self.gp_lambda is not None:
+            if self.loss != "wgan-gp":
+                raise ValueError(f"--gp-lambda is the weight of WGAN-GP's gradient penalty: it "
+                                 f"applies to --loss wgan-gp only, got --loss {self.loss}")
+            if not _float("--gp-lambda", self.gp_lambda) > 0:
+                raise ValueError(f"--gp-lambda must be > 0, got {self.gp_lambda}")
+        if self.loss == "wgan-gp" and self.r1:
+            raise ValueError("--r1 cannot be combined with --loss wgan-gp: its gradient penalty "
+                             "already constrains D's input gradient")
+        if self.loss == "wgan-gp" and self.unrolled:
+            raise ValueError("--unrolled cannot be combined with --loss wgan-gp: the look-ahead "
+                             "would reproduce D's updates without the gradient penalty")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
