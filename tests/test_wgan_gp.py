@@ -16,7 +16,8 @@ from gan_ext import cli, ops
 from gan_ext.models import CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig
 from gan_ext.models import stabilize
 from gan_ext.models.gan_step import train_step
-from gan_ext.models.modes import MixtureGAN, StackedMNISTConfig, StackedMNISTGAN
+from gan_ext.models.modes import (MixtureGAN, MixtureGANConfig, StackedMNISTConfig,
+                                  StackedMNISTGAN)
 from gan_ext.nn import GANLoss, InstanceNormAct2d
 from gan_ext.train import TrainOptions, load_checkpoint, trainer_class
 
@@ -202,6 +203,23 @@ def test_wgan_gp_step_with_the_cures_runs(cure):
     assert all(torch.isfinite(v) for v in stats.values()) and stats["gp"] > 0
 
 
+@pytest.mark.parametrize("family", ["gan", "ring-veegan", "grid-pacgan", "stacked-unrolled"])
+def test_wgan_gp_step_in_the_other_families_runs(family):
+    torch.manual_seed(0)
+    if family == "gan":   # D with dropout: the penalty's D call draws its own mask
+        gan, real = GAN(GANConfig(nz=4, g_hidden=(16,), d_hidden=(16, 8), loss="wgan-gp")), \
+            torch.rand(4, 1, 28, 28) * 2 - 1
+    elif family.startswith(("ring", "grid")):
+        arch = family.split("-")[1]
+        gan, real = MixtureGAN(MixtureGANConfig.for_arch(arch, loss="wgan-gp")), torch.randn(8, 2)
+    else:
+        gan = StackedMNISTGAN(StackedMNISTConfig.for_arch("unrolled", loss="wgan-gp"))
+        real = torch.rand(4, 3, 28, 28) * 2 - 1
+    opt_g, opt_d = gan.make_optimizers()
+    stats = gan.train_step(real, opt_g, opt_d)
+    assert all(torch.isfinite(v) for v in stats.values()) and stats["gp"] > 0
+
+
 def test_conditional_critic_interpolates_within_a_class():
     """cgan: each D update's fakes take the real batch's labels, so x_hat has
     one class (sample_labels is never asked)."""
@@ -278,6 +296,15 @@ def test_cli_dcgan_wgan_gp_trains_and_resumes_exactly(tmp_path):
     assert not any("running_mean" in k for k in a["models"] if k.startswith("D."))
     for k, v in a["models"].items():
         assert torch.equal(v, b["models"][k]), k
+
+
+def test_cli_help_shows_the_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "dcgan", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--loss {vanilla,lsgan,hinge,wgan-gp}", "--gp-lambda LAMBDA", "(default 10)",
+                 "5 with --loss wgan-gp"):
+        assert text in out, text
 
 
 @pytest.mark.parametrize("model,args,message", [
