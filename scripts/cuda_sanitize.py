@@ -232,10 +232,10 @@ def _loss_cases(level: str) -> List[Case]:
             n = "x".join(map(str, shape))
 
             def run_d(device, dtype=dtype, reduction=reduction, shape=shape):
-                for i, mode in enumerate(("vanilla", "lsgan", "hinge")):
+                for i, mode in enumerate(("vanilla", "lsgan", "hinge", "wasserstein")):
                     real = _randn(shape, dtype, device, 2.0).requires_grad_(True)
                     fake = _randn((5, 7), dtype, device, 2.0).requires_grad_(True)
-                    labels = {} if mode == "hinge" else {"real_label": 0.9}
+                    labels = {} if mode in ("hinge", "wasserstein") else {"real_label": 0.9}
                     with torch.no_grad():  # the loss-only op
                         ops.d_loss(real, fake, mode, reduction=reduction, **labels)
                     loss = ops.d_loss(real, fake, mode, reduction=reduction, **labels)
@@ -243,7 +243,8 @@ def _loss_cases(level: str) -> List[Case]:
 
             def run_g(device, dtype=dtype, reduction=reduction, shape=shape):
                 for i, (mode, minimax) in enumerate((("vanilla", False), ("vanilla", True),
-                                                     ("lsgan", False), ("hinge", False))):
+                                                     ("lsgan", False), ("hinge", False),
+                                                     ("wasserstein", False))):
                     fake = _randn(shape, dtype, device, 2.0).requires_grad_(True)
                     with torch.no_grad():
                         ops.g_loss(fake, mode, reduction=reduction, minimax=minimax)
@@ -281,7 +282,7 @@ def _loss_cases(level: str) -> List[Case]:
         for dtype in (torch.float32, torch.float16):
             real = torch.empty(0, 1, device=device, dtype=dtype, requires_grad=True)
             fake = _randn((13, 1), dtype, device).requires_grad_(True)
-            for mode in ("vanilla", "lsgan", "hinge"):
+            for mode in ("vanilla", "lsgan", "hinge", "wasserstein"):
                 _loss_backward(ops.d_loss(real, fake, mode, reduction="sum"), [real, fake], 1.0)
     cases.append(Case("d_loss empty real, fake of 13, sum", run_empty_real))
 

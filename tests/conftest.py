@@ -131,3 +131,13 @@ def cuda_kernels(fn) -> list[str]:
         fn()
         torch.cuda.synchronize()
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def one_line_error(capsys, code: int, expected: int = 2) -> str:
+    """The one ``gan-ext: error:`` line a refused command printed (and its exit status)."""
+    err = capsys.readouterr().err
+    assert code == expected, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gan-ext: error:"), err
+    assert "Traceback" not in err and "\x1b[" not in err   # no traceback, no colour codes
+    return lines[0]

@@ -19,21 +19,14 @@ from gan_ext.train import FORMAT, load_checkpoint, load_trained
 from gan_ext.train import run_dir as run_dir_mod
 from gan_ext.train.options import DEFAULTS, DEMO_STEPS, MODELS, defaults_text
 
+from conftest import one_line_error as _one_line_error
+
 TINY = ["--batch-size", "4", "--limit", "16", "--log-every", "1", "--no-progress", "--eval-n", "0"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _train(model, out, *extra):
     return cli.main(["train", model, "--out", str(out), *TINY, *extra])
-
-
-def _one_line_error(capsys, code, expected=2):
-    err = capsys.readouterr().err
-    assert code == expected, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gan-ext: error:"), err
-    assert "Traceback" not in err and "\x1b[" not in err
-    return lines[0]
 
 
 def _step(run):

@@ -15,6 +15,8 @@ from PIL import Image
 from gan_ext import cli
 from gan_ext.train import MODELS, load_checkpoint
 
+from conftest import one_line_error as _one_line_error
+
 TINY = ["--batch-size", "4", "--limit", "16", "--log-every", "1", "--no-progress"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,15 +34,6 @@ def _png(path):
 def _jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
-
-
-def _one_line_error(capsys, code, expected=2):
-    err = capsys.readouterr().err
-    assert code == expected, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gan-ext: error:"), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ------------------------------------------------------------ every model

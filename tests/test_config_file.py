@@ -43,11 +43,24 @@ def test_json_and_yaml_read_alike(tmp_path):
 
 
 def test_command_line_beats_file_and_defaults_are_not_given(tmp_path):
-    f = _write(tmp_path / "a.json", {"batch_size": 8, "seed": 3, "k": 1, "direction": "AtoB",
+    f = _write(tmp_path / "a.json", {"batch_size": 8, "seed": 3, "k": None, "direction": "AtoB",
                                      "lr": None})
     # k, direction and lr are the defaults: not given (direction would be refused for dcgan)
     assert merge_config(f, "dcgan", {"model": "dcgan", "seed": 5}) == {
         "model": "dcgan", "batch_size": 8, "seed": 5}
+
+
+def test_k_1_is_given_and_an_old_saved_run_of_a_model_without_k_feeds_back(tmp_path):
+    """k's default is None (1, or 5 with --loss wgan-gp): a file's k: 1 is an
+    explicit 1. Runs saved before stored k: 1 for every model; for a model
+    without k (vae) that is dropped, so their config.json still feeds back."""
+    f = _write(tmp_path / "a.json", {"k": 1, "loss": "wgan-gp"})
+    assert merge_config(f, "dcgan", {"model": "dcgan"}) == {"model": "dcgan", "k": 1,
+                                                             "loss": "wgan-gp"}
+    old = _write(tmp_path / "config.json", {"options": {"model": "vae", "k": 1, "beta": 2.0}})
+    assert merge_config(old, "vae", {"model": "vae"}) == {"model": "vae", "beta": 2.0}
+    old_gan = _write(tmp_path / "gan.json", {"options": {"model": "gan", "k": 1}})
+    assert merge_config(old_gan, "gan", {"model": "gan"}) == {"model": "gan", "k": 1}
 
 
 def test_saved_run_layout_ignores_where_it_was_written(tmp_path):

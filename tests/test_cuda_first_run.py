@@ -236,6 +236,8 @@ def _plain_d(real, fake, mode, reduction):
                 + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction=reduction))
     if mode == "lsgan":
         return _reduce((real - 1) ** 2, reduction) + _reduce(fake ** 2, reduction)
+    if mode == "wasserstein":
+        return _reduce(fake, reduction) - _reduce(real, reduction)
     return _reduce(torch.relu(1 - real), reduction) + _reduce(torch.relu(1 + fake), reduction)
 
 
@@ -320,10 +322,10 @@ def _apart(x, seed):
 def test_losses_half_with_a_tail(device, dtype, reduction):
     """n % 8 != 0 (1001 and 999 values): the 8-wide half vectors and their tail."""
     real, fake = _logits((7, 11, 13), dtype, device, 1), _logits((999,), dtype, device, 2)
-    for mode in ("vanilla", "lsgan", "hinge"):
+    for mode in ("vanilla", "lsgan", "hinge", "wasserstein"):
         _check_loss(f"d_loss {mode}", lambda r, f: _fused_d(r, f, mode, reduction),
                     lambda r, f: _plain_d(r, f, mode, reduction), [real, fake], dtype, device)
-    for mode in ("vanilla", "minimax", "lsgan", "hinge"):
+    for mode in ("vanilla", "minimax", "lsgan", "hinge", "wasserstein"):
         _check_loss(f"g_loss {mode}", lambda f: _fused_g(f, mode, reduction),
                     lambda f: _plain_g(f, mode, reduction), [fake], dtype, device)
     target = torch.rand(fake.shape, dtype=torch.float64).to(dtype).to(device)
@@ -359,7 +361,7 @@ def test_losses_misaligned_views(device, dtype):
 def test_d_loss_empty_real_nonempty_fake_sum(device, dtype):
     real = torch.empty(0, 1, dtype=dtype, device=device)
     fake = _logits((13, 1), dtype, device, 7)
-    for mode in ("vanilla", "lsgan", "hinge"):
+    for mode in ("vanilla", "lsgan", "hinge", "wasserstein"):
         _check_loss(f"d_loss {mode}", lambda r, f: _fused_d(r, f, mode, "sum"),
                     lambda r, f: _plain_d(r, f, mode, "sum"), [real, fake], dtype, device)
 

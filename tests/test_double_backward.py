@@ -69,8 +69,8 @@ def test_gradgradcheck_norm_act_without_affine(device):
         assert gradgradcheck(f, (x,), **GG)
 
 
-D_MODES = ["vanilla", "lsgan", "hinge"]
-G_MODES = ["vanilla", "minimax", "lsgan", "hinge"]
+D_MODES = ["vanilla", "lsgan", "hinge", "wasserstein"]
+G_MODES = ["vanilla", "minimax", "lsgan", "hinge", "wasserstein"]
 
 
 def _away_from(x, kinks=(-1.0, 1.0, 0.0), margin=0.05):

@@ -17,6 +17,8 @@ from gan_ext.train.evaluation import Evaluator, prepare
 from gan_ext.train.options import TrainOptions
 from gan_ext.train.resume import drop_records_after
 
+from conftest import one_line_error as _one_line_error
+
 TINY = ["--batch-size", "4", "--limit", "32", "--eval-n", "40", "--threads", "1",
         "--no-progress", "--log-every", "1"]
 
@@ -113,14 +115,6 @@ def test_default_criteria_and_tie_break():
     assert not ev._improves({"modes": float("nan"), "high_quality": 0.9})
     ev.criterion, ev.best = [("kl", "min")], {"value": [1.0]}
     assert ev._improves({"kl": 0.9}) and not ev._improves({"kl": 1.1})
-
-
-def _one_line_error(capsys, code, expected=2):
-    err = capsys.readouterr().err
-    assert code == expected, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gan-ext: error:"), err
-    return lines[0]
 
 
 def test_refusals(tmp_path, capsys):

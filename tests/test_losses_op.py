@@ -20,13 +20,15 @@ L = torch.ops.gan_ext
 RED = ref.REDUCTIONS  # "mean" -> 1, "sum" -> 2
 REDUCTIONS = ["mean", "sum"]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-D_MODES = ["vanilla", "lsgan", "hinge"]
-G_MODES = ["vanilla", "minimax", "lsgan", "hinge"]
+D_MODES = ["vanilla", "lsgan", "hinge", "wasserstein"]
+G_MODES = ["vanilla", "minimax", "lsgan", "hinge", "wasserstein"]
 # Labels per mode: one-sided label smoothing for vanilla, the LSGAN paper's
 # a=-1/b=1 for the discriminator, a non-default fake label for minimax (which
 # must be the label it uses).
-D_LABELS = {"vanilla": (0.9, 0.0), "lsgan": (1.0, -1.0), "hinge": (1.0, 0.0)}
-G_LABELS = {"vanilla": (0.9, 0.0), "minimax": (1.0, 0.1), "lsgan": (0.8, 0.0), "hinge": (1.0, 0.0)}
+D_LABELS = {"vanilla": (0.9, 0.0), "lsgan": (1.0, -1.0), "hinge": (1.0, 0.0),
+            "wasserstein": (1.0, 0.0)}
+G_LABELS = {"vanilla": (0.9, 0.0), "minimax": (1.0, 0.1), "lsgan": (0.8, 0.0), "hinge": (1.0, 0.0),
+            "wasserstein": (1.0, 0.0)}
 
 
 # ------------------------------------------------------------------ helpers
@@ -52,6 +54,8 @@ def torch_d_loss(real, fake, mode, real_label, fake_label, reduction):
     if mode == "lsgan":
         return (F.mse_loss(real, torch.full_like(real, real_label), reduction=reduction)
                 + F.mse_loss(fake, torch.full_like(fake, fake_label), reduction=reduction))
+    if mode == "wasserstein":  # the critic's estimate of -W(real, fake)
+        return reduce_(fake, reduction) - reduce_(real, reduction)
     assert mode == "hinge"
     return reduce_(torch.relu(1 - real), reduction) + reduce_(torch.relu(1 + fake), reduction)
 
@@ -64,7 +68,7 @@ def torch_g_loss(fake, mode, real_label, fake_label, reduction):
         return -_bce_t(fake, fake_label, reduction)
     if mode == "lsgan":
         return F.mse_loss(fake, torch.full_like(fake, real_label), reduction=reduction)
-    assert mode == "hinge"
+    assert mode in ("hinge", "wasserstein")
     return reduce_(-fake, reduction)
 
 
@@ -215,8 +219,9 @@ def test_fused_matches_reference_twin_exactly_in_float64(device):
     a, b = (leaf(v, torch.float64, device) for v in l1_pair((6, 1, 5, 5)))
     for red in (1, 2):
         calls = [("d_loss", (r, f, m, *D_LABELS[name], red)) for name, m in
-                 (("vanilla", 0), ("lsgan", 1), ("hinge", 2))]
+                 (("vanilla", 0), ("lsgan", 1), ("hinge", 2), ("wasserstein", 4))]
         calls += [("g_loss", (f, m, 0.9, 0.1, red)) for m in range(4)]
+        calls += [("g_loss", (f, 4, 1.0, 0.0, red))]
         calls += [("bce_with_logits", (r, y, red)), ("l1_loss", (a, b, red)),
                   ("cycle_l1_loss", (a, b, r, y, 10.0, 5.0, red))]
         for name, args in calls:
@@ -312,7 +317,8 @@ def _bad_cases(device):
                             ValueError, r"real_label must be finite"),
         "d-mode": (lambda: ops.d_loss(t(4), t(4), "wgan"), ValueError, r"mode must be one of"),
         "d-mode-minimax": (lambda: ops.d_loss(t(4), t(4), "minimax"), ValueError,
-                           r"mode must be one of 'vanilla', 'lsgan', 'hinge', got 'minimax'"),
+                           r"mode must be one of 'vanilla', 'lsgan', 'hinge', 'wasserstein', got "
+                           r"'minimax'"),
         "g-mode": (lambda: ops.g_loss(t(4), "LSGAN"), ValueError, r"mode must be one of"),
         "d-int-real": (lambda: ops.d_loss(ints, t(4)), TypeError,
                        r"real_logits must be a floating point tensor"),
@@ -329,6 +335,14 @@ def _bad_cases(device):
                            r"real_label and fake_label have no meaning for the hinge loss"),
         "hinge-labels-g": (lambda: ops.g_loss(t(4), "hinge", fake_label=0.1), ValueError,
                            r"real_label and fake_label have no meaning for the hinge loss"),
+        "wasserstein-labels-d": (lambda: ops.d_loss(t(4), t(4), "wasserstein", fake_label=0.1),
+                                 ValueError, r"real_label and fake_label have no meaning for the "
+                                             r"wasserstein loss"),
+        "wasserstein-labels-g": (lambda: ops.g_loss(t(4), "wasserstein", real_label=0.9),
+                                 ValueError, r"real_label and fake_label have no meaning for the "
+                                             r"wasserstein loss"),
+        "minimax-wasserstein": (lambda: ops.g_loss(t(4), "wasserstein", minimax=True), ValueError,
+                                r"minimax=True is the BCE \('vanilla'\) generator loss"),
         "d-dtype": (lambda: ops.d_loss(t(4), t(4, dtype=torch.float64)), TypeError,
                     r"real_logits has dtype .* but fake_logits has dtype"),
         "l1-dtype": (lambda: ops.l1_loss(t(4), t(4, dtype=torch.float16)), TypeError,
@@ -363,6 +377,9 @@ GAN_LOSS_BAD = {
     "fake-label": (dict(fake_label=-0.5), ValueError, r"fake_label must lie in \[0, 1\]"),
     "hinge-labels": (dict(mode="hinge", real_label=0.9), ValueError,
                      r"real_label and fake_label have no meaning"),
+    "wasserstein-labels": (dict(mode="wasserstein", real_label=0.9), ValueError,
+                           r"real_label and fake_label have no meaning for the wasserstein loss"),
+    "minimax-wasserstein": (dict(mode="wasserstein", minimax=True), ValueError, r"minimax=True"),
     "minimax-lsgan": (dict(mode="lsgan", minimax=True), ValueError, r"minimax=True"),
     "reduction": (dict(reduction="none"), ValueError, r"reduction must be one of"),
 }
@@ -394,7 +411,8 @@ def test_gan_loss_rejects_bad_input(backend, device):
 def test_gan_loss_matches_functional(backend, device):
     real, fake = torch.randn(5, 1, device=device), torch.randn(3, 1, 4, 4, device=device)
     for kwargs in (dict(mode="vanilla", real_label=0.9), dict(mode="vanilla", minimax=True),
-                   dict(mode="lsgan", reduction="sum"), dict(mode="hinge")):
+                   dict(mode="lsgan", reduction="sum"), dict(mode="hinge"),
+                   dict(mode="wasserstein", reduction="sum")):
         crit = GANLoss(**kwargs)
         mode, minimax = kwargs.get("mode"), kwargs.get("minimax", False)
         rl, red = kwargs.get("real_label", 1.0), kwargs.get("reduction", "mean")
@@ -412,8 +430,9 @@ def _op_bad_cases(device):
 
     return {
         "d-mode-3": ("d_loss", (t(4), t(4), 3, 1.0, 0.0, 1), ValueError,
-                     r"mode must be 0 \('vanilla'\), 1 \('lsgan'\) or 2 \('hinge'\) for d_loss"),
-        "g-mode-4": ("g_loss", (t(4), 4, 1.0, 0.0, 1), ValueError, r"mode must be 0 .* for g_loss"),
+                     r"mode must be 0 \('vanilla'\), 1 \('lsgan'\), 2 \('hinge'\) or 4 "
+                     r"\('wasserstein'\) for d_loss"),
+        "g-mode-5": ("g_loss", (t(4), 5, 1.0, 0.0, 1), ValueError, r"mode must be 0 .* for g_loss"),
         "reduction-0": ("l1_loss", (t(4), t(4), 0), ValueError,
                         r"reduction must be 1 \('mean'\) or 2 \('sum'\), got 0"),
         "reduction-3-d": ("d_loss", (t(4), t(4), 0, 1.0, 0.0, 3), ValueError,

@@ -12,7 +12,9 @@ from ..train import MODELS, TrainOptions, TrainingInterrupted, fit
 from ..train.distributed import world_size_from_env
 from ..train.loop import CheckpointSaveError, PeerFailed, TrainingDiverged
 from ..train.config_file import merge_config
-from ..train.options import DEFAULTS, DEMO_STEPS, R1_EVERY, check_applicable, defaults_text
+from ..train.options import (DEFAULTS, DEMO_STEPS, LOSSES, R1_EVERY, check_applicable,
+                             defaults_text)
+from ..models.stabilize import GP_LAMBDA
 from .architecture import add_architecture_arguments
 from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
                      print_metrics, seed, threads_argument)
@@ -134,14 +136,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "batch norm)")
     g = p.add_argument_group("model")
     g.add_argument("--k", type=positive_int, default=None,
-                   help="gan/dcgan/cgan: discriminator steps per generator step (default 1)")
+                   help="GANs: discriminator steps per generator step (default 1; 5 with --loss "
+                        "wgan-gp)")
+    g.add_argument("--loss", choices=LOSSES, default=None,
+                   help="GANs: the adversarial loss: vanilla (BCE, default), lsgan, hinge, or "
+                        "wgan-gp (Wasserstein critic + gradient penalty; defaults --k 5, Adam "
+                        "lr 1e-4, betas (0, 0.9), a critic without batch norm)")
+    g.add_argument("--gp-lambda", type=float, default=None, metavar="LAMBDA",
+                   help=f"with --loss wgan-gp: the gradient penalty's weight (default "
+                        f"{GP_LAMBDA:g})")
     g.add_argument("--g-steps", type=positive_int, default=None, metavar="N",
                    help="GANs: generator steps per iteration, after the --k D steps, on the "
                         "same latents (default 1; the VEEGAN/PacGAN stacked-MNIST code: 2)")
     g.add_argument("--g-loss", choices=("non-saturating", "minimax"), default=None,
-                   help="gan/dcgan/cgan: -log D(G(z)) (default) or the paper's log(1 - D(G(z)))")
+                   help="GANs with --loss vanilla: -log D(G(z)) (default) or the paper's "
+                        "log(1 - D(G(z)))")
     g.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
-                   help="gan/dcgan/cgan: one-sided, real label = 1 - EPS (e.g. 0.1)")
+                   help="GANs with --loss vanilla or lsgan: one-sided, real label = 1 - EPS "
+                        "(e.g. 0.1)")
     g.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term (default 1)")
     g.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the paper's; 2e-4 GANs, 1e-3 AE/VAE)")

@@ -25,6 +25,7 @@ from ._common import init_normal_
 from .dcgan import (check_image_size, discriminator_layers, generator_layers, run_generator,
                     score_head)
 from .gan import GAN, TrainConfig
+from .stabilize import critic_norm
 
 __all__ = ["CGANConfig", "ConditionalGenerator", "ConditionalDiscriminator", "ConditionalGAN",
            "D_CONDITIONING"]
@@ -92,13 +93,15 @@ class ConditionalDiscriminator(nn.Module):
     """(image (B, nc, S, S), y (B,)) -> logit (B,).
 
     ``main`` is the DCGAN discriminator body (input channels ``nc + embed_dim``
-    with ``conditioning="channels"``), ``head`` its last conv (psi).
+    with ``conditioning="channels"``; ``norm``: its norms, instance norm for
+    the WGAN-GP critic), ``head`` its last conv (psi).
     """
 
     def __init__(self, nc: int = 1, ndf: int = 64, image_size: int = 28, num_classes: int = 10,
                  embed_dim: int = 16, conditioning: str = "projection", fused: bool = True,
                  minibatch_stddev: int = 0,
-                 minibatch_discrimination: Optional[Tuple[int, int]] = None) -> None:
+                 minibatch_discrimination: Optional[Tuple[int, int]] = None,
+                 norm: str = "batch") -> None:
         super().__init__()
         if conditioning not in D_CONDITIONING:
             raise ValueError(f"conditioning must be one of {D_CONDITIONING}, got {conditioning!r}")
@@ -109,7 +112,7 @@ class ConditionalDiscriminator(nn.Module):
         base, _ = check_image_size(image_size)
         in_channels = nc + embed_dim if conditioning == "channels" else nc
         layers, width = discriminator_layers(in_channels, check_int("ndf", ndf), image_size, fused,
-                                             head=False)
+                                             head=False, norm=norm)
         self.main = nn.Sequential(*layers)
         # The mode-collapse cures (gan_ext.models.cures) act on psi's input only;
         # the projection term keeps the body's features.
@@ -157,4 +160,5 @@ class ConditionalGAN(GAN):
                 ConditionalDiscriminator(c.nc, c.ndf, c.image_size, c.num_classes, c.embed_dim,
                                          c.d_conditioning, fused=fused,
                                          minibatch_stddev=c.minibatch_stddev,
-                                         minibatch_discrimination=c.minibatch_discrimination))
+                                         minibatch_discrimination=c.minibatch_discrimination,
+                                         norm=critic_norm(c)))

@@ -22,10 +22,10 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import BatchNormAct2d
-from ._checks import check_images, check_int, check_latent
+from ..nn import BatchNormAct2d, InstanceNormAct2d
+from ._checks import check_choice, check_images, check_int, check_latent
 from ._common import init_normal_
-from . import cures
+from . import cures, stabilize
 from .gan import GAN, TrainConfig
 
 __all__ = ["DCGANConfig", "Generator", "Discriminator", "DCGAN", "IMAGE_SIZES", "run_generator",
@@ -51,14 +51,24 @@ class DCGANConfig(TrainConfig):
     image_size: int = 64   # 28, 32, 64 or 128
 
 
-def norm_act(channels: int, activation: str, fused: bool, negative_slope: float = 0.01
-             ) -> List[nn.Module]:
-    """BatchNorm2d -> activation as two Sequential entries."""
+NORMS = ("batch", "instance")
+
+
+def norm_act(channels: int, activation: str, fused: bool, negative_slope: float = 0.01,
+             norm: str = "batch") -> List[nn.Module]:
+    """BatchNorm2d (``norm="instance"``: an affine InstanceNorm2d, the
+    WGAN-GP critic's per-sample norm) -> activation as two Sequential entries."""
+    check_choice("norm", norm, NORMS)
     if fused:
+        if norm == "instance":
+            return [InstanceNormAct2d(channels, affine=True, activation=activation,
+                                      negative_slope=negative_slope), nn.Identity()]
         return [BatchNormAct2d(channels, activation=activation, negative_slope=negative_slope),
                 nn.Identity()]
     act = (nn.ReLU(inplace=True) if activation == "relu"
            else nn.LeakyReLU(negative_slope, inplace=True))
+    if norm == "instance":
+        return [nn.InstanceNorm2d(channels, affine=True), act]
     return [nn.BatchNorm2d(channels), act]
 
 
@@ -80,17 +90,18 @@ def generator_layers(in_channels: int, ngf: int, nc: int, image_size: int, fused
 
 
 def discriminator_layers(in_channels: int, ndf: int, image_size: int, fused: bool,
-                         head: bool = True) -> Tuple[List[nn.Module], int]:
+                         head: bool = True, norm: str = "batch") -> Tuple[List[nn.Module], int]:
     """(B, in_channels, S, S) -> stride-2 convs doubling the width (no norm on
-    the first, as in the paper) -> (B, width, b, b) and, with ``head``, a conv
-    to the logit (B, 1, 1, 1). Returns the layers and the last width."""
+    the first, as in the paper; ``norm``: the others', :func:`norm_act`) ->
+    (B, width, b, b) and, with ``head``, a conv to the logit (B, 1, 1, 1).
+    Returns the layers and the last width."""
     base, stages = check_image_size(image_size)
     layers = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False),                # (B, ndf, S/2, S/2)
               nn.LeakyReLU(0.2, inplace=True)]
     width = ndf
     for _ in range(stages - 1):
         layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),           # (B, 2w, s/2, s/2)
-                   *norm_act(width * 2, "leaky_relu", fused, 0.2)]
+                   *norm_act(width * 2, "leaky_relu", fused, 0.2, norm)]
         width *= 2
     if head:
         layers.append(nn.Conv2d(width, 1, base, 1, 0, bias=False))             # (B, 1, 1, 1)
@@ -150,7 +161,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (B, nc, S, S) -> logit (B,).
+    """image (B, nc, S, S) -> logit (B,). ``norm="instance"``: the WGAN-GP
+    critic (:func:`gan_ext.models.stabilize.critic_norm`).
 
     The output is a logit, not a probability: pytorch/examples ends ``main``
     in a Sigmoid (index 12, no parameters, so its checkpoints still load);
@@ -158,10 +170,11 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, nc: int = 3, ndf: int = 64, image_size: int = 64,
-                 fused: bool = True) -> None:
+                 fused: bool = True, norm: str = "batch") -> None:
         super().__init__()
         self.nc, self.image_size = check_int("nc", nc), image_size
-        layers, _ = discriminator_layers(self.nc, check_int("ndf", ndf), image_size, fused)
+        layers, _ = discriminator_layers(self.nc, check_int("ndf", ndf), image_size, fused,
+                                         norm=norm)
         self.main = nn.Sequential(*layers)
         self.fused = fused
         init_normal_(self)
@@ -181,11 +194,12 @@ class DCGAN(GAN):
 
     def build(self, c: DCGANConfig, fused: bool):
         G = Generator(c.nz, c.ngf, c.nc, c.image_size, fused=fused)
+        norm = stabilize.critic_norm(c)
         if not cures.d_cured(c):
-            return G, Discriminator(c.nc, c.ndf, c.image_size, fused=fused)
+            return G, Discriminator(c.nc, c.ndf, c.image_size, fused=fused, norm=norm)
         # The mode-collapse cures: the same body (input channels times the pack), a new head.
         layers, width = discriminator_layers(c.nc * c.pack, c.ndf, c.image_size, fused,
-                                             head=False)
+                                             head=False, norm=norm)
         base, _ = check_image_size(c.image_size)
         body = nn.Sequential(*layers)
         init_normal_(body)

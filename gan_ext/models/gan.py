@@ -25,14 +25,14 @@ from .gan_step import Batches, train_step
 
 __all__ = ["TrainConfig", "GANConfig", "MLPGenerator", "MLPDiscriminator", "GAN", "train_step"]
 
-LOSS_MODES = ("vanilla", "lsgan", "hinge")
+LOSS_MODES = ("vanilla", "lsgan", "hinge", "wgan-gp")
 
 
 # ----------------------------------------------------------------- configs
 @dataclass(kw_only=True)
 class TrainConfig:
     """How the two players are trained; every family's config extends it."""
-    loss: str = "vanilla"          # GANLoss mode: "vanilla" (BCE) | "lsgan" | "hinge"
+    loss: str = "vanilla"          # "vanilla" (BCE) | "lsgan" | "hinge" | "wgan-gp" (stabilize)
     minimax: bool = False          # G minimizes log(1 - D(G(z))) as in the paper, not -log D(G(z))
     k: int = 1                     # D updates per G update (Algorithm 1)
     g_steps: int = 1               # G updates per iteration, on the same latents
@@ -55,6 +55,7 @@ class TrainConfig:
     diffaugment: Tuple[str, ...] = ()   # DiffAugment policies on every image D sees
     r1_gamma: float = 0.0          # R1 penalty weight gamma on real data; 0: off
     r1_every: int = 16             # lazy R1: every N-th D step, scaled by N
+    gp_lambda: float = 10.0        # loss="wgan-gp": the gradient penalty's weight lambda
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSS_MODES)
@@ -71,7 +72,9 @@ class TrainConfig:
         self.make_loss()  # validates loss, minimax and real_label now, not at step 1
 
     def make_loss(self) -> GANLoss:
-        return GANLoss(self.loss, real_label=self.real_label, minimax=self.minimax)
+        # WGAN-GP's critic loss is the Wasserstein one; its penalty is train_step's gp_lambda.
+        mode = "wasserstein" if self.loss == "wgan-gp" else self.loss
+        return GANLoss(mode, real_label=self.real_label, minimax=self.minimax)
 
 
 @dataclass
@@ -171,6 +174,8 @@ class GAN(nn.Module):
                             f"got {type(config).__name__}")
         self.config = config
         self.G, self.D = self.build(config, fused)
+        if config.loss == "wgan-gp":   # a family's build must give a critic without batch norm
+            stabilize.check_critic(self.D)
         # G's moving average (cures.ema_update after each G step) samples for the trainers.
         if config.spectral_norm:   # at build: the saved config rebuilds it, checkpoints load
             stabilize.spectral_norm_(self.D)
@@ -208,6 +213,7 @@ class GAN(nn.Module):
                            g_objective=cures.generator_objective(c, self.loss, opt_d),
                            joint_batch=c.joint_batch, augment=c.diffaugment,
                            r1_gamma=c.r1_gamma, r1_every=c.r1_every, d_step=self.d_steps,
+                           gp_lambda=c.gp_lambda if c.loss == "wgan-gp" else 0.0,
                            g_steps=c.g_steps, **samplers)
         self.d_steps += c.k
         if self.G_ema is not None:

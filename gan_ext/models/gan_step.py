@@ -57,11 +57,13 @@ class _Players:
     def augmented(self, x: Tensor) -> Tensor:
         return diff_augment(x, self.augment) if self.augment else x
 
-    def generate(self, n: int, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
+    def generate(self, n: int, device: torch.device, y: Optional[Tensor] = None
+                 ) -> Tuple[Tensor, Optional[Tensor]]:
+        """n fakes and their labels (``y``, or drawn, for a conditional G)."""
         self.z = z = self.sample_z(n, device)                                # (B, nz)
         if self.num_classes is None:
             return self.G(z), None
-        y = self.sample_labels(n, device)                                    # (B,)
+        y = self.sample_labels(n, device) if y is None else y                # (B,)
         return self.G(z, y), y
 
     def regenerate(self, y: Optional[Tensor]) -> Tensor:
@@ -124,14 +126,16 @@ def _check_step_args(G: nn.Module, D: nn.Module, real: Batches, loss: GANLoss, k
 
 def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: GANLoss,
                         x: Tensor, y: Optional[Tensor], fake: Tensor, y_fake: Optional[Tensor],
-                        joint: bool = False, r1_gamma: float = 0.0, r1_scale: float = 1.0
-                        ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+                        joint: bool = False, r1_gamma: float = 0.0, r1_scale: float = 1.0,
+                        gp_lambda: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
     """One D update on a real batch and fakes; (detached loss, D(real),
-    D(fake), the detached R1 value or None). With ``r1_gamma`` the loss gains
+    D(fake), the detached penalties by name). With ``r1_gamma`` the loss gains
     ``r1_scale`` times R1 = gamma / 2 E ||grad_x D(x)||^2 on the reals x (the
     images before any augmentation), from D's call on them; with ``joint``
     from one more D call on the reals alone (the joint call's gradient would
-    mix the fakes in through batch norm)."""
+    mix the fakes in through batch norm). With ``gp_lambda`` it gains WGAN-GP's
+    gp = lambda E[(||grad D(x_hat)||_2 - 1)^2] at interpolates of x and the
+    fakes, from one more D call on them (with the reals' labels ``y``)."""
     if r1_gamma:
         x = x.detach().requires_grad_(True)
     if joint:
@@ -139,14 +143,20 @@ def _discriminator_step(players: _Players, opt_d: torch.optim.Optimizer, loss: G
     else:
         d_real, d_fake = players.score(x, y), players.score(fake.detach(), y_fake)
     loss_d = total = loss.d_loss(d_real, d_fake)
-    r1 = None
+    penalties = {}
     if r1_gamma:
         r1 = r1_gamma / 2 * stabilize.r1_penalty(players.score(x, y) if joint else d_real, x)
-        total = loss_d + r1_scale * r1
+        total = total + r1_scale * r1
+        penalties["r1"] = r1.detach()
+    if gp_lambda:
+        x_hat = stabilize.interpolate(x, fake)
+        gp = gp_lambda * stabilize.gradient_penalty(players.score(x_hat, y), x_hat)
+        total = total + gp
+        penalties["gp"] = gp.detach()
     opt_d.zero_grad(set_to_none=True)
     total.backward()
     opt_d.step()
-    return loss_d.detach(), d_real, d_fake, None if r1 is None else r1.detach()
+    return loss_d.detach(), d_real, d_fake, penalties
 
 
 def _generator_step(players: _Players, opt_g: torch.optim.Optimizer, loss: GANLoss,
@@ -182,7 +192,8 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                g_objective: Optional[Callable] = None, joint_batch: bool = False,
                sample_labels: Optional[Callable[[int, torch.device], Tensor]] = None,
                augment: Sequence[str] = (), r1_gamma: float = 0.0, r1_every: int = 1,
-               d_step: int = 0, g_steps: int = 1) -> Dict[str, Tensor]:
+               d_step: int = 0, gp_lambda: float = 0.0, g_steps: int = 1
+               ) -> Dict[str, Tensor]:
     """One iteration of Algorithm 1: ``k`` discriminator updates, each on its own
     real batch, then one generator update.
 
@@ -217,6 +228,14 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             over the run (``d_step`` for this call's first) is a multiple of
             ``r1_every``, added to D's loss times ``r1_every``. Logged as
             ``r1`` (its mean over this call's updates that computed it).
+        gp_lambda: WGAN-GP (Gulrajani et al. 2017; with ``GANLoss("wasserstein")``):
+            each D update's loss gains lambda E[(||grad D(x_hat)||_2 - 1)^2]
+            at x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample, D
+            called once more on x_hat (through ``augment``). D must have no
+            batch norm (refused). A class-conditional G then draws each D
+            update's fakes with the real batch's labels, so every x_hat lies
+            between two samples of one class and is scored with it. Logged
+            as ``gp`` (its mean over the k updates, times lambda).
         g_steps: generator updates after the k D updates, all on the same
             latents (and labels), regenerated by the updated G each time (as
             the VEEGAN/PacGAN stacked-MNIST code runs G's optimizer twice on
@@ -231,7 +250,7 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     ``g_loss`` (mean over the G updates), and the mean D output on the last D update's real batch
     (``d_real``) and fakes (``d_fake``) and on the fakes in the G update
     (``d_gen``): probabilities sigmoid(logit) for the BCE losses, raw scores
-    for lsgan/hinge.
+    for lsgan/hinge/wasserstein.
     """
     reals, ys, players = _check_step_args(G, D, real, loss, k, labels, sample_z, sample_labels,
                                           augment)
@@ -241,18 +260,23 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     check_real("r1_gamma", r1_gamma, 0)
     check_int("r1_every", r1_every)
     check_int("g_steps", g_steps)
+    check_real("gp_lambda", gp_lambda, 0)
+    if gp_lambda:
+        stabilize.check_critic(D)
     k = len(reals)
-    d_losses, r1s = [], []
+    d_losses, penalties = [], {}
     for i, (x, y) in enumerate(zip(reals, ys)):
         # Only the last fakes feed the G update: the others need no graph through G.
         with torch.set_grad_enabled(i == k - 1):
-            fake, y_fake = players.generate(x.size(0), x.device)             # (B, C, H, W)
+            fake, y_fake = players.generate(x.size(0), x.device,
+                                            y if gp_lambda else None)        # (B, C, H, W)
         due = r1_gamma if (d_step + i) % r1_every == 0 else 0.0
-        loss_d, d_real, d_fake, r1 = _discriminator_step(players, opt_d, loss, x, y, fake,
-                                                         y_fake, joint_batch, due, r1_every)
+        loss_d, d_real, d_fake, pen = _discriminator_step(players, opt_d, loss, x, y, fake,
+                                                          y_fake, joint_batch, due, r1_every,
+                                                          gp_lambda)
         d_losses.append(loss_d)
-        if r1 is not None:
-            r1s.append(r1)
+        for name, v in pen.items():
+            penalties.setdefault(name, []).append(v)
     g_losses = []
     for j in range(g_steps):
         if j:
@@ -267,6 +291,6 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                  "d_real": prob(d_real.detach().float()).mean(),
                  "d_fake": prob(d_fake.detach().float()).mean(),
                  "d_gen": prob(d_gen.detach().float()).mean()}
-        if r1s:
-            stats["r1"] = torch.stack(r1s).mean()
+        for name, vs in penalties.items():
+            stats[name] = torch.stack(vs).mean()
         return stats

@@ -20,8 +20,9 @@ as the reference code of the papers builds them:
   linear logit; Adam 2e-4, beta1 0.5.
 
 Every batch norm + activation pair is a fused :class:`~gan_ext.nn.BatchNormAct2d`
-(or BatchNorm1d + ReLU for the MLP). D is always a
-:class:`~gan_ext.models.cures.CuredDiscriminator`, so every cure applies.
+(or BatchNorm1d + ReLU for the MLP); with ``loss="wgan-gp"`` D's are affine
+:class:`~gan_ext.nn.InstanceNormAct2d` (:func:`.stabilize.critic_norm`). D is
+always a :class:`~gan_ext.models.cures.CuredDiscriminator`, so every cure applies.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import BatchNormAct2d
-from . import cures
+from ..nn import BatchNormAct2d, InstanceNormAct2d
+from . import cures, stabilize
 from ._checks import check_choice, check_int, check_ints, check_latent, check_real
 from .gan import GAN, TrainConfig
 
@@ -213,23 +214,28 @@ class StackedGenerator(nn.Module):
         return self.main(h)
 
 
-def stacked_d_body(arch: str, in_channels: int, d_width: float) -> Tuple[nn.Sequential, tuple]:
-    """D's conv stack and its feature shape (C, s, s)."""
+def stacked_d_body(arch: str, in_channels: int, d_width: float, norm: str = "batch"
+                   ) -> Tuple[nn.Sequential, tuple]:
+    """D's conv stack and its feature shape (C, s, s); ``norm="instance"``:
+    affine instance norms in place of the batch norms (the WGAN-GP critic)."""
+    def norm_act(w: int, slope: float) -> nn.Module:
+        if norm == "instance":
+            return InstanceNormAct2d(w, affine=True, activation="leaky_relu", negative_slope=slope)
+        return BatchNormAct2d(w, activation="leaky_relu", negative_slope=slope)
+
     layers = []
     if arch == "unrolled":
         widths = [max(1, round(d_width * w)) for w in (8, 16, 32)]
         width = in_channels
         for w in widths:                                              # 28 -> 14 -> 7 -> 4
-            layers += [nn.Conv2d(width, w, 3, 2, 1, bias=False),
-                       BatchNormAct2d(w, activation="leaky_relu", negative_slope=0.3)]
+            layers += [nn.Conv2d(width, w, 3, 2, 1, bias=False), norm_act(w, 0.3)]
             width = w
         return nn.Sequential(*layers), (width, 4, 4)
     widths = (64, 128, 256, 512)
     width = in_channels
     for i, w in enumerate(widths):                                    # 28 -> 14 -> 7 -> 4 -> 2
         layers.append(nn.Conv2d(width, w, 5, 2, 2, bias=False))
-        layers.append(nn.LeakyReLU(0.2, inplace=True) if i == 0 else
-                      BatchNormAct2d(w, activation="leaky_relu", negative_slope=0.2))
+        layers.append(nn.LeakyReLU(0.2, inplace=True) if i == 0 else norm_act(w, 0.2))
         width = w
     return nn.Sequential(*layers), (width, 2, 2)
 
@@ -238,7 +244,7 @@ class StackedMNISTGAN(GAN):
     config_class = StackedMNISTConfig
 
     def build(self, c: StackedMNISTConfig, fused: bool):
-        body, feat = stacked_d_body(c.arch, 3 * c.pack, c.d_width)
+        body, feat = stacked_d_body(c.arch, 3 * c.pack, c.d_width, stabilize.critic_norm(c))
         _init_normal(body)
         D = cures.CuredDiscriminator(body, (3, 28, 28), feat, head_bias=True,
                                      **cures.d_options(c))

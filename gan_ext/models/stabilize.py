@@ -10,6 +10,13 @@ of :mod:`.cures`:
     diffaugment       Zhao et al. 2020 (:mod:`.diffaugment`) on every image D sees
     r1_gamma, r1_every  Mescheder et al. 2018's R1 penalty on real data, lazily
                       (StyleGAN2): every ``r1_every``-th D step, times ``r1_every``
+    loss="wgan-gp",   Gulrajani et al. 2017: the Wasserstein critic loss plus
+      gp_lambda       ``gp_lambda`` E[(||grad D(x_hat)||_2 - 1)^2] at random
+                      interpolates of real and fake samples; the critic is built
+                      without batch norm (:func:`critic_norm`)
+
+R1 and the gradient penalty share one implementation of "the gradient of D's
+outputs w.r.t. its input, with create_graph" (:func:`input_gradients`).
 """
 from __future__ import annotations
 
@@ -21,7 +28,15 @@ from torch import Tensor, nn
 from ._checks import check_bool, check_int, check_real
 from .diffaugment import parse_policy
 
-__all__ = ["check_stabilizers", "spectral_norm_", "r1_penalty", "r1_weight"]
+__all__ = ["check_stabilizers", "spectral_norm_", "r1_penalty", "r1_weight", "input_gradients",
+           "gradient_penalty", "interpolate", "critic_norm", "check_critic", "WGAN_GP_DEFAULTS",
+           "GP_LAMBDA"]
+
+# The WGAN-GP paper's settings (Gulrajani et al. 2017, Algorithm 1): lambda,
+# n_critic (our k), Adam's alpha and betas. The trainers use them for
+# --loss wgan-gp unless the user gives --k / --lr / --lr-d / --lr-g.
+GP_LAMBDA = 10.0
+WGAN_GP_DEFAULTS = {"k": 5, "lr": 1e-4, "betas": (0.0, 0.9)}
 
 
 def check_stabilizers(c) -> None:
@@ -37,6 +52,21 @@ def check_stabilizers(c) -> None:
         raise ValueError("r1_gamma (--r1) cannot be combined with unrolled (--unrolled): the "
                          "look-ahead reproduces D's updates without the penalty, so G would "
                          "train against a D that is never built")
+    check_real("gp_lambda", c.gp_lambda, 0, math.inf, low_open=True, high_open=True)
+    if c.loss != "wgan-gp":
+        if c.gp_lambda != GP_LAMBDA:
+            raise ValueError(f"gp_lambda (--gp-lambda) is the weight of WGAN-GP's gradient "
+                             f"penalty: it applies to loss='wgan-gp' (--loss wgan-gp) only, got "
+                             f"loss={c.loss!r}")
+        return
+    for name, flag, on, why in (
+            ("r1_gamma", "--r1", c.r1_gamma,
+             "its gradient penalty already constrains D's input gradient"),
+            ("unrolled", "--unrolled", c.unrolled,
+             "the look-ahead would reproduce D's updates without the gradient penalty")):
+        if on:
+            raise ValueError(f"{name} ({flag}) cannot be combined with loss='wgan-gp' (--loss "
+                             f"wgan-gp): {why}")
 
 
 def spectral_norm_(D: nn.Module) -> nn.Module:
@@ -66,12 +96,55 @@ def r1_weight(c, d_step: int) -> float:
     return c.r1_gamma / 2 * c.r1_every
 
 
-def r1_penalty(d_out: Tensor, x: Tensor) -> Tensor:
-    """The mean over D's outputs of ||grad_x D(x)||^2 for ``d_out = D(x)``,
-    ``x`` requiring grad; with create_graph, so the penalty trains D (a
-    second derivative through D). The gradient is that of the summed outputs,
-    as every implementation computes it: with batch norm in D an output also
-    depends on the batch's other samples. With a packing D (one output per
-    pack of samples) the norm is over each pack's whole input."""
+def input_gradients(d_out: Tensor, x: Tensor) -> Tensor:
+    """grad_x of D's summed outputs for ``d_out = D(x)``, ``x`` requiring
+    grad, as one row per output (n_out, -1), in float32 or wider; with
+    create_graph, so a penalty on it trains D (a second derivative through D:
+    the fused layers' double backward). The gradient is that of the summed
+    outputs, as every implementation computes it: with batch norm or
+    minibatch statistics in D an output also depends on the batch's other
+    samples. With a packing D (one output per pack of samples) a row is the
+    pack's whole input."""
     grad, = torch.autograd.grad(d_out.sum(), x, create_graph=True)
-    return grad.float().reshape(d_out.numel(), -1).square().sum(1).mean()
+    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
+    return grad.reshape(d_out.numel(), -1)
+
+
+def r1_penalty(d_out: Tensor, x: Tensor) -> Tensor:
+    """The mean over D's outputs of ||grad_x D(x)||^2 (:func:`input_gradients`)."""
+    return input_gradients(d_out, x).square().sum(1).mean()
+
+
+def gradient_penalty(d_out: Tensor, x_hat: Tensor) -> Tensor:
+    """WGAN-GP's E[(||grad D(x_hat)||_2 - 1)^2] over D's outputs for
+    ``d_out = D(x_hat)`` (:func:`input_gradients`), without lambda."""
+    return (torch.linalg.vector_norm(input_gradients(d_out, x_hat), dim=1) - 1).square().mean()
+
+
+def interpolate(real: Tensor, fake: Tensor) -> Tensor:
+    """x_hat = eps real + (1 - eps) fake, eps ~ U[0, 1] per sample from torch's
+    global RNG (seeded and checkpointed), detached from both and requiring
+    grad: the points WGAN-GP penalises."""
+    eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device,
+                     dtype=real.dtype)
+    return torch.lerp(fake.detach().to(real.dtype), real.detach(), eps).requires_grad_(True)
+
+
+def critic_norm(c) -> str:
+    """The normalisation of D's conv stages for config ``c``: ``"batch"``, or
+    ``"instance"`` (affine) for loss='wgan-gp'. The gradient penalty is a
+    per-sample constraint; batch norm makes each output depend on the whole
+    batch, so the paper drops it from the critic and recommends a
+    per-sample normalisation (layer norm) instead; instance norm is one, with
+    a fused kernel and double backward (:class:`~gan_ext.nn.InstanceNormAct2d`)."""
+    return "instance" if c.loss == "wgan-gp" else "batch"
+
+
+def check_critic(D: nn.Module) -> None:
+    """ValueError when ``D`` has a batch norm: WGAN-GP's penalty needs a
+    critic whose outputs are per sample."""
+    bn = next((m for m in D.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
+    if bn is not None:
+        raise ValueError(f"loss='wgan-gp': D has a batch norm ({type(bn).__name__}), which "
+                         "couples the samples the gradient penalty treats one by one; build the "
+                         "critic without batch norm (layer or instance norm, as the paper)")

@@ -13,7 +13,11 @@ class GANLoss(nn.Module):
 
     ``mode``: ``"vanilla"`` (BCE with logits; ``real_label``/``fake_label`` are
     the targets, e.g. ``real_label=0.9`` for one-sided label smoothing),
-    ``"lsgan"`` (least squares against the labels) or ``"hinge"``.
+    ``"lsgan"`` (least squares against the labels), ``"hinge"`` or
+    ``"wasserstein"`` (the WGAN critic's ``mean(fake) - mean(real)``, G's
+    ``-mean(fake)``; WGAN-GP's gradient penalty needs D itself:
+    :func:`gan_ext.models.stabilize.gradient_penalty`). hinge and wasserstein
+    take no labels.
     ``minimax=True`` selects the original paper's generator loss
     ``log(1 - D(G(z)))`` instead of the non-saturating ``-log D(G(z))``.
 

@@ -19,19 +19,23 @@ __all__ = ["d_loss", "g_loss"]
 OP = "gan_loss"
 KERNELS = ("d_loss", "d_loss_with_grad", "g_loss", "g_loss_with_grad", "scale_loss_grads")
 # Codes shared with the C++ loss checks.
-GAN_MODES = {"vanilla": 0, "lsgan": 1, "hinge": 2, "minimax": 3}
-VANILLA, LSGAN, HINGE, MINIMAX = 0, 1, 2, 3
-D_MODES = ("vanilla", "lsgan", "hinge")
-G_MODES = ("vanilla", "lsgan", "hinge", "minimax")
+GAN_MODES = {"vanilla": 0, "lsgan": 1, "hinge": 2, "minimax": 3, "wasserstein": 4}
+VANILLA, LSGAN, HINGE, MINIMAX, WASSERSTEIN = 0, 1, 2, 3, 4
+D_MODES = ("vanilla", "lsgan", "hinge", "wasserstein")
+G_MODES = ("vanilla", "lsgan", "hinge", "minimax", "wasserstein")
+# The modes whose terms take no labels: real_label/fake_label must stay at 1 and 0.
+UNLABELLED = ("hinge", "wasserstein")
 
 _lib = torch.ops.gan_ext
 
 
 # ------------------------------------------------------------------ wrappers
 def check_hinge_labels(mode: str, real_label: float, fake_label: float) -> None:
-    if mode == "hinge" and (real_label != 1.0 or fake_label != 0.0):
-        raise ValueError("real_label and fake_label have no meaning for the hinge loss; leave them "
-                         f"at 1.0 and 0.0 (got {real_label} and {fake_label})")
+    """Refuses labels other than the defaults for the modes without labels
+    (hinge, wasserstein): a smoothing asked for would silently do nothing."""
+    if mode in UNLABELLED and (real_label != 1.0 or fake_label != 0.0):
+        raise ValueError(f"real_label and fake_label have no meaning for the {mode} loss; leave "
+                         f"them at 1.0 and 0.0 (got {real_label} and {fake_label})")
 
 
 def d_loss(real_logits: Tensor, fake_logits: Tensor, mode: str = "vanilla", real_label: float = 1.0,
@@ -42,7 +46,9 @@ def d_loss(real_logits: Tensor, fake_logits: Tensor, mode: str = "vanilla", real
     * ``vanilla``: BCE with logits against ``real_label`` / ``fake_label``
       (``real_label=0.9`` is one-sided label smoothing);
     * ``lsgan``: ``mean((real - real_label)^2) + mean((fake - fake_label)^2)``;
-    * ``hinge``: ``mean(relu(1 - real)) + mean(relu(1 + fake))``.
+    * ``hinge``: ``mean(relu(1 - real)) + mean(relu(1 + fake))``;
+    * ``wasserstein``: ``mean(fake) - mean(real)`` (the WGAN critic's loss,
+      without the gradient penalty, which needs D itself).
 
     The two terms are reduced separately, so the batch sizes (and shapes) of
     ``real_logits`` and ``fake_logits`` may differ.
@@ -63,7 +69,7 @@ def g_loss(fake_logits: Tensor, mode: str = "vanilla", real_label: float = 1.0,
     ``vanilla`` is the non-saturating ``-log D(G(z))`` (BCE against
     ``real_label``); with ``minimax=True`` it is the paper's
     ``log(1 - D(G(z)))`` (minus the BCE against ``fake_label``). ``lsgan``:
-    ``mean((fake - real_label)^2)``; ``hinge``: ``-mean(fake)``.
+    ``mean((fake - real_label)^2)``; ``hinge`` and ``wasserstein``: ``-mean(fake)``.
     """
     check_tensor(fake_logits, "fake_logits")
     m = choice_code(mode, GAN_MODES, G_MODES, "mode")
@@ -88,8 +94,9 @@ def check_label(v: float, name: str, mode: int) -> None:
 
 def check_d_loss_args(real, fake, mode, real_label, fake_label, reduction) -> None:
     """Twin of check_d_loss_args in the C++ loss checks."""
-    if mode not in (VANILLA, LSGAN, HINGE):
-        raise ValueError(f"mode must be 0 ('vanilla'), 1 ('lsgan') or 2 ('hinge') for d_loss, got {mode}")
+    if mode not in (VANILLA, LSGAN, HINGE, WASSERSTEIN):
+        raise ValueError("mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 4 ('wasserstein') "
+                         f"for d_loss, got {mode}")
     check_loss_reduction(reduction)
     check_float(real, "real_logits")
     check_float(fake, "fake_logits")
@@ -107,9 +114,9 @@ def check_d_loss_args(real, fake, mode, real_label, fake_label, reduction) -> No
 
 def check_g_loss_args(fake, mode, real_label, fake_label, reduction) -> None:
     """Twin of check_g_loss_args in the C++ loss checks."""
-    if mode not in (VANILLA, LSGAN, HINGE, MINIMAX):
-        raise ValueError("mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 3 ('minimax') for "
-                         f"g_loss, got {mode}")
+    if mode not in (VANILLA, LSGAN, HINGE, MINIMAX, WASSERSTEIN):
+        raise ValueError("mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge'), 3 ('minimax') or 4 "
+                         f"('wasserstein') for g_loss, got {mode}")
     check_loss_reduction(reduction)
     check_float(fake, "fake_logits")
     check_label(real_label, "real_label", mode)
@@ -129,6 +136,8 @@ def _term(x: Tensor, kind: str, label: float) -> Tensor:
         return torch.relu(1 - xs)
     if kind == "hinge_fake":
         return torch.relu(1 + xs)
+    if kind == "identity":
+        return xs
     assert kind == "neg"
     return -xs
 
@@ -137,7 +146,8 @@ def d_loss_ref(real_logits: Tensor, fake_logits: Tensor, mode: int, real_label: 
                fake_label: float, reduction: int) -> Tensor:
     """Twin of ``torch.ops.gan_ext.d_loss``."""
     check_d_loss_args(real_logits, fake_logits, mode, real_label, fake_label, reduction)
-    kinds = {VANILLA: ("bce", "bce"), LSGAN: ("square", "square"), HINGE: ("hinge_real", "hinge_fake")}
+    kinds = {VANILLA: ("bce", "bce"), LSGAN: ("square", "square"), HINGE: ("hinge_real", "hinge_fake"),
+             WASSERSTEIN: ("neg", "identity")}
     kr, kf = kinds[mode]
     loss = (reduce(_term(real_logits, kr, real_label), reduction)
             + reduce(_term(fake_logits, kf, fake_label), reduction))
@@ -149,7 +159,8 @@ def g_loss_ref(fake_logits: Tensor, mode: int, real_label: float, fake_label: fl
     """Twin of ``torch.ops.gan_ext.g_loss``."""
     check_g_loss_args(fake_logits, mode, real_label, fake_label, reduction)
     kind, label = {VANILLA: ("bce", real_label), MINIMAX: ("neg_bce", fake_label),
-                   LSGAN: ("square", real_label), HINGE: ("neg", 0.0)}[mode]
+                   LSGAN: ("square", real_label), HINGE: ("neg", 0.0),
+                   WASSERSTEIN: ("neg", 0.0)}[mode]
     return reduce(_term(fake_logits, kind, label), reduction).to(fake_logits.dtype)
 
 
@@ -187,8 +198,10 @@ def _register() -> None:
 # Labels per mode: one-sided label smoothing for vanilla, the LSGAN paper's
 # a=-1/b=1 for the discriminator, a non-default fake label for minimax (which
 # must be the label it uses).
-_D_LABELS = {"vanilla": (0.9, 0.0), "lsgan": (1.0, -1.0), "hinge": (1.0, 0.0)}
-_G_LABELS = {"vanilla": (0.9, 0.0), "minimax": (1.0, 0.1), "lsgan": (0.8, 0.0), "hinge": (1.0, 0.0)}
+_D_LABELS = {"vanilla": (0.9, 0.0), "lsgan": (1.0, -1.0), "hinge": (1.0, 0.0),
+             "wasserstein": (1.0, 0.0)}
+_G_LABELS = {"vanilla": (0.9, 0.0), "minimax": (1.0, 0.1), "lsgan": (0.8, 0.0), "hinge": (1.0, 0.0),
+             "wasserstein": (1.0, 0.0)}
 _MODE_NAMES = {v: k for k, v in GAN_MODES.items()}
 _RED_NAMES = {1: "mean", 2: "sum"}
 
@@ -219,13 +232,14 @@ def _torch_term(x, kind, label, reduction):
         return F.binary_cross_entropy_with_logits(x, torch.full_like(x, label), reduction=r)
     if kind == "square":
         return F.mse_loss(x, torch.full_like(x, label), reduction=r)
-    t = {"hinge_real": torch.relu(1 - x), "hinge_fake": torch.relu(1 + x), "neg": -x}[kind]
+    t = {"hinge_real": torch.relu(1 - x), "hinge_fake": torch.relu(1 + x), "neg": -x,
+         "identity": x}[kind]
     return t.mean() if r == "mean" else t.sum()
 
 
 def _d_torch(real, fake, mode, real_label, fake_label, reduction):
     kr, kf = {VANILLA: ("bce", "bce"), LSGAN: ("square", "square"),
-              HINGE: ("hinge_real", "hinge_fake")}[mode]
+              HINGE: ("hinge_real", "hinge_fake"), WASSERSTEIN: ("neg", "identity")}[mode]
     return _torch_term(real, kr, real_label, reduction) + _torch_term(fake, kf, fake_label, reduction)
 
 
@@ -233,7 +247,7 @@ def _g_torch(fake, mode, real_label, fake_label, reduction):
     if mode == MINIMAX:
         return -_torch_term(fake, "bce", fake_label, reduction)
     kind, label = {VANILLA: ("bce", real_label), LSGAN: ("square", real_label),
-                   HINGE: ("neg", 0.0)}[mode]
+                   HINGE: ("neg", 0.0), WASSERSTEIN: ("neg", 0.0)}[mode]
     return _torch_term(fake, kind, label, reduction)
 
 
@@ -259,6 +273,12 @@ def _d_opchecks(device):
         "d_loss-vanilla": (L.d_loss.default, (_t(device, 5, 1, grad=True),
                                               _t(device, 3, 1, 4, 4, grad=True), 0, 0.9, 0.0, 1)),
         "d_loss-hinge-nograd": (L.d_loss.default, (_t(device, 6), _t(device, 6), 2, 1.0, 0.0, 2)),
+        "d_loss-wasserstein": (L.d_loss.default, (_t(device, 4, grad=True),
+                                                  _t(device, 2, 3, layout="strided", grad=True),
+                                                  4, 1.0, 0.0, 1)),
+        "d_loss_with_grad-wasserstein-sum": (L.d_loss_with_grad.default,
+                                             (_t(device, 5, 1), _t(device, 3, 1, 2, 2), 4, 1.0, 0.0,
+                                              2)),
         "d_loss_with_grad-lsgan-cl": (L.d_loss_with_grad.default,
                                       (_t(device, 2, 3, 4, 4, layout="channels_last"),
                                        _t(device, 5, 1), 1, 1.0, -1.0, 1)),
@@ -277,6 +297,8 @@ def _g_opchecks(device):
     return {
         "g_loss-minimax": (L.g_loss.default, (_t(device, 3, 1, 4, 4, grad=True), 3, 1.0, 0.1, 1)),
         "g_loss_with_grad-hinge": (L.g_loss_with_grad.default, (_t(device, 7), 2, 1.0, 0.0, 2)),
+        "g_loss-wasserstein": (L.g_loss.default, (_t(device, 2, 1, 3, 3, layout="channels_last",
+                                                     grad=True), 4, 1.0, 0.0, 1)),
     }
 
 
@@ -294,21 +316,24 @@ _D_BAD = (
     _bad("dtype-mismatch", lambda d: (_f(d, 4), _f(d, 4, dtype=torch.float64), 0, 1.0, 0.0, 1),
          TypeError, "but fake_logits has dtype"),
     _bad("mode-code", lambda d: (_f(d, 4), _f(d, 4), 3, 1.0, 0.0, 1), ValueError,
-         "mode must be 0 ('vanilla'), 1 ('lsgan') or 2 ('hinge') for d_loss"),
+         "mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 4 ('wasserstein') for d_loss"),
     _bad("reduction-code", lambda d: (_f(d, 4), _f(d, 4), 0, 1.0, 0.0, 0), ValueError,
          "reduction must be 1 ('mean') or 2 ('sum')"),
     _bad("bce-label", lambda d: (_f(d, 4), _f(d, 4), 0, 1.5, 0.0, 1), ValueError,
          "real_label must lie in [0, 1]"),
     _bad("lsgan-label-inf", lambda d: (_f(d, 4), _f(d, 4), 1, 1.0, float("inf"), 1), ValueError,
          "fake_label must be finite"),
+    _bad("wasserstein-label-nan", lambda d: (_f(d, 4), _f(d, 4), 4, float("nan"), 0.0, 1),
+         ValueError, "real_label must be finite"),
     _bad("empty-mean", lambda d: (_f(d, 4), _f(d, 0), 0, 1.0, 0.0, 1), ValueError,
          "fake_logits is empty"),
 )
 _G_BAD = (
     _bad("int-logits", lambda d: (torch.ones(4, dtype=torch.int32, device=d), 0, 1.0, 0.0, 1),
          TypeError, "fake_logits must be a floating point tensor"),
-    _bad("mode-code", lambda d: (_f(d, 4), 4, 1.0, 0.0, 1), ValueError,
-         "mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 3 ('minimax') for g_loss"),
+    _bad("mode-code", lambda d: (_f(d, 4), 5, 1.0, 0.0, 1), ValueError,
+         "mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge'), 3 ('minimax') or 4 ('wasserstein') "
+         "for g_loss"),
     _bad("minimax-label", lambda d: (_f(d, 4), 3, 1.0, -0.1, 2), ValueError,
          "fake_label must lie in [0, 1]"),
     _bad("empty-mean", lambda d: (_f(d, 0, 1), 0, 1.0, 0.0, 1), ValueError, "fake_logits is empty"),
@@ -345,7 +370,7 @@ _g_loss_twin = autocast_like_op(g_loss_ref, 1)
 
 # What gan_ext.reference exposes from this module: the twin under the op's
 # name, and the checks and helpers the tests use.
-REFERENCE = {"d_loss": d_loss_ref, "g_loss": g_loss_ref, "GAN_MODES": GAN_MODES, "VANILLA": VANILLA, "LSGAN": LSGAN, "HINGE": HINGE, "MINIMAX": MINIMAX, **{f.__name__: f for f in (check_label, check_d_loss_args, check_g_loss_args)}}
+REFERENCE = {"d_loss": d_loss_ref, "g_loss": g_loss_ref, "GAN_MODES": GAN_MODES, "VANILLA": VANILLA, "LSGAN": LSGAN, "HINGE": HINGE, "MINIMAX": MINIMAX, "WASSERSTEIN": WASSERSTEIN, **{f.__name__: f for f in (check_label, check_d_loss_args, check_g_loss_args)}}
 
 if _backend.extension_loaded:
     _register()

@@ -22,7 +22,7 @@ import json
 import os
 from typing import Dict, Optional
 
-from .options import TrainOptions
+from .options import GAN_MODELS, TrainOptions
 
 __all__ = ["read_config", "config_options", "merge_config", "ConfigError"]
 
@@ -122,6 +122,10 @@ def config_options(data: dict, path: str, model: str) -> Dict[str, object]:
     saved = isinstance(data.get("options"), dict)
     if saved:   # a run folder's config.json
         data = {k: v for k, v in data["options"].items() if k not in SAVED_IGNORED}
+        # Runs saved before --loss wgan-gp stored k's old default, 1, for every model
+        # (now None: 1, or 5 with wgan-gp); a model without k never used it.
+        if data.get("k") == 1 and model not in GAN_MODELS:
+            del data["k"]
     yaml_file = os.path.splitext(path)[1].lower() != ".json"
     out: Dict[str, object] = {}
     for key, value in data.items():

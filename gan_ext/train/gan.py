@@ -12,6 +12,7 @@ from torch import Tensor
 from .. import metrics
 from ..data import MNIST_CLASSES, MNIST_SIZE, folder_source, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
+from ..models.stabilize import GP_LAMBDA, WGAN_GP_DEFAULTS
 from . import _data
 from .base import Trainer, register
 from .architecture import gan_sizes
@@ -31,12 +32,17 @@ class GANTrainer(Trainer):
     name = "gan"
     model_class = GAN
     config_class = GANConfig
-    loss_groups = {"losses": ["d_loss", "g_loss"],
-                   "D outputs (probabilities)": ["d_real", "d_fake", "d_gen"],
-                   "R1 penalty (--r1)": ["r1"]}
     progress_keys = ("d_loss", "g_loss")
     grid_n = 64
     samplers: Dict[str, Any] = {}   # train_step's sample_z/sample_labels (several processes)
+
+    @property
+    def loss_groups(self) -> Dict[str, List[str]]:
+        # train_step logs sigmoid(D) for the BCE loss, D's raw scores for the others.
+        outputs = "probabilities" if self.opts.loss == "vanilla" else "raw scores"
+        return {"losses": ["d_loss", "g_loss"],
+                f"D outputs ({outputs})": ["d_real", "d_fake", "d_gen"],
+                "R1 penalty (--r1)": ["r1"], "gradient penalty (--loss wgan-gp)": ["gp"]}
 
     # ---------------------------------------------------------- the model
     def image_shape(self) -> Tuple[int, int, int]:
@@ -46,9 +52,16 @@ class GANTrainer(Trainer):
         return (o.channels or 1, o.image_size or MNIST_SIZE, o.image_size or MNIST_SIZE)
 
     def train_config_kwargs(self) -> Dict[str, Any]:
-        """The TrainConfig fields every GAN family takes from the options."""
+        """The TrainConfig fields every GAN family takes from the options.
+        ``--loss wgan-gp`` brings the paper's k, Adam lr and betas
+        (WGAN_GP_DEFAULTS: 5, 1e-4, (0, 0.9)) for every family, over the
+        model's own; an explicit --k / --lr / --lr-d / --lr-g wins."""
         o = self.opts
-        common = dict(k=o.k, g_steps=o.g_steps, minimax=o.g_loss == "minimax",
+        common = dict(WGAN_GP_DEFAULTS) if o.loss == "wgan-gp" else {}
+        common.update(loss=o.loss, gp_lambda=o.gp_lambda if o.gp_lambda is not None else GP_LAMBDA)
+        if o.k is not None:
+            common["k"] = o.k
+        common.update(g_steps=o.g_steps, minimax=o.g_loss == "minimax",
                       real_label=1.0 - o.label_smoothing,
                       pack=o.pack, minibatch_stddev=4 if o.minibatch_stddev else 0,
                       minibatch_discrimination=(mbd_sizes(o.minibatch_discrimination)

@@ -12,10 +12,12 @@ from .._validate import check_int
 from ..data import PREPROCESS_MODES
 from ..models.diffaugment import parse_policy
 from . import architecture
+from ..models.gan import LOSS_MODES as LOSSES
 
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
-           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes", "R1_EVERY", "diffaugment_policy"]
+           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes", "R1_EVERY", "diffaugment_policy",
+           "LOSSES"]
 
 MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix", "ring", "grid",
           "stacked-mnist")
@@ -94,6 +96,8 @@ _APPLIES = {
     "diffaugment": (tuple(m for m in GAN_MODELS if m not in ("ring", "grid")), False),
     "r1": (GAN_MODELS, False),
     "r1_every": (GAN_MODELS, False),
+    "loss": (GAN_MODELS, False),
+    "gp_lambda": (GAN_MODELS, False),
     # gan's MLPs have no batch norm; the others are checked once built.
     "sync_bn": (tuple(m for m in MODELS if m != "gan"), False),
     "arch": (("ring", "grid", "stacked-mnist"), False),
@@ -143,6 +147,9 @@ def check_applicable(opts: "TrainOptions", explicit) -> None:
             raise ValueError(f"{_flag(name)} applies to {opts.model} only with --data (the "
                              "default MNIST data has a fixed size and layout)")
     architecture.check_combination(opts, explicit)
+    if "g_loss" in explicit and opts.loss != "vanilla":   # minimax is checked in TrainOptions
+        raise ValueError(f"--g-loss applies to --loss vanilla only (the BCE loss's two generator "
+                         f"objectives), got --loss {opts.loss}")
     _check_preprocess(opts)
 
 
@@ -191,9 +198,9 @@ class TrainOptions:
     device: str = "auto"
     amp: bool = False                    # bf16 autocast (CUDA, or a CPU with native bf16)
     backend: str = "fused"
-    k: int = 1                           # GANs: D steps per G step
+    k: Optional[int] = None              # GANs: D steps per G step (None: 1; wgan-gp 5)
+    g_loss: str = "non-saturating"       # GANs: "non-saturating" | "minimax" (--loss vanilla)
     g_steps: int = 1                     # GANs: G steps per iteration (same latents)
-    g_loss: str = "non-saturating"       # GANs: "non-saturating" | "minimax"
     label_smoothing: float = 0.0         # GANs: real label = 1 - label_smoothing
     beta: float = 1.0                    # VAE: weight of the KL term
     lr: Optional[float] = None           # None: the paper's (the model config's) default
@@ -249,6 +256,9 @@ class TrainOptions:
     load_size: Optional[int] = None      # None: 286 for crop 256 (the same ratio for others)
     crop_size: Optional[int] = None      # the size trained at (= --image-size); None: 256
     no_flip: bool = False                # no random horizontal flips
+    # The adversarial loss; wgan-gp: Wasserstein + gradient penalty (stabilize.py).
+    loss: str = "vanilla"                # LOSSES
+    gp_lambda: Optional[float] = None    # wgan-gp: the penalty's weight (None: GP_LAMBDA)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -260,8 +270,10 @@ class TrainOptions:
                 check_int(name, v, 1)
         if self.decay_epochs is not None:
             check_int("decay_epochs", self.decay_epochs, 0)
-        for name in ("sample_every", "log_every", "checkpoint_every", "k", "g_steps"):
+        for name in ("sample_every", "log_every", "checkpoint_every", "g_steps"):
             check_int(name, getattr(self, name), 1)
+        if self.k is not None:
+            check_int("k", self.k, 1)
         if self.eval_n is not None:
             check_int("eval_n", self.eval_n, 0)
         check_int("pack", self.pack, 1)
@@ -314,6 +326,7 @@ class TrainOptions:
             check_int("r1_every", self.r1_every, 1)
             if not self.r1:
                 raise ValueError("--r1-every needs --r1 GAMMA (the penalty it schedules)")
+        self._check_loss()
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.direction not in ("AtoB", "BtoA"):
@@ -324,6 +337,29 @@ class TrainOptions:
         if self.preprocess is not None and self.preprocess not in PREPROCESS_MODES:
             raise ValueError(f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}, got "
                              f"{self.preprocess!r}")
+
+    def _check_loss(self) -> None:
+        """--loss and the options that depend on it."""
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.g_loss == "minimax" and self.loss != "vanilla":
+            raise ValueError(f"--g-loss minimax is the BCE loss's generator objective: it applies "
+                             f"to --loss vanilla only, got --loss {self.loss}")
+        if self.label_smoothing and self.loss in ("hinge", "wgan-gp"):
+            raise ValueError(f"--label-smoothing has no meaning for --loss {self.loss} (no "
+                             "labels); it applies to vanilla and lsgan")
+        if self.gp_lambda is not None:
+            if self.loss != "wgan-gp":
+                raise ValueError(f"--gp-lambda is the weight of WGAN-GP's gradient penalty: it "
+                                 f"applies to --loss wgan-gp only, got --loss {self.loss}")
+            if not _float("--gp-lambda", self.gp_lambda) > 0:
+                raise ValueError(f"--gp-lambda must be > 0, got {self.gp_lambda}")
+        if self.loss == "wgan-gp" and self.r1:
+            raise ValueError("--r1 cannot be combined with --loss wgan-gp: its gradient penalty "
+                             "already constrains D's input gradient")
+        if self.loss == "wgan-gp" and self.unrolled:
+            raise ValueError("--unrolled cannot be combined with --loss wgan-gp: the look-ahead "
+                             "would reproduce D's updates without the gradient penalty")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

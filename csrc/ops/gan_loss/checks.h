@@ -17,7 +17,8 @@
 namespace gan_ext {
 
 // d_loss modes, and g_loss modes (which add the paper's minimax form).
-enum class GanMode : int64_t { Vanilla = 0, LSGAN = 1, Hinge = 2, Minimax = 3 };
+// Wasserstein (WGAN, the critic of WGAN-GP): D mean(fake) - mean(real), G -mean(fake).
+enum class GanMode : int64_t { Vanilla = 0, LSGAN = 1, Hinge = 2, Minimax = 3, Wasserstein = 4 };
 
 // The elementwise terms the GAN losses are made of. With y a label:
 //   BCE      softplus(x) - x*y                 d/dx = sigmoid(x) - y
@@ -25,8 +26,11 @@ enum class GanMode : int64_t { Vanilla = 0, LSGAN = 1, Hinge = 2, Minimax = 3 };
 //   SQUARE   (x - y)^2                         d/dx = 2 (x - y)        (LSGAN)
 //   HINGE_REAL relu(1 - x)                     d/dx = -[x < 1]
 //   HINGE_FAKE relu(1 + x)                     d/dx = [x > -1]
-//   NEG      -x                                d/dx = -1               (hinge G)
-enum class Term : int { BCE = 0, NegBCE = 1, Square = 2, HingeReal = 3, HingeFake = 4, Neg = 5 };
+//   NEG      -x                                d/dx = -1               (hinge G, Wasserstein)
+//   IDENTITY x                                 d/dx = 1                (Wasserstein D on fakes)
+enum class Term : int {
+  BCE = 0, NegBCE = 1, Square = 2, HingeReal = 3, HingeFake = 4, Neg = 5, Identity = 6
+};
 
 // The terms (and labels) of d_loss: loss = reduce(real_term(real)) + reduce(fake_term(fake)).
 struct DTerms {
@@ -38,6 +42,7 @@ inline DTerms d_loss_terms(int64_t mode, double real_label, double fake_label) {
   switch (static_cast<GanMode>(mode)) {
     case GanMode::Vanilla: return {Term::BCE, Term::BCE, real_label, fake_label};
     case GanMode::LSGAN: return {Term::Square, Term::Square, real_label, fake_label};
+    case GanMode::Wasserstein: return {Term::Neg, Term::Identity, 0.0, 0.0};
     default: return {Term::HingeReal, Term::HingeFake, 0.0, 0.0};  // Hinge (mode is checked)
   }
 }
@@ -48,7 +53,7 @@ inline std::pair<Term, double> g_loss_term(int64_t mode, double real_label, doub
     case GanMode::Vanilla: return {Term::BCE, real_label};       // non-saturating -log D(G(z))
     case GanMode::Minimax: return {Term::NegBCE, fake_label};    // log(1 - D(G(z)))
     case GanMode::LSGAN: return {Term::Square, real_label};
-    default: return {Term::Neg, 0.0};                            // Hinge
+    default: return {Term::Neg, 0.0};                            // Hinge, Wasserstein
   }
 }
 template <typename T>
@@ -62,6 +67,7 @@ C10_HOST_DEVICE inline void apply_term(Term term, T x, T y, T& f, T& df) {
     case Term::HingeReal: f = x >= T(1) ? T(0) : T(1) - x; df = x >= T(1) ? T(0) : T(-1); return;
     case Term::HingeFake: f = x <= T(-1) ? T(0) : T(1) + x; df = x <= T(-1) ? T(0) : T(1); return;
     case Term::Neg: f = -x; df = T(-1); return;
+    case Term::Identity: f = x; df = T(1); return;
   }
 }
 
@@ -76,8 +82,9 @@ inline void check_label(double v, const char* name, int64_t mode) {
 
 inline void check_d_loss_args(const at::Tensor& real, const at::Tensor& fake, int64_t mode,
                               double real_label, double fake_label, int64_t reduction) {
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2,
-                    "mode must be 0 ('vanilla'), 1 ('lsgan') or 2 ('hinge') for d_loss, got ", mode);
+  TORCH_CHECK_VALUE((mode >= 0 && mode <= 2) || mode == static_cast<int64_t>(GanMode::Wasserstein),
+                    "mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 4 ('wasserstein') for "
+                    "d_loss, got ", mode);
   check_loss_reduction(reduction);
   check_float_dtype(real, "real_logits");
   check_float_dtype(fake, "fake_logits");
@@ -91,9 +98,9 @@ inline void check_d_loss_args(const at::Tensor& real, const at::Tensor& fake, in
 
 inline void check_g_loss_args(const at::Tensor& fake, int64_t mode, double real_label,
                               double fake_label, int64_t reduction) {
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 3,
-                    "mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge') or 3 ('minimax') for g_loss, "
-                    "got ", mode);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 4,
+                    "mode must be 0 ('vanilla'), 1 ('lsgan'), 2 ('hinge'), 3 ('minimax') or 4 "
+                    "('wasserstein') for g_loss, got ", mode);
   check_loss_reduction(reduction);
   check_float_dtype(fake, "fake_logits");
   check_label(real_label, "real_label", mode);

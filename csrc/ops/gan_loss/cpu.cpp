@@ -46,6 +46,9 @@ inline void vterm(const Vectorized<O>& x, const Vectorized<O>& y, Vectorized<O>&
     const V m = x <= V(O(-1));
     f = V::blendv(one + x, zero, m);
     df = V::blendv(one, zero, m);
+  } else if constexpr (TERM == Term::Identity) {
+    f = x;
+    df = one;
   } else {
     f = zero - x;
     df = V(O(-1));
@@ -88,6 +91,7 @@ TermChunkFn<T> term_chunk_fn(Term term) {
     case Term::Square: return &term_chunk<T, Term::Square>;
     case Term::HingeReal: return &term_chunk<T, Term::HingeReal>;
     case Term::HingeFake: return &term_chunk<T, Term::HingeFake>;
+    case Term::Identity: return &term_chunk<T, Term::Identity>;
     case Term::Neg: break;
   }
   return &term_chunk<T, Term::Neg>;

@@ -3,7 +3,8 @@
 //
 // The conventions every loss op shares (bce_with_logits, l1_loss too):
 // reduction 1 mean, 2 sum (0 'none' only where stated); GAN mode
-// 0 vanilla (BCE with logits), 1 lsgan, 2 hinge, 3 minimax (g_loss only).
+// 0 vanilla (BCE with logits), 1 lsgan, 2 hinge, 3 minimax (g_loss only),
+// 4 wasserstein (the labels unused).
 // Every loss returns a 0-dim tensor of the logits' dtype (sums in opmath
 // within blocks, float64 across blocks). mean over an empty tensor is an
 // error; sum over one is 0.
@@ -21,7 +22,8 @@ namespace gan_ext {
 
 TORCH_LIBRARY_FRAGMENT(gan_ext, m) {
   // d_loss = reduce(term(real_logits, real_label)) + reduce(term(fake_logits, fake_label)),
-  //   vanilla: BCE-with-logits terms; lsgan: (x - label)^2; hinge: relu(1 - real), relu(1 + fake).
+  //   vanilla: BCE-with-logits terms; lsgan: (x - label)^2; hinge: relu(1 - real), relu(1 + fake);
+  //   wasserstein: -real, fake (mean(fake) - mean(real)).
   m.def(
       "d_loss(Tensor real_logits, Tensor fake_logits, int mode, float real_label, "
       "float fake_label, int reduction) -> Tensor");
@@ -29,7 +31,8 @@ TORCH_LIBRARY_FRAGMENT(gan_ext, m) {
       "d_loss_with_grad(Tensor real_logits, Tensor fake_logits, int mode, float real_label, "
       "float fake_label, int reduction) -> (Tensor, Tensor, Tensor)");
   // g_loss = reduce(term(fake_logits)): vanilla BCE(x, real_label) (non-saturating),
-  //   minimax -BCE(x, fake_label) = log(1 - D(G(z))), lsgan (x - real_label)^2, hinge -x.
+  //   minimax -BCE(x, fake_label) = log(1 - D(G(z))), lsgan (x - real_label)^2, hinge and
+  //   wasserstein -x.
   m.def(
       "g_loss(Tensor fake_logits, int mode, float real_label, float fake_label, int reduction) "
       "-> Tensor");
