@@ -83,17 +83,22 @@ def vae_importance_nll(model: nn.Module, images_unit, k: int = 1000, seed: int =
     dim = model.config.latent_dim
     images = max(1, min(x.shape[0], max_latents // k))   # per encoder pass
     chunk = max(1, min(k, max_latents // images))         # draws per decoder pass
-    nll, nelbo = [], []
+    # Results go into buffers allocated once: small tensors kept between the
+    # decoder's big temporaries fragment glibc's heap (gigabytes over 10,000 images).
+    nll_t = torch.empty(x.shape[0], dtype=torch.float64)
+    nelbo_t = torch.empty(x.shape[0], dtype=torch.float64)
+    logw = torch.empty(images, k, dtype=torch.float64)
     with _eval_mode(model):
         for i in range(0, x.shape[0], images):
             b = x[i:i + images].to(device)
+            B = b.shape[0]
             stats = model.encode_stats(b)
-            eps = _draws(first_index + i, b.shape[0], k, dim, seed)
-            logw = torch.cat([model.log_importance_weights(b, eps[:, j:j + chunk], stats).cpu()
-                              for j in range(0, k, chunk)], dim=1)  # (B, k) float64
-            nll.append(math.log(k) - torch.logsumexp(logw, dim=1))
-            nelbo.append(-logw.mean(dim=1))
-    nll_t, nelbo_t = torch.cat(nll), torch.cat(nelbo)
+            eps = _draws(first_index + i, B, k, dim, seed)
+            for j in range(0, k, chunk):
+                logw[:B, j:j + chunk] = model.log_importance_weights(b, eps[:, j:j + chunk], stats)
+            torch.logsumexp(logw[:B], dim=1, out=nll_t[i:i + B])
+            nll_t[i:i + B].neg_().add_(math.log(k))
+            torch.mean(logw[:B], dim=1, out=nelbo_t[i:i + B]).neg_()
     if not bool(torch.isfinite(nll_t).all()):
         raise ValueError("the importance weights are not finite (NaN or inf in the model's "
                          "outputs)")
