@@ -1,6 +1,7 @@
 """The VAE's importance-weighted NLL (gan_ext.metrics.likelihood) against the
 exact log-likelihood of tiny models integrated on a grid in float64, its
 bounds, its determinism, and its place in `gan-ext train/eval vae`."""
+import json
 import math
 
 import pytest
@@ -151,12 +152,15 @@ def test_train_and_eval_report_the_iw_nll(tmp_path, capsys):
                      "--eval-n", "6", "--iw-k", "4"]) == 0
     capsys.readouterr()
     assert cli.main(["eval", str(run), "--n", "8", "--iw-n", "3", "--json"]) == 0
-    import json
     m = json.loads(capsys.readouterr().out)
     assert (m["n"], m["iw_k"], m["iw_n"]) == (8, 4, 3)     # the run's K, the asked images
     assert m["test_iw_nll_nats"] <= m["test_iw_nelbo_nats"]
     assert cli.main(["eval", str(run), "--n", "8", "--iw-n", "0", "--json"]) == 0
     assert "test_iw_nll_nats" not in json.loads(capsys.readouterr().out)
+    # an evaluation option: a resume may change it
+    assert cli.main(["train", "vae", "--arch", "conv", "--out", str(run), *TINY, "--steps", "2",
+                     "--eval-n", "3", "--iw-k", "2", "--resume"]) == 0
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["eval"]["iw_k"] == 2
     ae = tmp_path / "a"
     assert cli.main(["train", "ae", "--out", str(ae), *TINY, "--steps", "1", "--eval-n", "0"]) == 0
     capsys.readouterr()
