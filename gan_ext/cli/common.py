@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..train.options import MAX_SEED
+from ..train.options import IW_K, IW_N, MAX_SEED
 
 PROG = "gan-ext"
 
@@ -102,6 +102,17 @@ def threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help=f"CPU threads for torch (default: {torch.get_num_threads()}, what torch "
                         "uses on this machine)")
+
+
+def iw_arguments(p) -> None:
+    """``--iw-k``/``--iw-n``: the VAE's importance-weighted NLL (train and eval)."""
+    p.add_argument("--iw-k", type=positive_int, default=None, metavar="K",
+                   help=f"vae: draws from q(z|x) per image of the importance-weighted NLL "
+                        f"(default {IW_K}; eval: the run's)")
+    p.add_argument("--iw-n", type=nonneg_int, default=None, metavar="N",
+                   help=f"vae: test images (the first ones) of the importance-weighted NLL "
+                        f"(default min({IW_N}, the evaluated images); eval: the run's; 0: "
+                        f"none). --iw-k 1000 --iw-n 10000: the papers' full measure")
 
 
 def apply_threads(args: argparse.Namespace) -> None:

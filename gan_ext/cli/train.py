@@ -16,8 +16,8 @@ from ..train.options import (DEFAULTS, DEMO_STEPS, LOSSES, R1_EVERY, check_appli
                              defaults_text)
 from ..models.stabilize import GP_LAMBDA
 from .architecture import add_architecture_arguments
-from .common import (PROG, Command, UsageError, nonneg_int, one_line_warnings, positive_int,
-                     print_metrics, seed, threads_argument)
+from .common import (PROG, Command, UsageError, iw_arguments, nonneg_int, one_line_warnings,
+                     positive_int, print_metrics, seed, threads_argument)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,8 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "total; --epochs alone replaces a saved --steps) and how the run is "
                         "carried out (--sample-every, --log-every, --checkpoint-every, "
                         "--eval-n, --eval-every, --no-progress, --device, --amp, --backend, --threads, "
-                        "--mnist-dir, --workers); any other option that differs from the saved "
-                        "run is refused")
+                        "--mnist-dir, --workers, --iw-k, --iw-n); any other option that "
+                        "differs from the saved run is refused")
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the run already in --out (its checkpoint, samples, metrics "
                         "and curves are deleted first); without it such a folder is refused")
@@ -112,6 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-n", type=nonneg_int, default=None, metavar="N",
                    help="samples/test images for the final evaluation (default 2000; ring/grid "
                         "2500, stacked-mnist 26000; 0: skip)")
+    iw_arguments(g)
     g.add_argument("--eval-every", type=positive_int, default=None, metavar="N",
                    help="also evaluate every N steps (as the final evaluation, --eval-n "
                         "samples; the training is unchanged): eval records in metrics.jsonl "
@@ -159,10 +160,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning rate (default: the paper's; 2e-4 GANs, 1e-3 AE/VAE)")
     g = p.add_argument_group("mode collapse: the benchmarks' settings and the cures (gan, dcgan, "
                              "cgan, ring, grid, stacked-mnist; --pack: not cgan)")
-    g.add_argument("--arch", choices=("veegan", "pacgan", "unrolled"), default=None,
+    g.add_argument("--arch", choices=("veegan", "pacgan", "unrolled", "mlp", "conv"), default=None,
                    help="the papers' networks: ring/grid veegan (default) or pacgan; "
                         "stacked-mnist unrolled (the Unrolled-GAN paper's small DCGAN, "
-                        "default) or veegan (VEEGAN/PacGAN's DCGAN)")
+                        "default) or veegan (VEEGAN/PacGAN's DCGAN); vae mlp (the examples' "
+                        "VAE, default) or conv (ConvVAE, latent 32)")
     g.add_argument("--d-width", type=float, default=None, metavar="F",
                    help="stacked-mnist --arch unrolled: D's widths as a fraction of G's "
                         "(default 0.25; the papers: 0.25, 0.5)")

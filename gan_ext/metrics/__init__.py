@@ -12,7 +12,8 @@ see :mod:`gan_ext.metrics.classifier`) stands in for Inception-v3:
                          2-D ring and grid mixtures (the mode-collapse papers')
     stacked_mnist_modes  modes covered of 1,000 and KL to uniform on stacked MNIST
 
-and per model family: ``vae_test_nelbo``, ``ae_test_mse``,
+and per model family: ``vae_test_nelbo``, ``vae_importance_nll`` (the
+importance-weighted NLL), ``ae_test_mse``,
 ``translation_scores`` / ``digit_accuracy_of_mnist_like`` (CycleGAN on
 ``gan_ext.data.mnist_pair``, with the shipped A/B style classifier) and
 ``pix2pix_l1``. ``fid_with_backend`` / ``scores_with_backend`` call
@@ -45,6 +46,7 @@ _EXPORTS = {
     "vae_test_nelbo": "families", "ae_test_mse": "families",
     "digit_accuracy_of_mnist_like": "families", "translation_scores": "families",
     "pix2pix_l1": "families",
+    "vae_importance_nll": "likelihood", "IWEstimate": "likelihood",
     "frechet_distance": "fid", "feature_stats": "fid", "reference_stats": "fid",
     "mnist_fid": "fid",
     "inception_score": "scores", "class_log_probs": "scores", "classifier_accuracy": "scores",
@@ -80,6 +82,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .families import (ae_test_mse, digit_accuracy_of_mnist_like, pix2pix_l1,
                            translation_scores, vae_test_nelbo)
     from .fid import feature_stats, frechet_distance, mnist_fid, reference_stats
+    from .likelihood import IWEstimate, vae_importance_nll
     from .modes import (GRID, MIXTURES, RING, Mixture, kl_to_uniform, mixture_modes,
                         stacked_mnist, stacked_mnist_modes)
     from .scores import class_log_probs, classifier_accuracy, inception_score

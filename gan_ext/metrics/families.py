@@ -29,6 +29,15 @@ def _check_model(model, name: str = "model") -> nn.Module:
     return model
 
 
+def _check_vae(model, method: str) -> nn.Module:
+    """A module with ``method`` (e.g. ``"negative_elbo(x)"``): a gan_ext VAE."""
+    _check_model(model)
+    if not callable(getattr(model, method.split("(")[0], None)):
+        raise TypeError(f"model must provide {method} (a gan_ext.models.vae VAE or ConvVAE), "
+                        f"got {type(model).__name__}")
+    return model
+
+
 def _unit_batch(images, name: str) -> Tensor:
     """Float images in [0, 1], any (N, ...) shape the model takes; (N, H, W)
     gets a channel dimension. The model checks the rest of the shape."""
@@ -65,10 +74,7 @@ def vae_test_nelbo(model: nn.Module, images_unit, batch_size: int = 500, sample:
     a forked RNG state, so the value is reproducible and the caller's random
     stream is untouched. ``sample=False`` decodes z = mu (deterministic, usually
     a little below the true -ELBO)."""
-    _check_model(model)
-    if not callable(getattr(model, "negative_elbo", None)):
-        raise TypeError(f"model must provide negative_elbo(x) (a gan_ext.models.vae VAE or "
-                        f"ConvVAE), got {type(model).__name__}")
+    _check_vae(model, "negative_elbo(x)")
     batch_size = check_int("batch_size", batch_size)
     seed = check_int("seed", seed, 0)
     x = _unit_batch(images_unit, "images_unit")

@@ -14,9 +14,13 @@ from ..models import AEConfig, ConvAutoencoder, VAEConfig, build_vae
 from . import _data
 from .architecture import gan_sizes
 from .base import Trainer, register
+from .options import IW_K, IW_N, MODEL_ARCHS
 from .latents import GRID_STREAM, INTERPOLATION_STEPS, NOISE_STREAM, interpolation_latents, stream
 
 __all__ = ["AETrainer", "DAETrainer", "VAETrainer"]
+
+# The seed of the importance-weighted NLL's draws (each image's stream derives from it).
+IW_SEED = 0
 
 
 class _UnitImages(Trainer):
@@ -127,7 +131,8 @@ class VAETrainer(_UnitImages):
     # the global batch's gradient is the sum of the ranks'.
     grad_reduction = "sum"
     summed_stats = ("loss", "recon", "kl")
-    eval_metrics = {"test_nelbo_nats": "min"}
+    eval_metrics = {"test_nelbo_nats": "min", "test_iw_nll_nats": "min",
+                    "test_iw_nelbo_nats": "min"}
     best_metric = ("test_nelbo_nats",)
     loss_groups = {"negative ELBO terms (nats per image)":
                    ["recon_per_image", "kl_per_image", "loss_per_image"]}
@@ -137,8 +142,10 @@ class VAETrainer(_UnitImages):
         if model_config:
             cfg = VAEConfig(**model_config)
         else:
-            cfg = VAEConfig(beta=float(self.opts.beta), **gan_sizes(self.opts, "latent_dim"),
-                            **({"lr": self.opts.lr} if self.opts.lr is not None else {}))
+            cfg = VAEConfig.for_arch(self.opts.arch or MODEL_ARCHS[self.name][0],
+                                     beta=float(self.opts.beta),
+                                     **gan_sizes(self.opts, "latent_dim"),
+                                     **({"lr": self.opts.lr} if self.opts.lr is not None else {}))
         self.model = build_vae(cfg).to(self.device)
         self.optimizers = {"model": self.model.configure_optimizer()}
 
@@ -161,6 +168,35 @@ class VAETrainer(_UnitImages):
         z = torch.randn(n, d, generator=generator)
         return self._decode(z), max(1, math.isqrt(n - 1) + 1)
 
+    @classmethod
+    def metric_names(cls, opts) -> Optional[Dict[str, str]]:
+        names = super().metric_names(opts)
+        if opts.iw_n == 0:   # no importance-weighted estimate
+            names = {k: v for k, v in names.items() if not k.startswith("test_iw_")}
+        return names
+
     def evaluate(self, n: int) -> Dict[str, Any]:
+        """The test -ELBO (analytic KL + one sampled z per image, seed 0) on
+        n images, and the importance-weighted NLL with the K-sample -ELBO of
+        the same draws on the first ``--iw-n`` of them (default min(IW_N, n))."""
         x = self.test_images(n)
-        return {"n": len(x), "test_nelbo_nats": float(metrics.vae_test_nelbo(self.model, x))}
+        out = {"n": len(x), "test_nelbo_nats": float(metrics.vae_test_nelbo(self.model, x))}
+        iw_n = min(IW_N, n) if self.opts.iw_n is None else self.opts.iw_n
+        if iw_n:
+            out.update(self.importance_nll(iw_n, self.opts.iw_k or IW_K))
+        return out
+
+    def importance_nll(self, n: int, k: int) -> Dict[str, Any]:
+        """``gan_ext.metrics.vae_importance_nll`` with K = k on the first n test
+        images (split across the ranks on several processes: each image's
+        draws are its own, so the split changes nothing)."""
+        x = self.test_images(n)
+
+        def rows(idx: Tensor) -> Tensor:   # (len(idx), 2) float64: nll, nelbo per image
+            est = metrics.vae_importance_nll(self.model, x[idx], k=k, seed=IW_SEED,
+                                             per_image=True, first_index=int(idx[0]))
+            return torch.stack([est.nll, est.nelbo], 1)
+
+        per = self.map_rows(rows, len(x))
+        return {"iw_k": k, "iw_n": len(x), "test_iw_nll_nats": per[:, 0].mean().item(),
+                "test_iw_nelbo_nats": per[:, 1].mean().item()}

@@ -35,7 +35,7 @@ BEST = "best.pt"
 METRIC_CURVES = "metrics.png"
 AUTO = "auto"   # --keep-best without METRIC: the family's default criterion
 # Numbers of an evaluation that are counts of the protocol, not results: not drawn.
-_NOT_DRAWN = ("n", "max_modes", "A_to_B_n")
+_NOT_DRAWN = ("n", "max_modes", "A_to_B_n", "iw_k", "iw_n")
 
 
 def prepare(opts: TrainOptions) -> TrainOptions:

@@ -3,6 +3,7 @@ checkpoint (or a published official CycleGAN/pix2pix generator file) and
 sample, translate or evaluate it."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -25,7 +26,7 @@ from .image_metrics import IMAGE_SCORE_MODELS, image_scores
 from .latents import EXAMPLES_DCGAN_EVAL_SEED
 from .runtime import resolve_device
 from .monitor import append_jsonl
-from .options import DEFAULTS, MODELS, TrainOptions
+from .options import DEFAULTS, MODELS, TrainOptions, check_applicable
 from .translation import translate
 
 __all__ = ["load_trained", "sample_checkpoint", "evaluate_checkpoint", "load_images",
@@ -271,13 +272,17 @@ def _sample_size_warnings(metrics: Dict[str, Any], n: int) -> None:
 
 def evaluate_checkpoint(path: str, n: Optional[int] = None, device: str = "auto",
                         fid_backend: Optional[str] = None,
-                        report: Optional[Callable[[Dict[str, Any]], Any]] = None
+                        report: Optional[Callable[[Dict[str, Any]], Any]] = None,
+                        options: Optional[Dict[str, Any]] = None
                         ) -> Tuple[Dict[str, Any], Optional[str]]:
     """The family's metrics, handed to ``report`` first, then appended to the
     run's metrics.jsonl. Returns (metrics, metrics.jsonl path, or None when
     the folder is not writable: a warning says so). ``n``: samples or test
     images; None: the model's protocol count (ring/grid 2,500, stacked-mnist
-    26,000), else 10,000."""
+    26,000), else 10,000. ``options``: evaluation options of the run replaced
+    for this evaluation (``{"iw_k": 1000, "iw_n": 10000}``; None values are
+    not given), refused with a ValueError where the model does not use them."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
     path = _checkpoint_path(path)
     raw = read_torch_file(path)
     if _is_official_generator(raw):
@@ -285,6 +290,7 @@ def evaluate_checkpoint(path: str, n: Optional[int] = None, device: str = "auto"
                          "the test images of its own dataset, which the file does not name; "
                          "translate them with 'gan-ext sample FILE --input DIR'")
     if _is_examples_dcgan(raw):
+        check_applicable(TrainOptions(model="dcgan", **options), options)
         if fid_backend is not None:
             raise ValueError("--fid-backend scores a gan_ext run against its own images; a "
                              "pytorch/examples generator file names no dataset")
@@ -295,6 +301,9 @@ def evaluate_checkpoint(path: str, n: Optional[int] = None, device: str = "auto"
             report(metrics)
         return metrics, None
     trainer, ckpt = load_trained(path, device, raw)
+    if options:
+        trainer.opts = dataclasses.replace(trainer.opts, **options)   # validated there
+        check_applicable(trainer.opts, options)
     if n is None:
         n = DEFAULTS[trainer.name].get("eval_n", DEFAULT_EVAL_N)
     if fid_backend is not None and trainer.name not in IMAGE_SCORE_MODELS:

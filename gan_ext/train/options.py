@@ -17,7 +17,7 @@ from ..models.gan import LOSS_MODES as LOSSES
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
            "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes", "R1_EVERY", "diffaugment_policy",
-           "LOSSES"]
+           "LOSSES", "IW_K", "IW_N"]
 
 MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix", "ring", "grid",
           "stacked-mnist")
@@ -63,12 +63,12 @@ LENGTH_OPTIONS = ("steps", "epochs", "decay_epochs")
 # Options about how a run is carried out, not what it trains: a resume may
 # change them freely.
 RUN_OPTIONS = ("sample_every", "log_every", "checkpoint_every", "eval_n", "eval_every", "progress",
-               "device", "amp", "backend", "threads", "mnist_dir", "workers")
+               "device", "amp", "backend", "threads", "mnist_dir", "workers", "iw_k", "iw_n")
 RESUMABLE_OVERRIDES = LENGTH_OPTIONS + RUN_OPTIONS
 
 # The reference networks of the benchmarks (--arch), the default first.
 MODEL_ARCHS = {"ring": ("veegan", "pacgan"), "grid": ("veegan", "pacgan"),
-               "stacked-mnist": ("unrolled", "veegan")}
+               "stacked-mnist": ("unrolled", "veegan"), "vae": ("mlp", "conv")}
 
 # Options that only some models use: option -> (models, needs --data). An
 # option given for another model is refused, never silently ignored.
@@ -100,9 +100,11 @@ _APPLIES = {
     "gp_lambda": (GAN_MODELS, False),
     # gan's MLPs have no batch norm; the others are checked once built.
     "sync_bn": (tuple(m for m in MODELS if m != "gan"), False),
-    "arch": (("ring", "grid", "stacked-mnist"), False),
+    "arch": (("ring", "grid", "stacked-mnist", "vae"), False),
     "d_width": (("stacked-mnist",), False),
     "beta": (("vae",), False),
+    "iw_k": (("vae",), False),
+    "iw_n": (("vae",), False),
     "decay_epochs": (("cyclegan", "pix2pix"), False),
     "data": (_FOLDER_MODELS, False),
     "image_size": (("gan", "dcgan", "cyclegan", "pix2pix"), False),
@@ -123,6 +125,11 @@ _APPLIES = {
     "crop_size": (("cyclegan", "pix2pix"), True),
     "no_flip": (("cyclegan", "pix2pix"), True),
 }
+# The VAE's importance-weighted NLL (gan_ext.metrics.likelihood): IW_K draws per
+# image (the papers' K) on the first min(IW_N, --eval-n) test images unless
+# --iw-k/--iw-n; the full measure, all 10,000 images, takes minutes on a CPU.
+IW_K = 1000
+IW_N = 1000
 # Lazy R1: the penalty every R1_EVERY-th D step (StyleGAN2's interval) unless --r1-every.
 R1_EVERY = 16
 
@@ -259,12 +266,15 @@ class TrainOptions:
     # The adversarial loss; wgan-gp: Wasserstein + gradient penalty (stabilize.py).
     loss: str = "vanilla"                # LOSSES
     gp_lambda: Optional[float] = None    # wgan-gp: the penalty's weight (None: GP_LAMBDA)
+    # VAE evaluation: the importance-weighted NLL (None: IW_K, and min(IW_N, eval n); iw_n 0: off).
+    iw_k: Optional[int] = None           # draws from q(z|x) per image
+    iw_n: Optional[int] = None           # test images (the first ones)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         for name in ("steps", "epochs", "batch_size", "limit", "image_size", "threads",
-                     "eval_every", "load_size", "crop_size"):
+                     "eval_every", "load_size", "crop_size", "iw_k"):
             v = getattr(self, name)
             if v is not None:
                 check_int(name, v, 1)
@@ -274,8 +284,9 @@ class TrainOptions:
             check_int(name, getattr(self, name), 1)
         if self.k is not None:
             check_int("k", self.k, 1)
-        if self.eval_n is not None:
-            check_int("eval_n", self.eval_n, 0)
+        for name in ("eval_n", "iw_n"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 0)
         check_int("pack", self.pack, 1)
         if self.pack > 8:
             raise ValueError(f"pack must be at most 8 (PacGAN packs 2-4), got {self.pack}")
