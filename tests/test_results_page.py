@@ -137,3 +137,32 @@ def test_one_file_and_a_rerun_replaces_earlier_results(runs, capsys):
                      "-o", str(out)]) == 0
     assert sorted(os.listdir(out / "images")) == ["c.png"]   # a.png, b.png, sub/ of the first gone
     assert "wrote 1 results" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_data_run_inputs_get_the_runs_preprocessing(tmp_path, capsys):
+    """A --data cyclegan run's inputs are its evaluation version (resize to the
+    load size, centre crop, no flip), as the run's own test images, not the
+    centre square resized to the crop size."""
+    from gan_ext.data.preprocess import decode
+    from gan_ext.train import _data
+
+    g = np.random.default_rng(1)
+    for d in ("trainA", "trainB"):
+        (tmp_path / d).mkdir()
+        for i in range(4):
+            Image.fromarray(g.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+                tmp_path / d / f"{i}.png")
+    run = tmp_path / "run"
+    assert cli.main(["train", "cyclegan", "--data", str(tmp_path), "--crop-size", "32",
+                     "--ngf", "8", "--ndf", "8", "--workers", "0", *TINY, "--out", str(run)]) == 0
+    assert cli.main(["test", str(run), "--input", str(tmp_path / "trainA" / "0.png"),
+                     "-o", str(tmp_path / "out"), "--threads", "1"]) == 0
+    capsys.readouterr()
+    trainer, _ = load_trained(str(run), "cpu")
+    prep = _data.preprocess(trainer.opts, 4)
+    want = decode(str(tmp_path / "trainA" / "0.png"), "RGB", (40, 30), False,
+                  prep.plan(40, 30, None))[0]                                # (32, 32, 3)
+    got = _png(tmp_path / "out" / "input" / "0.png")
+    np.testing.assert_array_equal(got, want)
+    square = _u8(load_named_images(tmp_path / "trainA" / "0.png", 32, 3)[0])[0]
+    assert not np.array_equal(got, square)   # the old centre-square input differs

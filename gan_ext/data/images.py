@@ -142,9 +142,10 @@ def _to_signed(arrays: List[np.ndarray]) -> Tensor:
 
 
 def _load(folder: Path, image_size: int, channels: int, limit: Optional[int], halves: bool,
-          what: str, kept: Optional[List[Path]] = None):
+          what: str, kept: Optional[List[Path]] = None, decode_one=None):
     """The images' tensors (two with ``halves``); ``kept`` collects the files
-    read, in order."""
+    read, in order; ``decode_one(path, mode)``: the arrays of one file, in
+    place of the centre square resized to ``image_size``."""
     files, skips = _images_and_skips(folder) if folder.is_dir() else ([folder], _Skips())
     mode = "L" if channels == 1 else "RGB"
     decoded = []
@@ -152,7 +153,8 @@ def _load(folder: Path, image_size: int, channels: int, limit: Optional[int], ha
         if limit is not None and len(decoded) >= limit:
             break
         try:
-            decoded.append(_decode(p, image_size, mode, halves))
+            decoded.append(decode_one(p, mode) if decode_one is not None
+                           else _decode(p, image_size, mode, halves))
             if kept is not None:
                 kept.append(p)
         except Exception as e:  # PIL raises many types for broken files
@@ -181,12 +183,17 @@ def load_image_folder(path, image_size: int, channels: int = 3, *,
     return _load(folder, image_size, channels, _check_limit(limit), False, "image folder")[0]
 
 
-def load_named_images(path, image_size: int, channels: int = 3) -> Tuple[Tensor, List[str]]:
+def load_named_images(path, image_size: int, channels: int = 3, prep=None
+                      ) -> Tuple[Tensor, List[str]]:
     """A folder of images (recursive, as :func:`load_image_folder`) or one
     image file, and each image's name: its path relative to the folder
     without the extension (``a/1`` for ``DIR/a/1.jpg``; the file's stem for
     one file). Two files of one name (``1.jpg`` and ``1.png``) raise
-    DataError naming them: their results would overwrite each other."""
+    DataError naming them: their results would overwrite each other. With
+    ``prep`` (a :class:`~gan_ext.data.preprocess.Preprocess`) each image is
+    its evaluation version (centre crop, no flip) instead of the centre
+    square resized to ``image_size``; outputs of different sizes raise
+    DataError."""
     image_size = check_int("image_size", image_size)
     channels = _check_channels(channels)
     if not isinstance(path, (str, os.PathLike)):
@@ -195,8 +202,15 @@ def load_named_images(path, image_size: int, channels: int = 3) -> Tuple[Tensor,
     if not p.exists():
         raise DataError(f"{p} does not exist; check the path")
     kept: List[Path] = []
-    x = _load(p, image_size, channels, None, False, "image folder" if p.is_dir() else "file",
-              kept)[0]
+    decode_one = None if prep is None else (lambda f, mode: _prep_decode(f, mode, prep))
+    try:
+        x = _load(p, image_size, channels, None, False, "image folder" if p.is_dir() else "file",
+                  kept, decode_one)[0]
+    except ValueError as e:   # np.stack of arrays of different shapes
+        if prep is None or isinstance(e, DataError):
+            raise
+        raise DataError(f"--preprocess {prep.mode} gives the images of {p} different sizes; "
+                        "give images of one shape") from None
     names = [f.stem if not p.is_dir() else f.relative_to(p).with_suffix("").as_posix()
              for f in kept]
     seen = {}
@@ -206,6 +220,17 @@ def load_named_images(path, image_size: int, channels: int = 3) -> Tuple[Tensor,
                             "image's results are named after it)")
         seen[n] = f
     return x, names
+
+
+def _prep_decode(path: Path, mode: str, prep) -> List[np.ndarray]:
+    """One file through ``prep``'s evaluation plan (centre crop, no flip)."""
+    from PIL import Image
+    from .preprocess import decode
+
+    with Image.open(path) as img:
+        w, h = img.size
+    prep.check_size(w, h, str(path))
+    return decode(str(path), mode, (w, h), False, prep.plan(w, h, None))
 
 
 def _check_split(split) -> str:

@@ -32,7 +32,8 @@ from ..data import MNIST_SIZE, load_named_images
 from .checkpoint import read_torch_file
 from .grid import to_uint8
 from .inference import _checkpoint_path, _is_examples_dcgan, _is_official_generator, load_trained
-from .translation import translate
+from . import _data
+from .translation import _fits, translate
 
 __all__ = ["TEST_MODELS", "write_results", "default_results_dir"]
 
@@ -105,6 +106,15 @@ def _input_shape(trainer, direction: str) -> Tuple[int, int]:
     return trainer.image_size(), ch
 
 
+def _preprocess(trainer):
+    """A --data cyclegan/pix2pix run's --preprocess (its evaluation plan is
+    what the inputs get, as the run's own test images); None: the centre
+    square at the run's size (MNIST runs, the autoencoders)."""
+    if trainer.name not in ("cyclegan", "pix2pix") or trainer.opts.data is None:
+        return None
+    return _data.preprocess(trainer.opts, _fits(trainer.model.config)[0])
+
+
 def _page(out: str, title: str, names: List[str], columns: Dict[str, str], size: int) -> str:
     width = max(size, 128)
     head = "".join(f"<th>{html.escape(label)}</th>" for label in columns.values())
@@ -146,7 +156,8 @@ def write_results(path: str, inputs: str, out: Optional[str] = None,
                             "'train')" if trainer.name == "pix2pix" else "reconstructs its input"))
     direction = direction or "AtoB"
     size, channels = _input_shape(trainer, direction)
-    x, names = load_named_images(inputs, size, channels)
+    x, names = load_named_images(inputs, size, channels, _preprocess(trainer))
+    h, size = x.shape[-2:]                                             # (N, C, H, W)
     out = out or default_results_dir(path)
     _prepare_dir(out)
     with torch.no_grad():
@@ -160,5 +171,5 @@ def write_results(path: str, inputs: str, out: Optional[str] = None,
     what = f"{trainer.name} {direction}" if trainer.name == "cyclegan" else trainer.name
     title = (f"{what}: {os.path.basename(os.path.dirname(os.path.abspath(path)))}, "
              f"{os.path.basename(path)} at step {int(ckpt.get('step', 0))}, {len(names)} images "
-             f"at {size}x{size}")
+             f"at {size}x{h}")
     return _page(out, title, names, columns, size), len(names)
