@@ -48,6 +48,49 @@ def _variants():
     return _VARIANTS
 
 
+def _runtime_libstdcxx() -> list:
+    """Link arguments that make the extension use the C++ runtime torch runs on.
+
+    A toolchain without a shared libstdc++ (or whose specs force
+    -static-libstdc++) copies the runtime into the extension, where its
+    std::locale and iostream state shadow and mix with the process's: seen on
+    a CUDA image, where every error message holding a number segfaulted. There,
+    link the libstdc++.so.6 this process (torch) has loaded, by its full path;
+    elsewhere add nothing."""
+    if not sys.platform.startswith("linux"):
+        return []
+    import shutil
+    import subprocess
+
+    cxx = (os.environ.get("CXX") or "c++").split()[0]
+    if shutil.which(cxx) is None:
+        return []
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+        specs = subprocess.run([cxx, "-dumpspecs"], capture_output=True, text=True,
+                               timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    try:  # a wrapper script may add the flag itself
+        with open(shutil.which(cxx), "rb") as f:
+            wrapper = f.read(1 << 16)
+    except OSError:
+        wrapper = b""
+    static = "static-libstdc++" in specs or (b"static-libstdc++" in wrapper and b"\0" not in wrapper)
+    if os.path.isabs(found) and os.path.exists(found) and not static:
+        return []  # the usual case: the compiler links its shared runtime
+    import torch  # noqa: F401  (loads the runtime torch was built to use)
+
+    with open("/proc/self/maps") as f:
+        loaded = sorted({line.split()[-1] for line in f if "/libstdc++.so" in line})
+    if not loaded:
+        return []
+    print(f"gan_ext build: {cxx} has no shared libstdc++ (it would be linked in statically); "
+          f"linking {loaded[0]}", file=sys.stderr)
+    return [loaded[0]]
+
+
 class BuildExtension(cpp_extension.BuildExtension):
     """Compiles each csrc/ops/*/cpu.cpp once per variant, with that variant's
     flags, into its own folder, then links those objects with the rest.
@@ -85,7 +128,7 @@ def _extension():
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
     cxx = ["-O3", "-std=c++20", *openmp]
     cxx += [f"-DGAN_EXT_MAX_CPU_CAPABILITY={_variants()[-1][1]}"]
-    link = [*openmp]
+    link = [*openmp, *_runtime_libstdcxx()]
     use_cuda = _want_cuda()
     if use_cuda:
         ext_cls = cpp_extension.CUDAExtension

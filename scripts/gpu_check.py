@@ -66,13 +66,15 @@ SECTIONS: Tuple[Tuple[str, Tuple[int, ...], float, str], ...] = (
     ("tests_legacy", (1,), 90, "host"),
     ("device", (2,), 15, "py"),
     ("sanitize", (2,), 90, "host"),
-    ("bench_norm", (2,), 55, "py"),
-    ("bench_norm_legacy", (2,), 20, "py"),
-    ("bench_loss", (2,), 20, "py"),
+    ("bench_norm", (2,), 110, "py"),
+    # Not in a part since session 26: bench_norm times the legacy design
+    # interleaved in-process (--sections bench_norm_legacy still runs it apart).
+    ("bench_norm_legacy", (), 40, "py"),
+    ("bench_loss", (2,), 35, "py"),
     ("bench_steps", (2,), 50, "py"),
     ("train", (2,), 30, "host"),
     ("profile", (2,), 15, "py"),
-    ("graphs", (2,), 10, "py"),
+    ("graphs", (2,), 20, "py"),
     ("ncu", (2,), 35, "host"),
     ("dist", (2,), 40, "host"),   # last: it must not push issue 12's sections out
 )
@@ -205,7 +207,8 @@ def plan(args) -> List[Tuple[str, int]]:
                 out.append((name, part))
     if args.sections is not None:
         # Chosen by name: each in its first part, in the usual order.
-        out = [(n, next(p for m, ps, _, _ in SECTIONS if m == n for p in ps))
+        # (A section of no part, as bench_norm_legacy, runs as part 2.)
+        out = [(n, next((p for m, ps, _, _ in SECTIONS if m == n for p in ps), 2))
                for n in SECTION_NAMES if n in args.sections]
     return out
 
@@ -371,6 +374,19 @@ def write_report(results: dict) -> str:
               "also read dy and the saved tensor, write dx) over the time, against the measured "
               f"device copy ({_fmt(dev_bw, '.0f')} GB/s).", ""]
         L += _bench_rows(norm_rows, False) + [""]
+    interleaved = [r for r in norm_rows if r.get("fused_legacy_us") is not None]
+    if interleaved:
+        L += ["### Today's paths (GAN_EXT_CUDA_NORM_ACT=legacy) against the new ones, "
+              "interleaved in one process", "", "legacy/new > 1: the new design is faster.", ""]
+        rows = []
+        for r in interleaved:
+            legacy_bw = (r["bw_pct"] * r["fused_us"] / r["fused_legacy_us"]
+                         if r.get("bw_pct") and r.get("fused_us") else None)
+            rows.append([r["case"], r["dtype"], _fmt(r.get("fused_us")), _fmt(r["fused_legacy_us"]),
+                         _fmt(_ratio(r["fused_legacy_us"], r.get("fused_us")), ".2f"),
+                         _fmt(r.get("bw_pct"), ".0f"), _fmt(legacy_bw, ".0f")])
+        L += _table(["case", "dtype", "new fused us", "legacy fused us", "legacy/new",
+                     "new % BW", "legacy % BW"], rows) + [""]
     if legacy_rows:
         L += ["### Today's paths (GAN_EXT_CUDA_NORM_ACT=legacy) against the new ones", ""]
         new_by_key = {(r["case"], r["dtype"]): r for r in norm_rows}
@@ -729,7 +745,10 @@ def _import_probe(args) -> dict:
 def section_build(run: Run, budget: float) -> dict:
     args = run.args
     stamp = source_stamp(args.python)
-    env = {"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": stamp["arch"], "MAX_JOBS": str(args.jobs)}
+    # GAN_EXT_PORTABLE=1: the baseline CPU kernels alone (the check runs CUDA
+    # tests; the AVX2/AVX-512 copies cost ~60 s of build on the H200).
+    env = {"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": stamp["arch"], "MAX_JOBS": str(args.jobs),
+           "GAN_EXT_PORTABLE": os.environ.get("GAN_EXT_PORTABLE", "1")}
     cmd = [args.python, "setup.py", "build_ext", "--inplace"]
     data = {"stamp": stamp, "command": " ".join(f"{k}={v}" for k, v in env.items()) + " " +
             " ".join(cmd)}
@@ -757,6 +776,7 @@ def section_build(run: Run, budget: float) -> dict:
         raise SectionError("the extension loaded without CUDA kernels", data)
     if so:
         data["so_bytes"] = os.path.getsize(so)
+        data["libstdcxx"] = libstdcxx_linkage(so)
     if so and data["how"] == "built":  # a reused build is already where it came from
         exported, size = export_so(so, run.out)
         data["exported"] = {"file": os.path.basename(exported), "bytes": size}
@@ -764,6 +784,22 @@ def section_build(run: Run, budget: float) -> dict:
             data["warning"] = "over 16 MiB: it will not come back from the device machine's $OUT"
         _atomic_write(os.path.join(run.out, "build.json"), json.dumps(stamp, indent=1))
     return data
+
+
+def libstdcxx_linkage(so: str) -> str:
+    """'shared' when the extension needs libstdc++.so, 'static' when the C++
+    runtime was copied into it (session 26: the image's compiler did that, and
+    every error message holding a number segfaulted), else 'unknown'."""
+    try:
+        r = subprocess.run(["readelf", "-W", "-d", "--dyn-syms", so], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if r.returncode != 0:
+        return "unknown"
+    if any("(NEEDED)" in l and "libstdc++.so" in l for l in r.stdout.splitlines()):
+        return "shared"
+    return "static" if "_ZNSt6locale13_S_initializeEv" in r.stdout else "unknown"
 
 
 def _last_error_line(text: str) -> str:
@@ -863,8 +899,10 @@ def parse_sanitizer(text: str) -> dict:
         out["errors"] = int(m[-1])
     m = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)",
                    text)
-    if m:
-        out["hazards"], _, out["warnings"] = (int(v) for v in m[-1])
+    if m:  # racecheck prints this summary instead of an ERROR SUMMARY
+        out["hazards"], errors, out["warnings"] = (int(v) for v in m[-1])
+        if out["errors"] is None:
+            out["errors"] = errors
     m = re.findall(r"cuda_sanitize: (\d+)/(\d+) cases ran.*?; (\d+) failed", text)
     if m:
         ran, total, failed = (int(v) for v in m[-1])
@@ -1264,28 +1302,56 @@ def copy_bandwidth(torch, device, nbytes: int, reps: int = 10) -> float:
     return 2 * x.numel() * 4 / statistics.median(times)
 
 
+class _Environ:
+    """Sets environment variables for a block (None: unset) and restores them."""
+
+    def __init__(self, values: Optional[Dict[str, Optional[str]]]):
+        self.values, self.saved = values or {}, {}
+
+    def __enter__(self):
+        for k, v in self.values.items():
+            self.saved[k] = os.environ.get(k)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def time_steps(torch, device, steps: Dict[str, Callable[[], None]], warmup: int = 3, reps: int = 15,
-               min_rep_s: float = 3e-4, deadline: Optional[float] = None) -> Dict[str, List[float]]:
+               min_rep_s: float = 3e-4, deadline: Optional[float] = None,
+               envs: Optional[Dict[str, Dict[str, Optional[str]]]] = None) -> Dict[str, List[float]]:
     """Per-call seconds of each step: warm-up, then repetitions interleaved
     across the steps (a, b, c, a, b, c, ...), each repetition `number` calls
     timed with CUDA events after a synchronize (so a host-bound step shows
-    its launch gaps), `number` chosen so one repetition lasts min_rep_s."""
+    its launch gaps), `number` chosen so one repetition lasts min_rep_s.
+    envs[k]: environment variables set while step k runs (outside the timed
+    region too), e.g. the norm_act design, read by the op at every call."""
     cuda = device.type == "cuda"
+    envs = envs or {}
 
     def sync():
         if cuda:
             torch.cuda.synchronize(device)
 
-    for f in steps.values():
-        for _ in range(warmup):
-            f()
-    sync()
+    for k, f in steps.items():
+        with _Environ(envs.get(k)):
+            for _ in range(warmup):
+                f()
+            sync()
     fastest = math.inf
-    for f in steps.values():
-        sync()
-        t0 = time.perf_counter()
-        f()
-        sync()
+    for k, f in steps.items():
+        with _Environ(envs.get(k)):
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
         fastest = min(fastest, time.perf_counter() - t0)
     number = max(1, min(200, math.ceil(min_rep_s / max(fastest, 1e-7))))
     times: Dict[str, List[float]] = {k: [] for k in steps}
@@ -1293,20 +1359,22 @@ def time_steps(torch, device, steps: Dict[str, Callable[[], None]], warmup: int 
         if deadline is not None and time.time() > deadline and all(times.values()):
             break
         for k, f in steps.items():
-            sync()
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(number):
-                    f()
-                end.record()
-                end.synchronize()
-                times[k].append(start.elapsed_time(end) / 1e3 / number)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(number):
-                    f()
-                times[k].append((time.perf_counter() - t0) / number)
+            with _Environ(envs.get(k)):
+                sync()
+                if cuda:
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(number):
+                        f()
+                    end.record()
+                    end.synchronize()
+                    times[k].append(start.elapsed_time(end) / 1e3 / number)
+                else:
+                    t0 = time.perf_counter()
+                    for _ in range(number):
+                        f()
+                    times[k].append((time.perf_counter() - t0) / number)
     return times
 
 
@@ -1474,7 +1542,8 @@ def kernel_profile(torch, device, step: Callable[[], None]) -> dict:
 
 
 def _bench_section(torch, w: Writer, device, cases: List[dict], with_compile: bool,
-                   dry_run: bool, copy_Bps: Optional[float], setting: str) -> None:
+                   dry_run: bool, copy_Bps: Optional[float], setting: str,
+                   with_legacy: bool = False) -> None:
     from gan_ext.bench import CompileUnavailable
 
     reps = 2 if dry_run else 15
@@ -1494,9 +1563,16 @@ def _bench_section(torch, w: Writer, device, cases: List[dict], with_compile: bo
             impls.append("compile")
         elif with_compile and c.get("compile"):
             errors["compile"] = "skipped: section budget"
+        envs = {}
+        if with_legacy and c["block"] in ("bn_relu", "bn_lrelu", "in_relu"):
+            # Today's design, timed interleaved with the new one in this process
+            # (the op reads GAN_EXT_CUDA_NORM_ACT at every call).
+            impls.append("fused_legacy")
+            envs = {"fused": {NORM_ENV: None}, "fused_legacy": {NORM_ENV: "legacy"}}
         for impl in impls:
             try:
-                steps[impl] = prepare_case(torch, c, impl, device).step
+                steps[impl] = prepare_case(torch, c, "fused" if impl == "fused_legacy" else impl,
+                                           device).step
             except CompileUnavailable as e:
                 errors[impl] = str(e)[:300]
             except Exception as e:  # noqa: BLE001
@@ -1504,7 +1580,7 @@ def _bench_section(torch, w: Writer, device, cases: List[dict], with_compile: bo
         if steps:
             try:
                 times = time_steps(torch, device, steps, reps=reps, warmup=1 if dry_run else 3,
-                                   deadline=w.deadline)
+                                   deadline=w.deadline, envs=envs)
                 for impl, t in times.items():
                     row[f"{impl}_us"] = statistics.median(t) * 1e6
             except Exception as e:  # noqa: BLE001
@@ -1568,7 +1644,7 @@ def gpu_section(name: str, out_path: str, deadline: Optional[float], dry_run: bo
         return 0
     if name in ("bench_norm", "bench_norm_legacy"):
         _bench_section(torch, w, device, norm_bench_cases(dry_run), name == "bench_norm", dry_run,
-                       copy_Bps, setting)
+                       copy_Bps, setting, with_legacy=name == "bench_norm" and setting == "default")
     elif name == "bench_loss":
         _bench_section(torch, w, device, loss_bench_cases(dry_run), True, dry_run, copy_Bps, setting)
     elif name == "bench_steps":

@@ -360,3 +360,17 @@ def test_allreduce_benchmark_reports_every_optimizer():
     out = r.stdout
     assert "| vae | model | 652,824 |" in out and "| dcgan | G |" in out and "| dcgan | D |" in out
     assert "dcgan: " in out and "ms of gradient all-reduce per training step" in out
+
+
+def test_nccl_on_a_shared_gpu_is_refused(monkeypatch):
+    """Two ranks on one GPU over NCCL fail inside NCCL ("invalid usage", seen
+    on the H200 in session 26): refused first, naming the way that works."""
+    from gan_ext.train import distributed
+
+    for k, v in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                 distributed.SHARE_GPU_ENV: "1", distributed.BACKEND_ENV: "nccl"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"NCCL cannot run two ranks on one GPU .*"
+                                         r"GAN_EXT_DIST_BACKEND=gloo"):
+        distributed.from_env(torch.device("cuda"))

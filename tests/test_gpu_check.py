@@ -32,7 +32,7 @@ def test_defaults_follow_out_env(monkeypatch):
     args = gpu_check.parse_args(["--part", "2"])
     assert args.out == os.path.join(ROOT, "gpu-check-out")
     assert gpu_check.planned_sections(args) == [
-        "env", "build", "device", "sanitize", "bench_norm", "bench_norm_legacy", "bench_loss", "bench_steps", "train",
+        "env", "build", "device", "sanitize", "bench_norm", "bench_loss", "bench_steps", "train",
         "profile", "graphs", "ncu", "dist"]
     assert gpu_check.planned_sections(gpu_check.parse_args(["--part", "1"])) == [
         "env", "build", "info", "tests", "tests_legacy"]
@@ -40,7 +40,9 @@ def test_defaults_follow_out_env(monkeypatch):
     both = gpu_check.plan(gpu_check.parse_args([]))
     assert both[:6] == [("env", 1), ("build", 1), ("info", 1), ("tests", 1), ("tests_legacy", 1),
                         ("device", 2)]
-    assert len(both) == len(gpu_check.SECTIONS)
+    assert len(both) == len(gpu_check.SECTIONS) - 1  # bench_norm_legacy: by name only
+    assert gpu_check.plan(gpu_check.parse_args(["--sections", "bench_norm_legacy"])) == [
+        ("bench_norm_legacy", 2)]
 
 
 def test_sections_and_budgets():
@@ -93,6 +95,11 @@ cuda_sanitize: 289/290 cases ran on cuda (level paths, GAN_EXT_CUDA_NORM_ACT=leg
 ========= ERROR SUMMARY: 2 errors
 """
 
+RACECHECK_H200 = """========= COMPUTE-SANITIZER
+cuda_sanitize: 279/279 cases ran on cuda (level paths, GAN_EXT_CUDA_NORM_ACT=default) in 36.2s; 0 failed
+========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)
+"""
+
 
 def test_parse_sanitizer():
     ok = gpu_check.parse_sanitizer(MEMCHECK_OK)
@@ -100,6 +107,10 @@ def test_parse_sanitizer():
     bad = gpu_check.parse_sanitizer(RACECHECK_BAD)
     assert (bad["errors"], bad["hazards"], bad["warnings"]) == (2, 3, 1)
     assert bad["driver"] == "289/290" and not bad["driver_ok"]
+    # What racecheck printed on the H200 (session 26): no ERROR SUMMARY line.
+    clean = gpu_check.parse_sanitizer(RACECHECK_H200)
+    assert (clean["errors"], clean["hazards"], clean["warnings"]) == (0, 0, 0)
+    assert clean["driver_ok"]
     cut = gpu_check.parse_sanitizer("========= COMPUTE-SANITIZER\nKilled\n")
     assert cut["errors"] is None and cut["driver"] is None and not cut["driver_ok"]
 
@@ -208,6 +219,12 @@ def test_report_tables_and_targets():
     assert "| bn | fused | 3 | 4 | 20.0 | 40.0 | yes |" in md
     assert "| bn | fused | 18.0 | 30.0 | 1.67 |" in md
     assert "- ncu: failed: ncu not found" in md
+    # The legacy design timed interleaved with the new one (bench_norm rows).
+    res = _synthetic_results()
+    res["sections"]["bench_norm"]["data"]["rows"][0]["fused_legacy_us"] = 45.0
+    md2 = gpu_check.write_report(res)
+    assert "interleaved in one process" in md2
+    assert "| bn_relu 64x128x16x16 nchw fwd+bwd | float32 | 30.0 | 45.0 | 1.50 | 71 | 47 |" in md2
     assert "| bench_norm | ok | 50.0 | n/a | 2 cases not measured (budget) |" in md
 
 
@@ -328,6 +345,21 @@ def test_time_steps_interleaves_and_counts():
                                  warmup=1, reps=3, min_rep_s=0.0)
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert calls[-6:] == ["a", "b"] * 3
+
+
+def test_time_steps_sets_each_steps_environment(monkeypatch):
+    """The norm_act design is chosen per call from GAN_EXT_CUDA_NORM_ACT: the
+    legacy step runs with it set, the new one with it unset, and the caller's
+    value comes back afterwards."""
+    monkeypatch.setenv(gpu_check.NORM_ENV, "caller")
+    seen = []
+    rec = lambda k: (lambda: seen.append((k, os.environ.get(gpu_check.NORM_ENV))))
+    gpu_check.time_steps(torch, torch.device("cpu"), {"new": rec("new"), "old": rec("old")},
+                         warmup=1, reps=2, min_rep_s=0.0,
+                         envs={"new": {gpu_check.NORM_ENV: None},
+                               "old": {gpu_check.NORM_ENV: "legacy"}})
+    assert set(seen) == {("new", None), ("old", "legacy")}
+    assert os.environ[gpu_check.NORM_ENV] == "caller"
 
 
 def test_synthetic_mnist_loads(tmp_path):

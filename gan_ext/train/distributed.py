@@ -320,6 +320,11 @@ def from_env(device: torch.device) -> Tuple[Context, torch.device]:
         refuse(f"{BACKEND_ENV}=nccl needs CUDA (--device cuda); the CPU uses gloo")
     if cuda:
         count = torch.cuda.device_count()
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        if backend == "nccl" and 0 < count < per_node and os.environ.get(SHARE_GPU_ENV) == "1":
+            # Seen on one H200 (session 26): NCCL fails with "invalid usage".
+            refuse(f"NCCL cannot run two ranks on one GPU ({per_node} processes, {count} GPU"
+                   f"{'s' if count > 1 else ''}); with {SHARE_GPU_ENV}=1 set {BACKEND_ENV}=gloo")
         if local >= count:
             if os.environ.get(SHARE_GPU_ENV) != "1" or count == 0:
                 raise ValueError(f"LOCAL_RANK {local} has no CUDA device (this node has "
