@@ -38,8 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs (cyclegan/pix2pix: at the constant learning rate). Defaults: "
                         + defaults_text("epochs"))
     g.add_argument("--decay-epochs", type=nonneg_int, default=None, metavar="N",
-                   help="cyclegan/pix2pix: then linear decay of the learning rate to 0 over N "
-                        f"epochs (default: {defaults_text('decay_epochs')})")
+                   help="then linear decay of the learning rate to 0 over N epochs: "
+                        "cyclegan/pix2pix per epoch, the GANs per step (every optimizer; "
+                        f"with --steps, over the last N epochs' steps) (default: "
+                        f"{defaults_text('decay_epochs')})")
     g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help=f"default: {defaults_text('batch_size')}")
     g.add_argument("--limit", type=positive_int, default=None, metavar="N",

@@ -8,7 +8,7 @@ import torch
 
 from ._checks import check_int, check_real
 
-__all__ = ["LinearDecay", "make_linear_decay_schedulers", "check_schedule"]
+__all__ = ["LinearDecay", "make_linear_decay_schedulers", "check_schedule", "step_decay_factor"]
 
 
 @dataclass
@@ -24,6 +24,16 @@ class LinearDecay:
     def __call__(self, epoch: int) -> float:
         decayed = max(0, epoch + self.epoch_count - self.n_epochs)
         return 1.0 - decayed / float(self.n_epochs_decay + 1)
+
+
+def step_decay_factor(step: int, total: int, decay_steps: int) -> float:
+    """The GANs' ``--decay-epochs``: the multiplier of the learning rate for
+    the step after ``step`` of ``total``: 1, then over the last ``decay_steps``
+    steps linearly down to 1/(decay_steps + 1), as the official rule per epoch
+    (a function of the step alone: a resume continues it exactly)."""
+    decay_steps = min(max(decay_steps, 0), total)
+    done = step + 1 - (total - decay_steps)
+    return 1.0 - max(0, done) / float(decay_steps + 1)
 
 
 def make_linear_decay_schedulers(config, *optimizers):

@@ -131,6 +131,16 @@ class Trainer:
             return cls.data_best_metric
         return cls.best_metric
 
+    # True: --decay-epochs decays every optimizer's LR per step (decay_lr),
+    # instead of per-epoch schedulers (cyclegan and pix2pix have those).
+    step_decay = False
+
+    def decay_lr(self, factor: float) -> None:
+        """Every optimizer's learning rate = its initial one x factor."""
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
     def end_epoch(self) -> None:
         for s in self.schedulers.values():
             s.step()

@@ -35,6 +35,7 @@ class GANTrainer(Trainer):
     progress_keys = ("d_loss", "g_loss")
     grid_n = 64
     samplers: Dict[str, Any] = {}   # train_step's sample_z/sample_labels (several processes)
+    step_decay = True   # --decay-epochs: the LR decays per step
 
     @property
     def loss_groups(self) -> Dict[str, List[str]]:

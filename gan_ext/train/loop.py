@@ -25,6 +25,7 @@ from torch import Tensor
 from .._backend import set_backend
 from ..data import ImageSource, make_loader
 from ..memory import retain_freed_memory
+from ..models.schedule import step_decay_factor
 from . import distributed, evaluation
 from .amp import autocast, use_amp
 from .base import Trainer, trainer_class  # Trainer: also importable from here, as before
@@ -173,6 +174,8 @@ class _Run:
                       else trainer.default_decay_epochs)
         self.total = (opts.steps if opts.steps is not None
                       else (self.epochs + self.decay) * self.per_epoch)
+        # GANs: the LR decays over the last decay_epochs' steps (per step).
+        self.decay_steps = self.decay * self.per_epoch if trainer.step_decay else 0
 
         self.step, self.epoch = 0, 0
         self.history: List[Dict[str, float]] = []
@@ -352,6 +355,8 @@ class _Run:
                 self.epoch += 1
                 trainer.end_epoch()
             group.append(tuple(t.to(self.device, non_blocking=True) for t in b))
+        if self.decay_steps:
+            trainer.decay_lr(step_decay_factor(self.step, self.total, self.decay_steps))
         with autocast(self.device, self.amp):
             stats = trainer.step(group)
         stats, self.stopping = self.ctx.reduce_stats(stats, stop.set, trainer.summed_stats)

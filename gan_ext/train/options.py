@@ -105,7 +105,7 @@ _APPLIES = {
     "beta": (("vae",), False),
     "iw_k": (("vae",), False),
     "iw_n": (("vae",), False),
-    "decay_epochs": (("cyclegan", "pix2pix"), False),
+    "decay_epochs": (("cyclegan", "pix2pix") + GAN_MODELS, False),
     "data": (_FOLDER_MODELS, False),
     "image_size": (("gan", "dcgan", "cyclegan", "pix2pix"), False),
     "channels": (("gan", "dcgan"), True),
