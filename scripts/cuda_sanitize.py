@@ -373,12 +373,41 @@ def _act_dropout_cases(level: str) -> List[Case]:
     return cases
 
 
+def _minibatch_discrimination_cases(level: str) -> List[Case]:
+    """The all-pairs L1 kernels (issue 16), forward and backward: a batch of
+    one, tails of the sample and feature loops, a strided view, NaN, and the
+    double backward's re-entry into the backward op."""
+    cases = []
+    for dtype in DTYPES:
+        def run(device, dtype=dtype):
+            for shape in ((1, 5, 3), (33, 7, 9), (64, 100, 5)):
+                M = _randn(shape, dtype, device, 0.3).requires_grad_(True)
+                o = ops.minibatch_discrimination(M)
+                torch.autograd.grad(o, [M], torch.ones_like(o))
+            wide = _randn((17, 6, 10), dtype, device, 0.3)[:, :, ::2].requires_grad_(True)
+            o = ops.minibatch_discrimination(wide)
+            torch.autograd.grad(o, [wide], torch.ones_like(o))
+        cases.append(Case(f"minibatch_discrimination {_dt(dtype)} N=1/33/64, strided", run))
+
+    def run_edges(device):
+        M = _randn((9, 4, 3), torch.float32, device)
+        M[2, 1, 0] = float("nan")
+        ops.minibatch_discrimination(M)
+        ops.minibatch_discrimination(torch.empty(0, 4, 3, device=device))
+        M = _randn((5, 3, 4), torch.float64, device, 0.3).requires_grad_(True)
+        o = ops.minibatch_discrimination(M)
+        (g,) = torch.autograd.grad(o, [M], torch.ones_like(o), create_graph=True)
+        torch.autograd.grad(g.sum(), [M])
+    cases.append(Case("minibatch_discrimination NaN, empty, double backward", run_edges))
+    return cases
+
+
 # ---------------------------------------------------------------------- main
 def cases(level: str = "paths") -> List[Case]:
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     return (_norm_cases(level) + _loss_cases(level) + _reparam_cases(level)
-            + _act_dropout_cases(level))
+            + _act_dropout_cases(level) + _minibatch_discrimination_cases(level))
 
 
 def select(all_cases: List[Case], words: Optional[str]) -> List[Case]:
