@@ -294,6 +294,17 @@ def _bench_rows(rows: List[dict], with_setting: bool) -> List[str]:
     return _table(header, out)
 
 
+def _legacy_table(pairs) -> List[str]:
+    """The new norm_act design against the legacy one: (new row, legacy us,
+    legacy % of copy bandwidth) per case."""
+    return _table(["case", "dtype", "new fused us", "legacy fused us", "legacy/new",
+                   "new % BW", "legacy % BW"],
+                  [[n["case"], n["dtype"], _fmt(n.get("fused_us")), _fmt(legacy_us),
+                    _fmt(_ratio(legacy_us, n.get("fused_us")), ".2f"),
+                    _fmt(n.get("bw_pct"), ".0f"), _fmt(legacy_bw, ".0f")]
+                   for n, legacy_us, legacy_bw in pairs])
+
+
 def write_report(results: dict) -> str:
     """One Markdown report: the tables to paste into benchmarks/RESULTS.md."""
     L: List[str] = ["# gan_ext GPU check", ""]
@@ -378,26 +389,16 @@ def write_report(results: dict) -> str:
     if interleaved:
         L += ["### Today's paths (GAN_EXT_CUDA_NORM_ACT=legacy) against the new ones, "
               "interleaved in one process", "", "legacy/new > 1: the new design is faster.", ""]
-        rows = []
-        for r in interleaved:
-            legacy_bw = (r["bw_pct"] * r["fused_us"] / r["fused_legacy_us"]
-                         if r.get("bw_pct") and r.get("fused_us") else None)
-            rows.append([r["case"], r["dtype"], _fmt(r.get("fused_us")), _fmt(r["fused_legacy_us"]),
-                         _fmt(_ratio(r["fused_legacy_us"], r.get("fused_us")), ".2f"),
-                         _fmt(r.get("bw_pct"), ".0f"), _fmt(legacy_bw, ".0f")])
-        L += _table(["case", "dtype", "new fused us", "legacy fused us", "legacy/new",
-                     "new % BW", "legacy % BW"], rows) + [""]
+        L += _legacy_table([(r, r["fused_legacy_us"],
+                             r["bw_pct"] * r["fused_us"] / r["fused_legacy_us"]
+                             if r.get("bw_pct") and r.get("fused_us") else None)
+                            for r in interleaved]) + [""]
     if legacy_rows:
         L += ["### Today's paths (GAN_EXT_CUDA_NORM_ACT=legacy) against the new ones", ""]
         new_by_key = {(r["case"], r["dtype"]): r for r in norm_rows}
-        rows = []
-        for r in legacy_rows:
-            n = new_by_key.get((r["case"], r["dtype"]), {})
-            rows.append([r["case"], r["dtype"], _fmt(n.get("fused_us")), _fmt(r.get("fused_us")),
-                         _fmt(_ratio(r.get("fused_us"), n.get("fused_us")), ".2f"),
-                         _fmt(n.get("bw_pct"), ".0f"), _fmt(r.get("bw_pct"), ".0f")])
-        L += _table(["case", "dtype", "new fused us", "legacy fused us", "legacy/new",
-                     "new % BW", "legacy % BW"], rows) + [""]
+        L += _legacy_table([({**new_by_key.get((r["case"], r["dtype"]), {}), "case": r["case"],
+                              "dtype": r["dtype"]}, r.get("fused_us"), r.get("bw_pct"))
+                            for r in legacy_rows]) + [""]
     loss_rows = _data(results, "bench_loss").get("rows", [])
     if loss_rows:
         L += ["## Losses and VAE ops", ""] + _bench_rows(loss_rows, False) + [""]
@@ -1308,20 +1309,20 @@ class _Environ:
     def __init__(self, values: Optional[Dict[str, Optional[str]]]):
         self.values, self.saved = values or {}, {}
 
-    def __enter__(self):
-        for k, v in self.values.items():
-            self.saved[k] = os.environ.get(k)
+    @staticmethod
+    def _set(values: Dict[str, Optional[str]]) -> None:
+        for k, v in values.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
 
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        self._set(self.values)
+
     def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        self._set(self.saved)
 
 
 def time_steps(torch, device, steps: Dict[str, Callable[[], None]], warmup: int = 3, reps: int = 15,
