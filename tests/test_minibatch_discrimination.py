@@ -113,6 +113,29 @@ def test_low_precision_accumulates_in_float32(dtype):
         assert_within_2x_of_torch(ours[k], low[k], ref[k], 1e-6, what)
 
 
+@pytest.mark.parametrize("shape", [(70, 1, 5), (200, 2, 3), (131, 5, 7), (96, 64, 2), (40, 3, 9)],
+                         ids=["K2-C5", "K6-C3", "K4-C7", "K1-C2", "K1-C9"])
+def test_triangle_blocks_match_the_twin(shape):
+    """The CPU kernels compute each pair once and, for few kernels B, cut the
+    pair triangle into K = min(ceil(64 / B), N // 32) row blocks whose column
+    sums are merged afterwards; C = 1-6 and 8 are compiled for their C, other
+    C run the generic loop. Every such case equals the float64 twin, and a
+    NaN at a sample in the last block reaches every other sample's output."""
+    skip_unless_fused_on("cpu")
+    torch.manual_seed(0)
+    M = distinct_features(shape)
+    grad_out = torch.randn(shape[:2], dtype=torch.float64)
+    (o, g), (o_ref, g_ref) = _fused_and_twin(M, grad_out)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+    bad = M.clone()
+    bad[-2, 0, 0] = float("nan")
+    (o, g), (o_ref, g_ref) = _fused_and_twin(bad, grad_out)
+    others = torch.arange(shape[0]) != shape[0] - 2
+    assert torch.isnan(o[others, 0]).all() and torch.equal(torch.isnan(g), torch.isnan(g_ref))
+    torch.testing.assert_close(o, o_ref, equal_nan=True, rtol=1e-12, atol=1e-12)
+
+
 def test_result_does_not_depend_on_the_thread_count():
     skip_unless_fused_on("cpu")
     torch.manual_seed(0)
@@ -121,13 +144,14 @@ def test_result_does_not_depend_on_the_thread_count():
     before = torch.get_num_threads()
     results = []
     try:
-        for n in (1, 2):
+        for n in (1, 2, 3):
             torch.set_num_threads(n)
             o = torch.ops.gan_ext.minibatch_discrimination(M)
             results.append((o, torch.autograd.grad(o, M, g)[0]))
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    for o, g in results[1:]:
+        assert torch.equal(o, results[0][0]) and torch.equal(g, results[0][1])
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])
