@@ -102,7 +102,7 @@ def test_op_suite_under_variant(variant):
     """Parity with the twins and gradcheck of every op, every reduction scheme
     of norm_act, the reparameterization noise against its twin and minibatch
     discrimination's non-finite values in every lane (its exp differs per
-    variant), in a process that runs this variant's kernels."""
+    variant) and its triangle blocks, in a process that runs this variant's kernels."""
     if VARIANTS.index(variant) > _torch_level():
         pytest.skip(f"this CPU cannot run the {variant} kernels")
     r = _run(_PRINT, GAN_EXT_CPU_CAPABILITY=variant)
@@ -113,7 +113,8 @@ def test_op_suite_under_variant(variant):
         [sys.executable, "-m", "pytest", "tests/test_op_spec.py", "tests/test_norm_act_paths.py",
          "tests/test_reparam_op.py", "tests/test_minibatch_discrimination.py", "-q", "-p",
          "no:cacheprovider", "-k",
-         "(parity or gradcheck or noise or every_lane or at_a_tie) and not gradgrad and not cuda"],
+         "(parity or gradcheck or noise or every_lane or at_a_tie or triangle_blocks) and not gradgrad "
+         "and not cuda"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     tail = p.stdout.strip().splitlines()[-1]
     assert p.returncode == 0, p.stdout[-3000:]
