@@ -269,6 +269,26 @@ def test_layer_fused_and_reference_agree_with_a_gradient_penalty():
     torch.testing.assert_close(res["fused"][1], res["reference"][1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_layer_mean_reduction_divides_by_the_other_samples(n):
+    """reduction="mean": o / (N - 1), the same T and the same gradients up to
+    that factor; N = 1 gives zeros (no other sample), as the sum does."""
+    torch.manual_seed(0)
+    summed = MinibatchDiscrimination(6, 4, 3).double()
+    mean = MinibatchDiscrimination(6, 4, 3, reduction="mean").double()
+    mean.load_state_dict(summed.state_dict())
+    x = torch.randn(n, 6, dtype=torch.float64)
+    o_sum, o_mean = summed(x)[:, 6:], mean(x)[:, 6:]
+    torch.testing.assert_close(o_mean, o_sum / max(n - 1, 1))
+    torch.testing.assert_close(mean(x)[:, :6], x)
+    (g_sum,) = torch.autograd.grad(summed(x)[:, 6:].sum(), summed.T)
+    (g_mean,) = torch.autograd.grad(mean(x)[:, 6:].sum(), mean.T)
+    torch.testing.assert_close(g_mean, g_sum / max(n - 1, 1))
+    assert "reduction='mean'" in repr(mean) and "reduction" not in repr(summed)
+    with pytest.raises(ValueError, match="reduction must be one of sum, mean, got 'max'"):
+        MinibatchDiscrimination(6, 4, 3, reduction="max")
+
+
 def test_layer_init_and_state_dict():
     torch.manual_seed(0)
     layer = MinibatchDiscrimination(512, num_kernels=100, kernel_dim=5)

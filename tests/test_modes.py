@@ -137,6 +137,7 @@ def test_pack_puts_consecutive_samples_side_by_side():
     (dict(pack=0), ValueError, "pack"),
     (dict(minibatch_stddev=-1), ValueError, "minibatch_stddev"),
     (dict(minibatch_discrimination=(100,)), ValueError, "num_kernels"),
+    (dict(minibatch_discrimination=(100, 5, "max")), ValueError, "(B, C, 'mean')"),
     (dict(unrolled_first_order=True), ValueError, "unrolled K"),
     (dict(ema=1.0), ValueError, "ema"),
     (dict(feature_matching=1), TypeError, "feature_matching"),

@@ -39,6 +39,8 @@ CURES = [
     ("grid", ["--unrolled", "2", "--ema", "0.9"], dict(unrolled=2, ema=0.9, arch="veegan")),
     ("grid", ["--arch", "pacgan", "--pack", "2"], dict(arch="pacgan", pack=2, maxout=5)),
     ("grid", ["--minibatch-discrimination", "8,3"], dict(minibatch_discrimination=(8, 3))),
+    ("ring", ["--minibatch-discrimination", "8,3,mean"],
+     dict(minibatch_discrimination=(8, 3, "mean"))),
     ("dcgan", ["--minibatch-discrimination", "16,4", "--unrolled", "1"],
      dict(minibatch_discrimination=(16, 4), unrolled=1)),
     ("cgan", ["--minibatch-discrimination", "8,3"], dict(minibatch_discrimination=(8, 3))),
@@ -70,6 +72,9 @@ def test_each_cure_trains(model, flags, expect, tmp_path):
         assert isinstance(D, CuredDiscriminator) == (d_side or model in (
             "ring", "grid", "stacked-mnist"))
     assert (trainer.model.G_ema is not None) == ("ema" in expect)
+    if "minibatch_discrimination" in expect:
+        assert D.mbd.reduction == ("mean" if len(expect["minibatch_discrimination"]) == 3
+                                   else "sum")
 
 
 def test_pack_multiplies_the_samples_per_batch(tmp_path):
@@ -85,6 +90,7 @@ def test_pack_multiplies_the_samples_per_batch(tmp_path):
     ("dcgan", ["--arch", "veegan"], "--arch does not apply to dcgan"),
     ("gan", ["--unrolled-first-order"], "needs --unrolled K"),
     ("gan", ["--minibatch-discrimination", "5"], "B,C"),
+    ("gan", ["--minibatch-discrimination", "5,3,max"], "must be B,C or B,C,mean"),
     ("gan", ["--ema", "1.5"], "ema must be a decay in"),
     ("ring", ["--data", "x"], "--data does not apply to ring"),
     ("ring", ["--arch", "unrolled"], "arch must be one of veegan, pacgan for ring"),

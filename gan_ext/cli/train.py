@@ -175,9 +175,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--batch-size packs of M samples")
     g.add_argument("--minibatch-stddev", action="store_true", default=None,
                    help="ProGAN's minibatch standard deviation feature map in D (group 4)")
-    g.add_argument("--minibatch-discrimination", metavar="B,C", default=None,
+    g.add_argument("--minibatch-discrimination", metavar="B,C[,mean]", default=None,
                    help="Salimans et al.'s minibatch discrimination before D's logit: B "
-                        "kernels of dimension C (e.g. 100,5)")
+                        "kernels of dimension C (e.g. 100,5); ',mean' divides o by the N - 1 "
+                        "other samples (large batches: the sum lets D win at once)")
     g.add_argument("--feature-matching", action="store_true", default=None,
                    help="G matches the mean of D's last features on real data (Salimans et al.)")
     g.add_argument("--unrolled", type=nonneg_int, default=None, metavar="K",

@@ -14,7 +14,7 @@ with ``phi(x)`` the sum-pooled features of the last conv stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,7 @@ class ConditionalDiscriminator(nn.Module):
     def __init__(self, nc: int = 1, ndf: int = 64, image_size: int = 28, num_classes: int = 10,
                  embed_dim: int = 16, conditioning: str = "projection", fused: bool = True,
                  minibatch_stddev: int = 0,
-                 minibatch_discrimination: Optional[Tuple[int, int]] = None,
+                 minibatch_discrimination: Optional[tuple] = None,
                  norm: str = "batch") -> None:
         super().__init__()
         if conditioning not in D_CONDITIONING:

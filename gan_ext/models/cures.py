@@ -5,7 +5,7 @@
                                 concatenated along channels (features for vectors)
     minibatch_stddev G          ProGAN's group standard deviation as one more feature map
     minibatch_discrimination    Salimans et al. 2016: all-pairs L1 features of the batch
-      (B, C)                    (the fused op ``gan_ext.ops.minibatch_discrimination``)
+      (B, C[, "mean"])          (the fused op ``gan_ext.ops.minibatch_discrimination``)
     feature_matching            G matches the mean of D's last features on real data
     unrolled K                  Metz et al. 2017: G trained against D after K look-ahead
       (+ unrolled_first_order)  Adam steps, exactly (through the updates) or first order
@@ -47,11 +47,13 @@ def check_cures(c) -> None:
                          f"got {c.minibatch_stddev!r}")
     if c.minibatch_discrimination is not None:
         mbd = tuple(c.minibatch_discrimination)
-        if len(mbd) != 2:
-            raise ValueError(f"minibatch_discrimination must be (num_kernels B, kernel_dim C), "
-                             f"got {c.minibatch_discrimination!r}")
-        c.minibatch_discrimination = (check_int("minibatch_discrimination B", mbd[0]),
-                                      check_int("minibatch_discrimination C", mbd[1]))
+        if len(mbd) not in (2, 3) or (len(mbd) == 3 and mbd[2] not in ("sum", "mean")):
+            raise ValueError(f"minibatch_discrimination must be (num_kernels B, kernel_dim C) or "
+                             f"(B, C, 'mean'), got {c.minibatch_discrimination!r}")
+        c.minibatch_discrimination = (
+            (check_int("minibatch_discrimination B", mbd[0]),
+             check_int("minibatch_discrimination C", mbd[1]))
+            + (("mean",) if mbd[2:] == ("mean",) else ()))
     check_bool("feature_matching", c.feature_matching)
     check_int("unrolled", c.unrolled, 0)
     check_bool("unrolled_first_order", c.unrolled_first_order)
@@ -108,7 +110,7 @@ class CuredDiscriminator(nn.Module):
 
     def __init__(self, body: nn.Module, in_shape: Sequence[int], feat_shape: Sequence[int],
                  pack: int = 1, minibatch_stddev: int = 0,
-                 minibatch_discrimination: Optional[Tuple[int, int]] = None,
+                 minibatch_discrimination: Optional[tuple] = None,
                  head_bias: bool = False) -> None:
         super().__init__()
         self.body, self.in_shape = body, tuple(in_shape)
@@ -129,7 +131,7 @@ class CuredDiscriminator(nn.Module):
 
 
 def cured_head(feat_shape: Sequence[int], minibatch_stddev: int = 0,
-               minibatch_discrimination: Optional[Tuple[int, int]] = None,
+               minibatch_discrimination: Optional[tuple] = None,
                bias: bool = False) -> Tuple[Optional[nn.Module], nn.Module]:
     """(minibatch discrimination layer or None, head) for D features of
     ``feat_shape`` (C, *spatial), with one more channel under minibatch
@@ -142,8 +144,9 @@ def cured_head(feat_shape: Sequence[int], minibatch_stddev: int = 0,
     if minibatch_discrimination is not None:
         from ..nn import MinibatchDiscrimination
         a = c * math.prod(spatial)
-        return (MinibatchDiscrimination(a, *minibatch_discrimination),
-                nn.Linear(a + minibatch_discrimination[0], 1))
+        b, k = minibatch_discrimination[:2]
+        reduction = minibatch_discrimination[2] if len(minibatch_discrimination) > 2 else "sum"
+        return (MinibatchDiscrimination(a, b, k, reduction=reduction), nn.Linear(a + b, 1))
     if spatial:
         return None, nn.Conv2d(c, 1, tuple(spatial), bias=bias)
     return None, nn.Linear(c, 1)

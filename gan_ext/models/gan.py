@@ -42,7 +42,7 @@ class TrainConfig:
     # Cures for mode collapse (gan_ext.models.cures): D-side, then G-side.
     pack: int = 1                  # PacGAN: D judges this many samples at once
     minibatch_stddev: int = 0      # ProGAN's group stddev feature map (group size); 0: off
-    minibatch_discrimination: Optional[Tuple[int, int]] = None   # (num_kernels, kernel_dim)
+    minibatch_discrimination: Optional[tuple] = None   # (num_kernels, kernel_dim[, "mean"])
     feature_matching: bool = False # G matches the mean of D's last features on real data
     unrolled: int = 0              # G trains against D after this many look-ahead steps
     unrolled_first_order: bool = False   # the look-ahead's D as constants (no 2nd derivative)

@@ -228,7 +228,7 @@ class TrainOptions:
     # Mode-collapse cures (gan_ext.models.cures) and the stacked-MNIST settings.
     pack: int = 1                        # PacGAN: D judges this many samples concatenated
     minibatch_stddev: bool = False       # ProGAN's minibatch stddev feature map (group 4)
-    minibatch_discrimination: Optional[str] = None   # "B,C": Salimans et al.'s B kernels of dim C
+    minibatch_discrimination: Optional[str] = None   # "B,C[,mean]": Salimans et al.'s B kernels of dim C
     feature_matching: bool = False       # G matches D's mean features on real data
     unrolled: int = 0                    # G against D after K look-ahead steps (Metz et al.)
     unrolled_first_order: bool = False   # the look-ahead without second derivatives
@@ -382,16 +382,19 @@ class TrainOptions:
 
 
 def mbd_sizes(value) -> tuple:
-    """``--minibatch-discrimination B,C`` -> (B, C), both >= 1."""
-    parts = value.split(",") if isinstance(value, str) else list(value)
+    """``--minibatch-discrimination B,C[,mean]`` -> (B, C) or (B, C, "mean"),
+    B and C >= 1 (``sum``, the paper's, is the 2-tuple)."""
+    parts = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    reduction = parts.pop() if len(parts) == 3 else "sum"
     try:
-        sizes = tuple(int(str(v).strip()) for v in parts)
+        sizes = tuple(int(v) for v in parts)
     except ValueError:
         sizes = ()
-    if len(sizes) != 2 or min(sizes) < 1:
-        raise ValueError(f"minibatch_discrimination must be B,C (number of kernels, kernel "
-                         f"dimension; e.g. 100,5), got {value!r}")
-    return sizes
+    if len(sizes) != 2 or min(sizes) < 1 or reduction not in ("sum", "mean"):
+        raise ValueError(f"minibatch_discrimination must be B,C or B,C,mean (number of kernels, "
+                         f"kernel dimension, o summed or averaged over the batch; e.g. 100,5), "
+                         f"got {value!r}")
+    return sizes + (("mean",) if reduction == "mean" else ())
 
 
 def diffaugment_policy(value: Optional[str]) -> tuple:
