@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import minibatch_stddev
+from ..nn.minibatch_discrimination import REDUCTIONS as MBD_REDUCTIONS
 from ._checks import check_bool, check_int, check_real
 
 __all__ = ["check_cures", "d_cured", "d_options", "CuredDiscriminator", "cured_head",
@@ -47,7 +48,7 @@ def check_cures(c) -> None:
                          f"got {c.minibatch_stddev!r}")
     if c.minibatch_discrimination is not None:
         mbd = tuple(c.minibatch_discrimination)
-        if len(mbd) not in (2, 3) or (len(mbd) == 3 and mbd[2] not in ("sum", "mean")):
+        if len(mbd) not in (2, 3) or (len(mbd) == 3 and mbd[2] not in MBD_REDUCTIONS):
             raise ValueError(f"minibatch_discrimination must be (num_kernels B, kernel_dim C) or "
                              f"(B, C, 'mean'), got {c.minibatch_discrimination!r}")
         c.minibatch_discrimination = (

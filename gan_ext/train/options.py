@@ -11,6 +11,7 @@ from typing import Optional
 from .._validate import check_int
 from ..data import PREPROCESS_MODES
 from ..models.diffaugment import parse_policy
+from ..nn.minibatch_discrimination import REDUCTIONS as MBD_REDUCTIONS
 from . import architecture
 from ..models.gan import LOSS_MODES as LOSSES
 
@@ -390,7 +391,7 @@ def mbd_sizes(value) -> tuple:
         sizes = tuple(int(v) for v in parts)
     except ValueError:
         sizes = ()
-    if len(sizes) != 2 or min(sizes) < 1 or reduction not in ("sum", "mean"):
+    if len(sizes) != 2 or min(sizes) < 1 or reduction not in MBD_REDUCTIONS:
         raise ValueError(f"minibatch_discrimination must be B,C or B,C,mean (number of kernels, "
                          f"kernel dimension, o summed or averaged over the batch; e.g. 100,5), "
                          f"got {value!r}")
