@@ -154,6 +154,29 @@ def test_cure_options_are_checked(kw, err, match):
         MixtureGANConfig(**kw)
 
 
+@pytest.mark.parametrize("value, spec", [
+    ("100,5", (100, 5)), (" 20, 5 , mean", (20, 5, "mean")), ("20,5,sum", (20, 5)),
+    ((8, 3), (8, 3)), ((8, 3, "sum"), (8, 3)), ([8, 3, "mean"], (8, 3, "mean")),
+])
+def test_mbd_spec_has_one_spelling_per_setting(value, spec):
+    # The option's text and the config's tuple normalise alike: the paper's
+    # sum is the 2-tuple, so a config.json never holds two forms of one run.
+    assert cures.mbd_spec(value) == spec
+    assert MixtureGANConfig(minibatch_discrimination=value
+                            if not isinstance(value, str) else spec).minibatch_discrimination == spec
+
+
+@pytest.mark.parametrize("value, err", [
+    ("5,3,max", ValueError), ("0,5", ValueError), ("a,b", ValueError), ("5", ValueError),
+    ("5,-3", ValueError), ("5,3,mean,x", ValueError), (None, ValueError), (5, ValueError),
+    ((100, 5, "max"), ValueError), ((0, 5), ValueError), ((True, 3), TypeError),
+    (("8", "3"), TypeError),
+])
+def test_mbd_spec_refuses_bad_sizes(value, err):
+    with pytest.raises(err, match="minibatch_discrimination"):
+        cures.mbd_spec(value)
+
+
 def test_cured_discriminator_shapes():
     for cfg, batch in ((MixtureGANConfig(pack=4, minibatch_stddev=4), (16, 2)),
                        (StackedMNISTConfig(pack=2, minibatch_stddev=4), (16, 3, 28, 28)),

@@ -32,7 +32,7 @@ from ._checks import check_bool, check_int, check_real
 
 __all__ = ["check_cures", "d_cured", "d_options", "CuredDiscriminator", "cured_head",
            "cured_logit", "pack", "generator_objective",
-           "lookahead", "ema_update", "make_ema", "CURE_FIELDS"]
+           "lookahead", "ema_update", "make_ema", "mbd_spec", "CURE_FIELDS"]
 
 CURE_FIELDS = ("pack", "minibatch_stddev", "minibatch_discrimination", "feature_matching",
                "unrolled", "unrolled_first_order", "ema")
@@ -47,14 +47,7 @@ def check_cures(c) -> None:
         raise ValueError(f"minibatch_stddev must be 0 (off) or a group size >= 1, "
                          f"got {c.minibatch_stddev!r}")
     if c.minibatch_discrimination is not None:
-        mbd = tuple(c.minibatch_discrimination)
-        if len(mbd) not in (2, 3) or (len(mbd) == 3 and mbd[2] not in MBD_REDUCTIONS):
-            raise ValueError(f"minibatch_discrimination must be (num_kernels B, kernel_dim C) or "
-                             f"(B, C, 'mean'), got {c.minibatch_discrimination!r}")
-        c.minibatch_discrimination = (
-            (check_int("minibatch_discrimination B", mbd[0]),
-             check_int("minibatch_discrimination C", mbd[1]))
-            + (("mean",) if mbd[2:] == ("mean",) else ()))
+        c.minibatch_discrimination = mbd_spec(c.minibatch_discrimination)
     check_bool("feature_matching", c.feature_matching)
     check_int("unrolled", c.unrolled, 0)
     check_bool("unrolled_first_order", c.unrolled_first_order)
@@ -262,6 +255,30 @@ def generator_objective(c, loss, opt_d: torch.optim.Optimizer):
         return loss.g_loss(d_gen), d_gen
 
     return objective
+
+
+# -------------------------------------------------------- minibatch discrimination
+def mbd_spec(value) -> tuple:
+    """Minibatch discrimination's sizes, as text (``--minibatch-discrimination
+    B,C[,mean]``) or a sequence (the config's), -> (B, C), or (B, C, "mean")
+    where o is averaged over the batch; B and C ints >= 1. The paper's sum is
+    the 2-tuple, so one setting has one spelling in config.json."""
+    text = isinstance(value, str)
+    try:
+        parts = [p.strip() for p in value.split(",")] if text else list(value)
+    except TypeError:
+        parts = []
+    reduction = parts.pop() if len(parts) == 3 else "sum"
+    if len(parts) == 2 and reduction in MBD_REDUCTIONS:
+        if not text:
+            return ((check_int("minibatch_discrimination B", parts[0]),
+                     check_int("minibatch_discrimination C", parts[1]))
+                    + (("mean",) if reduction == "mean" else ()))
+        if all(p.isdigit() and int(p) >= 1 for p in parts):
+            return tuple(int(p) for p in parts) + (("mean",) if reduction == "mean" else ())
+    raise ValueError(f"minibatch_discrimination must be B,C or B,C,mean, i.e. (B, C) or "
+                     f"(B, C, 'mean'): num_kernels B and kernel_dim C >= 1, o summed over the "
+                     f"batch (the paper's) or averaged (mean); e.g. 100,5; got {value!r}")
 
 
 # ---------------------------------------------------------------------- EMA

@@ -12,12 +12,13 @@ from torch import Tensor
 from .. import metrics
 from ..data import MNIST_CLASSES, MNIST_SIZE, folder_source, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
+from ..models.cures import mbd_spec
 from ..models.stabilize import GP_LAMBDA, WGAN_GP_DEFAULTS
 from . import _data
 from .base import Trainer, register
 from .architecture import gan_sizes
 from .image_metrics import image_scores
-from .options import R1_EVERY, diffaugment_policy, mbd_sizes
+from .options import R1_EVERY, diffaugment_policy
 from .latents import EVAL_STREAM, GRID_STREAM, interpolation_latents, slerp, stream
 
 __all__ = ["GANTrainer", "DCGANTrainer", "CGANTrainer", "slerp", "interpolation_latents",
@@ -65,7 +66,7 @@ class GANTrainer(Trainer):
         common.update(g_steps=o.g_steps, minimax=o.g_loss == "minimax",
                       real_label=1.0 - o.label_smoothing,
                       pack=o.pack, minibatch_stddev=4 if o.minibatch_stddev else 0,
-                      minibatch_discrimination=(mbd_sizes(o.minibatch_discrimination)
+                      minibatch_discrimination=(mbd_spec(o.minibatch_discrimination)
                                                 if o.minibatch_discrimination else None),
                       feature_matching=o.feature_matching, unrolled=o.unrolled,
                       unrolled_first_order=o.unrolled_first_order, ema=o.ema,

@@ -11,13 +11,13 @@ from typing import Optional
 from .._validate import check_int
 from ..data import PREPROCESS_MODES
 from ..models.diffaugment import parse_policy
-from ..nn.minibatch_discrimination import REDUCTIONS as MBD_REDUCTIONS
+from ..models.cures import mbd_spec
 from . import architecture
 from ..models.gan import LOSS_MODES as LOSSES
 
 __all__ = ["MODELS", "TrainOptions", "G_LOSSES", "DEVICES", "RESUMABLE_OVERRIDES", "DEFAULTS",
            "LENGTH_OPTIONS", "RUN_OPTIONS", "check_applicable", "check_resume", "defaults_text",
-           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "mbd_sizes", "R1_EVERY", "diffaugment_policy",
+           "MAX_SEED", "DEMO_STEPS", "GAN_MODELS", "R1_EVERY", "diffaugment_policy",
            "LOSSES", "IW_K", "IW_N"]
 
 MODELS = ("gan", "dcgan", "cgan", "ae", "dae", "vae", "cyclegan", "pix2pix", "ring", "grid",
@@ -293,7 +293,7 @@ class TrainOptions:
             raise ValueError(f"pack must be at most 8 (PacGAN packs 2-4), got {self.pack}")
         check_int("unrolled", self.unrolled, 0)
         if self.minibatch_discrimination is not None:
-            mbd_sizes(self.minibatch_discrimination)
+            mbd_spec(self.minibatch_discrimination)
         if self.ema is not None and not 0.0 < _float("ema", self.ema) < 1.0:
             raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {self.ema}")
         if (self.arch is not None and self.model in MODEL_ARCHS  # else: check_applicable says
@@ -380,22 +380,6 @@ class TrainOptions:
     def from_dict(cls, d: dict) -> "TrainOptions":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def mbd_sizes(value) -> tuple:
-    """``--minibatch-discrimination B,C[,mean]`` -> (B, C) or (B, C, "mean"),
-    B and C >= 1 (``sum``, the paper's, is the 2-tuple)."""
-    parts = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]
-    reduction = parts.pop() if len(parts) == 3 else "sum"
-    try:
-        sizes = tuple(int(v) for v in parts)
-    except ValueError:
-        sizes = ()
-    if len(sizes) != 2 or min(sizes) < 1 or reduction not in MBD_REDUCTIONS:
-        raise ValueError(f"minibatch_discrimination must be B,C or B,C,mean (number of kernels, "
-                         f"kernel dimension, o summed or averaged over the batch; e.g. 100,5), "
-                         f"got {value!r}")
-    return sizes + (("mean",) if reduction == "mean" else ())
 
 
 def diffaugment_policy(value: Optional[str]) -> tuple:
