@@ -211,6 +211,14 @@ void backward_pairs(const at::Tensor& xt, const O* g, const Blocks& blocks, O* r
   });
 }
 
+// row + cols[:, 0] + ... + cols[:, K - 1], in block order: the same sums
+// whichever thread computed which block. row (B, ...), cols (B, K, ...).
+at::Tensor merge_blocks(const at::Tensor& row, const at::Tensor& cols) {
+  at::Tensor total = row.add(cols.select(1, 0));
+  for (int64_t k = 1; k < cols.size(1); ++k) total.add_(cols.select(1, k));
+  return total;
+}
+
 // f.template operator()<CC>() with CC = C for the usual kernel dimensions
 // (1-8; improved-gan's is 5), else CC = 0 (runtime C).
 template <typename F>
@@ -243,10 +251,8 @@ at::Tensor minibatch_discrimination_cpu(const at::Tensor& M) {
                                                    col_t.mutable_data_ptr<scalar_t>());
     });
   });
-  // o[i, b] = row[b, i] + col[b, 0, i] + ... + col[b, K - 1, i], in that order.
-  at::Tensor total = row_t.add(col_t.select(1, 0));
-  for (int64_t k = 1; k < K; ++k) total.add_(col_t.select(1, k));
-  out.copy_(total.t());
+  // o[i, b] = row[b, i] + col[b, 0, i] + ... + col[b, K - 1, i].
+  out.copy_(merge_blocks(row_t, col_t).t());
   return out;
 }
 
@@ -269,9 +275,7 @@ at::Tensor minibatch_discrimination_backward_cpu(const at::Tensor& grad, const a
     });
   });
   // dM[i, b, c] = -(row[b, c, i] + col[b, 0, c, i] + ... + col[b, K - 1, c, i]).
-  at::Tensor total = row_t.add(col_t.select(1, 0));
-  for (int64_t k = 1; k < K; ++k) total.add_(col_t.select(1, k));
-  grad_m.copy_(total.neg_().permute({2, 0, 1}));
+  grad_m.copy_(merge_blocks(row_t, col_t).neg_().permute({2, 0, 1}));
   return grad_m;
 }
 
