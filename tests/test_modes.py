@@ -168,7 +168,7 @@ def test_mbd_spec_has_one_spelling_per_setting(value, spec):
 
 @pytest.mark.parametrize("value, err", [
     ("5,3,max", ValueError), ("0,5", ValueError), ("a,b", ValueError), ("5", ValueError),
-    ("5,-3", ValueError), ("5,3,mean,x", ValueError), (None, ValueError), (5, ValueError),
+    ("5,-3", ValueError), ("5,\u00b2", ValueError), ("5,3,mean,x", ValueError), (None, ValueError), (5, ValueError),
     ((100, 5, "max"), ValueError), ((0, 5), ValueError), ((True, 3), TypeError),
     (("8", "3"), TypeError),
 ])

@@ -270,12 +270,12 @@ def mbd_spec(value) -> tuple:
         parts = []
     reduction = parts.pop() if len(parts) == 3 else "sum"
     if len(parts) == 2 and reduction in MBD_REDUCTIONS:
-        if not text:
-            return ((check_int("minibatch_discrimination B", parts[0]),
-                     check_int("minibatch_discrimination C", parts[1]))
-                    + (("mean",) if reduction == "mean" else ()))
-        if all(p.isdigit() and int(p) >= 1 for p in parts):
-            return tuple(int(p) for p in parts) + (("mean",) if reduction == "mean" else ())
+        # Text: decimal digits only (isdigit() admits "²", which int() refuses).
+        sizes = (tuple(int(p) for p in parts if p.isdecimal()) if text
+                 else (check_int("minibatch_discrimination B", parts[0]),
+                       check_int("minibatch_discrimination C", parts[1])))
+        if len(sizes) == 2 and min(sizes) >= 1:
+            return sizes + (("mean",) if reduction == "mean" else ())
     raise ValueError(f"minibatch_discrimination must be B,C or B,C,mean, i.e. (B, C) or "
                      f"(B, C, 'mean'): num_kernels B and kernel_dim C >= 1, o summed over the "
                      f"batch (the paper's) or averaged (mean); e.g. 100,5; got {value!r}")
