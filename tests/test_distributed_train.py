@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -374,3 +375,27 @@ def test_nccl_on_a_shared_gpu_is_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"NCCL cannot run two ranks on one GPU .*"
                                          r"GAN_EXT_DIST_BACKEND=gloo"):
         distributed.from_env(torch.device("cuda"))
+
+
+# CI saw a 2-process run that succeeded abort in rank 1 at exit (SIGABRT,
+# "terminate called without an active exception"): gloo's threads outliving
+# the interpreter. The run's Context now destroys the group on the way out.
+@pytest.mark.parametrize("outcome", ["success", "error", "peer_failed"])
+def test_the_run_context_destroys_the_process_group(outcome, tmp_path):
+    import torch.distributed as dist
+    from gan_ext.train.distributed import Context, PeerFailed
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        ctx = Context(0, 2)   # active: a group of one stands for the two ranks
+        raised = {"success": None, "error": ValueError, "peer_failed": PeerFailed}[outcome]
+        with pytest.raises(raised) if raised else nullcontext():
+            with ctx:
+                assert dist.is_initialized()
+                if raised:
+                    raise raised("stop")
+        # after a peer failed the group is left to the launcher (destroying it could wait)
+        assert dist.is_initialized() == (outcome == "peer_failed")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

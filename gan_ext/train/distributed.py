@@ -267,6 +267,27 @@ class Context:
         if self.active:
             self._call(dist.barrier)
 
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        """Every rank destroys the process group before it exits: left to
+        interpreter shutdown, gloo's worker threads can abort a rank
+        (SIGABRT, "terminate called without an active exception") after a
+        run that succeeded. After a success the ranks first meet at a
+        barrier, so none tears its connections down while a peer still
+        talks to it; after an error this rank's peers, if still waiting on
+        it, fail at once (PeerFailed) rather than at the timeout. After a
+        PeerFailed the group is left to the launcher: destroying it could
+        wait on the dead peer."""
+        if not self.active or not dist.is_initialized():
+            return
+        if kind is not None and issubclass(kind, PeerFailed):
+            return
+        if kind is None:
+            self.barrier()
+        dist.destroy_process_group()
+
     def maybe_fail(self, step: int) -> None:
         spec = os.environ.get(FAIL_ENV)
         if spec and spec == f"{self.rank}:{step}":

@@ -100,7 +100,7 @@ def fit(opts: TrainOptions, explicit: Optional[Sequence[str]] = None,
     if not ctx.main:   # rank 0 alone writes and speaks; the others follow it
         log = lambda message: None  # noqa: E731
     os.makedirs(run_dir, exist_ok=True)
-    with RunLock(run_dir) if ctx.main else nullcontext():
+    with ctx, RunLock(run_dir) if ctx.main else nullcontext():   # ctx: the group's teardown
         if ctx.main:
             remove_stale_temporaries(run_dir, log)
         retain_freed_memory()
