@@ -343,7 +343,8 @@ def test_cli_help_shows_the_options(capsys):
     ("dcgan", ["--diffaugment", "color,zoom"], "--diffaugment: unknown policy 'zoom'"),
     ("ring", ["--diffaugment", "color"], "--diffaugment does not apply to ring"),
     ("vae", ["--spectral-norm"], "--spectral-norm does not apply to vae"),
-    ("dcgan", ["--r1-every", "4"], "--r1-every needs --r1"),
+    ("gan", ["--r1-every", "4"], "--r1-every needs --r1"),
+    ("dcgan", ["--r1-every", "4", "--r1", "0"], "--r1-every needs --r1"),
     ("gan", ["--r1", "1", "--unrolled", "1"], "cannot be combined with unrolled"),
 ])
 def test_cli_refusals_are_one_line(model, args, message, tmp_path, capsys):

@@ -273,21 +273,38 @@ def test_the_look_ahead_is_adams_update():
 
 
 # --------------------------------------------------------------------- EMA
-def test_ema_is_the_moving_average_and_samples():
-    gan, opt_g, opt_d, real = _tiny(ema=0.9)
-    before = [p.clone() for p in gan.G_ema.parameters()]
-    stats = {k: v.clone() for k, v in gan.G_ema.named_buffers()}
-    gan.train_step(real, opt_g, opt_d)
-    for e, b, p in zip(gan.G_ema.parameters(), before, gan.G.parameters()):
-        assert torch.allclose(e, 0.9 * b + 0.1 * p, rtol=1e-12, atol=1e-14)
-        assert not e.requires_grad
-    g_buffers = dict(gan.G.named_buffers())
-    assert "main.1.running_mean" in stats            # batch norm statistics: averaged too
-    for k, v in gan.G_ema.named_buffers():
-        want = 0.9 * stats[k] + 0.1 * g_buffers[k] if v.is_floating_point() else g_buffers[k]
-        assert torch.allclose(v.double(), want.double(), rtol=1e-12, atol=1e-14), k
+def test_ema_is_the_normalised_moving_average_and_samples():
+    """After t steps the average is sum_i d**(t-i) G_i / sum_i d**(t-i) over
+    G after each step: G's starting weights have no share in it."""
+    gan, opt_g, opt_d, real = _tiny(ema=0.9)   # one step taken
+    seen = []   # G's parameters and buffers after each step
+    for step in range(3):
+        if step:
+            gan.train_step(real, opt_g, opt_d)
+        seen.append({**{k: v.detach().clone() for k, v in gan.G.named_parameters()},
+                     **{k: v.clone() for k, v in gan.G.named_buffers()}})
+        t = len(seen)
+        w = [0.9 ** (t - 1 - i) for i in range(t)]
+        for k, v in [*gan.G_ema.named_parameters(), *gan.G_ema.named_buffers()]:
+            if v.is_floating_point():
+                want = sum(wi * s[k].double() for wi, s in zip(w, seen)) / sum(w)
+            else:
+                want = seen[-1][k]   # integer buffers (num_batches_tracked): copied
+            assert torch.allclose(v.double(), want.double(), rtol=1e-12, atol=1e-14), (t, k)
+            assert not v.requires_grad
+    assert gan.ema_updates == 3
+    assert "main.1.running_mean" in seen[0]          # batch norm statistics: averaged too
     assert gan.sampler is gan.G_ema and "G_ema.main.0.weight" in gan.state_dict()
     assert MixtureGAN(MixtureGANConfig()).sampler is not None
+
+
+def test_ema_decay_warms_up_to_the_decay():
+    assert cures.ema_decay(0.999, 1) == 0.0
+    assert cures.ema_decay(0.9, 2) == pytest.approx(0.09 / 0.19, rel=1e-15)
+    assert 0.998 < cures.ema_decay(0.999, 30000) <= 0.999
+    assert cures.ema_decay(0.999, cures.EMA_SETTLED) == 0.999   # an old checkpoint's resume
+    with pytest.raises(ValueError, match="updates must be >= 1"):
+        cures.ema_decay(0.999, 0)
 
 
 def test_the_look_ahead_refuses_an_optimizer_it_does_not_reproduce():

@@ -181,6 +181,7 @@ class GAN(nn.Module):
             stabilize.spectral_norm_(self.D)
         self.G_ema = cures.make_ema(self.G) if config.ema is not None else None
         self.d_steps = 0   # D updates so far: lazy R1's schedule (trainers save it)
+        self.ema_updates = 0   # G_ema's updates so far: cures.ema_decay's t (trainers save it)
         self.loss = config.make_loss()
         self.fused = bool(fused)
         self.channels_last = apply_channels_last(self, channels_last, fused)
@@ -217,7 +218,8 @@ class GAN(nn.Module):
                            g_steps=c.g_steps, **samplers)
         self.d_steps += c.k
         if self.G_ema is not None:
-            cures.ema_update(self.G_ema, self.G, c.ema)
+            self.ema_updates += 1
+            cures.ema_update(self.G_ema, self.G, cures.ema_decay(c.ema, self.ema_updates))
         return stats
 
     @property

@@ -12,7 +12,7 @@ from torch import Tensor
 from .. import metrics
 from ..data import MNIST_CLASSES, MNIST_SIZE, folder_source, pad_to
 from ..models import (CGANConfig, ConditionalGAN, DCGAN, DCGANConfig, GAN, GANConfig)
-from ..models.cures import mbd_spec
+from ..models.cures import EMA_SETTLED, mbd_spec
 from ..models.stabilize import GP_LAMBDA, WGAN_GP_DEFAULTS
 from . import _data
 from .base import Trainer, register
@@ -92,10 +92,13 @@ class GANTrainer(Trainer):
         self.fixed_z = torch.randn(self.grid_n, cfg.nz, generator=g).to(self.device)
 
     def extra_state(self) -> dict:
-        return {"d_steps": self.model.d_steps}   # lazy R1's schedule
+        # lazy R1's schedule; the moving average's update count (cures.ema_decay)
+        return {"d_steps": self.model.d_steps, "ema_updates": self.model.ema_updates}
 
     def load_extra_state(self, state: dict) -> None:
         self.model.d_steps = int(state.get("d_steps", 0))
+        # A checkpoint from before the count averaged at the constant decay: continue so.
+        self.model.ema_updates = int(state.get("ema_updates", EMA_SETTLED))
 
     @property
     def batches_per_step(self) -> int:
