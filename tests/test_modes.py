@@ -273,35 +273,36 @@ def test_the_look_ahead_is_adams_update():
 
 
 # --------------------------------------------------------------------- EMA
-def test_ema_is_the_normalised_moving_average_and_samples():
-    """After t steps the average is sum_i d**(t-i) G_i / sum_i d**(t-i) over
-    G after each step: G's starting weights have no share in it."""
-    gan, opt_g, opt_d, real = _tiny(ema=0.9)   # one step taken
-    seen = []   # G's parameters and buffers after each step
-    for step in range(3):
-        if step:
-            gan.train_step(real, opt_g, opt_d)
-        seen.append({**{k: v.detach().clone() for k, v in gan.G.named_parameters()},
-                     **{k: v.clone() for k, v in gan.G.named_buffers()}})
-        t = len(seen)
-        w = [0.9 ** (t - 1 - i) for i in range(t)]
+def test_ema_is_the_ramped_moving_average_and_samples():
+    """ema <- b_t ema + (1 - b_t) G after each G step, b_t = ema_decay(d, t)."""
+    torch.manual_seed(0)
+    gan = MixtureGAN(MixtureGANConfig(arch="custom", nz=2, g_hidden=(6,), d_hidden=(5,),
+                                      maxout=2, lr=0.05, ema=0.9)).double()
+    opt_g, opt_d = gan.make_optimizers()
+    real = torch.randn(8, 2, dtype=torch.float64)
+    want = {k: v.clone() for k, v in [*gan.G_ema.named_parameters(), *gan.G_ema.named_buffers()]}
+    assert "main.1.running_mean" in want           # batch norm statistics: averaged too
+    for t in range(1, 4):
+        gan.train_step(real, opt_g, opt_d)
+        b = cures.ema_decay(0.9, t)
+        now = dict([*gan.G.named_parameters(), *gan.G.named_buffers()])
         for k, v in [*gan.G_ema.named_parameters(), *gan.G_ema.named_buffers()]:
-            if v.is_floating_point():
-                want = sum(wi * s[k].double() for wi, s in zip(w, seen)) / sum(w)
-            else:
-                want = seen[-1][k]   # integer buffers (num_batches_tracked): copied
-            assert torch.allclose(v.double(), want.double(), rtol=1e-12, atol=1e-14), (t, k)
+            g = now[k].detach()
+            # integer buffers (num_batches_tracked): copied
+            want[k] = b * want[k] + (1 - b) * g if v.is_floating_point() else g.clone()
+            assert torch.allclose(v, want[k], rtol=1e-12, atol=1e-14), (t, k)
             assert not v.requires_grad
     assert gan.ema_updates == 3
-    assert "main.1.running_mean" in seen[0]          # batch norm statistics: averaged too
     assert gan.sampler is gan.G_ema and "G_ema.main.0.weight" in gan.state_dict()
     assert MixtureGAN(MixtureGANConfig()).sampler is not None
 
 
-def test_ema_decay_warms_up_to_the_decay():
-    assert cures.ema_decay(0.999, 1) == 0.0
-    assert cures.ema_decay(0.9, 2) == pytest.approx(0.09 / 0.19, rel=1e-15)
-    assert 0.998 < cures.ema_decay(0.999, 30000) <= 0.999
+def test_ema_decay_ramps_up_to_the_decay():
+    assert cures.ema_decay(0.999, 1) == 0.5 ** 20          # the first update: ~G itself
+    half_life = math.log(0.5) / math.log(0.999)            # 692.8 updates
+    for t in (10, 1000, 13856):                             # half-life 5% of the steps so far
+        assert 0.5 ** (1 / (0.05 * t)) == cures.ema_decay(0.999, t) < 0.999
+    assert cures.ema_decay(0.999, 13857) == 0.999 and 0.05 * 13857 > half_life
     assert cures.ema_decay(0.999, cures.EMA_SETTLED) == 0.999   # an old checkpoint's resume
     with pytest.raises(ValueError, match="updates must be >= 1"):
         cures.ema_decay(0.999, 0)
