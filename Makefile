@@ -1,6 +1,6 @@
 # gan_ext developer entry points. On a fresh machine with Python 3 + pip:
 #
-#   make demo    # venv + torch + build, then `gan-ext info` and a DCGAN trained on MNIST (~4 min)
+#   make demo    # venv + torch + build, then `gan-ext info` and a DCGAN trained on MNIST (~2 min)
 #   make test    # venv + torch + build, then the test suite (pytest tests)
 #
 # Everything lives in $(VENV). Re-runs are fast: stamp files in $(VENV) record
@@ -61,7 +61,7 @@ endif
 .PHONY: help venv build demo test test-quick bench gpu-check clean distclean FORCE
 
 help:
-	@echo "make demo        build, then train a DCGAN on MNIST (offline, ~4 min): grid, curves, metrics"
+	@echo "make demo        build, then train a DCGAN on MNIST (offline, ~2 min): grid, curves, metrics"
 	@echo "make test        build, then the whole test suite (pytest tests)"
 	@echo "make test-quick  build, then tests not marked slow or compile"
 	@echo "make bench       build, then the pytest-benchmark suite and its ratio table"
@@ -115,8 +115,8 @@ $(STAMP_BUILD): $(STAMP_TORCH) $(STAMP_DEPS) $(STAMP_BENV) $(BUILD_INPUTS) $(BUI
 build: $(STAMP_BUILD)
 
 # ------------------------------------------------------------------------ run
-# The main job, offline: DCGAN on MNIST (the offline copy), ~4 min of
-# training on a 2-core CPU (32x32, batch 64), then the sample grid, the loss curves, the
+# The main job, offline: DCGAN on MNIST (the offline copy), ~2 min of
+# training on a 2-core CPU (32x32, batch 64; bf16 where native), then the sample grid, the loss curves, the
 # metrics and where everything is.
 DEMO_STEPS ?= 1800
 DEMO_OUT   ?= runs/demo

@@ -310,7 +310,7 @@ COMMAND = Command(
                 "Without --steps the defaults are the quality configuration (dcgan: "
                 f"{DEFAULTS['dcgan']['epochs']} epochs, with G's moving average, lazy R1 and "
                 "bf16 autocast where native: ~23 min on 2 CPU cores with avx512_bf16).",
-    examples=(f"  {PROG} train dcgan --steps {DEMO_STEPS}         # make demo: ~4 min on 2 CPU cores\n"
+    examples=(f"  {PROG} train dcgan --steps {DEMO_STEPS}         # make demo: ~2 min on 2 CPU cores\n"
               f"  {PROG} train dcgan                      # {DEFAULTS['dcgan']['epochs']} epochs of MNIST\n"
               f"  {PROG} train dcgan --steps 3000 --resume # continue the run to step 3000\n"
               f"  {PROG} train dcgan --overwrite          # start runs/dcgan afresh\n"
