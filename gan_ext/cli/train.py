@@ -217,10 +217,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_architecture_arguments(p)
 
 
-# How to leave out each of a model's option defaults (options.RECIPE).
-OFF = {"ema": "--ema 0", "r1": "--r1 0", "amp": "--no-amp"}
-
-
 def run(args: argparse.Namespace) -> int:
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
@@ -236,8 +232,7 @@ def run(args: argparse.Namespace) -> int:
         return launch(args.model, args.nproc_per_node, args.argv)
     main = world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
     if recipe and main:
-        print(f"{args.model}'s defaults: {recipe_text(recipe)} (leave one out with "
-              + ", ".join(OFF[k] for k in recipe) + ")")
+        print(f"{args.model}'s defaults: {recipe_text(recipe)}")
     try:
         result = fit(opts, explicit=list(given))
     except TrainingInterrupted as e:

@@ -77,8 +77,12 @@ def model_defaults(model: str, given: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def recipe_text(recipe: Dict[str, Any]) -> str:
-    """'--ema 0.999 --r1 1 --amp' for model_defaults' options."""
-    return " ".join(f"--{k}" if v is True else f"--{k} {v:g}" for k, v in recipe.items())
+    """'--ema 0.999 --r1 1 --amp (leave one out with --ema 0, --r1 0,
+    --no-amp)' for model_defaults' options: a switch is left out by its
+    --no- form, a number by 0."""
+    on = " ".join(f"--{k}" if v is True else f"--{k} {v:g}" for k, v in recipe.items())
+    off = ", ".join(f"--no-{k}" if v is True else f"--{k} 0" for k, v in recipe.items())
+    return f"{on} (leave one out with {off})"
 
 
 def defaults_text(key: str) -> str:
