@@ -345,7 +345,7 @@ def test_cli_help_shows_the_options(capsys):
     ("vae", ["--spectral-norm"], "--spectral-norm does not apply to vae"),
     ("gan", ["--r1-every", "4"], "--r1-every needs --r1"),
     ("dcgan", ["--r1-every", "4", "--r1", "0"], "--r1-every needs --r1"),
-    ("gan", ["--r1", "1", "--unrolled", "1"], "cannot be combined with unrolled"),
+    ("gan", ["--r1", "1", "--unrolled", "1"], "--r1 cannot be combined with --unrolled: the look-ahead"),
 ])
 def test_cli_refusals_are_one_line(model, args, message, tmp_path, capsys):
     assert message in one_line_error(capsys, _train(model, tmp_path / "r", "--steps", "1", *args))

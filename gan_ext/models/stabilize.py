@@ -21,6 +21,7 @@ outputs w.r.t. its input, with create_graph" (:func:`input_gradients`).
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from ._checks import check_bool, check_int, check_real
 from .diffaugment import parse_policy
 
-__all__ = ["check_stabilizers", "spectral_norm_", "r1_penalty", "r1_weight", "input_gradients",
+__all__ = ["check_stabilizers", "r1_conflict", "spectral_norm_", "r1_penalty", "r1_weight", "input_gradients",
            "gradient_penalty", "interpolate", "critic_norm", "check_critic", "WGAN_GP_DEFAULTS",
            "GP_LAMBDA"]
 
@@ -48,10 +49,10 @@ def check_stabilizers(c) -> None:
     c.diffaugment = parse_policy(c.diffaugment)
     check_real("r1_gamma", c.r1_gamma, 0, math.inf, high_open=True)
     check_int("r1_every", c.r1_every)
-    if c.r1_gamma and c.unrolled:
-        raise ValueError("r1_gamma (--r1) cannot be combined with unrolled (--unrolled): the "
-                         "look-ahead reproduces D's updates without the penalty, so G would "
-                         "train against a D that is never built")
+    conflict = r1_conflict(c.loss, c.unrolled) if c.r1_gamma else None
+    if conflict:
+        name, flag, why = conflict
+        raise ValueError(f"r1_gamma (--r1) cannot be combined with {name} ({flag}): {why}")
     check_real("gp_lambda", c.gp_lambda, 0, math.inf, low_open=True, high_open=True)
     if c.loss != "wgan-gp":
         if c.gp_lambda != GP_LAMBDA:
@@ -59,14 +60,25 @@ def check_stabilizers(c) -> None:
                              f"penalty: it applies to loss='wgan-gp' (--loss wgan-gp) only, got "
                              f"loss={c.loss!r}")
         return
-    for name, flag, on, why in (
-            ("r1_gamma", "--r1", c.r1_gamma,
-             "its gradient penalty already constrains D's input gradient"),
-            ("unrolled", "--unrolled", c.unrolled,
-             "the look-ahead would reproduce D's updates without the gradient penalty")):
-        if on:
-            raise ValueError(f"{name} ({flag}) cannot be combined with loss='wgan-gp' (--loss "
-                             f"wgan-gp): {why}")
+    if c.unrolled:
+        raise ValueError("unrolled (--unrolled) cannot be combined with loss='wgan-gp' (--loss "
+                         "wgan-gp): the look-ahead would reproduce D's updates without the "
+                         "gradient penalty")
+
+
+def r1_conflict(loss: Optional[str], unrolled) -> Optional[Tuple[str, str, str]]:
+    """What R1 cannot be combined with, given the loss and the unrolled
+    steps: (config name, flag, why), or None where R1 applies. The one rule
+    behind the refusals of the config, of the CLI and the recipe that
+    leaves R1 out (``gan_ext.train.options.model_defaults``)."""
+    if loss == "wgan-gp":
+        return ("loss='wgan-gp'", "--loss wgan-gp",
+                "its gradient penalty already constrains D's input gradient")
+    if unrolled:
+        return ("unrolled", "--unrolled",
+                "the look-ahead reproduces D's updates without the penalty, so G would train "
+                "against a D that is never built")
+    return None
 
 
 def spectral_norm_(D: nn.Module) -> nn.Module:

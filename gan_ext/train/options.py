@@ -12,6 +12,7 @@ from .._validate import check_int
 from ..data import PREPROCESS_MODES
 from ..models.diffaugment import parse_policy
 from ..models.cures import mbd_spec
+from ..models import stabilize
 from . import architecture
 from ..models.gan import LOSS_MODES as LOSSES
 
@@ -70,7 +71,7 @@ def model_defaults(model: str, given: Dict[str, Any]) -> Dict[str, Any]:
     for name in RECIPE:
         if name in given or name not in DEFAULTS.get(model, {}):
             continue
-        if name == "r1" and (given.get("loss") == "wgan-gp" or given.get("unrolled")):
+        if name == "r1" and stabilize.r1_conflict(given.get("loss"), given.get("unrolled")):
             continue
         out[name] = DEFAULTS[model][name]
     return out
@@ -400,9 +401,9 @@ class TrainOptions:
                                  f"applies to --loss wgan-gp only, got --loss {self.loss}")
             if not _float("--gp-lambda", self.gp_lambda) > 0:
                 raise ValueError(f"--gp-lambda must be > 0, got {self.gp_lambda}")
-        if self.loss == "wgan-gp" and self.r1:
-            raise ValueError("--r1 cannot be combined with --loss wgan-gp: its gradient penalty "
-                             "already constrains D's input gradient")
+        conflict = stabilize.r1_conflict(self.loss, self.unrolled) if self.r1 else None
+        if conflict:
+            raise ValueError(f"--r1 cannot be combined with {conflict[1]}: {conflict[2]}")
         if self.loss == "wgan-gp" and self.unrolled:
             raise ValueError("--unrolled cannot be combined with --loss wgan-gp: the look-ahead "
                              "would reproduce D's updates without the gradient penalty")
